@@ -1,0 +1,187 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"unicode/utf8"
+)
+
+// Kind tells a default property from an extended one. Its byte values are the
+// field prefixes of the Redis layout of Python KRules.
+type Kind byte
+
+const (
+	// Default properties emit change events.
+	Default Kind = 'p'
+	// Extended properties are metadata and never emit events.
+	Extended Kind = 'e'
+)
+
+// String returns "default" or "extended".
+func (k Kind) String() string {
+	switch k {
+	case Default:
+		return "default"
+	case Extended:
+		return "extended"
+	}
+	return fmt.Sprintf("Kind(%q)", byte(k))
+}
+
+// Valid reports whether k is Default or Extended.
+func (k Kind) Valid() bool { return k == Default || k == Extended }
+
+// Key names one property of a subject.
+type Key struct {
+	Kind Kind
+	Name string
+}
+
+// Property is a named value, as returned in a [Snapshot].
+type Property struct {
+	Name  string
+	Value any
+}
+
+// Snapshot is the whole content of one subject. Each slice keeps the order in
+// which the backend holds the properties (insertion order where the backend
+// keeps one; the memory and bolt backends do).
+type Snapshot struct {
+	Props []Property
+	Ext   []Property
+}
+
+// Write is one property to put in a [Batch]. Value is already normalised.
+type Write struct {
+	Key
+	Value any
+}
+
+// Batch is a set of changes to one subject, applied atomically by
+// [Backend.Store]: Deletes first (a missing property is ignored), then Puts.
+type Batch struct {
+	Deletes []Key
+	Puts    []Write
+}
+
+// Empty reports whether the batch changes nothing.
+func (b Batch) Empty() bool { return len(b.Deletes) == 0 && len(b.Puts) == 0 }
+
+// UpdateFunc computes a new value from the stored one. old is nil and exists
+// false when the property is missing. A backend may call it more than once
+// (optimistic concurrency), so it must be free of side effects. Its result is
+// normalised by [Mutation.Apply]; an error (or panic) aborts the update and
+// nothing is written.
+type UpdateFunc func(old any, exists bool) (any, error)
+
+// Mutation is the new value given to [Backend.Set]: an update function (Func),
+// a built-in operation (Op), or else the plain normalised Value.
+type Mutation struct {
+	Value any
+	Func  UpdateFunc
+	Op    *Op
+}
+
+// Apply computes the value the mutation gives when the stored value is old
+// (exists false when missing). The result is normalised. A panic in Func is
+// recovered and returned as an error. Backends without server-side operations
+// call Apply inside their atomic read-modify-write.
+func (m Mutation) Apply(old any, exists bool) (v any, err error) {
+	switch {
+	case m.Op != nil:
+		return m.Op.Apply(old, exists)
+	case m.Func != nil:
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("update function panicked: %v", r)
+			}
+		}()
+		nv, err := m.Func(old, exists)
+		if err != nil {
+			return nil, err
+		}
+		return Normalize(nv)
+	default:
+		return m.Value, nil
+	}
+}
+
+// Capabilities describes what a backend guarantees. Core does not change its
+// behaviour on them; they document the backend and let tests and tools adapt.
+type Capabilities struct {
+	// Persistent: data survives the process.
+	Persistent bool
+	// Shared: several processes may use the same store at once, and Set,
+	// Delete and Store stay atomic across them.
+	Shared bool
+	// ServerSideOps: built-in [Op]s run in the store in one round trip,
+	// without optimistic retries.
+	ServerSideOps bool
+}
+
+// Backend stores subjects. One Backend serves every subject of an App; all
+// methods take the subject name and must be safe for concurrent use.
+//
+// Names are validated by the caller (see [ValidateName]); values handed to a
+// backend are normalised. Every backend returns values in the normalised form.
+// Errors other than the sentinels of this package should be wrapped with the
+// subject and property name in the message.
+type Backend interface {
+	// Load returns every property of the subject. An unknown subject yields an
+	// empty Snapshot and no error.
+	Load(ctx context.Context, subject string) (Snapshot, error)
+
+	// Store applies the batch to the subject atomically (all or nothing).
+	Store(ctx context.Context, subject string, b Batch) error
+
+	// Set atomically replaces one property with the mutation's result and
+	// returns the new and the old value (old is nil when the property was
+	// missing). When Mutation.Apply fails nothing is written and its error is
+	// returned. Backends that retry optimistically return an error wrapping
+	// ErrConflict once their retry bound is exhausted.
+	Set(ctx context.Context, subject string, k Key, m Mutation) (newValue, oldValue any, err error)
+
+	// Get returns one property, or an error wrapping ErrNotFound.
+	Get(ctx context.Context, subject string, k Key) (any, error)
+
+	// Delete removes one property and returns its last value, or an error
+	// wrapping ErrNotFound when it did not exist.
+	Delete(ctx context.Context, subject string, k Key) (old any, err error)
+
+	// Flush removes the subject with all its properties. Flushing an unknown
+	// subject is not an error.
+	Flush(ctx context.Context, subject string) error
+
+	// ExtProps returns the extended properties of the subject.
+	ExtProps(ctx context.Context, subject string) ([]Property, error)
+
+	// Capabilities describes the backend.
+	Capabilities() Capabilities
+}
+
+// Lister is implemented by backends that can enumerate subjects.
+type Lister interface {
+	// List yields the names of the stored subjects that start with prefix
+	// (every subject for ""), without loading them all into memory. The order
+	// is backend-defined. An error ends the sequence.
+	List(ctx context.Context, prefix string) iter.Seq2[string, error]
+}
+
+// ValidateName checks a subject or property name: non-empty, valid UTF-8 and
+// free of NUL bytes (which PostgreSQL cannot store). what names the thing in
+// the error ("subject", "property").
+func ValidateName(what, name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty %s name", ErrInvalidName, what)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w: %s name %q is not valid UTF-8", ErrInvalidName, what, name)
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] == 0 {
+			return fmt.Errorf("%w: %s name %q contains a NUL byte", ErrInvalidName, what, name)
+		}
+	}
+	return nil
+}

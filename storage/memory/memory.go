@@ -1,0 +1,296 @@
+// Package memory is the in-memory storage backend, the default of krules.New.
+//
+// It is a real store: every Subject handle of an App (and every App given the
+// same Backend) sees what another stored. It is safe for concurrent use; each
+// subject has its own lock, so Set, Delete and Store are atomic per subject
+// and subjects never contend with each other. Properties keep their insertion
+// order. Values are deep-copied on the way in and out, so callers can never
+// alias stored data. Nothing survives the process: use storage/bolt for an
+// embedded persistent store.
+package memory
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/krules-go/krules/storage"
+)
+
+// Backend is the in-memory store. The zero value is not usable; call New.
+type Backend struct {
+	mu       sync.RWMutex
+	subjects map[string]*subject
+}
+
+// New returns an empty in-memory store.
+func New() *Backend {
+	return &Backend{subjects: make(map[string]*subject)}
+}
+
+var _ storage.Backend = (*Backend)(nil)
+var _ storage.Lister = (*Backend)(nil)
+
+type subject struct {
+	mu    sync.Mutex
+	props propSet
+	ext   propSet
+	gone  bool // removed from the map by Flush; callers must re-resolve
+}
+
+// propSet is an insertion-ordered map.
+type propSet struct {
+	names  []string
+	values map[string]any
+}
+
+func (p *propSet) get(name string) (any, bool) {
+	v, ok := p.values[name]
+	return v, ok
+}
+
+func (p *propSet) put(name string, v any) {
+	if p.values == nil {
+		p.values = make(map[string]any)
+	}
+	if _, ok := p.values[name]; !ok {
+		p.names = append(p.names, name)
+	}
+	p.values[name] = v
+}
+
+func (p *propSet) del(name string) (any, bool) {
+	v, ok := p.values[name]
+	if !ok {
+		return nil, false
+	}
+	delete(p.values, name)
+	for i, n := range p.names {
+		if n == name {
+			p.names = append(p.names[:i:i], p.names[i+1:]...)
+			break
+		}
+	}
+	return v, true
+}
+
+func (p *propSet) snapshot() []storage.Property {
+	out := make([]storage.Property, len(p.names))
+	for i, n := range p.names {
+		out[i] = storage.Property{Name: n, Value: storage.Clone(p.values[n])}
+	}
+	return out
+}
+
+func (s *subject) set(k storage.Kind) *propSet {
+	if k == storage.Extended {
+		return &s.ext
+	}
+	return &s.props
+}
+
+// lookup returns the subject's entry, locked; create makes it if missing.
+// A nil result (create false) means the subject does not exist.
+func (b *Backend) lookup(name string, create bool) *subject {
+	for {
+		b.mu.RLock()
+		s := b.subjects[name]
+		b.mu.RUnlock()
+		if s == nil {
+			if !create {
+				return nil
+			}
+			b.mu.Lock()
+			s = b.subjects[name]
+			if s == nil {
+				s = &subject{}
+				b.subjects[name] = s
+			}
+			b.mu.Unlock()
+		}
+		s.mu.Lock()
+		if !s.gone {
+			return s
+		}
+		s.mu.Unlock() // flushed meanwhile: retry with the new entry
+	}
+}
+
+func checkKey(k storage.Key) error {
+	if !k.Kind.Valid() {
+		return fmt.Errorf("memory: %w: unknown property kind %v", storage.ErrInvalidName, k.Kind)
+	}
+	return nil
+}
+
+// Load implements storage.Backend.
+func (b *Backend) Load(ctx context.Context, name string) (storage.Snapshot, error) {
+	if err := ctx.Err(); err != nil {
+		return storage.Snapshot{}, err
+	}
+	s := b.lookup(name, false)
+	if s == nil {
+		return storage.Snapshot{}, nil
+	}
+	defer s.mu.Unlock()
+	return storage.Snapshot{Props: s.props.snapshot(), Ext: s.ext.snapshot()}, nil
+}
+
+// Store implements storage.Backend.
+func (b *Backend) Store(ctx context.Context, name string, batch storage.Batch) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, k := range batch.Deletes {
+		if err := checkKey(k); err != nil {
+			return err
+		}
+	}
+	for _, w := range batch.Puts {
+		if err := checkKey(w.Key); err != nil {
+			return err
+		}
+	}
+	if batch.Empty() {
+		return nil
+	}
+	s := b.lookup(name, true)
+	defer s.mu.Unlock()
+	for _, k := range batch.Deletes {
+		s.set(k.Kind).del(k.Name)
+	}
+	for _, w := range batch.Puts {
+		s.set(w.Kind).put(w.Name, storage.Clone(w.Value))
+	}
+	return nil
+}
+
+// Set implements storage.Backend. Update functions run under the subject's
+// lock, exactly once.
+func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage.Mutation) (any, any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	if err := checkKey(k); err != nil {
+		return nil, nil, err
+	}
+	s := b.lookup(name, true)
+	defer s.mu.Unlock()
+	ps := s.set(k.Kind)
+	old, exists := ps.get(k.Name)
+	var arg any
+	if exists {
+		// Update functions get their own copy: they may mutate it.
+		arg = storage.Clone(old)
+	}
+	nv, err := m.Apply(arg, exists)
+	if err != nil {
+		return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
+	}
+	ps.put(k.Name, storage.Clone(nv))
+	return nv, old, nil
+}
+
+// Get implements storage.Backend.
+func (b *Backend) Get(ctx context.Context, name string, k storage.Key) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := checkKey(k); err != nil {
+		return nil, err
+	}
+	s := b.lookup(name, false)
+	if s == nil {
+		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
+	}
+	defer s.mu.Unlock()
+	v, ok := s.set(k.Kind).get(k.Name)
+	if !ok {
+		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
+	}
+	return storage.Clone(v), nil
+}
+
+// Delete implements storage.Backend.
+func (b *Backend) Delete(ctx context.Context, name string, k storage.Key) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := checkKey(k); err != nil {
+		return nil, err
+	}
+	s := b.lookup(name, false)
+	if s == nil {
+		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
+	}
+	defer s.mu.Unlock()
+	v, ok := s.set(k.Kind).del(k.Name)
+	if !ok {
+		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
+	}
+	return v, nil
+}
+
+// Flush implements storage.Backend.
+func (b *Backend) Flush(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	s := b.subjects[name]
+	delete(b.subjects, name)
+	b.mu.Unlock()
+	if s != nil {
+		s.mu.Lock()
+		s.gone = true
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// ExtProps implements storage.Backend.
+func (b *Backend) ExtProps(ctx context.Context, name string) ([]storage.Property, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s := b.lookup(name, false)
+	if s == nil {
+		return []storage.Property{}, nil
+	}
+	defer s.mu.Unlock()
+	return s.ext.snapshot(), nil
+}
+
+// Capabilities implements storage.Backend: not persistent, not shared between
+// processes, operations computed in process under the subject lock.
+func (b *Backend) Capabilities() storage.Capabilities {
+	return storage.Capabilities{ServerSideOps: true}
+}
+
+// List implements storage.Lister; names come sorted. Subjects whose
+// properties were all deleted are still listed until flushed.
+func (b *Backend) List(ctx context.Context, prefix string) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) {
+		if err := ctx.Err(); err != nil {
+			yield("", err)
+			return
+		}
+		b.mu.RLock()
+		names := make([]string, 0, len(b.subjects))
+		for n := range b.subjects {
+			if strings.HasPrefix(n, prefix) {
+				names = append(names, n)
+			}
+		}
+		b.mu.RUnlock()
+		sort.Strings(names)
+		for _, n := range names {
+			if !yield(n, nil) {
+				return
+			}
+		}
+	}
+}
