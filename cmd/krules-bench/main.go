@@ -1,0 +1,149 @@
+// Command krules-bench measures the hot paths of krules against the raw driver
+// doing the same work, in one run, and prints a table or (-json) a JSON array
+// of {"name","ns_per_op","allocs_per_op","baseline","baseline_ns_per_op","ratio"}.
+//
+// Rows of the memory and bolt backends always run; Redis, PostgreSQL and NATS
+// rows run when KRULES_REDIS_URL, KRULES_POSTGRES_URL and KRULES_NATS_URL are
+// set. Each measurement is the median of -count runs (testing.Benchmark);
+// ratio = ns_per_op / baseline_ns_per_op measured in the same run.
+//
+//	go run ./cmd/krules-bench                 # table
+//	go run ./cmd/krules-bench -json -count 5  # JSON, median of 5
+//	go run ./cmd/krules-bench -run redis/     # only rows whose name contains "redis/"
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"text/tabwriter"
+)
+
+// Row is one measurement: Run is the krules operation, Base the raw baseline
+// (nil for an absolute-only row).
+type Row struct {
+	Name     string
+	Run      func(b *testing.B)
+	Baseline string
+	Base     func(b *testing.B)
+}
+
+// Group produces the rows of one backend. Setup returns the rows, a cleanup
+// function, and an error that skips the group with a message. enabled reports
+// whether the group should run at all (its service URL is set, ...).
+type Group struct {
+	Name    string
+	Enabled func() bool
+	Setup   func() (rows []Row, cleanup func(), err error)
+}
+
+var groups []Group
+
+// register adds a group; called from the init functions of the per-backend files.
+func register(g Group) { groups = append(groups, g) }
+
+// Result is one printed measurement.
+type Result struct {
+	Name             string  `json:"name"`
+	NsPerOp          float64 `json:"ns_per_op"`
+	AllocsPerOp      int64   `json:"allocs_per_op"`
+	Baseline         string  `json:"baseline"`
+	BaselineNsPerOp  float64 `json:"baseline_ns_per_op"`
+	Ratio            float64 `json:"ratio"`
+	baselineAllocsOp int64
+}
+
+func main() {
+	asJSON := flag.Bool("json", false, "print a JSON array instead of a table")
+	count := flag.Int("count", 3, "runs per measurement; the median is reported")
+	filter := flag.String("run", "", "only rows whose name contains this string")
+	flag.Parse()
+	testing.Init()
+	if *count < 1 {
+		*count = 1
+	}
+
+	results := []Result{}
+	for _, g := range groups {
+		if g.Enabled != nil && !g.Enabled() {
+			fmt.Fprintf(os.Stderr, "krules-bench: %s rows skipped (service URL not set)\n", g.Name)
+			continue
+		}
+		rows, cleanup, err := g.Setup()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "krules-bench: %s rows skipped: %v\n", g.Name, err)
+			continue
+		}
+		for _, r := range rows {
+			if *filter != "" && !strings.Contains(r.Name, *filter) {
+				continue
+			}
+			res := Result{Name: r.Name, Baseline: r.Baseline}
+			res.NsPerOp, res.AllocsPerOp = median(r.Run, *count)
+			if r.Base != nil {
+				res.BaselineNsPerOp, res.baselineAllocsOp = median(r.Base, *count)
+				if res.BaselineNsPerOp > 0 {
+					res.Ratio = res.NsPerOp / res.BaselineNsPerOp
+				}
+			}
+			results = append(results, res)
+			if !*asJSON {
+				fmt.Fprintf(os.Stderr, "  %-28s %12.0f ns/op\n", r.Name, res.NsPerOp)
+			}
+		}
+		if cleanup != nil {
+			cleanup()
+		}
+	}
+
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(results); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tratio\t")
+	for _, r := range results {
+		ratio, base := "-", "-"
+		if r.BaselineNsPerOp > 0 {
+			ratio = fmt.Sprintf("%.2f", r.Ratio)
+			base = fmt.Sprintf("%.0f", r.BaselineNsPerOp)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ratio)
+	}
+	tw.Flush()
+}
+
+// median runs fn count times with testing.Benchmark and returns the median
+// ns/op and the allocs/op of that run.
+func median(fn func(b *testing.B), count int) (float64, int64) {
+	type m struct {
+		ns     float64
+		allocs int64
+	}
+	ms := make([]m, 0, count)
+	for i := 0; i < count; i++ {
+		r := testing.Benchmark(func(b *testing.B) {
+			b.ReportAllocs()
+			fn(b)
+		})
+		if r.N == 0 {
+			continue
+		}
+		ms = append(ms, m{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp()})
+	}
+	if len(ms) == 0 {
+		return 0, 0
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].ns < ms[j].ns })
+	x := ms[len(ms)/2]
+	return x.ns, x.allocs
+}
