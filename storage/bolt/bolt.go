@@ -1,0 +1,520 @@
+package bolt
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"os"
+	"sync/atomic"
+	"time"
+
+	bbolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/krules-go/krules/storage"
+)
+
+// DefaultTimeout is how long Open waits for the file lock when
+// Config.Timeout is zero.
+const DefaultTimeout = time.Second
+
+// DefaultFileMode is the permission of a file created by Open when
+// Config.FileMode is zero.
+const DefaultFileMode os.FileMode = 0o600
+
+// ErrLocked reports that another process (or another Backend in this process)
+// holds the database file open. Test it with errors.Is.
+var ErrLocked = errors.New("bolt: database file is locked by another process")
+
+var (
+	subjectsBucket = []byte("subjects")
+	metaBucket     = []byte("meta")
+	formatKey      = []byte("format")
+	formatValue    = []byte("krules-bolt-1")
+)
+
+// Config tunes Open. The zero value is a durable store with the defaults
+// stated on each field.
+type Config struct {
+	// Timeout bounds the wait for the exclusive file lock when another
+	// process has the file open. Zero means DefaultTimeout (1s); a negative
+	// value fails at once. Open then returns an error wrapping ErrLocked.
+	Timeout time.Duration
+
+	// NoSync skips the fsync after each commit. Writes become much faster,
+	// and a crash of this process still loses nothing, but a crash of the
+	// operating system or a power cut may lose recent writes or corrupt the
+	// file. Default false (every Set, Delete, Store and Flush is durable when
+	// it returns).
+	NoSync bool
+
+	// FileMode is the permission of a newly created file. Zero means
+	// DefaultFileMode (0600).
+	FileMode os.FileMode
+}
+
+// Backend is a storage.Backend persisted in one bbolt file. Create it with
+// Open and release it with Close. It is safe for concurrent use by many
+// goroutines; see the package documentation for its limits.
+type Backend struct {
+	db     *bbolt.DB
+	path   string
+	closed atomic.Bool
+}
+
+var (
+	_ storage.Backend = (*Backend)(nil)
+	_ storage.Lister  = (*Backend)(nil)
+)
+
+// Open opens (creating it if needed) the bbolt file at path. Only one
+// process can have the file open: when another one holds it, Open waits
+// cfg.Timeout and returns an error wrapping ErrLocked.
+func Open(path string, cfg Config) (*Backend, error) {
+	if path == "" {
+		return nil, errors.New("bolt: empty file path")
+	}
+	timeout := cfg.Timeout
+	switch {
+	case timeout == 0:
+		timeout = DefaultTimeout
+	case timeout < 0:
+		timeout = time.Nanosecond // bbolt: zero would wait forever
+	}
+	mode := cfg.FileMode
+	if mode == 0 {
+		mode = DefaultFileMode
+	}
+	db, err := bbolt.Open(path, mode, &bbolt.Options{
+		Timeout:      timeout,
+		NoSync:       cfg.NoSync,
+		FreelistType: bbolt.FreelistMapType,
+	})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("%w: %s (waited %v; only one process may open a bolt file at a time)", ErrLocked, path, timeout)
+		}
+		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(metaBucket)
+		if err != nil {
+			return err
+		}
+		switch f := meta.Get(formatKey); {
+		case f == nil:
+			if err := meta.Put(formatKey, formatValue); err != nil {
+				return err
+			}
+		case !bytes.Equal(f, formatValue):
+			return fmt.Errorf("unsupported data format %q (want %q)", f, formatValue)
+		}
+		_, err = tx.CreateBucketIfNotExists(subjectsBucket)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
+	}
+	return &Backend{db: db, path: path}, nil
+}
+
+// Path returns the file the backend was opened on.
+func (b *Backend) Path() string { return b.path }
+
+// Close releases the file and its lock. Calls after Close fail with an error
+// wrapping storage.ErrClosed; closing twice is not an error.
+func (b *Backend) Close() error {
+	if b.closed.Swap(true) {
+		return nil
+	}
+	if err := b.db.Close(); err != nil {
+		return fmt.Errorf("bolt: close %s: %w", b.path, err)
+	}
+	return nil
+}
+
+// Capabilities implements storage.Backend: persistent, not shared between
+// processes (the file is locked by one process), operations computed inside
+// the single write transaction (no optimistic retries).
+func (b *Backend) Capabilities() storage.Capabilities {
+	return storage.Capabilities{Persistent: true, ServerSideOps: true}
+}
+
+func (b *Backend) check(ctx context.Context) error {
+	if b.closed.Load() {
+		return fmt.Errorf("bolt: %s: %w", b.path, storage.ErrClosed)
+	}
+	return ctx.Err()
+}
+
+func checkKind(k storage.Kind) error {
+	if !k.Valid() {
+		return fmt.Errorf("bolt: %w: unknown property kind %v", storage.ErrInvalidName, k)
+	}
+	return nil
+}
+
+func checkSubject(subject string) error {
+	if subject == "" {
+		return fmt.Errorf("bolt: %w: empty subject name", storage.ErrInvalidName)
+	}
+	if len(subject) > bbolt.MaxKeySize {
+		return fmt.Errorf("bolt: %w: subject name longer than %d bytes", storage.ErrInvalidName, bbolt.MaxKeySize)
+	}
+	return nil
+}
+
+// txErr maps bbolt errors raised by a closed database to storage.ErrClosed.
+func (b *Backend) txErr(err error) error {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+		return fmt.Errorf("bolt: %s: %w", b.path, storage.ErrClosed)
+	}
+	return err
+}
+
+func (b *Backend) view(fn func(bk *bbolt.Bucket) error) error {
+	return b.txErr(b.db.View(func(tx *bbolt.Tx) error { return fn(tx.Bucket(subjectsBucket)) }))
+}
+
+func (b *Backend) update(fn func(bk *bbolt.Bucket) error) error {
+	return b.txErr(b.db.Update(func(tx *bbolt.Tx) error { return fn(tx.Bucket(subjectsBucket)) }))
+}
+
+func corrupt(subject string, err error) error {
+	return fmt.Errorf("bolt: subject %q: %w", subject, err)
+}
+
+func unmarshal(subject, prop string, val []byte) (any, error) {
+	v, err := storage.Unmarshal(val)
+	if err != nil {
+		return nil, fmt.Errorf("bolt: property %q of subject %q: %w", prop, subject, err)
+	}
+	return v, nil
+}
+
+func props(subject string, es []entry) ([]storage.Property, error) {
+	out := make([]storage.Property, len(es))
+	for i, e := range es {
+		name := string(e.name)
+		v, err := unmarshal(subject, name, e.val)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = storage.Property{Name: name, Value: v}
+	}
+	return out, nil
+}
+
+// Load implements storage.Backend: one read transaction, one key.
+func (b *Backend) Load(ctx context.Context, subject string) (storage.Snapshot, error) {
+	if err := b.check(ctx); err != nil {
+		return storage.Snapshot{}, err
+	}
+	var snap storage.Snapshot
+	err := b.view(func(bk *bbolt.Bucket) error {
+		r, err := decodeRecord(bk.Get([]byte(subject)))
+		if err != nil {
+			return corrupt(subject, err)
+		}
+		if snap.Props, err = props(subject, r.sets[0]); err != nil {
+			return err
+		}
+		snap.Ext, err = props(subject, r.sets[1])
+		return err
+	})
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	return snap, nil
+}
+
+// ExtProps implements storage.Backend.
+func (b *Backend) ExtProps(ctx context.Context, subject string) ([]storage.Property, error) {
+	if err := b.check(ctx); err != nil {
+		return nil, err
+	}
+	var out []storage.Property
+	err := b.view(func(bk *bbolt.Bucket) error {
+		r, err := decodeRecord(bk.Get([]byte(subject)))
+		if err != nil {
+			return corrupt(subject, err)
+		}
+		out, err = props(subject, r.sets[1])
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func notFound(subject string, k storage.Key) error {
+	return fmt.Errorf("bolt: %s property %q of subject %q: %w", k.Kind, k.Name, subject, storage.ErrNotFound)
+}
+
+// Get implements storage.Backend.
+func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, error) {
+	if err := b.check(ctx); err != nil {
+		return nil, err
+	}
+	if err := checkKind(k.Kind); err != nil {
+		return nil, err
+	}
+	var v any
+	err := b.view(func(bk *bbolt.Bucket) error {
+		r, err := decodeRecord(bk.Get([]byte(subject)))
+		if err != nil {
+			return corrupt(subject, err)
+		}
+		s := kindIndex(k.Kind == storage.Extended)
+		i := r.find(s, k.Name)
+		if i < 0 {
+			return notFound(subject, k)
+		}
+		v, err = unmarshal(subject, k.Name, r.sets[s][i].val)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Set implements storage.Backend. The read, the mutation and the write run in
+// one bbolt write transaction; bbolt serialises writers, so an update
+// function runs exactly once and sees the latest value. It runs while the
+// database's single write lock is held: keep it short.
+func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m storage.Mutation) (newValue, oldValue any, err error) {
+	if err := b.check(ctx); err != nil {
+		return nil, nil, err
+	}
+	if err := checkKind(k.Kind); err != nil {
+		return nil, nil, err
+	}
+	if err := checkSubject(subject); err != nil {
+		return nil, nil, err
+	}
+	// A plain value is encoded before taking the write lock.
+	var plain []byte
+	if m.Func == nil && m.Op == nil {
+		if plain, err = storage.Marshal(m.Value); err != nil {
+			return nil, nil, fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
+		}
+	}
+	key := []byte(subject)
+	s := kindIndex(k.Kind == storage.Extended)
+	err = b.update(func(bk *bbolt.Bucket) error {
+		r, err := decodeRecord(bk.Get(key))
+		if err != nil {
+			return corrupt(subject, err)
+		}
+		i := r.find(s, k.Name)
+		var old any
+		if i >= 0 {
+			if old, err = unmarshal(subject, k.Name, r.sets[s][i].val); err != nil {
+				return err
+			}
+		}
+		enc := plain
+		nv := m.Value
+		if plain == nil {
+			arg := old
+			if m.Func != nil {
+				arg = storage.Clone(old) // the function may mutate its argument
+			}
+			if nv, err = m.Apply(arg, i >= 0); err != nil {
+				return fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
+			}
+			if enc, err = storage.Marshal(nv); err != nil {
+				return fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
+			}
+		}
+		if i >= 0 {
+			r.sets[s][i].val = enc
+		} else {
+			r.sets[s] = append(r.sets[s], entry{name: []byte(k.Name), val: enc})
+		}
+		if err := bk.Put(key, r.encode()); err != nil {
+			return fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
+		}
+		newValue, oldValue = nv, old
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return newValue, oldValue, nil
+}
+
+// Delete implements storage.Backend.
+func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (any, error) {
+	if err := b.check(ctx); err != nil {
+		return nil, err
+	}
+	if err := checkKind(k.Kind); err != nil {
+		return nil, err
+	}
+	key := []byte(subject)
+	var old any
+	err := b.update(func(bk *bbolt.Bucket) error {
+		r, err := decodeRecord(bk.Get(key))
+		if err != nil {
+			return corrupt(subject, err)
+		}
+		s := kindIndex(k.Kind == storage.Extended)
+		i := r.find(s, k.Name)
+		if i < 0 {
+			return notFound(subject, k)
+		}
+		if old, err = unmarshal(subject, k.Name, r.sets[s][i].val); err != nil {
+			return err
+		}
+		r.del(s, k.Name)
+		if err := bk.Put(key, r.encode()); err != nil {
+			return fmt.Errorf("bolt: delete %q of subject %q: %w", k.Name, subject, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return old, nil
+}
+
+// Store implements storage.Backend: the whole batch is one write
+// transaction, so it is applied entirely or not at all, and it is durable
+// when Store returns (unless Config.NoSync).
+func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch) error {
+	if err := b.check(ctx); err != nil {
+		return err
+	}
+	for _, k := range batch.Deletes {
+		if err := checkKind(k.Kind); err != nil {
+			return err
+		}
+	}
+	for _, w := range batch.Puts {
+		if err := checkKind(w.Kind); err != nil {
+			return err
+		}
+	}
+	if batch.Empty() {
+		return nil
+	}
+	if err := checkSubject(subject); err != nil {
+		return err
+	}
+	// Encode every value before taking the write lock.
+	vals := make([][]byte, len(batch.Puts))
+	for i, w := range batch.Puts {
+		v, err := storage.Marshal(w.Value)
+		if err != nil {
+			return fmt.Errorf("bolt: store %q of subject %q: %w", w.Name, subject, err)
+		}
+		vals[i] = v
+	}
+	key := []byte(subject)
+	return b.update(func(bk *bbolt.Bucket) error {
+		r, err := decodeRecord(bk.Get(key))
+		if err != nil {
+			return corrupt(subject, err)
+		}
+		for _, k := range batch.Deletes {
+			r.del(kindIndex(k.Kind == storage.Extended), k.Name)
+		}
+		var idx [2]map[string]int
+		for i, w := range batch.Puts {
+			s := kindIndex(w.Kind == storage.Extended)
+			if len(batch.Puts) <= 8 {
+				r.put(s, w.Name, vals[i])
+				continue
+			}
+			// Large batches: index the set once instead of scanning it per put.
+			if idx[s] == nil {
+				idx[s] = make(map[string]int, len(r.sets[s])+len(batch.Puts))
+				for j, e := range r.sets[s] {
+					idx[s][string(e.name)] = j
+				}
+			}
+			if j, ok := idx[s][w.Name]; ok {
+				r.sets[s][j].val = vals[i]
+			} else {
+				idx[s][w.Name] = len(r.sets[s])
+				r.sets[s] = append(r.sets[s], entry{name: []byte(w.Name), val: vals[i]})
+			}
+		}
+		if err := bk.Put(key, r.encode()); err != nil {
+			return fmt.Errorf("bolt: store subject %q: %w", subject, err)
+		}
+		return nil
+	})
+}
+
+// Flush implements storage.Backend: the subject's record is removed in one
+// write transaction.
+func (b *Backend) Flush(ctx context.Context, subject string) error {
+	if err := b.check(ctx); err != nil {
+		return err
+	}
+	if subject == "" {
+		return nil
+	}
+	return b.update(func(bk *bbolt.Bucket) error {
+		if err := bk.Delete([]byte(subject)); err != nil {
+			return fmt.Errorf("bolt: flush subject %q: %w", subject, err)
+		}
+		return nil
+	})
+}
+
+// listChunk is how many names List reads per read transaction.
+const listChunk = 256
+
+// List implements storage.Lister. Names come in byte order. The names are
+// read in chunks of a few hundred, each in its own short read transaction,
+// so the consumer may write to the backend while iterating (no read
+// transaction is held across a yield) and memory stays bounded. A subject
+// written or flushed during the iteration may or may not be seen. Subjects
+// whose properties were all deleted are listed until flushed.
+func (b *Backend) List(ctx context.Context, prefix string) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) {
+		pfx := []byte(prefix)
+		var after []byte // last name yielded
+		for {
+			if err := b.check(ctx); err != nil {
+				yield("", err)
+				return
+			}
+			names := make([]string, 0, listChunk)
+			err := b.view(func(bk *bbolt.Bucket) error {
+				c := bk.Cursor()
+				var k []byte
+				if after == nil {
+					k, _ = c.Seek(pfx)
+				} else if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
+					k, _ = c.Next()
+				}
+				for ; k != nil && bytes.HasPrefix(k, pfx) && len(names) < listChunk; k, _ = c.Next() {
+					names = append(names, string(k))
+				}
+				return nil
+			})
+			if err != nil {
+				yield("", fmt.Errorf("bolt: list %q: %w", prefix, err))
+				return
+			}
+			for _, n := range names {
+				if !yield(n, nil) {
+					return
+				}
+			}
+			if len(names) < listChunk {
+				return
+			}
+			after = []byte(names[len(names)-1])
+		}
+	}
+}

@@ -1,0 +1,66 @@
+// Package bolt is an embedded, persistent storage backend for krules, kept in
+// one file with go.etcd.io/bbolt. It needs no server: point it at a path and
+// subjects survive restarts of the program.
+//
+// # Usage
+//
+//	b, err := bolt.Open("/var/lib/myapp/krules.db", bolt.Config{})
+//	if err != nil {
+//		return err // errors.Is(err, bolt.ErrLocked) when another process has the file
+//	}
+//	defer b.Close()
+//	app := krules.New(krules.WithStorage(b))
+//	user := app.Subject("user-1")
+//	user.Set(ctx, "name", "John")   // buffered in the handle's cache
+//	user.Store(ctx)                  // one atomic, durable write
+//
+// The same store can be opened from a URL with package storage/storageurl
+// ("bolt:///var/lib/myapp/krules.db"), which is how the krules CLI and the
+// examples pick it (KRULES_STORAGE).
+//
+// # Guarantees
+//
+// Every Set, Delete, Store and Flush is one bbolt write transaction: it is
+// atomic (a Store batch is applied entirely or not at all) and durable when
+// it returns (the file is fsynced, unless Config.NoSync). bbolt serialises
+// writers, so an update function or built-in operation runs exactly once,
+// on the latest value, without retries. Reads (Load, Get, ExtProps, List)
+// run in read transactions that never block writers or each other. A process
+// killed at any point leaves a file that opens, with every write that
+// returned before the kill.
+//
+// Properties keep their insertion order. Values are stored as the JSON text
+// of storage.Marshal, the format of the Redis and PostgreSQL backends.
+//
+// # Layout
+//
+// The file has a bucket "subjects" holding one key per subject (its name)
+// whose value is the whole subject: a small binary envelope listing the
+// default, then the extended properties in insertion order, each as name and
+// JSON text. This layout was chosen over a bucket per subject (sub-buckets
+// for default and extended properties plus a sequence index for the order)
+// because every operation then touches exactly one B+tree key: Load is one
+// lookup, Set and Store are one lookup and one put, Flush is one delete, and
+// List is a cursor over the keys. Nested buckets would cost extra pages per
+// subject and several puts per Set. The price is that a write re-encodes the
+// subject's envelope (the other values are copied as bytes, not decoded),
+// which is linear in the subject's size: fine for subjects of tens or
+// hundreds of properties, wasteful for a subject of many megabytes.
+//
+// # Limits
+//
+//   - One process at a time. bbolt takes an exclusive lock on the file:
+//     while one process (or one Backend in this process) has it open,
+//     another Open waits Config.Timeout (default 1s) and fails with an error
+//     wrapping ErrLocked. Capabilities().Shared is false. To share subjects
+//     between processes use the Redis or PostgreSQL backend.
+//   - Writers are serialised: throughput is bounded by one fsync per write
+//     (a few hundred to a few thousand writes per second on common disks).
+//     Buffer writes in a Subject's cache and Store them in one batch, or set
+//     Config.NoSync when losing the last writes on an OS crash is acceptable.
+//   - An update function runs while the database's write lock is held; keep
+//     it short and never call the backend from inside it.
+//   - Subject names are limited to 32 KiB (bbolt's key size limit).
+//   - The file never shrinks: space freed by deletes is reused, not returned
+//     to the OS (use `bbolt compact` offline).
+package bolt
