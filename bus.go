@@ -1,0 +1,386 @@
+package krules
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// HandlerFunc handles an event. A returned error (or a panic) is passed to
+// the App's error handler and never reaches the emitter; other handlers
+// still run.
+type HandlerFunc func(ctx context.Context, ev *Event) error
+
+// Filter decides whether a handler runs for an event. Filters of a handler
+// are evaluated in order and must all return true; a panicking filter counts
+// as false and is logged.
+type Filter func(ctx context.Context, ev *Event) bool
+
+// Next continues a middleware chain: it runs the next middleware, or the
+// handler itself.
+type Next func(ctx context.Context) error
+
+// Middleware wraps every matching, non-filtered handler of every event: the
+// first registered is the outermost. Not calling next skips the handler;
+// the error it returns is the handler's (after inner middleware), and the
+// error the middleware returns goes to the error handler. When no handler
+// matches an event, no middleware runs. HandlerName(ctx) tells which handler
+// is wrapped.
+type Middleware func(ctx context.Context, ev *Event, next Next) error
+
+// Rule is a handler registration in progress: App.On(...).When(...).Do(fn).
+type Rule struct {
+	app      *App
+	patterns []string
+	filters  []Filter
+	name     string
+}
+
+// On starts a handler registration for events whose type matches any of the
+// patterns (Python fnmatch globs: '*', '?', '[abc]', '[!abc]'; whole type,
+// case-sensitive). With no pattern the handler never matches.
+func (a *App) On(patterns ...string) *Rule {
+	return &Rule{app: a, patterns: slices.Clone(patterns)}
+}
+
+// When adds filters; all must pass (AND, in order, stopping at the first
+// false).
+func (r *Rule) When(filters ...Filter) *Rule {
+	for _, f := range filters {
+		if f != nil {
+			r.filters = append(r.filters, f)
+		}
+	}
+	return r
+}
+
+// Named sets the handler's name (for logs, HandlerName and App.Remove).
+// Default: the Go name of the function given to Do.
+func (r *Rule) Named(name string) *Rule {
+	r.name = name
+	return r
+}
+
+// Do registers fn and returns its Handler. It panics if fn is nil, which is
+// a programming error like http.Handle(nil).
+func (r *Rule) Do(fn HandlerFunc) *Handler {
+	if fn == nil {
+		panic("krules: Do(nil)")
+	}
+	name := r.name
+	if name == "" {
+		name = funcName(fn)
+	}
+	h := &Handler{app: r.app, name: name, fn: fn, filters: slices.Clone(r.filters)}
+	for _, p := range r.patterns {
+		h.patterns = append(h.patterns, compilePattern(p))
+	}
+	a := r.app
+	a.regMu.Lock()
+	a.seq++
+	h.seq = a.seq
+	old := a.table.Load()
+	a.table.Store(newTable(append(slices.Clip(old.handlers), h), old.middleware))
+	a.regMu.Unlock()
+	return h
+}
+
+func funcName(fn any) string {
+	f := runtime.FuncForPC(reflect.ValueOf(fn).Pointer())
+	if f == nil {
+		return "handler"
+	}
+	name := f.Name()
+	if i := strings.LastIndex(name, "/"); i >= 0 {
+		name = name[i+1:]
+	}
+	return name
+}
+
+// Handler is a registered handler.
+type Handler struct {
+	app      *App
+	name     string
+	patterns []*pattern
+	filters  []Filter
+	fn       HandlerFunc
+	seq      uint64
+}
+
+// Name returns the handler's name.
+func (h *Handler) Name() string { return h.name }
+
+// Patterns returns the handler's patterns.
+func (h *Handler) Patterns() []string {
+	out := make([]string, len(h.patterns))
+	for i, p := range h.patterns {
+		out[i] = p.src
+	}
+	return out
+}
+
+// Remove unregisters the handler; it reports whether it was registered.
+// An emit already in progress still runs it.
+func (h *Handler) Remove() bool {
+	return h.app.remove(func(x *Handler) bool { return x == h }) == 1
+}
+
+// Remove unregisters every handler with the given name and returns how many.
+func (a *App) Remove(name string) int {
+	return a.remove(func(x *Handler) bool { return x.name == name })
+}
+
+// RemoveAll unregisters every handler (middleware stays) and returns how many.
+func (a *App) RemoveAll() int {
+	return a.remove(func(*Handler) bool { return true })
+}
+
+func (a *App) remove(match func(*Handler) bool) int {
+	a.regMu.Lock()
+	defer a.regMu.Unlock()
+	old := a.table.Load()
+	keep := make([]*Handler, 0, len(old.handlers))
+	for _, h := range old.handlers {
+		if !match(h) {
+			keep = append(keep, h)
+		}
+	}
+	n := len(old.handlers) - len(keep)
+	if n > 0 {
+		a.table.Store(newTable(keep, old.middleware))
+	}
+	return n
+}
+
+// Use appends middleware (see Middleware). It applies to emits that begin
+// after the call.
+func (a *App) Use(mw ...Middleware) {
+	a.regMu.Lock()
+	defer a.regMu.Unlock()
+	old := a.table.Load()
+	mws := slices.Clip(old.middleware)
+	for _, m := range mw {
+		if m != nil {
+			mws = append(mws, m)
+		}
+	}
+	a.table.Store(newTable(old.handlers, mws))
+}
+
+// Handlers returns the registered handlers in registration order.
+func (a *App) Handlers() []*Handler { return slices.Clone(a.table.Load().handlers) }
+
+// table is an immutable snapshot of the registrations (copy-on-write): the
+// emit path loads it with one atomic read and takes no lock.
+type table struct {
+	handlers   []*Handler
+	middleware []Middleware
+	exact      map[string][]*Handler // literal pattern -> handlers (registration order)
+	globs      map[string][]*Handler // literal prefix of a glob -> handlers
+	matchAll   []*Handler            // handlers with a "*" pattern
+	// cache maps event types already seen to their handlers; immutable
+	// maps replaced copy-on-write (under cacheMu) so lookups take no lock.
+	cache   atomic.Pointer[map[string][]*Handler]
+	cacheMu sync.Mutex
+}
+
+// maxCachedTypes bounds the per-table cache of event type -> handlers.
+const maxCachedTypes = 4096
+
+func newTable(handlers []*Handler, mws []Middleware) *table {
+	t := &table{handlers: handlers, middleware: mws, exact: map[string][]*Handler{}, globs: map[string][]*Handler{}}
+	for _, h := range handlers {
+		seenExact := map[string]bool{}
+		seenGlob := map[string]bool{}
+		all := false
+		for _, p := range h.patterns {
+			switch {
+			case p.literal:
+				if !seenExact[p.src] {
+					seenExact[p.src] = true
+					t.exact[p.src] = append(t.exact[p.src], h)
+				}
+			case p.src == "*":
+				all = true
+			default:
+				if !seenGlob[p.prefix] {
+					seenGlob[p.prefix] = true
+					t.globs[p.prefix] = append(t.globs[p.prefix], h)
+				}
+			}
+		}
+		if all {
+			t.matchAll = append(t.matchAll, h)
+		}
+	}
+	return t
+}
+
+// match returns the handlers for an event type, in registration order.
+func (t *table) match(eventType string) []*Handler {
+	if m := t.cache.Load(); m != nil {
+		if hs, ok := (*m)[eventType]; ok {
+			return hs
+		}
+	}
+	var hs []*Handler
+	hs = append(hs, t.exact[eventType]...)
+	hs = append(hs, t.matchAll...)
+	if len(t.globs) > 0 {
+		for i := 0; i <= len(eventType); i++ {
+			for _, h := range t.globs[eventType[:i]] {
+				for _, p := range h.patterns {
+					if !p.literal && p.match(eventType) {
+						hs = append(hs, h)
+						break
+					}
+				}
+			}
+		}
+	}
+	slices.SortFunc(hs, func(a, b *Handler) int { return int(a.seq) - int(b.seq) })
+	hs = slices.CompactFunc(hs, func(a, b *Handler) bool { return a == b })
+	hs = slices.Clip(hs)
+	t.remember(eventType, hs)
+	return hs
+}
+
+func (t *table) remember(eventType string, hs []*Handler) {
+	t.cacheMu.Lock()
+	defer t.cacheMu.Unlock()
+	var old map[string][]*Handler
+	if m := t.cache.Load(); m != nil {
+		old = *m
+	}
+	if len(old) >= maxCachedTypes {
+		return
+	}
+	m := make(map[string][]*Handler, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	m[eventType] = hs
+	t.cache.Store(&m)
+}
+
+// Emit dispatches an event about subject to every matching handler, one
+// after another in registration order, in the calling goroutine; it returns
+// when all of them (and everything they emitted) are done. Handler errors
+// and panics go to the error handler, never to the emitter. Emit returns an
+// error only when the event is refused (empty type: ErrInvalidName; nil or
+// invalid subject; ErrCascadeDepth) or when ctx is cancelled, which stops
+// the dispatch before the next handler. A nil payload is an empty one.
+// Options: WithExtra, WithMeta.
+func (a *App) Emit(ctx context.Context, eventType string, subject *Subject, payload Payload, opts ...CallOption) error {
+	var o callOptions
+	o.apply(opts)
+	return a.emit(ctx, eventType, subject, payload, &o)
+}
+
+func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payload Payload, o *callOptions) error {
+	if eventType == "" {
+		return fmt.Errorf("krules: emit: %w: empty event type", ErrInvalidName)
+	}
+	if subject == nil {
+		return fmt.Errorf("krules: emit %q: %w: nil subject", eventType, ErrInvalidName)
+	}
+	if subject.nameErr != nil {
+		return fmt.Errorf("krules: emit %q: %w", eventType, subject.nameErr)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	depth := depthOf(ctx)
+	if depth >= a.cascadeLimit {
+		err := fmt.Errorf("krules: emit %q on %q: %w (limit %d)", eventType, subject.name, ErrCascadeDepth, a.cascadeLimit)
+		a.logger.ErrorContext(ctx, "krules: cascade depth limit exceeded", "event", eventType, "subject", subject.name, "limit", a.cascadeLimit)
+		return err
+	}
+	t := a.table.Load()
+	hs := t.match(eventType)
+	if len(hs) == 0 {
+		return nil
+	}
+	if payload == nil {
+		payload = Payload{}
+	}
+	ev := &Event{Type: eventType, Subject: subject, Payload: payload, Extra: o.extra, app: a, meta: o.meta}
+	ev.ctx = depthCtx{Context: ctx, depth: depth + 1}
+	ev.fillProperty()
+	hctx := context.Context(&ev.ctx)
+	for _, h := range hs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !a.pass(hctx, ev, h) {
+			continue
+		}
+		a.invoke(hctx, ev, h, t.middleware)
+	}
+	return nil
+}
+
+func (a *App) pass(ctx context.Context, ev *Event, h *Handler) bool {
+	for _, f := range h.filters {
+		if !a.callFilter(ctx, ev, h, f) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *App) callFilter(ctx context.Context, ev *Event, h *Handler, f Filter) (ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			ok = false
+			a.logger.WarnContext(ctx, "krules: filter panicked; handler skipped", "handler", h.name, "event", ev.Type, "panic", fmt.Sprint(r))
+		}
+	}()
+	return f(ctx, ev)
+}
+
+type handlerKey struct{}
+
+// HandlerName returns the name of the handler a middleware is wrapping (""
+// outside a middleware chain).
+func HandlerName(ctx context.Context) string {
+	if h, ok := ctx.Value(handlerKey{}).(*Handler); ok {
+		return h.name
+	}
+	return ""
+}
+
+func (a *App) invoke(ctx context.Context, ev *Event, h *Handler, mws []Middleware) {
+	err := a.run(ctx, ev, h, mws)
+	if err != nil {
+		a.onError(ctx, ev, h.name, err)
+	}
+}
+
+func (a *App) run(ctx context.Context, ev *Event, h *Handler, mws []Middleware) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	if len(mws) == 0 {
+		return h.fn(ctx, ev)
+	}
+	ctx = context.WithValue(ctx, handlerKey{}, h)
+	return chain(ctx, ev, h, mws)
+}
+
+func chain(ctx context.Context, ev *Event, h *Handler, mws []Middleware) error {
+	if len(mws) == 0 {
+		return h.fn(ctx, ev)
+	}
+	return mws[0](ctx, ev, func(ctx context.Context) error {
+		return chain(ctx, ev, h, mws[1:])
+	})
+}

@@ -1,0 +1,452 @@
+package krules
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/krules-go/krules/storage"
+)
+
+// Subject is a handle on a named subject, with its own write cache.
+//
+// In cache mode (the default) the first access loads the subject from the
+// store; Set and Delete then change only this handle's cache, and Store
+// writes all changes in one atomic batch and drops the cache, so the next
+// access reloads. Another handle on the same name sees the changes only
+// after Store. With NoCache (per call, or per handle via App.Subject) Set,
+// Get and Delete go straight to the store atomically, and patch the cache if
+// this handle has one.
+//
+// Events fire on the calling goroutine after the write: Set emits
+// PropertyChanged when the value changed (storage.Equal), Delete emits
+// PropertyDeleted, Flush emits PropertyDeleted per property and then
+// SubjectDeleted. Extended properties (SetExt, ...) never emit.
+//
+// A Subject is safe for concurrent use. Values returned by Set and carried
+// by events are shared with the cache and must be treated as read-only; Get,
+// ExtProps and Dict return copies.
+type Subject struct {
+	app     *App
+	name    string
+	nameErr error
+	base    callOptions
+
+	mu     sync.Mutex
+	loaded bool
+	props  propCache
+	ext    propCache
+}
+
+// Name returns the subject's name.
+func (s *Subject) Name() string { return s.name }
+
+// String returns the subject's name.
+func (s *Subject) String() string { return s.name }
+
+// App returns the App the handle belongs to.
+func (s *Subject) App() *App { return s.app }
+
+func (s *Subject) opts(opts []CallOption) callOptions {
+	o := s.base
+	o.apply(opts)
+	return o
+}
+
+func (s *Subject) cache(k storage.Kind) *propCache {
+	if k == storage.Extended {
+		return &s.ext
+	}
+	return &s.props
+}
+
+func (s *Subject) loadLocked(ctx context.Context) error {
+	if s.loaded {
+		return nil
+	}
+	snap, err := s.app.backend.Load(ctx, s.name)
+	if err != nil {
+		return fmt.Errorf("krules: load subject %q: %w", s.name, err)
+	}
+	s.props = newPropCache(snap.Props)
+	s.ext = newPropCache(snap.Ext)
+	s.loaded = true
+	return nil
+}
+
+func what(k storage.Kind) string {
+	if k == storage.Extended {
+		return "extended property"
+	}
+	return "property"
+}
+
+func (s *Subject) check(k storage.Kind, prop string) error {
+	if s.nameErr != nil {
+		return fmt.Errorf("krules: %w", s.nameErr)
+	}
+	if err := storage.ValidateName(what(k), prop); err != nil {
+		return fmt.Errorf("krules: subject %q: %w", s.name, err)
+	}
+	return nil
+}
+
+func (s *Subject) checkDepth(ctx context.Context) error {
+	if d := depthOf(ctx); d >= s.app.cascadeLimit {
+		s.app.logger.ErrorContext(ctx, "krules: cascade depth limit exceeded", "subject", s.name, "limit", s.app.cascadeLimit)
+		return fmt.Errorf("krules: subject %q: %w (limit %d)", s.name, ErrCascadeDepth, s.app.cascadeLimit)
+	}
+	return nil
+}
+
+func (s *Subject) notFound(k storage.Kind, prop string) error {
+	return fmt.Errorf("krules: %s %q of subject %q: %w", what(k), prop, s.name, ErrNotFound)
+}
+
+// Set sets a default property and returns the new and the old value (old is
+// nil when the property was missing). value is a plain value (normalised to
+// the data model, see package storage), a built-in Op (Inc, Append, Max,
+// Min), or an update function: UpdateFunc, func(old any) any,
+// func(old any) (any, error), func() any, or Update(func(T) T). An update
+// function receives nil when the property is missing; its error or panic is
+// returned and nothing changes.
+//
+// Unless Muted, Set emits PropertyChanged when the new value is not Equal to
+// the old one, with WithExtra's Extra, and returns after its handlers ran.
+// Options: Muted, WithExtra, NoCache.
+//
+// Errors: ErrInvalidName, ErrInvalidValue (nothing written), ErrConflict
+// (NoCache update functions on optimistic backends), ErrCascadeDepth
+// (nothing written), store errors. If ctx is cancelled while the change
+// event is dispatched, Set returns the values and ctx's error: the write
+// took effect.
+func (s *Subject) Set(ctx context.Context, prop string, value any, opts ...CallOption) (newValue, oldValue any, err error) {
+	return s.set(ctx, storage.Default, prop, value, opts)
+}
+
+// SetExt sets an extended property, as Set but never emitting an event.
+// Update functions and Ops are evaluated as for Set.
+func (s *Subject) SetExt(ctx context.Context, prop string, value any, opts ...CallOption) (newValue, oldValue any, err error) {
+	return s.set(ctx, storage.Extended, prop, value, opts)
+}
+
+func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value any, opts []CallOption) (any, any, error) {
+	if err := s.check(k, prop); err != nil {
+		return nil, nil, err
+	}
+	o := s.opts(opts)
+	mut, err := mutation(value)
+	if err != nil {
+		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+	}
+	emit := k == storage.Default && !o.muted
+	if emit {
+		if err := s.checkDepth(ctx); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	var nv, old any
+	if o.noCache {
+		nv, old, err = s.app.backend.Set(ctx, s.name, storage.Key{Kind: k, Name: prop}, mut)
+		if err != nil {
+			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+		}
+		s.mu.Lock()
+		if s.loaded {
+			s.cache(k).put(prop, storage.Clone(nv), false)
+		}
+		s.mu.Unlock()
+	} else {
+		s.mu.Lock()
+		if err := s.loadLocked(ctx); err != nil {
+			s.mu.Unlock()
+			return nil, nil, err
+		}
+		c := s.cache(k)
+		var exists bool
+		old, exists = c.get(prop)
+		arg := old
+		if exists {
+			arg = storage.Clone(old) // the function may mutate its argument
+		}
+		nv, err = mut.Apply(arg, exists)
+		if err != nil {
+			s.mu.Unlock()
+			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+		}
+		c.put(prop, nv, true)
+		s.mu.Unlock()
+	}
+	if emit && !storage.Equal(nv, old) {
+		p := Payload{KeyPropertyName: prop, KeyOldValue: old, KeyValue: nv}
+		if err := s.app.emit(ctx, PropertyChanged, s, p, &callOptions{extra: o.extra}); err != nil {
+			return nv, old, err
+		}
+	}
+	return nv, old, nil
+}
+
+// Get returns a default property's value (a copy). A missing property gives
+// the Default option's value if one was given, else an error wrapping
+// ErrNotFound. Options: Default, NoCache.
+func (s *Subject) Get(ctx context.Context, prop string, opts ...CallOption) (any, error) {
+	return s.get(ctx, storage.Default, prop, opts)
+}
+
+// GetExt returns an extended property's value, as Get.
+func (s *Subject) GetExt(ctx context.Context, prop string, opts ...CallOption) (any, error) {
+	return s.get(ctx, storage.Extended, prop, opts)
+}
+
+func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []CallOption) (any, error) {
+	if err := s.check(k, prop); err != nil {
+		return nil, err
+	}
+	o := s.opts(opts)
+	if o.noCache {
+		v, err := s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
+		if errors.Is(err, ErrNotFound) {
+			if o.hasDef {
+				return o.def, nil
+			}
+			return nil, s.notFound(k, prop)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("krules: get %s %q of subject %q: %w", what(k), prop, s.name, err)
+		}
+		s.mu.Lock()
+		if s.loaded {
+			s.cache(k).put(prop, storage.Clone(v), false)
+		}
+		s.mu.Unlock()
+		return v, nil
+	}
+	s.mu.Lock()
+	if err := s.loadLocked(ctx); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	v, ok := s.cache(k).get(prop)
+	s.mu.Unlock()
+	if !ok {
+		if o.hasDef {
+			return o.def, nil
+		}
+		return nil, s.notFound(k, prop)
+	}
+	return storage.Clone(v), nil
+}
+
+// Has reports whether a default property exists (in the handle's cache,
+// loading it if needed).
+func (s *Subject) Has(ctx context.Context, prop string) (bool, error) {
+	return s.has(ctx, storage.Default, prop)
+}
+
+// HasExt reports whether an extended property exists.
+func (s *Subject) HasExt(ctx context.Context, prop string) (bool, error) {
+	return s.has(ctx, storage.Extended, prop)
+}
+
+func (s *Subject) has(ctx context.Context, k storage.Kind, prop string) (bool, error) {
+	if err := s.check(k, prop); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.loadLocked(ctx); err != nil {
+		return false, err
+	}
+	_, ok := s.cache(k).get(prop)
+	return ok, nil
+}
+
+// Keys returns the names of the default properties, in insertion order
+// (as far as the backend keeps it).
+func (s *Subject) Keys(ctx context.Context) ([]string, error) {
+	if s.nameErr != nil {
+		return nil, fmt.Errorf("krules: %w", s.nameErr)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.loadLocked(ctx); err != nil {
+		return nil, err
+	}
+	return append([]string{}, s.props.names...), nil
+}
+
+// ExtProps returns a copy of the extended properties.
+func (s *Subject) ExtProps(ctx context.Context) (map[string]any, error) {
+	if s.nameErr != nil {
+		return nil, fmt.Errorf("krules: %w", s.nameErr)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.loadLocked(ctx); err != nil {
+		return nil, err
+	}
+	return s.ext.toMap(), nil
+}
+
+// Dict exports the subject as in Python KRules:
+// {"name": <subject name>, <property>: <value>, ..., "ext": {<extended>}}.
+// As there, a property called "name" or "ext" overwrites those keys.
+func (s *Subject) Dict(ctx context.Context) (map[string]any, error) {
+	if s.nameErr != nil {
+		return nil, fmt.Errorf("krules: %w", s.nameErr)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.loadLocked(ctx); err != nil {
+		return nil, err
+	}
+	m := s.props.toMap()
+	if _, ok := m["name"]; !ok {
+		m["name"] = s.name
+	}
+	m["ext"] = s.ext.toMap()
+	return m, nil
+}
+
+// Delete removes a default property and, unless Muted, emits
+// PropertyDeleted (with WithExtra's Extra). A missing property is an error
+// wrapping ErrNotFound. Options: Muted, WithExtra, NoCache.
+func (s *Subject) Delete(ctx context.Context, prop string, opts ...CallOption) error {
+	return s.del(ctx, storage.Default, prop, opts)
+}
+
+// DeleteExt removes an extended property; it never emits.
+func (s *Subject) DeleteExt(ctx context.Context, prop string, opts ...CallOption) error {
+	return s.del(ctx, storage.Extended, prop, opts)
+}
+
+func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []CallOption) error {
+	if err := s.check(k, prop); err != nil {
+		return err
+	}
+	o := s.opts(opts)
+	emit := k == storage.Default && !o.muted
+	if emit {
+		if err := s.checkDepth(ctx); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var old any
+	if o.noCache {
+		var err error
+		old, err = s.app.backend.Delete(ctx, s.name, storage.Key{Kind: k, Name: prop})
+		if errors.Is(err, ErrNotFound) {
+			return s.notFound(k, prop)
+		}
+		if err != nil {
+			return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
+		}
+		s.mu.Lock()
+		if s.loaded {
+			s.cache(k).remove(prop, false)
+		}
+		s.mu.Unlock()
+	} else {
+		s.mu.Lock()
+		if err := s.loadLocked(ctx); err != nil {
+			s.mu.Unlock()
+			return err
+		}
+		c := s.cache(k)
+		v, ok := c.get(prop)
+		if !ok {
+			s.mu.Unlock()
+			return s.notFound(k, prop)
+		}
+		old = v
+		c.remove(prop, true)
+		s.mu.Unlock()
+	}
+	if emit {
+		p := Payload{KeyPropertyName: prop, KeyOldValue: old}
+		return s.app.emit(ctx, PropertyDeleted, s, p, &callOptions{extra: o.extra})
+	}
+	return nil
+}
+
+// Store writes the handle's cached changes to the store in one atomic batch
+// and drops the cache (the next access reloads). Without a cache it does
+// nothing. If the store fails, the cache is kept and the error returned.
+func (s *Subject) Store(ctx context.Context) error {
+	if s.nameErr != nil {
+		return fmt.Errorf("krules: %w", s.nameErr)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.loaded {
+		return nil
+	}
+	var b storage.Batch
+	s.props.batch(storage.Default, &b)
+	s.ext.batch(storage.Extended, &b)
+	if !b.Empty() {
+		if err := s.app.backend.Store(ctx, s.name, b); err != nil {
+			return fmt.Errorf("krules: store subject %q: %w", s.name, err)
+		}
+	}
+	s.loaded = false
+	s.props, s.ext = propCache{}, propCache{}
+	return nil
+}
+
+// Flush deletes the subject: it emits PropertyDeleted for every default
+// property and then every extended one (insertion order; handlers still see
+// the data), removes the subject from the store, drops the cache, and emits
+// SubjectDeleted with {"props": ..., "ext_props": ...}. The snapshot is the
+// handle's cache if loaded (unsaved changes included), else the stored
+// subject.
+func (s *Subject) Flush(ctx context.Context) error {
+	if s.nameErr != nil {
+		return fmt.Errorf("krules: %w", s.nameErr)
+	}
+	if err := s.checkDepth(ctx); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if err := s.loadLocked(ctx); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	type kv struct {
+		name string
+		v    any
+	}
+	var all []kv
+	for _, n := range s.props.names {
+		all = append(all, kv{n, storage.Clone(s.props.values[n])})
+	}
+	for _, n := range s.ext.names {
+		all = append(all, kv{n, storage.Clone(s.ext.values[n])})
+	}
+	props, ext := s.props.toMap(), s.ext.toMap()
+	s.mu.Unlock()
+
+	for _, p := range all {
+		if err := s.app.emit(ctx, PropertyDeleted, s, Payload{KeyPropertyName: p.name, KeyOldValue: p.v}, &callOptions{}); err != nil {
+			return err
+		}
+	}
+	if err := s.app.backend.Flush(ctx, s.name); err != nil {
+		return fmt.Errorf("krules: flush subject %q: %w", s.name, err)
+	}
+	s.mu.Lock()
+	s.loaded = false
+	s.props, s.ext = propCache{}, propCache{}
+	s.mu.Unlock()
+	return s.app.emit(ctx, SubjectDeleted, s, Payload{"props": props, "ext_props": ext}, &callOptions{})
+}
