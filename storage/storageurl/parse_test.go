@@ -1,0 +1,91 @@
+package storageurl
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/krules-go/krules/storage/bolt"
+)
+
+func TestParse(t *testing.T) {
+	for _, c := range []struct {
+		url  string
+		want spec
+	}{
+		{"memory://", spec{scheme: "memory"}},
+		{"memory:", spec{scheme: "memory"}},
+		{"MEMORY://", spec{scheme: "memory"}},
+		{"bolt:///var/lib/x.db", spec{scheme: "bolt", path: "/var/lib/x.db"}},
+		{"bolt:data/x.db", spec{scheme: "bolt", path: "data/x.db"}},
+		{"bolt:///tmp/a%20b.db?timeout=5s&nosync=true", spec{scheme: "bolt", path: "/tmp/a b.db", bolt: bolt.Config{Timeout: 5 * time.Second, NoSync: true}}},
+		{"redis://127.0.0.1:6379/0?prefix=app:", spec{scheme: "redis", driverURL: "redis://127.0.0.1:6379/0", prefix: "app:"}},
+		{"redis://127.0.0.1:6379/2", spec{scheme: "redis", driverURL: "redis://127.0.0.1:6379/2"}},
+		{"rediss://u:secret@cache.example:6380/1?prefix=p%3A&dial_timeout=3s", spec{scheme: "rediss", driverURL: "rediss://u:secret@cache.example:6380/1?dial_timeout=3s", prefix: "p:"}},
+		{"postgres://postgres@127.0.0.1:5432/test?sslmode=disable&table=subj", spec{scheme: "postgres", driverURL: "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", table: "subj"}},
+		{"postgresql://u@h/db", spec{scheme: "postgresql", driverURL: "postgresql://u@h/db"}},
+	} {
+		got, err := parse(c.url)
+		if err != nil {
+			t.Errorf("parse(%q): %v", c.url, err)
+			continue
+		}
+		if got != c.want {
+			t.Errorf("parse(%q) = %+v, want %+v", c.url, got, c.want)
+		}
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, c := range []struct {
+		url, mention string
+	}{
+		{"", "empty URL"},
+		{"   ", "empty URL"},
+		{"/tmp/x.db", "no scheme"},
+		{"mongodb://h/db", `unknown scheme "mongodb"`},
+		{"http://[::1", "missing ']'"},
+		{"memory://host", "memory takes no"},
+		{"memory://?x=1", "memory takes no"},
+		{"bolt://tmp/x.db", `host "tmp"`},
+		{"bolt://", "missing file path"},
+		{"bolt:///", "missing file path"},
+		{"bolt:///x.db?timeout=soon", "timeout"},
+		{"bolt:///x.db?timeout=-1s", "timeout"},
+		{"bolt:///x.db?nosync=maybe", "nosync"},
+		{"bolt:///x.db?prefix=a", `unknown parameter "prefix"`},
+		{"bolt:///x.db?timeout=1s&timeout=2s", "given 2 times"},
+		{"redis:///0", "missing host"},
+		{"redis://h:6379/0?prefix=", `"prefix" is empty`},
+		{"redis://h:6379/0?prefix=a&prefix=b", "given 2 times"},
+		{"postgres://u@h/db?table=", `"table" is empty`},
+		{"redis://h/0?a=%zz", "query"},
+	} {
+		_, err := parse(c.url)
+		if err == nil {
+			t.Errorf("parse(%q): no error", c.url)
+			continue
+		}
+		if !errors.Is(err, ErrBadURL) {
+			t.Errorf("parse(%q): %v does not wrap ErrBadURL", c.url, err)
+		}
+		if !strings.Contains(err.Error(), c.mention) {
+			t.Errorf("parse(%q): %q does not mention %q", c.url, err, c.mention)
+		}
+	}
+}
+
+func TestErrorsHidePasswords(t *testing.T) {
+	for _, u := range []string{
+		"redis://user:hunter2@h:6379/0?prefix=",
+		"postgres://user:hunter2@h/db?table=",
+		"mongodb://user:hunter2@h/db",
+		"redis://user:hunter2@h:6379/0?a=%zz",
+	} {
+		_, err := parse(u)
+		if err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("parse(%q) error %v leaks the password", u, err)
+		}
+	}
+}

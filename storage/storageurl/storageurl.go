@@ -1,0 +1,246 @@
+// Package storageurl opens any krules storage backend from one URL string, so
+// that programs, examples and the krules CLI pick their store from
+// configuration (KRULES_STORAGE) instead of code.
+//
+//	b, err := storageurl.Open(ctx, "bolt:///var/lib/myapp/krules.db")
+//	if err != nil {
+//		return err
+//	}
+//	defer b.Close()
+//	app := krules.New(krules.WithStorage(b))
+//
+// # Schemes
+//
+//	memory://                                   in-process store (storage/memory)
+//	bolt:///abs/path/krules.db                  one bbolt file (storage/bolt); also bolt:relative/path.db
+//	    ?timeout=5s                             wait for the file lock (default 1s)
+//	    ?nosync=true                            skip fsync per commit (default false)
+//	redis://[user:pass@]host:port/db?prefix=app:   Redis (storage/redis); rediss:// for TLS
+//	    prefix=                                 key prefix: keys are s:{prefix}{subject} (default "")
+//	    other query parameters go to go-redis (dial_timeout, pool_size, ...)
+//	postgres://user@host:port/db?table=subjects  PostgreSQL (storage/postgres); also postgresql://
+//	    table=                                  table name (default: the backend's, "subjects")
+//	    other query parameters go to pgx (sslmode, pool_max_conns, ...)
+//
+// An unknown scheme, a parameter this package does not know (for memory and
+// bolt), a repeated or empty parameter, or a malformed URL is an error that
+// names the problem; nothing is opened then. Passwords never appear in error
+// messages.
+package storageurl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/bolt"
+	"github.com/krules-go/krules/storage/memory"
+)
+
+// EnvVar names the environment variable holding the default storage URL of
+// the CLI and the examples.
+const EnvVar = "KRULES_STORAGE"
+
+// DefaultURL is used by FromEnv when EnvVar is unset or empty.
+const DefaultURL = "memory://"
+
+// ErrBadURL is wrapped by every error about the URL itself (syntax, scheme,
+// parameters), as opposed to errors opening a well-formed URL (a server down,
+// a locked file). Test it with errors.Is.
+var ErrBadURL = errors.New("bad storage URL")
+
+// Backend is an opened store. Close releases it (connections, file lock);
+// for memory:// it does nothing. The concrete value is the backend's own type
+// (*bolt.Backend, *redis.Backend, ...), so storage.Lister and other optional
+// interfaces are available through type assertions.
+type Backend interface {
+	storage.Backend
+	io.Closer
+}
+
+// Open opens the backend named by rawURL (see the package documentation for
+// the schemes). ctx bounds the connection to a server.
+func Open(ctx context.Context, rawURL string) (Backend, error) {
+	sp, err := parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	switch sp.scheme {
+	case "memory":
+		return memoryBackend{memory.New()}, nil
+	case "bolt":
+		b, err := bolt.Open(sp.path, sp.bolt)
+		if err != nil {
+			return nil, fmt.Errorf("storageurl: %w", err)
+		}
+		return b, nil
+	case "redis", "rediss":
+		return openRedis(ctx, sp)
+	case "postgres", "postgresql":
+		return openPostgres(ctx, sp)
+	}
+	return nil, fmt.Errorf("storageurl: %w: unhandled scheme %q", ErrBadURL, sp.scheme)
+}
+
+// FromEnv opens the URL in the KRULES_STORAGE environment variable, or
+// DefaultURL (memory://) when it is unset or empty.
+func FromEnv(ctx context.Context) (Backend, error) {
+	return Open(ctx, URLFromEnv())
+}
+
+// URLFromEnv returns KRULES_STORAGE, or DefaultURL when it is unset or empty.
+func URLFromEnv() string {
+	if u := strings.TrimSpace(os.Getenv(EnvVar)); u != "" {
+		return u
+	}
+	return DefaultURL
+}
+
+// Redact returns rawURL with its password replaced by "xxxxx", for logs.
+// A string that does not parse is returned as "<unparsable URL>".
+func Redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "<unparsable URL>"
+	}
+	return u.Redacted()
+}
+
+// memoryBackend gives the in-memory store a no-op Close; embedding keeps its
+// List method.
+type memoryBackend struct{ *memory.Backend }
+
+func (memoryBackend) Close() error { return nil }
+
+// spec is a parsed URL.
+type spec struct {
+	scheme string
+	// bolt
+	path string
+	bolt bolt.Config
+	// redis, postgres: the URL handed to the driver, without our parameters
+	driverURL string
+	prefix    string
+	table     string
+}
+
+func bad(u *url.URL, format string, args ...any) error {
+	return fmt.Errorf("storageurl: %w %s: %s", ErrBadURL, u.Redacted(), fmt.Sprintf(format, args...))
+}
+
+func parse(rawURL string) (spec, error) {
+	if strings.TrimSpace(rawURL) == "" {
+		return spec{}, fmt.Errorf("storageurl: %w: empty URL", ErrBadURL)
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the URL, password included
+		}
+		return spec{}, fmt.Errorf("storageurl: %w: %v", ErrBadURL, err)
+	}
+	if u.Scheme == "" {
+		return spec{}, bad(u, "no scheme (want memory://, bolt:///path.db, redis://host:port/db, postgres://user@host/db)")
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return spec{}, bad(u, "query: %v", err)
+	}
+	for k, vs := range q {
+		if len(vs) > 1 {
+			return spec{}, bad(u, "parameter %q given %d times", k, len(vs))
+		}
+	}
+	sp := spec{scheme: strings.ToLower(u.Scheme)}
+	switch sp.scheme {
+	case "memory":
+		if u.Host != "" || (u.Path != "" && u.Path != "/") || u.Opaque != "" || u.User != nil || len(q) > 0 || u.Fragment != "" {
+			return spec{}, bad(u, "memory takes no host, path or parameters (write memory://)")
+		}
+	case "bolt":
+		if err := parseBolt(u, q, &sp); err != nil {
+			return spec{}, err
+		}
+	case "redis", "rediss":
+		if u.Host == "" {
+			return spec{}, bad(u, "missing host (write %s://host:port/db)", sp.scheme)
+		}
+		if err := take(u, q, "prefix", &sp.prefix); err != nil {
+			return spec{}, err
+		}
+		sp.driverURL = withQuery(u, q)
+	case "postgres", "postgresql":
+		if err := take(u, q, "table", &sp.table); err != nil {
+			return spec{}, err
+		}
+		sp.driverURL = withQuery(u, q)
+	default:
+		return spec{}, bad(u, "unknown scheme %q (want memory, bolt, redis, rediss, postgres or postgresql)", u.Scheme)
+	}
+	return sp, nil
+}
+
+// take moves parameter name out of q into *dst; present but empty is an error.
+func take(u *url.URL, q url.Values, name string, dst *string) error {
+	vs, ok := q[name]
+	if !ok {
+		return nil
+	}
+	if vs[0] == "" {
+		return bad(u, "parameter %q is empty", name)
+	}
+	*dst = vs[0]
+	delete(q, name)
+	return nil
+}
+
+func withQuery(u *url.URL, q url.Values) string {
+	c := *u
+	c.RawQuery = q.Encode()
+	return c.String()
+}
+
+func parseBolt(u *url.URL, q url.Values, sp *spec) error {
+	switch {
+	case u.Opaque != "":
+		sp.path = u.Opaque // bolt:relative/path.db
+	case u.Host != "":
+		return bad(u, "bolt URL has host %q: write bolt:///absolute/path.db (three slashes) or bolt:relative/path.db", u.Host)
+	default:
+		sp.path = u.Path
+	}
+	if sp.path == "" || sp.path == "/" {
+		return bad(u, "missing file path (write bolt:///absolute/path.db)")
+	}
+	if u.User != nil || u.Fragment != "" {
+		return bad(u, "bolt URL takes only a path and parameters")
+	}
+	for k, vs := range q {
+		v := vs[0]
+		switch k {
+		case "timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return bad(u, "parameter timeout=%q is not a positive duration (e.g. 5s)", v)
+			}
+			sp.bolt.Timeout = d
+		case "nosync":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return bad(u, "parameter nosync=%q is not a boolean", v)
+			}
+			sp.bolt.NoSync = b
+		default:
+			return bad(u, "unknown parameter %q for bolt (want timeout, nosync)", k)
+		}
+	}
+	return nil
+}
