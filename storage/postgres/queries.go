@@ -1,0 +1,161 @@
+package postgres
+
+import "strings"
+
+// queries holds the SQL text of every statement for one JSONB column
+// (properties or ext_properties). Parameters: $1 subject name, $2 property
+// name, $3 the new value or the operation's argument as JSON.
+type queries struct {
+	get       string
+	set       string // plain value
+	inc       string
+	appendOp  string
+	maxOp     string
+	minOp     string
+	del       string
+	ensureRow string // Func path: create the row if missing
+	lockGet   string // Func path: lock the row, read the property
+	write     string // Func path: write the property in the locked row
+}
+
+// setTemplate writes one property in ONE statement and returns its old value:
+//
+//   - old locks the subject's row (FOR UPDATE). Under READ COMMITTED a row
+//     changed by a concurrent transaction is waited for and re-read, so v is
+//     the latest committed value and nobody can change it until we commit.
+//     found tells a missing row from a missing property.
+//   - calc computes the new value nv from v (the operation), and ok = false
+//     when the stored value has the wrong type for the operation: then the
+//     INSERT gets no row and nothing is written.
+//   - up inserts the row or merges {name: nv} into the locked row. When old
+//     found no row but another transaction inserted it after our snapshot
+//     (a concurrent first write), the ON CONFLICT ... WHERE found is false:
+//     nothing is written, written = 0, and the caller retries with a fresh
+//     snapshot, so the returned old value is never wrong.
+//
+// The INSERT's source reads calc, hence old, so the row is locked before the
+// INSERT runs. Placeholders: {T} table, {C} column, {NV}/{OK} expressions
+// over v (the stored jsonb, SQL NULL when missing) and $3.
+const setTemplate = `WITH old AS MATERIALIZED (
+	SELECT {C} -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR UPDATE
+), calc AS MATERIALIZED (
+	SELECT o.v, o.found, {NV} AS nv, {OK} AS ok
+	FROM (SELECT (SELECT v FROM old) AS v, EXISTS (SELECT 1 FROM old) AS found) o
+), up AS (
+	INSERT INTO {T} AS s (subject_name, {C})
+	SELECT $1::text, jsonb_build_object($2::text, c.nv) FROM calc c WHERE c.ok
+	ON CONFLICT (subject_name) DO UPDATE
+		SET {C} = s.{C} || EXCLUDED.{C}, updated_at = NOW()
+		WHERE (SELECT found FROM calc)
+	RETURNING 1
+)
+SELECT c.v, {RET}, c.ok, (SELECT count(*) FROM up) AS written FROM calc c`
+
+// Expressions of the built-in operations over v (stored jsonb or NULL) and
+// $3 (the argument). A missing property or a JSON null counts as absent.
+const (
+	absent  = `(v IS NULL OR jsonb_typeof(v) = 'null')`
+	isNum   = `jsonb_typeof(v) = 'number'`
+	arg     = `$3::jsonb`
+	argNum  = `($3::jsonb)::numeric`
+	incExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN ` + isNum + ` THEN to_jsonb(v::numeric + ` + argNum + `) END`
+	maxExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN ` + isNum + ` THEN (CASE WHEN v::numeric >= ` + argNum + ` THEN v ELSE ` + arg + ` END) END`
+	minExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN ` + isNum + ` THEN (CASE WHEN v::numeric <= ` + argNum + ` THEN v ELSE ` + arg + ` END) END`
+	appExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN jsonb_typeof(v) = 'array' THEN v || ` + arg + ` END`
+	numOK   = `(` + absent + ` OR ` + isNum + `)`
+	arrOK   = `(` + absent + ` OR jsonb_typeof(v) = 'array')`
+)
+
+// delTemplate removes one property in one statement and returns its old
+// value; the row lock taken by old makes the returned value the one removed.
+const delTemplate = `WITH old AS MATERIALIZED (
+	SELECT {C} -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR UPDATE
+), up AS (
+	UPDATE {T} SET {C} = {C} - $2::text, updated_at = NOW()
+	WHERE subject_name = $1::text AND (SELECT v FROM old) IS NOT NULL
+	RETURNING 1
+)
+SELECT (SELECT v FROM old), (SELECT count(*) FROM up)`
+
+func expand(tmpl, table, col string, kv ...string) string {
+	r := strings.NewReplacer(append([]string{"{T}", table, "{C}", col}, kv...)...)
+	return r.Replace(tmpl)
+}
+
+func buildQueries(table, col string) queries {
+	op := func(nv, ok string) string {
+		return expand(setTemplate, table, col, "{NV}", nv, "{OK}", ok, "{RET}", "c.nv")
+	}
+	return queries{
+		get:       expand(`SELECT {C} -> $2::text FROM {T} WHERE subject_name = $1::text`, table, col),
+		set:       expand(setTemplate, table, col, "{NV}", arg, "{OK}", "true", "{RET}", "NULL::jsonb"),
+		inc:       op(incExpr, numOK),
+		appendOp:  op(appExpr, arrOK),
+		maxOp:     op(maxExpr, numOK),
+		minOp:     op(minExpr, numOK),
+		del:       expand(delTemplate, table, col),
+		ensureRow: expand(`INSERT INTO {T} (subject_name) VALUES ($1::text) ON CONFLICT (subject_name) DO NOTHING`, table, col),
+		lockGet:   expand(`SELECT {C} -> $2::text FROM {T} WHERE subject_name = $1::text FOR UPDATE`, table, col),
+		write:     expand(`UPDATE {T} SET {C} = {C} || jsonb_build_object($2::text, $3::jsonb), updated_at = NOW() WHERE subject_name = $1::text`, table, col),
+	}
+}
+
+// tableQueries are the statements that touch both columns.
+type tableQueries struct {
+	load, ext, flush, store, storeDeletes, listFirst, listNext string
+}
+
+func buildTableQueries(table string) tableQueries {
+	return tableQueries{
+		load:         loadQuery(table),
+		ext:          extQuery(table),
+		flush:        flushQuery(table),
+		store:        storeQuery(table),
+		storeDeletes: storeDeletesQuery(table),
+		listFirst:    listFirstQuery(table),
+		listNext:     listNextQuery(table),
+	}
+}
+
+func loadQuery(table string) string {
+	return `SELECT properties, ext_properties FROM ` + table + ` WHERE subject_name = $1::text`
+}
+
+func extQuery(table string) string {
+	return `SELECT ext_properties FROM ` + table + ` WHERE subject_name = $1::text`
+}
+
+func flushQuery(table string) string {
+	return `DELETE FROM ` + table + ` WHERE subject_name = $1::text`
+}
+
+// storeQuery applies a batch with puts in one statement: deletes first
+// ($4, $5: text[]), then the merge of the puts ($2, $3: JSON objects).
+func storeQuery(table string) string {
+	return `INSERT INTO ` + table + ` AS s (subject_name, properties, ext_properties)
+	VALUES ($1::text, $2::jsonb, $3::jsonb)
+	ON CONFLICT (subject_name) DO UPDATE SET
+		properties = (s.properties - $4::text[]) || EXCLUDED.properties,
+		ext_properties = (s.ext_properties - $5::text[]) || EXCLUDED.ext_properties,
+		updated_at = NOW()`
+}
+
+// storeDeletesQuery applies a batch of deletes only: no row is created.
+func storeDeletesQuery(table string) string {
+	return `UPDATE ` + table + ` SET properties = properties - $2::text[],
+		ext_properties = ext_properties - $3::text[], updated_at = NOW()
+	WHERE subject_name = $1::text`
+}
+
+func listFirstQuery(table string) string {
+	return `SELECT subject_name FROM ` + table + ` WHERE subject_name LIKE $1::text ESCAPE '\' ORDER BY subject_name LIMIT $2`
+}
+
+func listNextQuery(table string) string {
+	return `SELECT subject_name FROM ` + table + ` WHERE subject_name LIKE $1::text ESCAPE '\' AND subject_name > $3::text ORDER BY subject_name LIMIT $2`
+}
+
+// escapeLike escapes the LIKE metacharacters of a literal prefix (ESCAPE '\').
+func escapeLike(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
