@@ -80,6 +80,7 @@ type Backend struct {
 	owned  bool
 	cfg    Config
 	closed atomic.Bool
+	locks  keyLocks
 
 	// watch selects the WATCH/MULTI/EXEC design for update functions instead
 	// of read + compare-and-set; kept for the measurement in the tests.
@@ -468,20 +469,49 @@ func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *
 	return nv, old, nil
 }
 
-// update runs an update function with read + compare-and-set.
+// update runs an update function with read + compare-and-set. Updates of
+// the same property from this process take turns (see keyLocks), so they
+// never conflict with each other, and each starts from the text its
+// predecessor wrote; the compare-and-set still guards against every other
+// writer.
 func (b *Backend) update(ctx context.Context, subject string, k storage.Key, m storage.Mutation) (any, any, error) {
 	key, f := b.Key(subject), field(k)
-	cur, err := b.client.HGet(ctx, key, f).Result()
-	exists := err == nil
-	if err != nil && !errors.Is(err, goredis.Nil) {
+	lockName := key + "\x00" + f
+	l, err := b.locks.acquire(ctx, lockName)
+	if err != nil {
 		return nil, nil, propErr("update", subject, k, err)
+	}
+	defer b.locks.release(lockName, l)
+
+	// fresh: cur was read from Redis during this call (not a hint), so a
+	// decision taken without writing (unchanged value, function error)
+	// reflects a value that was stored while the call ran.
+	cur, exists, fresh := l.hint, l.hintExists, false
+	l.hintOK, fresh = false, !l.hintOK
+	if fresh {
+		if cur, exists, err = b.read(ctx, key, f); err != nil {
+			return nil, nil, propErr("update", subject, k, err)
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		old, nv, text, err := apply(m, cur, exists)
+		if err == nil && exists && text == cur && !fresh {
+			err = errStale // must confirm against Redis before returning
+		}
 		if err != nil {
-			return nil, nil, propErr("update", subject, k, err)
+			if fresh {
+				return nil, nil, propErr("update", subject, k, err)
+			}
+			// Decided on a hint: read the stored value and decide again.
+			if cur, exists, err = b.read(ctx, key, f); err != nil {
+				return nil, nil, propErr("update", subject, k, err)
+			}
+			fresh = true
+			attempt--
+			continue
 		}
 		if exists && text == cur {
+			l.hint, l.hintExists, l.hintOK = cur, true, true
 			return nv, old, nil // unchanged: nothing to write
 		}
 		flag := "0"
@@ -494,20 +524,36 @@ func (b *Backend) update(ctx context.Context, subject string, k storage.Key, m s
 		}
 		reply, conflict := res.([]any)
 		if !conflict {
+			l.hint, l.hintExists, l.hintOK = text, true, true
 			return nv, old, nil
 		}
+		cur, exists, fresh = "", false, true
+		if len(reply) > 0 {
+			cur, exists = reply[0].(string)
+		}
+		l.hint, l.hintExists, l.hintOK = cur, exists, true
 		if attempt >= b.cfg.MaxRetries {
 			return nil, nil, propErr("update", subject, k,
 				fmt.Errorf("%w (gave up after %d attempts)", storage.ErrConflict, attempt+1))
-		}
-		cur, exists = "", false
-		if len(reply) > 0 {
-			cur, exists = reply[0].(string)
 		}
 		if err := b.backoff(ctx, attempt); err != nil {
 			return nil, nil, propErr("update", subject, k, err)
 		}
 	}
+}
+
+var errStale = errors.New("decided on a cached value")
+
+// read returns the text of one field (exists false when missing).
+func (b *Backend) read(ctx context.Context, key, f string) (string, bool, error) {
+	cur, err := b.client.HGet(ctx, key, f).Result()
+	if err != nil {
+		if errors.Is(err, goredis.Nil) {
+			return "", false, nil
+		}
+		return "", false, err
+	}
+	return cur, true, nil
 }
 
 // apply decodes the stored text, runs the mutation on a private copy and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -469,7 +470,6 @@ func containsAll(s string, subs ...string) bool {
 	return true
 }
 
-
 func TestClosed(t *testing.T) {
 	b := open(t, redis.Config{})
 	ctx := context.Background()
@@ -740,5 +740,83 @@ func TestContextCancelled(t *testing.T) {
 	}
 	if n, _ := b.Client().Exists(context.Background(), b.Key("s")).Result(); n != 0 {
 		t.Error("a call with a cancelled context wrote")
+	}
+}
+
+// TestUpdateFuncStaleHint: a goroutine that waited for another update of the
+// same property starts from the value its predecessor wrote; when another
+// writer changed it meanwhile, the function is called again with the stored
+// value, also when the stale value made it fail or left the value unchanged.
+func TestUpdateFuncStaleHint(t *testing.T) {
+	for _, mode := range []string{"conflict", "error", "unchanged"} {
+		t.Run(mode, func(t *testing.T) {
+			b := open(t, redis.Config{})
+			ctx := context.Background()
+			raw := b.Client()
+			entered, proceed := make(chan struct{}), make(chan struct{})
+			first := make(chan error, 1)
+			go func() {
+				_, _, err := b.Set(ctx, "s", P("n"), storage.Mutation{Func: func(any, bool) (any, error) {
+					close(entered)
+					<-proceed
+					return int64(1), nil
+				}})
+				first <- err
+			}()
+			<-entered
+			type result struct {
+				nv, old any
+				err     error
+				calls   []any
+			}
+			second := make(chan result, 1)
+			go func() {
+				var calls []any
+				nv, old, err := b.Set(ctx, "s", P("n"), storage.Mutation{Func: func(old any, _ bool) (any, error) {
+					calls = append(calls, old)
+					if len(calls) == 1 {
+						// Another process writes after the first update.
+						if err := raw.HSet(ctx, b.Key("s"), "pn", "50").Err(); err != nil {
+							return nil, err
+						}
+					}
+					n := old.(int64)
+					switch mode {
+					case "error":
+						if n < 10 {
+							return nil, errors.New("too small")
+						}
+					case "unchanged":
+						if n < 10 {
+							return n, nil
+						}
+					}
+					return n + 1, nil
+				}})
+				second <- result{nv, old, err, calls}
+			}()
+			for redis.LockRefs(b, "s", P("n")) < 2 {
+				runtime.Gosched()
+			}
+			close(proceed)
+			if err := <-first; err != nil {
+				t.Fatal(err)
+			}
+			r := <-second
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if len(r.calls) != 2 || r.calls[0] != int64(1) || r.calls[1] != int64(50) {
+				t.Errorf("function called with %v, want [1 50]", r.calls)
+			}
+			sameValue(t, "old", r.old, int64(50))
+			sameValue(t, "new", r.nv, int64(51))
+			if v, _ := b.Get(ctx, "s", P("n")); v != int64(51) {
+				t.Errorf("stored %v, want 51", v)
+			}
+			if n := redis.LockRefs(b, "s", P("n")); n != 0 {
+				t.Errorf("lock entry left with %d refs", n)
+			}
+		})
 	}
 }

@@ -114,7 +114,7 @@ return out
 // Reply: {'ok', old, new} where old is nil for a missing property and new is
 // the stored text (nil for 'append', whose result the caller computes from
 // old), or {'type', description} when the stored value has the wrong type
-// (nothing written), or {'range', ''} when a float result overflows.
+// (nothing written), or {'range', x} when a float result overflows.
 //
 // Numbers are handled as text: integer + integer goes through HINCRBY, exact
 // over the whole int64 range; max and min of two integers compare the
