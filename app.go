@@ -115,7 +115,7 @@ func (a *App) Logger() *slog.Logger { return a.logger }
 // reported by every method of the handle (ErrInvalidName).
 func (a *App) Subject(name string, opts ...CallOption) *Subject {
 	s := &Subject{app: a, name: name}
-	s.base.apply(opts)
+	s.base = resolve(callOptions{}, opts)
 	s.nameErr = storage.ValidateName("subject", name)
 	return s
 }

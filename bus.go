@@ -278,12 +278,14 @@ func (t *table) remember(eventType string, hs []*Handler) {
 // the dispatch before the next handler. A nil payload is an empty one.
 // Options: WithExtra, WithMeta.
 func (a *App) Emit(ctx context.Context, eventType string, subject *Subject, payload Payload, opts ...CallOption) error {
-	var o callOptions
-	o.apply(opts)
-	return a.emit(ctx, eventType, subject, payload, &o)
+	if len(opts) == 0 {
+		return a.emit(ctx, eventType, subject, payload, nil, nil)
+	}
+	o := resolve(callOptions{}, opts)
+	return a.emit(ctx, eventType, subject, payload, o.extra, o.meta)
 }
 
-func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payload Payload, o *callOptions) error {
+func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payload Payload, extra Extra, meta map[string]any) error {
 	if eventType == "" {
 		return fmt.Errorf("krules: emit: %w: empty event type", ErrInvalidName)
 	}
@@ -310,7 +312,7 @@ func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payl
 	if payload == nil {
 		payload = Payload{}
 	}
-	ev := &Event{Type: eventType, Subject: subject, Payload: payload, Extra: o.extra, app: a, meta: o.meta}
+	ev := &Event{Type: eventType, Subject: subject, Payload: payload, Extra: extra, app: a, meta: meta}
 	ev.ctx = depthCtx{Context: ctx, depth: depth + 1}
 	ev.fillProperty()
 	hctx := context.Context(&ev.ctx)

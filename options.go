@@ -14,6 +14,15 @@ type callOptions struct {
 	hasExtra bool
 }
 
+// resolve applies opts over base. Kept out of the callers so that the
+// options struct only escapes (and allocates) when options are given.
+//
+//go:noinline
+func resolve(base callOptions, opts []CallOption) callOptions {
+	base.apply(opts)
+	return base
+}
+
 func (o *callOptions) apply(opts []CallOption) {
 	for _, f := range opts {
 		if f != nil {

@@ -49,9 +49,10 @@ func (s *Subject) String() string { return s.name }
 func (s *Subject) App() *App { return s.app }
 
 func (s *Subject) opts(opts []CallOption) callOptions {
-	o := s.base
-	o.apply(opts)
-	return o
+	if len(opts) == 0 {
+		return s.base
+	}
+	return resolve(s.base, opts)
 }
 
 func (s *Subject) cache(k storage.Kind) *propCache {
@@ -183,7 +184,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	}
 	if emit && !storage.Equal(nv, old) {
 		p := Payload{KeyPropertyName: prop, KeyOldValue: old, KeyValue: nv}
-		if err := s.app.emit(ctx, PropertyChanged, s, p, &callOptions{extra: o.extra}); err != nil {
+		if err := s.app.emit(ctx, PropertyChanged, s, p, o.extra, nil); err != nil {
 			return nv, old, err
 		}
 	}
@@ -371,7 +372,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []C
 	}
 	if emit {
 		p := Payload{KeyPropertyName: prop, KeyOldValue: old}
-		return s.app.emit(ctx, PropertyDeleted, s, p, &callOptions{extra: o.extra})
+		return s.app.emit(ctx, PropertyDeleted, s, p, o.extra, nil)
 	}
 	return nil
 }
@@ -437,7 +438,7 @@ func (s *Subject) Flush(ctx context.Context) error {
 	s.mu.Unlock()
 
 	for _, p := range all {
-		if err := s.app.emit(ctx, PropertyDeleted, s, Payload{KeyPropertyName: p.name, KeyOldValue: p.v}, &callOptions{}); err != nil {
+		if err := s.app.emit(ctx, PropertyDeleted, s, Payload{KeyPropertyName: p.name, KeyOldValue: p.v}, nil, nil); err != nil {
 			return err
 		}
 	}
@@ -448,5 +449,5 @@ func (s *Subject) Flush(ctx context.Context) error {
 	s.loaded = false
 	s.props, s.ext = propCache{}, propCache{}
 	s.mu.Unlock()
-	return s.app.emit(ctx, SubjectDeleted, s, Payload{"props": props, "ext_props": ext}, &callOptions{})
+	return s.app.emit(ctx, SubjectDeleted, s, Payload{"props": props, "ext_props": ext}, nil, nil)
 }
