@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -55,8 +56,11 @@ func lines(ss ...string) []want {
 func header(title string) []want { return lines("", "## "+title, "") }
 
 // expected builds the whole expected output, in order, for the given
-// Redis / PostgreSQL sections.
-func expected(redisBlock, postgresBlock []want) []want {
+// Redis / PostgreSQL sections and the in-memory section's store.
+func expected(redisBlock, postgresBlock []want, memoryNote ...string) []want {
+	if len(memoryNote) == 0 {
+		memoryNote = []string{"⚠️  Data is in-memory only - lost when process ends"}
+	}
 	var w []want
 	add := func(ws ...[]want) {
 		for _, x := range ws {
@@ -135,12 +139,7 @@ func expected(redisBlock, postgresBlock []want) []want {
 		"",
 		"Full export: {'name': 'John', 'ext': {'last_ip': '192.168.1.1', 'user_agent': 'Mozilla/5.0'}}",
 	))
-	add(header("Storage backends: 1. in-memory"), lines(
-		"Name: John",
-		"Email: john@example.com",
-		"",
-		"⚠️  Data is in-memory only - lost when process ends",
-	))
+	add(header("Storage backends: 1. in-memory"), lines("Name: John", "Email: john@example.com", ""), lines(memoryNote...))
 	add(header("Storage backends: 2. Redis"), redisBlock)
 	add(header("Storage backends: 3. PostgreSQL"), postgresBlock)
 	rule := strings.Repeat("=", 60)
@@ -288,6 +287,17 @@ func TestRunReadsEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkOutput(t, buf.String(), expected(redisSkipped, postgresSkipped))
+}
+
+// TestShowcaseStorageURL points the in-memory section at a bolt file
+// (KRULES_STORAGE): the data persists, and a second run on the same file
+// prints the same facts.
+func TestShowcaseStorageURL(t *testing.T) {
+	url := "bolt://" + filepath.Join(t.TempDir(), "showcase.db")
+	for range 2 {
+		out := runOutput(t, config{storageURL: url})
+		checkOutput(t, out, expected(redisSkipped, postgresSkipped, "✓ Data persisted in "+url))
+	}
 }
 
 var errBoom = errors.New("boom")
