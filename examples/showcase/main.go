@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/storage/storageurl"
 )
 
 func main() {
@@ -56,7 +57,7 @@ const (
 
 func configFromEnv() config {
 	return config{
-		storageURL:    os.Getenv("KRULES_STORAGE"),
+		storageURL:    storageurl.URLFromEnv(),
 		redisURL:      os.Getenv("KRULES_REDIS_URL"),
 		redisPrefix:   defaultRedisPrefix,
 		postgresURL:   os.Getenv("KRULES_POSTGRES_URL"),
