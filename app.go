@@ -60,7 +60,8 @@ func WithLogger(l *slog.Logger) Option {
 
 // WithErrorHandler replaces the default error handler, which logs the error
 // at level Error with the event type, subject, handler and, for panics, the
-// stack.
+// stack (errors wrapping ErrCascadeDepth are not logged again: the refused
+// emit already was).
 func WithErrorHandler(h ErrorHandler) Option {
 	return func(a *App) {
 		if h != nil {
@@ -121,6 +122,9 @@ func (a *App) Subject(name string, opts ...CallOption) *Subject {
 }
 
 func (a *App) logError(ctx context.Context, ev *Event, handler string, err error) {
+	if errors.Is(err, ErrCascadeDepth) {
+		return // already logged where the emit was refused
+	}
 	attrs := []any{"event", ev.Type, "handler", handler, "error", err}
 	if ev.Subject != nil {
 		attrs = append(attrs, "subject", ev.Subject.name)

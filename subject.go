@@ -117,6 +117,9 @@ func (s *Subject) notFound(k storage.Kind, prop string) error {
 // the old one, with WithExtra's Extra, and returns after its handlers ran.
 // Options: Muted, WithExtra, NoCache.
 //
+// Inside a handler, pass the handler's ctx: it carries the cascade depth
+// that stops handler loops (WithCascadeLimit).
+//
 // Errors: ErrInvalidName, ErrInvalidValue (nothing written), ErrConflict
 // (NoCache update functions on optimistic backends), ErrCascadeDepth
 // (nothing written), store errors. If ctx is cancelled while the change
