@@ -1,0 +1,59 @@
+// Package cloudevents connects a KRules App to HTTP as CloudEvents v1.0,
+// compatible with Python KRules (krules_cloudevents, krules_fastapi_env).
+// It uses github.com/cloudevents/sdk-go/v2 for the event format and the
+// HTTP binding.
+//
+// # Ingress
+//
+// A Receiver is an http.Handler that accepts one CloudEvent per POST, in
+// binary mode (ce-* headers) or structured mode (application/cloudevents+json),
+// and emits it into the App:
+//
+//	app := krules.New(krules.WithStorage(backend))
+//	app.On("order.created").Do(func(ctx context.Context, ev *krules.Event) error {
+//		e, _ := cloudevents.FromContext(ctx) // the incoming CloudEvent: id, source, time, extensions
+//		_, _, err := ev.Subject.Set(ctx, "status", "new", krules.NoCache())
+//		_ = e
+//		return err
+//	})
+//	http.Handle("/", cloudevents.NewReceiver(app, cloudevents.ReceiverConfig{}))
+//
+// The CloudEvent subject names the KRules subject and is required; the data
+// (a JSON object, or nothing) becomes the payload. The event is available
+// to the handlers as metadata MetaCloudEvent and, for the whole chain of
+// events the handlers emit with their ctx, through FromContext and
+// OriginID. The answer is 202 once the handlers are done, 400 with a JSON
+// error body for anything malformed, 413 above ReceiverConfig.MaxBodyBytes
+// (see Receiver for the full list).
+//
+// # Egress
+//
+// A Dispatcher POSTs events as binary-mode CloudEvents. Installed as
+// middleware, it sends every event whose metadata names a dispatch_url:
+//
+//	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Source: "orders"})
+//	app.Use(d.Middleware())
+//	d.Route(app, "order.approved") // a handler, so the middleware runs for this type
+//	app.Emit(ctx, "order.approved", app.Subject("order-1"), krules.Payload{"by": "ann"},
+//		krules.WithMeta(cloudevents.MetaDispatchURL, "http://billing/"),
+//		krules.WithMeta(cloudevents.MetaDispatchPolicy, "direct"))
+//
+// The request carries ce-id (a new UUID), ce-type, ce-source, ce-subject,
+// ce-time, ce-originid (the originid of the incoming event of the chain,
+// else its id, else the new id), ce-propertyname for property events, and
+// one extension per extended property of the subject, its name normalised
+// to [a-z0-9]+ (NormalizeExtensionName; "_krules*" properties are internal
+// and never sent). The body is the payload as JSON. The dispatch_url is a
+// string or a function of subject name and event type.
+//
+// Policy "direct" (the default) sends the event and runs none of its local
+// handlers; "both" sends it and runs them. Unlike the Python original, the
+// event is sent exactly once per emit and "direct" skips every local handler,
+// not only the first. A failed dispatch (network error, non-2xx status:
+// *StatusError) goes to the App's error handler (krules.WithErrorHandler)
+// and is recorded in the event's MetaDispatchError metadata; it never fails
+// the emitter.
+//
+// NewEvent, FromKrules, Payload, Check and Deliver are the conversions the
+// NATS transport (package transport/nats) shares.
+package cloudevents
