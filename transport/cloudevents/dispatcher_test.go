@@ -218,7 +218,10 @@ func TestURLFunc(t *testing.T) {
 		return out.srv.URL + "/" + subject
 	}
 	var okMeta any
-	app.On("*").Do(func(_ context.Context, ev *krules.Event) error { okMeta, _ = ev.Meta(cloudevents.MetaDispatchedURL); return nil })
+	app.On("*").Do(func(_ context.Context, ev *krules.Event) error {
+		okMeta, _ = ev.Meta(cloudevents.MetaDispatchedURL)
+		return nil
+	})
 	if err := app.Emit(context.Background(), "a.b", app.Subject("s-1"), nil,
 		krules.WithMeta(cloudevents.MetaDispatchURL, f), krules.WithMeta(cloudevents.MetaDispatchPolicy, "both")); err != nil {
 		t.Fatal(err)
