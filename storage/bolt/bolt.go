@@ -29,10 +29,12 @@ const DefaultFileMode os.FileMode = 0o600
 var ErrLocked = errors.New("bolt: database file is locked by another process")
 
 var (
-	subjectsBucket = []byte("subjects")
-	metaBucket     = []byte("meta")
-	formatKey      = []byte("format")
-	formatValue    = []byte("krules-bolt-1")
+	// metaBucket starts with NUL, which no subject name can contain.
+	metaBucket = []byte("\x00meta")
+	// recordKey is the key of the subject record inside a subject's bucket.
+	recordKey   = []byte("r")
+	formatKey   = []byte("format")
+	formatValue = []byte("krules-bolt-1")
 )
 
 // Config tunes Open. The zero value is a durable store with the defaults
@@ -111,8 +113,7 @@ func Open(path string, cfg Config) (*Backend, error) {
 		case !bytes.Equal(f, formatValue):
 			return fmt.Errorf("unsupported data format %q (want %q)", f, formatValue)
 		}
-		_, err = tx.CreateBucketIfNotExists(subjectsBucket)
-		return err
+		return nil
 	})
 	if err != nil {
 		db.Close()
@@ -157,9 +158,11 @@ func checkKind(k storage.Kind) error {
 	return nil
 }
 
+// checkSubject refuses names a write cannot use: invalid names (a NUL byte
+// could reach the meta bucket) and names over bbolt's key size limit.
 func checkSubject(subject string) error {
-	if subject == "" {
-		return fmt.Errorf("bolt: %w: empty subject name", storage.ErrInvalidName)
+	if err := storage.ValidateName("subject", subject); err != nil {
+		return fmt.Errorf("bolt: %w", err)
 	}
 	if len(subject) > bbolt.MaxKeySize {
 		return fmt.Errorf("bolt: %w: subject name longer than %d bytes", storage.ErrInvalidName, bbolt.MaxKeySize)
@@ -175,12 +178,47 @@ func (b *Backend) txErr(err error) error {
 	return err
 }
 
-func (b *Backend) view(fn func(bk *bbolt.Bucket) error) error {
-	return b.txErr(b.db.View(func(tx *bbolt.Tx) error { return fn(tx.Bucket(subjectsBucket)) }))
+// subjects is the file's set of subjects inside one transaction: a
+// top-level bucket per subject, named by the subject, holding its record.
+type subjects struct{ tx *bbolt.Tx }
+
+// Get returns the record of subject (nil when unknown); it aliases the
+// mmap and is valid only inside the transaction.
+func (s subjects) Get(subject []byte) []byte {
+	bk := s.tx.Bucket(subject)
+	if bk == nil {
+		return nil
+	}
+	return bk.Get(recordKey)
 }
 
-func (b *Backend) update(fn func(bk *bbolt.Bucket) error) error {
-	return b.txErr(b.db.Update(func(tx *bbolt.Tx) error { return fn(tx.Bucket(subjectsBucket)) }))
+// Put stores the record of subject, creating its bucket.
+func (s subjects) Put(subject, record []byte) error {
+	bk, err := s.tx.CreateBucketIfNotExists(subject)
+	if err != nil {
+		return err
+	}
+	return bk.Put(recordKey, record)
+}
+
+// Delete removes subject; an unknown subject is not an error.
+func (s subjects) Delete(subject []byte) error {
+	if err := s.tx.DeleteBucket(subject); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
+		return err
+	}
+	return nil
+}
+
+// Cursor iterates the top-level names: the subjects, and the meta bucket
+// (which sorts first and starts with NUL).
+func (s subjects) Cursor() *bbolt.Cursor { return s.tx.Cursor() }
+
+func (b *Backend) view(fn func(bk subjects) error) error {
+	return b.txErr(b.db.View(func(tx *bbolt.Tx) error { return fn(subjects{tx}) }))
+}
+
+func (b *Backend) update(fn func(bk subjects) error) error {
+	return b.txErr(b.db.Update(func(tx *bbolt.Tx) error { return fn(subjects{tx}) }))
 }
 
 func corrupt(subject string, err error) error {
@@ -214,7 +252,7 @@ func (b *Backend) Load(ctx context.Context, subject string) (storage.Snapshot, e
 		return storage.Snapshot{}, err
 	}
 	var snap storage.Snapshot
-	err := b.view(func(bk *bbolt.Bucket) error {
+	err := b.view(func(bk subjects) error {
 		r, err := decodeRecord(bk.Get([]byte(subject)))
 		if err != nil {
 			return corrupt(subject, err)
@@ -237,7 +275,7 @@ func (b *Backend) ExtProps(ctx context.Context, subject string) ([]storage.Prope
 		return nil, err
 	}
 	var out []storage.Property
-	err := b.view(func(bk *bbolt.Bucket) error {
+	err := b.view(func(bk subjects) error {
 		r, err := decodeRecord(bk.Get([]byte(subject)))
 		if err != nil {
 			return corrupt(subject, err)
@@ -264,7 +302,7 @@ func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, 
 		return nil, err
 	}
 	var v any
-	err := b.view(func(bk *bbolt.Bucket) error {
+	err := b.view(func(bk subjects) error {
 		r, err := decodeRecord(bk.Get([]byte(subject)))
 		if err != nil {
 			return corrupt(subject, err)
@@ -306,7 +344,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	}
 	key := []byte(subject)
 	s := kindIndex(k.Kind == storage.Extended)
-	err = b.update(func(bk *bbolt.Bucket) error {
+	err = b.update(func(bk subjects) error {
 		r, err := decodeRecord(bk.Get(key))
 		if err != nil {
 			return corrupt(subject, err)
@@ -359,7 +397,7 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	}
 	key := []byte(subject)
 	var old any
-	err := b.update(func(bk *bbolt.Bucket) error {
+	err := b.update(func(bk subjects) error {
 		r, err := decodeRecord(bk.Get(key))
 		if err != nil {
 			return corrupt(subject, err)
@@ -417,7 +455,7 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 		vals[i] = v
 	}
 	key := []byte(subject)
-	return b.update(func(bk *bbolt.Bucket) error {
+	return b.update(func(bk subjects) error {
 		r, err := decodeRecord(bk.Get(key))
 		if err != nil {
 			return corrupt(subject, err)
@@ -459,10 +497,10 @@ func (b *Backend) Flush(ctx context.Context, subject string) error {
 	if err := b.check(ctx); err != nil {
 		return err
 	}
-	if subject == "" {
-		return nil
+	if err := checkSubject(subject); err != nil {
+		return err
 	}
-	return b.update(func(bk *bbolt.Bucket) error {
+	return b.update(func(bk subjects) error {
 		if err := bk.Delete([]byte(subject)); err != nil {
 			return fmt.Errorf("bolt: flush subject %q: %w", subject, err)
 		}
@@ -489,7 +527,7 @@ func (b *Backend) List(ctx context.Context, prefix string) iter.Seq2[string, err
 				return
 			}
 			names := make([]string, 0, listChunk)
-			err := b.view(func(bk *bbolt.Bucket) error {
+			err := b.view(func(bk subjects) error {
 				c := bk.Cursor()
 				var k []byte
 				if after == nil {
@@ -498,7 +536,9 @@ func (b *Backend) List(ctx context.Context, prefix string) iter.Seq2[string, err
 					k, _ = c.Next()
 				}
 				for ; k != nil && bytes.HasPrefix(k, pfx) && len(names) < listChunk; k, _ = c.Next() {
-					names = append(names, string(k))
+					if k[0] != 0 { // not the meta bucket
+						names = append(names, string(k))
+					}
 				}
 				return nil
 			})

@@ -405,7 +405,11 @@ func TestCorruptRecordIsAnErrorNotAPanic(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		return tx.Bucket([]byte("subjects")).Put([]byte("bad"), []byte{1, 5, 3, 'a'})
+		bk, err := tx.CreateBucket([]byte("bad"))
+		if err != nil {
+			return err
+		}
+		return bk.Put([]byte("r"), []byte{1, 5, 3, 'a'})
 	})
 	db.Close()
 	if err != nil {
@@ -425,4 +429,34 @@ func TestCorruptRecordIsAnErrorNotAPanic(t *testing.T) {
 	if snap, err := b.Load(ctx, "bad"); err != nil || len(snap.Props) != 0 {
 		t.Fatalf("after flush: %+v %v", snap, err)
 	}
+}
+
+func TestNamesThatCouldReachTheMetaBucketAreRefused(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, filepath.Join(t.TempDir(), "meta.db"))
+	for _, name := range []string{"\x00meta", "", "a\x00b"} {
+		if err := b.Flush(ctx, name); !errors.Is(err, storage.ErrInvalidName) {
+			t.Errorf("Flush(%q) = %v", name, err)
+		}
+		if _, _, err := b.Set(ctx, name, dk("x"), storage.Mutation{Value: int64(1)}); !errors.Is(err, storage.ErrInvalidName) {
+			t.Errorf("Set(%q) = %v", name, err)
+		}
+		if err := b.Store(ctx, name, storage.Batch{Puts: []storage.Write{{Key: dk("x"), Value: int64(1)}}}); !errors.Is(err, storage.ErrInvalidName) {
+			t.Errorf("Store(%q) = %v", name, err)
+		}
+	}
+	b.Set(ctx, "s", dk("x"), storage.Mutation{Value: int64(1)})
+	var names []string
+	for n, err := range b.List(ctx, "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	if !reflect.DeepEqual(names, []string{"s"}) {
+		t.Fatalf("List = %q", names)
+	}
+	// The file still opens (meta bucket intact).
+	b.Close()
+	open(t, b.Path())
 }

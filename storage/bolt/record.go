@@ -6,8 +6,8 @@ import (
 	"fmt"
 )
 
-// A subject is stored as one value in the subjects bucket, keyed by the
-// subject name. The value is a small binary envelope around the JSON text of
+// A subject is stored as one value (key "r") in a top-level bucket named by
+// the subject. The value is a small binary envelope around the JSON text of
 // each property (storage.Marshal), in insertion order:
 //
 //	version byte (recordVersion)
