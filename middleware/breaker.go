@@ -51,8 +51,9 @@ func (s State) String() string {
 // defaults.
 type BreakerConfig struct {
 	// Key selects the circuit of an invocation. Default BySubject (one
-	// circuit per subject, as in the KRules guide); ByHandler and
-	// BySubjectAndHandler are the alternatives.
+	// circuit per subject, as in the KRules guide: the failures of all the
+	// subject's handlers count together, and any of them succeeding resets
+	// the count); ByHandler and BySubjectAndHandler are the alternatives.
 	Key KeyFunc
 	// FailureThreshold is the number of consecutive failures that opens a
 	// closed circuit. Default DefaultFailureThreshold (5); < 1 means default.

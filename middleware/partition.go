@@ -23,9 +23,16 @@ const PartitionMetaKey = "partition"
 
 // PartitionOf returns the partition, in [0, count), of a subject name: the
 // 32-bit FNV-1a hash of the name's UTF-8 bytes modulo count. The hash is
-// stable across processes, machines, restarts and languages (Python:
-// fnv1a_32(name.encode()) % count), unlike Python's randomised hash() used
-// by the guide. count < 1 gives 0.
+// stable across processes, machines, restarts and languages, unlike
+// Python's randomised hash() used by the guide. The same partition in Python:
+//
+//	def partition_of(name, count):
+//	    h = 0x811C9DC5
+//	    for b in name.encode():
+//	        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+//	    return h % count
+//
+// count < 1 gives 0.
 func PartitionOf(subject string, count int) int {
 	if count < 1 {
 		return 0

@@ -1,6 +1,8 @@
 package middleware
 
 import (
+	"cmp"
+	"context"
 	"time"
 
 	"github.com/krules-go/krules"
@@ -45,6 +47,11 @@ type ResilientConfig struct {
 //     it is not retried (DefaultRetryable), counts against the circuit and is
 //     dead-lettered.
 //
+// Dead-letter events (DeadLetter.EventType) bypass the circuit breaker: they
+// are emitted on the failing subject, and with the default per-subject key a
+// dead-letter handler's success would otherwise reset the very circuit that
+// is counting the subject's failures.
+//
 // Each call builds new state (a new breaker): call it once per App.
 func Resilient(cfg ResilientConfig) krules.Middleware {
 	mws := []krules.Middleware{Recover()}
@@ -58,7 +65,14 @@ func Resilient(cfg ResilientConfig) krules.Middleware {
 		mws = append(mws, Timeout(cfg.Timeout))
 	}
 	if !cfg.NoBreaker {
-		mws = append(mws, CircuitBreaker(cfg.Breaker))
+		cb := CircuitBreaker(cfg.Breaker)
+		dlType := cmp.Or(cfg.DeadLetter.EventType, DefaultDeadLetterEvent)
+		mws = append(mws, func(ctx context.Context, ev *krules.Event, next krules.Next) error {
+			if ev.Type == dlType {
+				return next(ctx) // see "Dead-letter events" above
+			}
+			return cb(ctx, ev, next)
+		})
 	}
 	if !cfg.NoRetry {
 		mws = append(mws, Retry(cfg.Retry))
