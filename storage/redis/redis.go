@@ -21,7 +21,7 @@ const (
 	// function after a conflict.
 	DefaultMaxRetries = 100
 	// DefaultMinBackoff is the default upper bound of the first random wait
-	// before retrying an update function.
+	// between retries of an update function.
 	DefaultMinBackoff = 50 * time.Microsecond
 	// DefaultMaxBackoff is the default cap of the random wait between
 	// retries of an update function.
@@ -43,12 +43,13 @@ type Config struct {
 	// a negative value means no retry at all (one attempt).
 	MaxRetries int
 
-	// MinBackoff and MaxBackoff shape the wait before each retry of an update
-	// function: a random duration in [0, min(MaxBackoff, MinBackoff·2^(n-1)))
-	// before the n-th retry ("full jitter"), so colliding writers spread out.
-	// The first retry after a conflict happens at once, since the failed
-	// write already returned the current value. Zero values mean
-	// DefaultMinBackoff (50µs) and DefaultMaxBackoff (5ms).
+	// MinBackoff and MaxBackoff shape the waits between retries of an update
+	// function. A failed compare-and-set returns the current value, so the
+	// retry after it runs at once; when that one fails too the writer waits a
+	// random duration in [0, min(MaxBackoff, MinBackoff·2^n)) ("full
+	// jitter"; n counts the earlier waits of the same call), then tries
+	// again, and so on alternately. Zero values mean DefaultMinBackoff
+	// (50µs) and DefaultMaxBackoff (5ms).
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 }
@@ -372,12 +373,15 @@ func (b *Backend) Capabilities() storage.Capabilities {
 //     function in Go, then write with a compare-and-set script that succeeds
 //     only when the field still holds the text that was read. Writes to other
 //     properties of the subject never cause a retry. On a conflict the script
-//     returns the current value and the function is called again with it,
-//     after a jittered backoff from the second retry on, up to
+//     returns the current value and the function is called again with it
+//     (with jittered waits as described at Config.MinBackoff), up to
 //     Config.MaxRetries times; then the error wraps storage.ErrConflict and
 //     nothing was written by this call. The function may therefore run more
 //     than once and must be free of side effects. When it returns the value
-//     it was given, nothing is written.
+//     it was given, nothing is written. Update functions of one property
+//     from one Backend take turns, so they only conflict with writers
+//     elsewhere, and a waiting call starts from the value written by the
+//     one before it (verified by the compare-and-set, so never wrong).
 func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m storage.Mutation) (any, any, error) {
 	if err := b.check(ctx, k); err != nil {
 		return nil, nil, err
@@ -488,6 +492,7 @@ func (b *Backend) update(ctx context.Context, subject string, k storage.Key, m s
 	// reflects a value that was stored while the call ran.
 	cur, exists, fresh := l.hint, l.hintExists, false
 	l.hintOK, fresh = false, !l.hintOK
+	immediate, sleeps := true, 0
 	if fresh {
 		if cur, exists, err = b.read(ctx, key, f); err != nil {
 			return nil, nil, propErr("update", subject, k, err)
@@ -536,9 +541,19 @@ func (b *Backend) update(ctx context.Context, subject string, k storage.Key, m s
 			return nil, nil, propErr("update", subject, k,
 				fmt.Errorf("%w (gave up after %d attempts)", storage.ErrConflict, attempt+1))
 		}
-		if err := b.backoff(ctx, attempt); err != nil {
-			return nil, nil, propErr("update", subject, k, err)
+		// The failed write returned the current value: retry at once with
+		// it. Only when that retry fails too, wait; the attempt after the
+		// wait (probably on a stale value by then) is again followed by an
+		// immediate one. Sleeping before every retry would starve this
+		// writer whenever another process writes continuously, as the value
+		// it holds would always be stale by the time it wakes.
+		if !immediate {
+			if err := b.backoff(ctx, sleeps); err != nil {
+				return nil, nil, propErr("update", subject, k, err)
+			}
+			sleeps++
 		}
+		immediate = !immediate
 	}
 }
 
@@ -575,15 +590,12 @@ func apply(m storage.Mutation, cur string, exists bool) (old, nv any, text strin
 	return old, nv, string(t), nil
 }
 
-// backoff waits before retry number attempt+1: nothing for the first retry,
-// then a random duration in [0, min(MaxBackoff, MinBackoff·2^(attempt-1))).
-func (b *Backend) backoff(ctx context.Context, attempt int) error {
-	if attempt == 0 {
-		return ctx.Err()
-	}
+// backoff waits a random duration in [0, min(MaxBackoff, MinBackoff·2^n)),
+// n being the number of earlier waits of the same update.
+func (b *Backend) backoff(ctx context.Context, n int) error {
 	ceil := b.cfg.MaxBackoff
-	if attempt-1 < 30 {
-		if d := b.cfg.MinBackoff << (attempt - 1); d > 0 && d < ceil {
+	if n < 30 {
+		if d := b.cfg.MinBackoff << n; d > 0 && d < ceil {
 			ceil = d
 		}
 	}
