@@ -261,19 +261,28 @@ func contentionParent(t *testing.T, cfg ContentionConfig) {
 		t.FailNow()
 	}
 
-	// Every increment returned a distinct new value: together they are 1..N.
-	n := int64(cfg.Procs * cfg.Goroutines * cfg.Updates)
-	var funcVals, opVals []int64
-	conflicts := 0
+	reports := make([]childReport, cfg.Procs)
 	for p := range cfg.Procs {
 		data, err := os.ReadFile(filepath.Join(reportDir, fmt.Sprintf("proc-%d.json", p)))
 		if err != nil {
 			t.Fatalf("child %d wrote no report: %v; its output:\n%s", p, err, indent(results[p].output.String()))
 		}
-		var rep childReport
-		if err := json.Unmarshal(data, &rep); err != nil {
+		if err := json.Unmarshal(data, &reports[p]); err != nil {
 			t.Fatalf("child %d report: %v", p, err)
 		}
+	}
+	verifyWorkload(t, ctx, b, subject, cfg, reports)
+}
+
+// verifyWorkload checks the outcome of mixedWorkload run by cfg.Procs
+// processes (or once in process, Procs 1) that produced reports.
+func verifyWorkload(t *testing.T, ctx context.Context, b storage.Backend, subject string, cfg ContentionConfig, reports []childReport) {
+	t.Helper()
+	// Every increment returned a distinct new value: together they are 1..N.
+	n := int64(cfg.Procs * cfg.Goroutines * cfg.Updates)
+	var funcVals, opVals []int64
+	conflicts := 0
+	for _, rep := range reports {
 		funcVals = append(funcVals, rep.Func...)
 		opVals = append(opVals, rep.Op...)
 		conflicts += rep.Conflicts
@@ -294,8 +303,8 @@ func contentionParent(t *testing.T, cfg ContentionConfig) {
 		case err != nil:
 			t.Errorf("Get %q after the run: %v", c.prop, err)
 		case !sameTypeEqual(v, c.want):
-			t.Errorf("%q = %#v (%T) after %d processes × %d goroutines × %d updates, want exactly %d (int64): updates were lost or duplicated",
-				c.prop, v, v, cfg.Procs, cfg.Goroutines, cfg.Updates, c.want)
+			t.Errorf("%q = %s after %d processes × %d goroutines × %d updates, want exactly int64(%d): updates were lost or duplicated",
+				c.prop, describe(v), cfg.Procs, cfg.Goroutines, cfg.Updates, c.want)
 		}
 	}
 	snap, err := b.Load(ctx, subject)
@@ -308,20 +317,20 @@ func contentionParent(t *testing.T, cfg ContentionConfig) {
 	for p := range cfg.Procs {
 		for g := range cfg.Goroutines {
 			if v, ok := props[writerProp(p, g)]; !ok || !sameTypeEqual(v, int64(sets)) {
-				t.Errorf("default property %q written by plain Set = %#v (present %v), want %d: a concurrent counter update lost or overwrote it",
-					writerProp(p, g), v, ok, sets)
+				t.Errorf("default property %q written by plain Set = %s (present %v), want int64(%d): a concurrent counter update lost or overwrote it",
+					writerProp(p, g), describe(v), ok, sets)
 			}
 			if v, ok := ext[writerExt(p, g)]; stores > 0 && (!ok || !sameTypeEqual(v, int64(stores))) {
-				t.Errorf("extended property %q written by Store = %#v (present %v), want %d: a concurrent counter update lost or overwrote it",
-					writerExt(p, g), v, ok, stores)
+				t.Errorf("extended property %q written by Store = %s (present %v), want int64(%d): a concurrent counter update lost or overwrote it",
+					writerExt(p, g), describe(v), ok, stores)
 			}
 		}
 	}
 	if want := 2 + cfg.Procs*cfg.Goroutines; len(props) != want {
-		t.Errorf("subject has %d default properties %v, want %d", len(props), slices.Sorted(mapKeys(props)), want)
+		t.Errorf("subject has %d default properties %v, want %d", len(props), sortedKeys(props), want)
 	}
 	if want := cfg.Procs * cfg.Goroutines * min(stores, 1); len(ext) != want {
-		t.Errorf("subject has %d extended properties %v, want %d", len(ext), slices.Sorted(mapKeys(ext)), want)
+		t.Errorf("subject has %d extended properties %v, want %d", len(ext), sortedKeys(ext), want)
 	}
 }
 
@@ -373,65 +382,86 @@ func contentionChild(t *testing.T, cfg ContentionConfig) {
 	fmt.Println(readyLine)
 	io.Copy(io.Discard, os.Stdin)
 
-	funcKey := storage.Key{Kind: storage.Default, Name: propFunc}
-	opInc, err := storage.NewOp(storage.OpInc, 1)
+	report, errs := mixedWorkload(ctx, b, subject, proc, goroutines, updates)
+	for _, err := range errs {
+		t.Error(err)
+	}
+	data, err := json.Marshal(report)
 	if err != nil {
 		t.Fatal(err)
 	}
-	incFunc := func(old any, exists bool) (any, error) {
-		if !exists {
-			return int64(1), nil
-		}
-		n, ok := old.(int64)
-		if !ok {
-			return nil, fmt.Errorf("stored counter is %#v (%T), want int64", old, old)
-		}
-		return n + 1, nil
+	path := filepath.Join(os.Getenv(envReportDir), fmt.Sprintf("proc-%d.json", proc))
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatalf("child: write report: %v", err)
 	}
+}
 
+// incFunc is the update function of the counters: missing counts as 0.
+func incFunc(old any, exists bool) (any, error) {
+	if !exists {
+		return int64(1), nil
+	}
+	n, ok := old.(int64)
+	if !ok {
+		return nil, fmt.Errorf("stored counter is %s, want int64", describe(old))
+	}
+	return n + 1, nil
+}
+
+// setRetrying calls b.Set, retrying while it reports ErrConflict (which by
+// contract wrote nothing); retried counts the retries.
+func setRetrying(ctx context.Context, b storage.Backend, subject string, k storage.Key, m storage.Mutation, retried *int) (any, any, error) {
+	for range 1000 {
+		nv, ov, err := b.Set(ctx, subject, k, m)
+		if !errors.Is(err, storage.ErrConflict) {
+			return nv, ov, err
+		}
+		*retried++
+	}
+	return nil, nil, fmt.Errorf("Set %q of %q: 1000 consecutive ErrConflict", k.Name, subject)
+}
+
+// checkInc checks the result of one increment by 1: new is an int64 and old
+// is new-1 (nil for the first).
+func checkInc(what string, nv, ov any) (int64, error) {
+	n, ok := nv.(int64)
+	if !ok {
+		return 0, fmt.Errorf("%s returned new value %s, want int64", what, describe(nv))
+	}
+	if !(n == 1 && ov == nil) && !sameTypeEqual(ov, n-1) {
+		return 0, fmt.Errorf("%s returned (new %d, old %s): old is not new-1", what, n, describe(ov))
+	}
+	return n, nil
+}
+
+// mixedWorkload runs the work of one process of Contention: goroutines
+// updaters, each making updates iterations of a function increment, an
+// OpInc increment and a write of its own property. It returns the new
+// values the increments returned and every failure.
+func mixedWorkload(ctx context.Context, b storage.Backend, subject string, proc, goroutines, updates int) (childReport, []error) {
+	opInc, err := storage.NewOp(storage.OpInc, 1)
+	if err != nil {
+		return childReport{}, []error{err}
+	}
 	var (
-		mu        sync.Mutex
-		report    childReport
-		start     = make(chan struct{})
-		wg        sync.WaitGroup
-		errs      = make(chan error, goroutines)
-		conflicts int
+		mu     sync.Mutex
+		report childReport
+		errs   []error
+		start  = make(chan struct{})
+		wg     sync.WaitGroup
 	)
 	for g := range goroutines {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
+			<-start
+			var funcVals, opVals []int64
+			retried := 0
 			err := func() error {
-				<-start
-				var funcVals, opVals []int64
-				retried := 0
-				// set retries an update that hit ErrConflict (nothing was written).
-				set := func(k storage.Key, m storage.Mutation) (any, any, error) {
-					for range 1000 {
-						nv, ov, err := b.Set(ctx, subject, k, m)
-						if !errors.Is(err, storage.ErrConflict) {
-							return nv, ov, err
-						}
-						retried++
-					}
-					return nil, nil, fmt.Errorf("Set %q: 1000 consecutive ErrConflict", k.Name)
-				}
-				checkInc := func(what string, nv, ov any) (int64, error) {
-					n, ok := nv.(int64)
-					if !ok {
-						return 0, fmt.Errorf("%s returned new value %#v (%T), want int64", what, nv, nv)
-					}
-					if !(n == 1 && ov == nil) && !sameTypeEqual(ov, n-1) {
-						return 0, fmt.Errorf("%s returned (new %d, old %#v): old is not new-1", what, n, ov)
-					}
-					return n, nil
-				}
 				own := storage.Key{Kind: storage.Default, Name: writerProp(proc, g)}
 				ownExt := storage.Key{Kind: storage.Extended, Name: writerExt(proc, g)}
 				var lastSet any
 				sets := 0
 				for i := range updates {
-					nv, ov, err := set(funcKey, storage.Mutation{Func: incFunc})
+					nv, ov, err := setRetrying(ctx, b, subject, storage.Key{Kind: storage.Default, Name: propFunc}, storage.Mutation{Func: incFunc}, &retried)
 					if err != nil {
 						return fmt.Errorf("update-function increment: %w", err)
 					}
@@ -441,7 +471,7 @@ func contentionChild(t *testing.T, cfg ContentionConfig) {
 					}
 					funcVals = append(funcVals, n)
 
-					nv, ov, err = set(storage.Key{Kind: storage.Default, Name: propOp}, storage.Mutation{Op: opInc})
+					nv, ov, err = setRetrying(ctx, b, subject, storage.Key{Kind: storage.Default, Name: propOp}, storage.Mutation{Op: opInc}, &retried)
 					if err != nil {
 						return fmt.Errorf("OpInc increment: %w", err)
 					}
@@ -452,13 +482,13 @@ func contentionChild(t *testing.T, cfg ContentionConfig) {
 
 					if i%2 == 0 {
 						sets++
-						_, ov, err := set(own, storage.Mutation{Value: int64(sets)})
+						_, ov, err := setRetrying(ctx, b, subject, own, storage.Mutation{Value: int64(sets)}, &retried)
 						if err != nil {
 							return fmt.Errorf("plain Set of %q: %w", own.Name, err)
 						}
 						if !sameTypeEqual(ov, lastSet) {
-							return fmt.Errorf("plain Set of %q (only this goroutine writes it) returned old %#v, want %#v: a concurrent write to another property overwrote it",
-								own.Name, ov, lastSet)
+							return fmt.Errorf("plain Set of %q (only this goroutine writes it) returned old %s, want %s: a concurrent write to another property overwrote it",
+								own.Name, describe(ov), describe(lastSet))
 						}
 						lastSet = int64(sets)
 					} else {
@@ -468,33 +498,21 @@ func contentionChild(t *testing.T, cfg ContentionConfig) {
 						}
 					}
 				}
-				mu.Lock()
-				report.Func = append(report.Func, funcVals...)
-				report.Op = append(report.Op, opVals...)
-				conflicts += retried
-				mu.Unlock()
 				return nil
 			}()
+			mu.Lock()
+			defer mu.Unlock()
+			report.Func = append(report.Func, funcVals...)
+			report.Op = append(report.Op, opVals...)
+			report.Conflicts += retried
 			if err != nil {
-				errs <- fmt.Errorf("process %d goroutine %d: %w", proc, g, err)
+				errs = append(errs, fmt.Errorf("process %d goroutine %d: %w", proc, g, err))
 			}
-		}()
+		})
 	}
 	close(start)
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	report.Conflicts = conflicts
-	data, err := json.Marshal(report)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(os.Getenv(envReportDir), fmt.Sprintf("proc-%d.json", proc))
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatalf("child: write report: %v", err)
-	}
+	return report, errs
 }
 
 type lockedWriter struct {

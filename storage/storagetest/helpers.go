@@ -2,7 +2,6 @@ package storagetest
 
 import (
 	"fmt"
-	"iter"
 	"maps"
 	"reflect"
 	"slices"
@@ -60,7 +59,5 @@ func propMap(ps []storage.Property) map[string]any {
 	}
 	return m
 }
-
-func mapKeys[V any](m map[string]V) iter.Seq[string] { return maps.Keys(m) }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

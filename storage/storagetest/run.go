@@ -1,0 +1,265 @@
+package storagetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/krules-go/krules/storage"
+)
+
+// Run runs every conformance test of the storage contract as subtests of t:
+// the storage-level behaviour of every [storage.Backend] method, value
+// round-trip identity, subject and property names that must be taken
+// literally, cancelled contexts, exact totals under concurrent atomic
+// updates, and the behaviour of krules Subjects of an App built on the
+// backend.
+//
+// newBackend returns a fresh, EMPTY backend for one subtest (its own key
+// prefix, table or file) and registers its cleanup (Close, dropping the
+// table, ...) with t.Cleanup; it fails t when the backend cannot be created.
+// Every subtest also uses subject names unique to itself and flushes them
+// when it ends, so the suite leaves no data behind and is safe when backends
+// share a server.
+//
+// The suite asserts sets of property names, never their order (only some
+// backends keep insertion order). Values read back must have the exact Go
+// types of the value model (int64, float64, string, bool, nil, []any,
+// map[string]any), not merely be [storage.Equal]. Under concurrency an
+// update that fails with [storage.ErrConflict] wrote nothing by contract and
+// is retried by the suite; the number of conflicts is logged.
+// testing.Short() scales the concurrent workloads down.
+func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
+	t.Helper()
+	for _, tc := range storageTests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.fn(t, newSuite(t, newBackend))
+		})
+	}
+	runSubjectTests(t, newBackend)
+}
+
+type suiteTest struct {
+	name string
+	fn   func(t *testing.T, s *suite)
+}
+
+var storageTests = []suiteTest{
+	{"Load/UnknownSubjectIsEmpty", testLoadUnknown},
+	{"Load/AllPropertiesWithTypes", testLoadAll},
+	{"Set/ReturnsNewAndOld", testSetNewOld},
+	{"Set/NullCreatesProperty", testSetNull},
+	{"Get/MissingIsErrNotFound", testGetMissing},
+	{"Delete/ReturnsOldValue", testDelete},
+	{"Store/DeletesThenPuts", testStoreDeletesThenPuts},
+	{"Store/EmptyBatch", testStoreEmpty},
+	{"Store/Atomic", testStoreAtomic},
+	{"Kinds/IndependentNamespaces", testKinds},
+	{"ExtProps/OnlyExtended", testExtProps},
+	{"Flush/RemovesEverything", testFlush},
+	{"Func/OldAndExists", testFuncOldExists},
+	{"Func/ResultIsNormalised", testFuncNormalised},
+	{"Func/MayMutateItsArgument", testFuncMutatesArg},
+	{"Func/ErrorWritesNothing", testFuncError},
+	{"Func/PanicWritesNothing", testFuncPanic},
+	{"Op/Table", testOps},
+	{"Op/IncExactUpTo2^53", testIncExact},
+	{"Op/IncFloats", testIncFloats},
+	{"Values/RoundTrip", testRoundTrip},
+	{"Values/NoAliasing", testNoAliasing},
+	{"Names/Subjects", testSubjectNames},
+	{"Names/Properties", testPropertyNames},
+	{"Context/Cancelled", testCancelled},
+	{"Concurrency/FuncExactTotal", testConcurrentFunc},
+	{"Concurrency/OpIncExactTotal", testConcurrentOpInc},
+	{"Concurrency/OtherPropertiesNotLost", testConcurrentMixed},
+	{"Concurrency/DifferentSubjects", testConcurrentSubjects},
+	{"Lister/LiteralPrefix", testLister},
+}
+
+// suite is the state of one subtest: a fresh backend and the subjects the
+// subtest used, flushed at its end.
+type suite struct {
+	t   *testing.T
+	b   storage.Backend
+	ctx context.Context
+	tag string
+	reg *registry
+}
+
+// registry records the subjects a subtest used.
+type registry struct {
+	mu       sync.Mutex
+	subjects []string
+}
+
+func newSuite(t *testing.T, newBackend func(t *testing.T) storage.Backend) *suite {
+	t.Helper()
+	b := newBackend(t)
+	if b == nil {
+		t.Fatal("storagetest: newBackend returned a nil backend")
+	}
+	s := &suite{t: t, b: b, ctx: t.Context(), tag: randomName(""), reg: &registry{}}
+	// Registered after newBackend's cleanups, so it runs before them (LIFO):
+	// the backend is still open.
+	t.Cleanup(s.cleanup)
+	return s
+}
+
+// subject returns a subject name unique to this subtest that ends with
+// name, and remembers it for the final flush.
+func (s *suite) subject(name string) string {
+	full := "st-" + s.tag + "-" + name
+	s.reg.mu.Lock()
+	if !slices.Contains(s.reg.subjects, full) {
+		s.reg.subjects = append(s.reg.subjects, full)
+	}
+	s.reg.mu.Unlock()
+	return full
+}
+
+// with returns a copy of s that reports to t (a nested subtest) and shares
+// the backend, the tag and the subjects to flush.
+func (s *suite) with(t *testing.T) *suite {
+	c := *s
+	c.t = t
+	c.ctx = t.Context()
+	return &c
+}
+
+func (s *suite) cleanup() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s.reg.mu.Lock()
+	defer s.reg.mu.Unlock()
+	for _, name := range s.reg.subjects {
+		if err := s.b.Flush(ctx, name); err != nil {
+			s.t.Errorf("cleanup: Flush(%q): %v", name, err)
+		}
+	}
+}
+
+// pkey and ekey build default and extended keys.
+func pkey(name string) storage.Key { return storage.Key{Kind: storage.Default, Name: name} }
+func ekey(name string) storage.Key { return storage.Key{Kind: storage.Extended, Name: name} }
+
+func keyString(k storage.Key) string { return fmt.Sprintf("%s property %q", k.Kind, k.Name) }
+
+// norm normalises a Go value for the backend, failing the test on error.
+func (s *suite) norm(v any) any {
+	s.t.Helper()
+	n, err := storage.Normalize(v)
+	if err != nil {
+		s.t.Fatalf("Normalize(%#v): %v", v, err)
+	}
+	return n
+}
+
+func (s *suite) set(subject string, k storage.Key, v any) (newV, oldV any) {
+	s.t.Helper()
+	nv, ov, err := s.b.Set(s.ctx, subject, k, storage.Mutation{Value: s.norm(v)})
+	if err != nil {
+		s.t.Fatalf("Set(%q, %s, %s): %v", subject, keyString(k), describe(v), err)
+	}
+	return nv, ov
+}
+
+func (s *suite) get(subject string, k storage.Key) any {
+	s.t.Helper()
+	v, err := s.b.Get(s.ctx, subject, k)
+	if err != nil {
+		s.t.Fatalf("Get(%q, %s): %v", subject, keyString(k), err)
+	}
+	return v
+}
+
+func (s *suite) load(subject string) storage.Snapshot {
+	s.t.Helper()
+	snap, err := s.b.Load(s.ctx, subject)
+	if err != nil {
+		s.t.Fatalf("Load(%q): %v", subject, err)
+	}
+	checkNoDuplicates(s.t, "Load("+subject+").Props", snap.Props)
+	checkNoDuplicates(s.t, "Load("+subject+").Ext", snap.Ext)
+	return snap
+}
+
+func (s *suite) store(subject string, b storage.Batch) {
+	s.t.Helper()
+	if err := s.b.Store(s.ctx, subject, b); err != nil {
+		s.t.Fatalf("Store(%q, %+v): %v", subject, b, err)
+	}
+}
+
+// expectValue checks that k of subject holds want, with identical types.
+func (s *suite) expectValue(subject string, k storage.Key, want any) {
+	s.t.Helper()
+	got, err := s.b.Get(s.ctx, subject, k)
+	if err != nil {
+		s.t.Errorf("Get(%q, %s): %v; want %s", subject, keyString(k), err, describe(want))
+		return
+	}
+	if !sameTypeEqual(got, want) {
+		s.t.Errorf("Get(%q, %s) = %s, want %s", subject, keyString(k), describe(got), describe(want))
+	}
+}
+
+// expectMissing checks that Get of k reports ErrNotFound.
+func (s *suite) expectMissing(subject string, k storage.Key) {
+	s.t.Helper()
+	got, err := s.b.Get(s.ctx, subject, k)
+	if !errors.Is(err, storage.ErrNotFound) {
+		s.t.Errorf("Get(%q, %s) = (%s, %v), want an error wrapping storage.ErrNotFound", subject, keyString(k), describe(got), err)
+	}
+}
+
+// expectSnapshot checks Load against the wanted properties of both kinds
+// (order ignored, types compared exactly).
+func (s *suite) expectSnapshot(subject string, props, ext map[string]any) {
+	s.t.Helper()
+	snap := s.load(subject)
+	compareProps(s.t, fmt.Sprintf("Load(%q).Props", subject), snap.Props, props)
+	compareProps(s.t, fmt.Sprintf("Load(%q).Ext", subject), snap.Ext, ext)
+}
+
+func compareProps(t *testing.T, what string, got []storage.Property, want map[string]any) {
+	t.Helper()
+	gm := propMap(got)
+	for name, w := range want {
+		g, ok := gm[name]
+		switch {
+		case !ok:
+			t.Errorf("%s lacks %q (want %s); it has %q", what, name, describe(w), propNames(got))
+		case !sameTypeEqual(g, w):
+			t.Errorf("%s[%q] = %s, want %s", what, name, describe(g), describe(w))
+		}
+	}
+	for name, g := range gm {
+		if _, ok := want[name]; !ok {
+			t.Errorf("%s has unexpected property %q = %s", what, name, describe(g))
+		}
+	}
+}
+
+func checkNoDuplicates(t *testing.T, what string, ps []storage.Property) {
+	t.Helper()
+	seen := make(map[string]bool, len(ps))
+	for _, p := range ps {
+		if seen[p.Name] {
+			t.Errorf("%s lists property %q twice", what, p.Name)
+		}
+		seen[p.Name] = true
+	}
+}
+
+func propNames(ps []storage.Property) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.Name
+	}
+	return out
+}
