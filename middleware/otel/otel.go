@@ -1,0 +1,182 @@
+// Package otel traces krules handlers with OpenTelemetry: one span per
+// handler invocation, named "krules.handler <event type>", with the
+// attributes event.type, subject.name and krules.handler, the handler's
+// error recorded (status Error, an exception event), and panics recorded
+// before they keep unwinding.
+//
+// The span is put in the ctx the handler receives, so an event the handler
+// emits with that ctx (ev.Emit(ctx, ...), subject.Set(ctx, ...)) is traced
+// as a child: a cascade is one trace.
+//
+// Across processes the trace travels in event metadata as W3C Trace
+// Context ("traceparent", "tracestate"): a producer calls Inject(ctx, ev)
+// (or passes the values with krules.WithMeta) and the transport carries
+// them, e.g. as the CloudEvents "traceparent" extension or NATS headers;
+// on the worker the middleware finds no span in ctx, extracts the parent
+// from the event's metadata and starts a consumer span in the producer's
+// trace. Extract does the same by hand.
+//
+//	tp := sdktrace.NewTracerProvider(...)
+//	app.Use(otel.Middleware(otel.Config{TracerProvider: tp}))
+//
+// The package name clashes with go.opentelemetry.io/otel; import it under
+// another name where both are used, e.g. krotel.
+package otel
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/krules-go/krules"
+	gotel "go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// ScopeName is the instrumentation scope (tracer name) of the spans.
+const ScopeName = "github.com/krules-go/krules/middleware/otel"
+
+// Span attribute keys.
+const (
+	AttrEventType   = attribute.Key("event.type")
+	AttrSubjectName = attribute.Key("subject.name")
+	AttrHandler     = attribute.Key("krules.handler")
+)
+
+// Metadata keys written by Inject with the default (W3C) propagator.
+const (
+	MetaTraceParent = "traceparent"
+	MetaTraceState  = "tracestate"
+)
+
+// Config configures Middleware. The zero value uses the global tracer
+// provider and W3C Trace Context.
+type Config struct {
+	// TracerProvider creates the tracer. Default gotel.GetTracerProvider()
+	// (go.opentelemetry.io/otel), read when Middleware is called.
+	TracerProvider trace.TracerProvider
+	// Propagator reads a remote parent from event metadata when the
+	// handler's ctx carries no span. Default propagation.TraceContext{}.
+	Propagator propagation.TextMapPropagator
+	// SpanName names the span. Default "krules.handler " + ev.Type.
+	SpanName func(ctx context.Context, ev *krules.Event) string
+	// Attributes, if set, adds attributes to every span (at start, so
+	// samplers see them).
+	Attributes func(ctx context.Context, ev *krules.Event) []attribute.KeyValue
+}
+
+// Middleware returns the tracing middleware. Put it first (outermost) to
+// time the whole invocation, inner middleware included. A span ends when
+// the handler returns; its status is left Unset on success (as
+// OpenTelemetry asks of instrumentation) and set to Error, with the error
+// recorded, on failure. The handler's error is returned unchanged.
+func Middleware(cfg Config) krules.Middleware {
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = gotel.GetTracerProvider()
+	}
+	tracer := tp.Tracer(ScopeName)
+	prop := cfg.Propagator
+	if prop == nil {
+		prop = propagation.TraceContext{}
+	}
+	return func(ctx context.Context, ev *krules.Event, next krules.Next) (err error) {
+		kind := trace.SpanKindInternal
+		if !trace.SpanContextFromContext(ctx).IsValid() {
+			if rctx := prop.Extract(ctx, MetaCarrier{Event: ev}); trace.SpanContextFromContext(rctx).IsValid() {
+				ctx, kind = rctx, trace.SpanKindConsumer
+			}
+		}
+		name := "krules.handler " + ev.Type
+		if cfg.SpanName != nil {
+			name = cfg.SpanName(ctx, ev)
+		}
+		attrs := []attribute.KeyValue{
+			AttrEventType.String(ev.Type),
+			AttrSubjectName.String(subjectName(ev)),
+			AttrHandler.String(krules.HandlerName(ctx)),
+		}
+		if cfg.Attributes != nil {
+			attrs = append(attrs, cfg.Attributes(ctx, ev)...)
+		}
+		ctx, span := tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
+		defer func() {
+			if r := recover(); r != nil {
+				perr := fmt.Errorf("panic: %v", r)
+				span.RecordError(perr, trace.WithStackTrace(true))
+				span.SetStatus(codes.Error, perr.Error())
+				span.End()
+				panic(r)
+			}
+			if err != nil {
+				span.RecordError(err)
+				span.SetStatus(codes.Error, err.Error())
+			}
+			span.End()
+		}()
+		return next(ctx)
+	}
+}
+
+func subjectName(ev *krules.Event) string {
+	if ev.Subject == nil {
+		return ""
+	}
+	return ev.Subject.Name()
+}
+
+// MetaCarrier adapts an event's metadata to propagation.TextMapCarrier, so
+// any OpenTelemetry propagator can read and write it. Get returns "" for a
+// missing key or a non-string value.
+type MetaCarrier struct {
+	Event *krules.Event
+}
+
+// Get implements propagation.TextMapCarrier.
+func (c MetaCarrier) Get(key string) string {
+	v, _ := c.Event.Meta(key)
+	s, _ := v.(string)
+	return s
+}
+
+// Set implements propagation.TextMapCarrier.
+func (c MetaCarrier) Set(key, value string) { c.Event.SetMeta(key, value) }
+
+// Keys implements propagation.TextMapCarrier.
+func (c MetaCarrier) Keys() []string {
+	m := c.Event.Metadata()
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// Inject writes the span context of ctx into ev's metadata as W3C Trace
+// Context: "traceparent" (and "tracestate" when not empty). Without a valid
+// span in ctx it writes nothing. Transports call it (or read the keys) on
+// the producer side, before sending ev.
+func Inject(ctx context.Context, ev *krules.Event) {
+	propagation.TraceContext{}.Inject(ctx, MetaCarrier{Event: ev})
+}
+
+// Extract returns ctx with the remote span context found in ev's metadata
+// ("traceparent"/"tracestate", W3C Trace Context), to be the parent of the
+// spans started with it; ctx unchanged when there is none or it is
+// invalid.
+func Extract(ctx context.Context, ev *krules.Event) context.Context {
+	return propagation.TraceContext{}.Extract(ctx, MetaCarrier{Event: ev})
+}
+
+// TraceParent returns the W3C "traceparent" header value of ctx's span
+// ("" when ctx has no valid span), for transports that build their own
+// headers or CloudEvents extensions; use it with krules.WithMeta:
+//
+//	app.Emit(ctx, "order.created", s, p, krules.WithMeta(otel.MetaTraceParent, otel.TraceParent(ctx)))
+func TraceParent(ctx context.Context) string {
+	c := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, c)
+	return c[MetaTraceParent]
+}
