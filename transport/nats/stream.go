@@ -1,0 +1,187 @@
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultPartitions is the default number of partitions of a stream.
+const DefaultPartitions = 32
+
+// MaxPartitions bounds StreamConfig.Partitions.
+const MaxPartitions = 4096
+
+// DefaultDuplicates is the default de-duplication window of a stream: a
+// message whose Nats-Msg-Id (the CloudEvent id) was seen within it is dropped.
+const DefaultDuplicates = 2 * time.Minute
+
+// ErrPartitionMismatch: the stream exists with another partition count.
+// Changing it would send a subject's events to another partition and break
+// their order, so it is refused.
+var ErrPartitionMismatch = errors.New("stream partition count mismatch")
+
+// ErrNotKrulesStream: the stream exists but was not made by EnsureStream.
+var ErrNotKrulesStream = errors.New("not a krules stream")
+
+const descPrefix = "krules-go partitions="
+
+// StreamConfig describes a krules event stream.
+type StreamConfig struct {
+	// Name is the JetStream stream name and the subject prefix: events go to
+	// "<Name>.p.<k>" (k the partition), dead letters to "<Name>.dead".
+	// Required; letters, digits, '-' and '_' only.
+	Name string
+	// Partitions is the number of partitions (see the package doc). It is
+	// fixed for the life of the stream. Default DefaultPartitions.
+	Partitions int
+	// Replicas of the stream (clustered JetStream). Default 1.
+	Replicas int
+	// MaxAge discards messages older than this. Default 0: kept until
+	// MaxBytes or forever.
+	MaxAge time.Duration
+	// MaxBytes bounds the stream size; the oldest messages go first.
+	// Default 0: unlimited.
+	MaxBytes int64
+	// Memory keeps the stream in memory instead of files. Default false.
+	Memory bool
+	// Duplicates is the de-duplication window. Default DefaultDuplicates.
+	Duplicates time.Duration
+}
+
+// PartitionOf returns the partition (0 <= k < n) of a subject: the 32-bit
+// FNV-1a hash of its name modulo n.
+func PartitionOf(subject string, n int) int {
+	if n <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(subject))
+	return int(h.Sum32() % uint32(n))
+}
+
+// PartitionSubject returns the NATS subject of partition k of a stream.
+func PartitionSubject(stream string, k int) string {
+	return fmt.Sprintf("%s.p.%d", stream, k)
+}
+
+// DeadLetterSubject returns the NATS subject dead letters of a stream go to.
+func DeadLetterSubject(stream string) string { return stream + ".dead" }
+
+func validStreamName(name string) error {
+	if name == "" {
+		return errors.New("krules/nats: empty stream name")
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return fmt.Errorf("krules/nats: stream name %q: only letters, digits, '-' and '_' are allowed", name)
+		}
+	}
+	return nil
+}
+
+// EnsureStream creates the stream if it does not exist and returns it. An
+// existing stream is left as it is, after checking that it was made by
+// EnsureStream with the same partition count (else ErrNotKrulesStream or
+// ErrPartitionMismatch). Safe to call from several processes at once.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
+	if err := validStreamName(cfg.Name); err != nil {
+		return nil, err
+	}
+	n := cfg.Partitions
+	if n == 0 {
+		n = DefaultPartitions
+	}
+	if n < 1 || n > MaxPartitions {
+		return nil, fmt.Errorf("krules/nats: stream %q: partitions %d out of range [1, %d]", cfg.Name, n, MaxPartitions)
+	}
+	sc := jetstream.StreamConfig{
+		Name:        cfg.Name,
+		Description: descPrefix + fmt.Sprint(n),
+		Subjects:    []string{cfg.Name + ".p.*", DeadLetterSubject(cfg.Name)},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(cfg.Replicas, 1),
+		MaxAge:      cfg.MaxAge,
+		MaxBytes:    cfg.MaxBytes,
+		Duplicates:  cfg.Duplicates,
+	}
+	if cfg.Memory {
+		sc.Storage = jetstream.MemoryStorage
+	}
+	if sc.Duplicates == 0 {
+		sc.Duplicates = DefaultDuplicates
+	}
+	if sc.MaxBytes == 0 {
+		sc.MaxBytes = -1
+	}
+	s, err := js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, sc)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			s, err = js.Stream(ctx, cfg.Name)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("krules/nats: stream %q: %w", cfg.Name, err)
+	}
+	got, err := partitionsOf(s.CachedInfo())
+	if err != nil {
+		return nil, err
+	}
+	if got != n {
+		return nil, fmt.Errorf("krules/nats: stream %q has %d partitions, config says %d: %w", cfg.Name, got, n, ErrPartitionMismatch)
+	}
+	return s, nil
+}
+
+func partitionsOf(info *jetstream.StreamInfo) (int, error) {
+	var n int
+	d := info.Config.Description
+	if !strings.HasPrefix(d, descPrefix) {
+		return 0, fmt.Errorf("krules/nats: stream %q (description %q): %w", info.Config.Name, d, ErrNotKrulesStream)
+	}
+	if _, err := fmt.Sscanf(d[len(descPrefix):], "%d", &n); err != nil || n < 1 || n > MaxPartitions {
+		return 0, fmt.Errorf("krules/nats: stream %q (description %q): %w", info.Config.Name, d, ErrNotKrulesStream)
+	}
+	return n, nil
+}
+
+// streamInfo returns the partition count of an existing krules stream and
+// its creation time (which tells a re-created stream from the old one).
+func streamInfo(ctx context.Context, js jetstream.JetStream, name string) (int, time.Time, error) {
+	if err := validStreamName(name); err != nil {
+		return 0, time.Time{}, err
+	}
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("krules/nats: stream %q: %w", name, err)
+	}
+	info := s.CachedInfo()
+	n, err := partitionsOf(info)
+	return n, info.Created, err
+}
+
+// Connect connects to NATS with options suited to a long-running worker or
+// publisher: reconnect forever (every 250 ms, with jitter), keep buffering
+// publishes while disconnected, and retry the first connection too. opts
+// are applied after these defaults and may override them.
+func Connect(url string, opts ...natsgo.Option) (*natsgo.Conn, error) {
+	all := append([]natsgo.Option{
+		natsgo.MaxReconnects(-1),
+		natsgo.ReconnectWait(250 * time.Millisecond),
+		natsgo.ReconnectJitter(100*time.Millisecond, time.Second),
+		natsgo.RetryOnFailedConnect(true),
+	}, opts...)
+	nc, err := natsgo.Connect(url, all...)
+	if err != nil {
+		return nil, fmt.Errorf("krules/nats: connect %s: %w", url, err)
+	}
+	return nc, nil
+}

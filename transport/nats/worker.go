@@ -1,0 +1,556 @@
+package nats
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/transport/cloudevents"
+)
+
+// Defaults of WorkerConfig.
+const (
+	DefaultGroup           = "krules"
+	DefaultAckWait         = 30 * time.Second
+	DefaultMaxDeliver      = 5
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultIdempotencyIDs  = 16
+)
+
+// DefaultBackoff is the default redelivery delay after the 1st, 2nd, 3rd...
+// failed delivery (the last value repeats).
+var DefaultBackoff = []time.Duration{500 * time.Millisecond, 2 * time.Second, 10 * time.Second, 30 * time.Second}
+
+// AppliedKey is the extended property in which the idempotency option keeps
+// its record (see WorkerConfig.Idempotent).
+const AppliedKey = cloudevents.InternalPrefix + "_applied"
+
+// Dead-letter message headers. The body is the original message's data;
+// the original headers are kept.
+const (
+	HeaderDeadReason     = "Krules-Dead-Reason"     // one of the Reason* values
+	HeaderDeadError      = "Krules-Dead-Error"      // the error text (one line, at most 1 KiB)
+	HeaderDeadSubject    = "Krules-Dead-Subject"    // the NATS subject the message was on
+	HeaderDeadSequence   = "Krules-Dead-Sequence"   // its stream sequence
+	HeaderDeadDeliveries = "Krules-Dead-Deliveries" // how many times it was delivered
+)
+
+// Dead-letter reasons.
+const (
+	// ReasonMalformed: the message is not a valid KRules CloudEvent; it was
+	// never handed to the App.
+	ReasonMalformed = "malformed"
+	// ReasonHandlerError: the handlers failed on the last allowed delivery.
+	ReasonHandlerError = "handler-error"
+	// ReasonMaxDeliveries: the message was delivered more than MaxDeliver
+	// times without an ack or a nak (the workers handling it died), and was
+	// not handled again.
+	ReasonMaxDeliveries = "max-deliveries"
+)
+
+// ErrShutdownTimeout is returned by Run when handlers were still running at
+// the shutdown deadline; their events were not acked and will be
+// redelivered.
+var ErrShutdownTimeout = errors.New("worker shutdown deadline exceeded")
+
+// WorkerConfig configures a Worker.
+type WorkerConfig struct {
+	// Stream to consume; required, created by EnsureStream.
+	Stream string
+	// Group names the worker group: workers with the same Stream and Group
+	// share the work (one durable consumer "<Group>-p<k>" per partition k).
+	// Default DefaultGroup.
+	Group string
+	// AckWait is how long a delivered event may stay unacknowledged before
+	// the server gives it to another worker. A running handler extends it
+	// (the worker sends in-progress heartbeats every AckWait/3), so it
+	// bounds how long a dead worker holds its partitions. Default
+	// DefaultAckWait.
+	AckWait time.Duration
+	// MaxDeliver is how many deliveries a failing event gets; after the
+	// last it goes to the dead-letter subject. Default DefaultMaxDeliver.
+	MaxDeliver int
+	// Backoff is the delay before redelivering an event whose handlers
+	// failed, indexed by the failed delivery (1st failure: Backoff[0]); the
+	// last value repeats. Default DefaultBackoff.
+	Backoff []time.Duration
+	// Idempotent turns on exactly-once effects for writes made through the
+	// event's subject in cache mode (see the package doc). Default false.
+	Idempotent bool
+	// IdempotencyIDs is how many recent event ids the idempotency record of
+	// a subject remembers (to recognise an event republished under the same
+	// id after the stream's de-duplication window). Default
+	// DefaultIdempotencyIDs.
+	IdempotencyIDs int
+	// ShutdownTimeout bounds how long Run waits for running handlers after
+	// its context is cancelled; then their context is cancelled too.
+	// Default DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// Logger for delivery problems. Default: the App's logger.
+	Logger *slog.Logger
+}
+
+// Stats counts what a Worker did. Fields are totals since NewWorker.
+type Stats struct {
+	Handled      uint64 // events whose handlers succeeded and that were acked
+	Failed       uint64 // deliveries whose handlers failed (nak'ed for redelivery or dead-lettered)
+	Redelivered  uint64 // deliveries that were not the first of their event
+	Duplicates   uint64 // deliveries skipped by the idempotency option (already applied)
+	DeadLettered uint64 // events sent to the dead-letter subject
+	AckErrors    uint64 // acks the server did not confirm (the event may come again)
+}
+
+// Worker consumes a stream and emits every event into an App. See the
+// package doc for the delivery, ordering and idempotency guarantees.
+type Worker struct {
+	js     jetstream.JetStream
+	app    *krules.App
+	cfg    WorkerConfig
+	log    *slog.Logger
+	parts  int
+	epoch  string
+	consum []jetstream.Consumer
+
+	handled, failed, redelivered, duplicates, dead, ackErrs atomic.Uint64
+	running                                                 atomic.Bool
+}
+
+// NewWorker checks the stream, creates (or updates) the group's durable
+// consumers and returns a Worker ready to Run. It installs on app a
+// middleware that lets the worker see handler errors and panics (they
+// still reach the App's error handler).
+func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg WorkerConfig) (*Worker, error) {
+	if app == nil {
+		return nil, errors.New("krules/nats: NewWorker: nil App")
+	}
+	if cfg.Group == "" {
+		cfg.Group = DefaultGroup
+	}
+	if err := validStreamName(cfg.Group); err != nil {
+		return nil, fmt.Errorf("krules/nats: group: %w", err)
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = DefaultAckWait
+	}
+	if cfg.MaxDeliver <= 0 {
+		cfg.MaxDeliver = DefaultMaxDeliver
+	}
+	if len(cfg.Backoff) == 0 {
+		cfg.Backoff = DefaultBackoff
+	}
+	cfg.Backoff = slices.Clone(cfg.Backoff)
+	if cfg.IdempotencyIDs <= 0 {
+		cfg.IdempotencyIDs = DefaultIdempotencyIDs
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = app.Logger()
+	}
+	n, created, err := streamInfo(ctx, js, cfg.Stream)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{js: js, app: app, cfg: cfg, log: cfg.Logger, parts: n, epoch: strconv.FormatInt(created.UnixNano(), 36)}
+	for k := range n {
+		c, err := js.CreateOrUpdateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
+			Durable:       fmt.Sprintf("%s-p%d", cfg.Group, k),
+			Description:   fmt.Sprintf("krules-go worker group %s, partition %d of %d", cfg.Group, k, n),
+			FilterSubject: PartitionSubject(cfg.Stream, k),
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       cfg.AckWait,
+			MaxDeliver:    -1, // the worker enforces MaxDeliver itself, dead-lettering
+			MaxAckPending: 1,  // one event of the partition in flight, group-wide
+		})
+		if err != nil {
+			return nil, fmt.Errorf("krules/nats: stream %q: consumer for partition %d: %w", cfg.Stream, k, err)
+		}
+		w.consum = append(w.consum, c)
+	}
+	installCollector(app)
+	return w, nil
+}
+
+// Partitions returns the stream's partition count.
+func (w *Worker) Partitions() int { return w.parts }
+
+// Stats returns the worker's counters.
+func (w *Worker) Stats() Stats {
+	return Stats{
+		Handled: w.handled.Load(), Failed: w.failed.Load(), Redelivered: w.redelivered.Load(),
+		Duplicates: w.duplicates.Load(), DeadLettered: w.dead.Load(), AckErrors: w.ackErrs.Load(),
+	}
+}
+
+// Run consumes until ctx is cancelled, then shuts down gracefully: it stops
+// taking events, hands events it had received but not started back to the
+// server (nak, so another worker takes them at once), waits for running
+// handlers up to ShutdownTimeout (then cancels their context; those events
+// are not acked and will be redelivered, and Run returns an error wrapping
+// ErrShutdownTimeout) and returns nil. It returns early with an error if
+// the connection is closed or a consumer disappears. Run may be called
+// once.
+func (w *Worker) Run(ctx context.Context) error {
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("krules/nats: Worker.Run called twice")
+	}
+	// Handlers get a context that survives ctx's cancellation until the
+	// shutdown deadline.
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hcancel()
+	loopCtx, stopLoops := context.WithCancel(ctx)
+	defer stopLoops()
+
+	var wg sync.WaitGroup
+	errs := make([]error, len(w.consum))
+	for k, c := range w.consum {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w.consume(loopCtx, hctx, c); err != nil {
+				errs[k] = err
+				stopLoops() // a fatal error stops the whole worker
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+
+	var timedOut bool
+	select {
+	case <-done:
+	case <-loopCtx.Done():
+		t := time.NewTimer(w.cfg.ShutdownTimeout)
+		select {
+		case <-done:
+			t.Stop()
+		case <-t.C:
+			timedOut = true
+			hcancel()
+			<-done
+		}
+	}
+	err := errors.Join(errs...)
+	if timedOut {
+		err = errors.Join(fmt.Errorf("krules/nats: stream %q: %w (%s)", w.cfg.Stream, ErrShutdownTimeout, w.cfg.ShutdownTimeout), err)
+	}
+	return err
+}
+
+// consume runs one partition: fetch one event, handle it, ack it, repeat.
+func (w *Worker) consume(loopCtx, hctx context.Context, c jetstream.Consumer) error {
+	it, err := c.Messages(jetstream.PullMaxMessages(1))
+	if err != nil {
+		return fmt.Errorf("krules/nats: consumer %s: %w", c.CachedInfo().Name, err)
+	}
+	// On shutdown, stop pulling at once (even while a handler runs), so that
+	// an event given back with a nak cannot come back to this worker.
+	loopDone := make(chan struct{})
+	defer close(loopDone)
+	go func() {
+		select {
+		case <-loopCtx.Done():
+			it.Drain()
+		case <-loopDone:
+		}
+	}()
+	var fatal error
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if loopCtx.Err() != nil && errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				break // drained
+			}
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, natsgo.ErrConnectionClosed) {
+				fatal = fmt.Errorf("krules/nats: consumer %s: %w", c.CachedInfo().Name, err)
+				break
+			}
+			w.log.Warn("krules/nats: fetch failed; retrying", "consumer", c.CachedInfo().Name, "error", err)
+			continue
+		}
+		if loopCtx.Err() != nil {
+			// Received but not started: give it back at once.
+			_ = m.Nak()
+			continue
+		}
+		w.handle(hctx, m)
+	}
+	it.Stop()
+	return fatal
+}
+
+// handle processes one delivery. Every path ends in exactly one of: ack,
+// nak (with delay), or dead letter + ack.
+func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		w.log.Error("krules/nats: message without JetStream metadata; terminated", "subject", m.Subject(), "error", err)
+		_ = m.Term()
+		return
+	}
+	if md.NumDelivered > 1 {
+		w.redelivered.Add(1)
+	}
+	e := new(event.Event)
+	if err := json.Unmarshal(m.Data(), e); err != nil {
+		w.deadLetter(ctx, m, md, ReasonMalformed, fmt.Errorf("%w: %v", cloudevents.ErrMalformed, err))
+		return
+	}
+	if err := cloudevents.Check(e); err != nil {
+		w.deadLetter(ctx, m, md, ReasonMalformed, err)
+		return
+	}
+	payload, err := cloudevents.Payload(e)
+	if err != nil {
+		w.deadLetter(ctx, m, md, ReasonMalformed, err)
+		return
+	}
+
+	stopHB := w.heartbeat(m)
+	defer stopHB()
+
+	s := w.app.Subject(e.Subject())
+	var rec map[string]any
+	if w.cfg.Idempotent {
+		var applied bool
+		rec, applied, err = w.applied(ctx, s, e, md.Sequence.Stream)
+		if err != nil {
+			w.retry(ctx, m, md, fmt.Errorf("read idempotency record: %w", err))
+			return
+		}
+		if applied {
+			w.duplicates.Add(1)
+			w.ack(ctx, m, e)
+			return
+		}
+	}
+	if md.NumDelivered > uint64(w.cfg.MaxDeliver) {
+		w.deadLetter(ctx, m, md, ReasonMaxDeliveries, fmt.Errorf("delivered %d times without an ack (max %d)", md.NumDelivered, w.cfg.MaxDeliver))
+		return
+	}
+
+	f := &failures{}
+	ectx := context.WithValue(cloudevents.NewContext(ctx, e), collectorKey{}, f)
+	err = w.app.Emit(ectx, e.Type(), s, payload,
+		krules.WithMeta(cloudevents.MetaCloudEvent, e),
+		krules.WithMeta(MetaStream, w.cfg.Stream),
+		krules.WithMeta(MetaSequence, md.Sequence.Stream),
+		krules.WithMeta(MetaDeliveries, md.NumDelivered))
+	err = errors.Join(err, f.err())
+	if err == nil && w.cfg.Idempotent {
+		_, _, err = s.SetExt(ctx, AppliedKey, w.record(rec, e, md.Sequence.Stream))
+	}
+	if err == nil {
+		// Commit the subject's cache: the handlers' cached writes and, with
+		// Idempotent, the record, in one atomic write.
+		err = s.Store(ctx)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			// Shutdown deadline: give the event back at once.
+			_ = m.Nak()
+			return
+		}
+		w.retry(ctx, m, md, err)
+		return
+	}
+	w.handled.Add(1)
+	w.ack(ctx, m, e)
+}
+
+func (w *Worker) ack(ctx context.Context, m jetstream.Msg, e *event.Event) {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.AckWait)
+	defer cancel()
+	if err := m.DoubleAck(actx); err != nil {
+		w.ackErrs.Add(1)
+		w.log.Warn("krules/nats: ack not confirmed; the event may be delivered again", "event", e.Type(), "id", e.ID(), "subject", e.Subject(), "error", err)
+	}
+}
+
+func (w *Worker) retry(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, err error) {
+	w.failed.Add(1)
+	if md.NumDelivered >= uint64(w.cfg.MaxDeliver) {
+		w.deadLetter(ctx, m, md, ReasonHandlerError, err)
+		return
+	}
+	i := min(int(md.NumDelivered)-1, len(w.cfg.Backoff)-1)
+	d := w.cfg.Backoff[max(i, 0)]
+	w.log.Warn("krules/nats: event failed; will be redelivered", "stream_seq", md.Sequence.Stream, "delivery", md.NumDelivered, "delay", d, "error", err)
+	if nerr := m.NakWithDelay(d); nerr != nil {
+		w.log.Warn("krules/nats: nak failed; the event comes back after AckWait", "error", nerr)
+	}
+}
+
+// deadLetter publishes the message to the dead-letter subject with the
+// reason and error, then acks it. If the publish fails the message is
+// nak'ed with the first backoff delay so that nothing is lost.
+func (w *Worker) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, reason string, cause error) {
+	dl := natsgo.NewMsg(DeadLetterSubject(w.cfg.Stream))
+	for k, v := range m.Headers() {
+		if strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		dl.Header[k] = slices.Clone(v)
+	}
+	text := strings.Join(strings.Fields(cause.Error()), " ")
+	if len(text) > 1024 {
+		text = text[:1024]
+	}
+	dl.Header.Set(HeaderDeadReason, reason)
+	dl.Header.Set(HeaderDeadError, text)
+	dl.Header.Set(HeaderDeadSubject, m.Subject())
+	dl.Header.Set(HeaderDeadSequence, strconv.FormatUint(md.Sequence.Stream, 10))
+	dl.Header.Set(HeaderDeadDeliveries, strconv.FormatUint(md.NumDelivered, 10))
+	dl.Data = m.Data()
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.AckWait)
+	defer cancel()
+	// The msg id makes a repeated dead-lettering (crash before the ack) a no-op.
+	id := fmt.Sprintf("dead:%s:%d", w.cfg.Stream, md.Sequence.Stream)
+	if _, err := w.js.PublishMsg(pctx, dl, jetstream.WithMsgID(id)); err != nil {
+		w.log.Error("krules/nats: dead-letter publish failed; event will be redelivered", "stream_seq", md.Sequence.Stream, "reason", reason, "error", err)
+		_ = m.NakWithDelay(w.cfg.Backoff[0])
+		return
+	}
+	w.dead.Add(1)
+	w.log.Warn("krules/nats: event dead-lettered", "stream_seq", md.Sequence.Stream, "reason", reason, "error", text)
+	if err := m.DoubleAck(pctx); err != nil {
+		w.ackErrs.Add(1)
+	}
+}
+
+// heartbeat tells the server the event is still being worked on every
+// AckWait/3, until the returned stop function is called.
+func (w *Worker) heartbeat(m jetstream.Msg) (stop func()) {
+	every := w.cfg.AckWait / 3
+	if every <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := m.InProgress(); err != nil {
+					w.log.Warn("krules/nats: in-progress heartbeat failed", "subject", m.Subject(), "error", err)
+				}
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// applied reads the subject's idempotency record (loading the subject into
+// the handle's cache, which the handlers then use) and reports whether the
+// event was already applied: same stream incarnation and a sequence not
+// beyond the recorded one, or an id among the recent ones.
+func (w *Worker) applied(ctx context.Context, s *krules.Subject, e *event.Event, seq uint64) (map[string]any, bool, error) {
+	v, err := s.GetExt(ctx, AppliedKey, krules.Default(nil))
+	if err != nil {
+		return nil, false, err
+	}
+	all, _ := v.(map[string]any)
+	rec, _ := all[w.cfg.Stream].(map[string]any)
+	if rec == nil {
+		return all, false, nil
+	}
+	if rec["epoch"] == w.epoch {
+		if last, ok := rec["seq"].(int64); ok && uint64(last) >= seq {
+			return all, true, nil
+		}
+	}
+	if ids, ok := rec["ids"].([]any); ok && slices.Contains(ids, any(e.ID())) {
+		return all, true, nil
+	}
+	return all, false, nil
+}
+
+// record returns the updated idempotency record of a subject.
+func (w *Worker) record(all map[string]any, e *event.Event, seq uint64) map[string]any {
+	out := make(map[string]any, len(all)+1)
+	for k, v := range all {
+		out[k] = v
+	}
+	var ids []any
+	if rec, ok := all[w.cfg.Stream].(map[string]any); ok {
+		if old, ok := rec["ids"].([]any); ok {
+			ids = old
+		}
+	}
+	ids = append(slices.Clone(ids), e.ID())
+	if len(ids) > w.cfg.IdempotencyIDs {
+		ids = ids[len(ids)-w.cfg.IdempotencyIDs:]
+	}
+	out[w.cfg.Stream] = map[string]any{"epoch": w.epoch, "seq": int64(seq), "ids": ids}
+	return out
+}
+
+// failures collects the errors of the handlers of one delivery (including
+// the handlers of events they emit with their ctx).
+type failures struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (f *failures) add(err error) {
+	f.mu.Lock()
+	f.errs = append(f.errs, err)
+	f.mu.Unlock()
+}
+
+func (f *failures) err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return errors.Join(f.errs...)
+}
+
+type collectorKey struct{}
+
+var installed sync.Map // *krules.App -> struct{}
+
+// installCollector adds, once per App, the middleware that reports handler
+// errors and panics to the delivery being processed.
+func installCollector(app *krules.App) {
+	if _, loaded := installed.LoadOrStore(app, struct{}{}); loaded {
+		return
+	}
+	app.Use(func(ctx context.Context, ev *krules.Event, next krules.Next) (err error) {
+		f, _ := ctx.Value(collectorKey{}).(*failures)
+		if f == nil {
+			return next(ctx)
+		}
+		name := krules.HandlerName(ctx)
+		defer func() {
+			if r := recover(); r != nil {
+				f.add(fmt.Errorf("handler %s of %s: panic: %v", name, ev, r))
+				panic(r)
+			}
+		}()
+		err = next(ctx)
+		if err != nil {
+			f.add(fmt.Errorf("handler %s of %s: %w", name, ev, err))
+		}
+		return err
+	})
+}

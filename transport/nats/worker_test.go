@@ -1,0 +1,396 @@
+package nats_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/transport/cloudevents"
+	knats "github.com/krules-go/krules/transport/nats"
+)
+
+func publisher(t testing.TB, js jetstream.JetStream, stream string) *knats.Publisher {
+	t.Helper()
+	p, err := knats.NewPublisher(context.Background(), js, knats.PublisherConfig{Stream: stream, Source: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestPublishAndHandleInOrder(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 4)
+	const subjects, per = 6, 25
+	rec := newRecorder(subjects * per)
+	app := krules.New()
+	app.On("tick").Do(func(ctx context.Context, ev *krules.Event) error {
+		ce, _ := cloudevents.FromContext(ctx)
+		d, _ := ev.Meta(knats.MetaDeliveries)
+		rec.add(record{subject: ev.Subject.Name(), seq: seqOf(ev), id: ce.ID(), meta: ev.Metadata(), deliv: d.(uint64)})
+		return nil
+	})
+	// Two workers of one group in the same process share the work.
+	for range 2 {
+		startWorker(t, newWorker(t, js, app, knats.WorkerConfig{Stream: stream}))
+	}
+	p := publisher(t, js, stream)
+	ctx := context.Background()
+	ids := map[string]bool{}
+	for i := 1; i <= per; i++ {
+		for s := range subjects {
+			id, err := p.Publish(ctx, "tick", fmt.Sprintf("sub-%d", s), krules.Payload{"seq": i})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[id] = true
+		}
+	}
+	rec.wait(t, 30*time.Second)
+	last := map[string]int64{}
+	for _, r := range rec.all() {
+		if r.seq != last[r.subject]+1 {
+			t.Fatalf("subject %s: seq %d after %d", r.subject, r.seq, last[r.subject])
+		}
+		last[r.subject] = r.seq
+		if !ids[r.id] {
+			t.Fatalf("unknown event id %q", r.id)
+		}
+		if r.meta[knats.MetaStream] != stream || r.meta[knats.MetaSequence] == nil || r.deliv != 1 {
+			t.Fatalf("metadata %v", r.meta)
+		}
+		if _, ok := r.meta[cloudevents.MetaCloudEvent].(*event.Event); !ok {
+			t.Fatalf("no CloudEvent in metadata")
+		}
+	}
+	for s := range subjects {
+		if last[fmt.Sprintf("sub-%d", s)] != per {
+			t.Fatalf("subject %d: last seq %d", s, last[fmt.Sprintf("sub-%d", s)])
+		}
+	}
+}
+
+func TestRetryWithBackoffKeepsOrder(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	rec := newRecorder(5)
+	var attempts atomic.Int32
+	app := krules.New()
+	app.On("tick").Do(func(ctx context.Context, ev *krules.Event) error {
+		d, _ := ev.Meta(knats.MetaDeliveries)
+		if seqOf(ev) == 2 && attempts.Add(1) <= 2 {
+			return errors.New("transient")
+		}
+		rec.add(record{subject: ev.Subject.Name(), seq: seqOf(ev), deliv: d.(uint64)})
+		return nil
+	})
+	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream, Backoff: []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}})
+	startWorker(t, w)
+	p := publisher(t, js, stream)
+	for i := 1; i <= 5; i++ {
+		if _, err := p.Publish(context.Background(), "tick", "a", krules.Payload{"seq": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.wait(t, 30*time.Second)
+	var got []int64
+	for _, r := range rec.all() {
+		got = append(got, r.seq)
+		if r.seq == 2 && r.deliv != 3 {
+			t.Errorf("event 2 handled on delivery %d, want 3", r.deliv)
+		}
+	}
+	if fmt.Sprint(got) != "[1 2 3 4 5]" {
+		t.Fatalf("order %v", got)
+	}
+	waitIdle(t, js, stream, 10*time.Second)
+	st := w.Stats()
+	if st.Failed != 2 || st.Redelivered != 2 || st.Handled != 5 || st.DeadLettered != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestDeadLetterAfterMaxDeliver(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 2)
+	rec := newRecorder(2)
+	app := krules.New()
+	app.On("tick").Do(func(ctx context.Context, ev *krules.Event) error {
+		if ev.Subject.Name() == "bad" {
+			if seqOf(ev) == 2 {
+				panic("boom")
+			}
+			return fmt.Errorf("cannot handle %d", seqOf(ev))
+		}
+		rec.add(record{subject: ev.Subject.Name(), seq: seqOf(ev)})
+		return nil
+	})
+	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream, MaxDeliver: 2, Backoff: []time.Duration{20 * time.Millisecond}})
+	startWorker(t, w)
+	p := publisher(t, js, stream)
+	ctx := context.Background()
+	for _, e := range []struct {
+		subj string
+		seq  int
+	}{{"bad", 1}, {"good", 1}, {"bad", 2}, {"good", 2}} {
+		if _, err := p.Publish(ctx, "tick", e.subj, krules.Payload{"seq": e.seq}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.wait(t, 30*time.Second)
+	dls := deadLetters(t, js, stream, 2)
+	wantErr := []string{"cannot handle 1", "panic: boom"}
+	for i, m := range dls {
+		h := m.Headers()
+		if h.Get(knats.HeaderDeadReason) != knats.ReasonHandlerError || !strings.Contains(h.Get(knats.HeaderDeadError), wantErr[i]) ||
+			h.Get(knats.HeaderDeadDeliveries) != "2" || !strings.HasPrefix(h.Get(knats.HeaderDeadSubject), stream+".p.") {
+			t.Errorf("dead letter %d headers %v", i, h)
+		}
+		var e event.Event
+		if err := e.UnmarshalJSON(m.Data()); err != nil || e.Subject() != "bad" {
+			t.Errorf("dead letter %d body: %v %q", i, err, m.Data())
+		}
+	}
+	waitIdle(t, js, stream, 10*time.Second)
+	if st := w.Stats(); st.DeadLettered != 2 || st.Handled != 2 || st.Failed != 4 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestMalformedMessagesGoToDeadLetter(t *testing.T) {
+	nc, js := connect(t)
+	stream := newStream(t, js, 1)
+	rec := newRecorder(1)
+	app := krules.New()
+	app.On("*").Do(func(ctx context.Context, ev *krules.Event) error {
+		rec.add(record{subject: ev.Subject.Name()})
+		return nil
+	})
+	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream})
+	startWorker(t, w)
+	subj := knats.PartitionSubject(stream, 0)
+	bad := []struct{ body, why string }{
+		{`not json`, "malformed"},
+		{`{"specversion":"1.0","id":"1","type":"t","source":"s"}`, "subject"},
+		{`{"specversion":"1.0","id":"2","type":"t","source":"s","subject":"x","data":[1,2]}`, "JSON object"},
+		{`{"specversion":"1.0","id":"3","source":"s","subject":"x"}`, "type"},
+	}
+	for _, b := range bad {
+		if err := nc.Publish(subj, []byte(b.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := publisher(t, js, stream)
+	if _, err := p.Publish(context.Background(), "ok", "fine", nil); err != nil {
+		t.Fatal(err)
+	}
+	rec.wait(t, 30*time.Second)
+	dls := deadLetters(t, js, stream, len(bad))
+	for i, m := range dls {
+		h := m.Headers()
+		if h.Get(knats.HeaderDeadReason) != knats.ReasonMalformed || !strings.Contains(h.Get(knats.HeaderDeadError), bad[i].why) || string(m.Data()) != bad[i].body {
+			t.Errorf("dead letter %d: headers %v body %q", i, h, m.Data())
+		}
+	}
+	waitIdle(t, js, stream, 10*time.Second)
+	if st := w.Stats(); st.DeadLettered != 4 || st.Handled != 1 || st.Redelivered != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestGracefulShutdownFinishesInFlight(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var handled atomic.Int32
+	app := krules.New()
+	app.On("slow").Do(func(ctx context.Context, ev *krules.Event) error {
+		close(started)
+		<-release
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		handled.Add(1)
+		return nil
+	})
+	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream, ShutdownTimeout: time.Minute})
+	stop := startWorker(t, w)
+	p := publisher(t, js, stream)
+	if _, err := p.Publish(context.Background(), "slow", "s", nil); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	select {
+	case err := <-stopped:
+		t.Fatalf("Run returned (%v) while a handler was running", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-stopped; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if handled.Load() != 1 {
+		t.Fatalf("handled %d", handled.Load())
+	}
+	waitIdle(t, js, stream, 10*time.Second) // acked: nothing pending, nothing to redeliver
+	if st := w.Stats(); st.Handled != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestShutdownDeadlineGivesEventBack(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	started := make(chan struct{}, 1)
+	app := krules.New()
+	app.On("stuck").Do(func(ctx context.Context, ev *krules.Event) error {
+		started <- struct{}{}
+		<-ctx.Done() // only the shutdown deadline ends it
+		return ctx.Err()
+	})
+	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream, ShutdownTimeout: 100 * time.Millisecond})
+	stop := startWorker(t, w)
+	p := publisher(t, js, stream)
+	if _, err := p.Publish(context.Background(), "stuck", "s", nil); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	if err := stop(); !errors.Is(err, knats.ErrShutdownTimeout) {
+		t.Fatalf("Run: %v, want ErrShutdownTimeout", err)
+	}
+	// The event was nak'ed: a new worker gets it at once (no AckWait wait:
+	// AckWait is the default 30s and the test would time out).
+	rec := newRecorder(1)
+	app2 := krules.New()
+	app2.On("stuck").Do(func(ctx context.Context, ev *krules.Event) error {
+		d, _ := ev.Meta(knats.MetaDeliveries)
+		rec.add(record{deliv: d.(uint64)})
+		return nil
+	})
+	startWorker(t, newWorker(t, js, app2, knats.WorkerConfig{Stream: stream}))
+	rec.wait(t, 15*time.Second)
+	if d := rec.all()[0].deliv; d != 2 {
+		t.Fatalf("delivery %d, want 2", d)
+	}
+}
+
+// An event republished under the same CloudEvent id (past the stream's
+// de-duplication, e.g. by a producer retrying much later) is applied once
+// with Idempotent, twice without.
+func TestIdempotentByEventID(t *testing.T) {
+	for _, idem := range []bool{false, true} {
+		t.Run(fmt.Sprint("idempotent=", idem), func(t *testing.T) {
+			nc, js := connect(t)
+			stream := newStream(t, js, 1)
+			app := krules.New()
+			var mu sync.Mutex
+			calls := 0
+			app.On("inc").Do(func(ctx context.Context, ev *krules.Event) error {
+				mu.Lock()
+				calls++
+				mu.Unlock()
+				_, _, err := ev.Subject.Set(ctx, "n", krules.Inc(1))
+				return err
+			})
+			w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream, Idempotent: idem})
+			startWorker(t, w)
+			e, err := cloudevents.NewEvent(context.Background(), "inc", "c", nil, cloudevents.EventOptions{ID: "same-id"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := e.MarshalJSON()
+			for range 2 { // raw publishes without Nats-Msg-Id: the stream keeps both
+				if err := nc.Publish(knats.PartitionSubject(stream, 0), data); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			waitIdle(t, js, stream, 15*time.Second)
+			n, err := krules.GetAs[int](context.Background(), app.Subject("c"), "n")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 2
+			if idem {
+				want = 1
+			}
+			if n != want {
+				t.Fatalf("n = %d, want %d (stats %+v)", n, want, w.Stats())
+			}
+			if idem {
+				if st := w.Stats(); st.Duplicates != 1 {
+					t.Fatalf("stats %+v", st)
+				}
+				// The record is internal: extended property _krules_applied.
+				if ok, _ := app.Subject("c").HasExt(context.Background(), knats.AppliedKey); !ok {
+					t.Fatalf("no idempotency record")
+				}
+			}
+		})
+	}
+}
+
+func TestEnsureStreamChecks(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 3)
+	ctx := context.Background()
+	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: stream, Partitions: 3}); err != nil {
+		t.Fatalf("same config again: %v", err)
+	}
+	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: stream, Partitions: 4}); !errors.Is(err, knats.ErrPartitionMismatch) {
+		t.Fatalf("other partition count: %v", err)
+	}
+	for _, bad := range []string{"", "a.b", "a b", "a*"} {
+		if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: bad}); err == nil {
+			t.Errorf("stream name %q accepted", bad)
+		}
+	}
+	plain := stream + "_plain"
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: plain, Subjects: []string{plain + ".x"}}); err != nil {
+		t.Fatal(err)
+	}
+	defer js.DeleteStream(ctx, plain)
+	if _, err := knats.NewWorker(ctx, js, krules.New(), knats.WorkerConfig{Stream: plain}); !errors.Is(err, knats.ErrNotKrulesStream) {
+		t.Fatalf("worker on a foreign stream: %v", err)
+	}
+	if _, err := knats.NewPublisher(ctx, js, knats.PublisherConfig{Stream: "missing_" + stream}); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("publisher on a missing stream: %v", err)
+	}
+}
+
+func TestPartitionOf(t *testing.T) {
+	counts := make([]int, 8)
+	for i := range 8000 {
+		k := knats.PartitionOf(fmt.Sprintf("subject-%d", i), 8)
+		if k != knats.PartitionOf(fmt.Sprintf("subject-%d", i), 8) {
+			t.Fatal("not deterministic")
+		}
+		counts[k]++
+	}
+	for k, c := range counts {
+		if c < 800 || c > 1200 {
+			t.Errorf("partition %d got %d of 8000", k, c)
+		}
+	}
+	// FNV-1a 32 of "" is 2166136261.
+	if got := knats.PartitionOf("", 1000); got != 2166136261%1000 {
+		t.Errorf("PartitionOf(\"\") = %d", got)
+	}
+}
+
+var _ = natsgo.ErrTimeout
