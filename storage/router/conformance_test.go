@@ -1,0 +1,58 @@
+package router_test
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/bolt"
+	"github.com/krules-go/krules/storage/memory"
+	"github.com/krules-go/krules/storage/router"
+	"github.com/krules-go/krules/storage/storagetest"
+)
+
+// The suite's subjects all take the fallback unless a route matches their
+// names, so run it with the routes on both sides: once with a route that
+// matches nothing the suite writes (every subject in the fallback), and once
+// with the fallback catching nothing but a route per first character (every
+// subject routed), mixing memory and bolt members.
+func TestConformanceFallback(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Backend {
+		b, err := bolt.Open(filepath.Join(t.TempDir(), "r.db"), bolt.Config{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		r, err := router.New([]router.Route{{Prefix: "\U0010FFFFnever-", Backend: memory.New()}}, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	})
+}
+
+func TestConformanceSplit(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Backend {
+		b, err := bolt.Open(filepath.Join(t.TempDir(), "r.db"), bolt.Config{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		mem := memory.New()
+		// Alternate members by the first byte of the name, so that subjects
+		// of one subtest land in different backends.
+		var routes []router.Route
+		for c := 0x20; c < 0x7f; c++ {
+			m := storage.Backend(mem)
+			if c%2 == 1 {
+				m = b
+			}
+			routes = append(routes, router.Route{Prefix: string(rune(c)), Backend: m})
+		}
+		r, err := router.New(routes, memory.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	})
+}
