@@ -100,6 +100,22 @@ func (b *broken) Get(ctx context.Context, subject string, k storage.Key) (any, e
 	return b.Backend.Get(ctx, subject, k)
 }
 
+func (b *broken) Load(ctx context.Context, subject string) (storage.Snapshot, error) {
+	switch b.variant {
+	case "float-numbers":
+		snap, err := b.Backend.Load(ctx, subject)
+		for _, ps := range [][]storage.Property{snap.Props, snap.Ext} {
+			for i := range ps {
+				ps[i].Value = toFloats(ps[i].Value)
+			}
+		}
+		return snap, err
+	case "ignores-ctx":
+		ctx = context.Background()
+	}
+	return b.Backend.Load(ctx, subject)
+}
+
 func (b *broken) Delete(ctx context.Context, subject string, k storage.Key) (any, error) {
 	switch b.variant {
 	case "delete-missing-ok":
@@ -181,12 +197,12 @@ func TestRunDetectsBrokenBackends(t *testing.T) {
 		anyOf   bool     // one of fails is enough (race-dependent detection)
 	}{
 		{"nonatomic-set", []string{"Concurrency/FuncExactTotal", "Concurrency/OpIncExactTotal", "Concurrency/OtherPropertiesNotLost"}, true},
-		{"float-numbers", []string{"Values/RoundTrip", "Set/ReturnsNewAndOld", "Op/IncExactUpTo2^53"}, false},
+		{"float-numbers", []string{"Values/RoundTrip", "Set/ReturnsNewAndOld", "Op/IncExactUpTo2^53", "Subject/CacheStoreReload", "Subject/ValuesAfterReload"}, false},
 		{"ignores-ctx", []string{"Context/Cancelled"}, false},
 		{"func-error-writes", []string{"Func/ErrorWritesNothing", "Func/PanicWritesNothing"}, false},
 		{"kinds-shared", []string{"Kinds/IndependentNamespaces", "Get/MissingIsErrNotFound"}, false},
 		{"delete-missing-ok", []string{"Delete/ReturnsOldValue"}, false},
-		{"puts-then-deletes", []string{"Store/DeletesThenPuts"}, false},
+		{"puts-then-deletes", []string{"Store/DeletesThenPuts", "Store/Atomic"}, false},
 		{"glob-flush", []string{"Names/Subjects"}, false},
 	} {
 		t.Run(c.variant, func(t *testing.T) {

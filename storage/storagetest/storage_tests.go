@@ -203,26 +203,32 @@ func testStoreAtomic(t *testing.T, s *suite) {
 		}
 	})
 	reads := 0
-	for stop := false; !stop; reads++ {
-		select {
-		case <-done:
-			stop = true // one last read after the writer finished
-		default:
+	readErr := func() error {
+		for stop := false; !stop; reads++ {
+			select {
+			case <-done:
+				stop = true // one last read after the writer finished
+			default:
+			}
+			snap, err := s.b.Load(s.ctx, subj)
+			if err != nil {
+				return fmt.Errorf("Load during concurrent Stores: %w", err)
+			}
+			p, e := propMap(snap.Props), propMap(snap.Ext)
+			if len(p)+len(e) == 0 {
+				continue // before the first batch
+			}
+			if !sameTypeEqual(p["x"], p["y"]) || !sameTypeEqual(p["x"], e["z"]) || !sameTypeEqual(p["x"], p["gone"]) {
+				return fmt.Errorf("Load saw a half-applied batch: x=%s y=%s gone=%s ext z=%s; each batch writes the same number to all four",
+					describe(p["x"]), describe(p["y"]), describe(p["gone"]), describe(e["z"]))
+			}
 		}
-		snap, err := s.b.Load(s.ctx, subj)
-		if err != nil {
-			t.Fatalf("Load during concurrent Stores: %v", err)
-		}
-		p, e := propMap(snap.Props), propMap(snap.Ext)
-		if len(p)+len(e) == 0 {
-			continue // before the first batch
-		}
-		if !sameTypeEqual(p["x"], p["y"]) || !sameTypeEqual(p["x"], e["z"]) || !sameTypeEqual(p["x"], p["gone"]) {
-			t.Fatalf("Load saw a half-applied batch: x=%s y=%s gone=%s ext z=%s; each batch writes the same number to all four",
-				describe(p["x"]), describe(p["y"]), describe(p["gone"]), describe(e["z"]))
-		}
+		return nil
+	}()
+	wg.Wait() // the writer finishes before the subtest ends and flushes
+	if readErr != nil {
+		t.Fatal(readErr)
 	}
-	wg.Wait()
 	if writeErr != nil {
 		t.Fatalf("Store: %v", writeErr)
 	}
