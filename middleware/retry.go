@@ -120,7 +120,9 @@ func Attempts(err error) int {
 // attempt, else in a *RetryError), when the attempts are exhausted (a
 // *RetryError wrapping ErrRetriesExhausted and the last error), and when
 // ctx ends: it never waits past ctx's deadline, and gives up at once when
-// the next delay would end after it.
+// the next delay would end after it. A panic is never retried: it unwinds
+// through Retry, or, with Recover inside Retry (as Resilient does), becomes
+// a *krules.PanicError that DefaultRetryable refuses.
 func Retry(cfg RetryConfig) krules.Middleware {
 	if cfg.MaxAttempts < 1 {
 		cfg.MaxAttempts = DefaultMaxAttempts

@@ -157,7 +157,10 @@ func (c MetaCarrier) Keys() []string {
 // Inject writes the span context of ctx into ev's metadata as W3C Trace
 // Context: "traceparent" (and "tracestate" when not empty). Without a valid
 // span in ctx it writes nothing. Transports call it (or read the keys) on
-// the producer side, before sending ev.
+// the producer side, before sending ev. The metadata is shared by the
+// handlers of one emit: a later handler whose ctx carries no span will see
+// the injected span as its (remote) parent; TraceParent avoids touching the
+// event when only the header value is needed.
 func Inject(ctx context.Context, ev *krules.Event) {
 	propagation.TraceContext{}.Inject(ctx, MetaCarrier{Event: ev})
 }
