@@ -25,6 +25,7 @@ func TestParse(t *testing.T) {
 		{"rediss://u:secret@cache.example:6380/1?prefix=p%3A&dial_timeout=3s", spec{scheme: "rediss", driverURL: "rediss://u:secret@cache.example:6380/1?dial_timeout=3s", prefix: "p:"}},
 		{"postgres://postgres@127.0.0.1:5432/test?sslmode=disable&table=subj", spec{scheme: "postgres", driverURL: "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", table: "subj"}},
 		{"postgresql://u@h/db", spec{scheme: "postgresql", driverURL: "postgresql://u@h/db"}},
+		{"postgres://u@h/db?schema=app&table=s&pool_max_conns=4", spec{scheme: "postgres", driverURL: "postgres://u@h/db?pool_max_conns=4", table: "s", schema: "app"}},
 	} {
 		got, err := parse(c.url)
 		if err != nil {
@@ -60,6 +61,7 @@ func TestParseErrors(t *testing.T) {
 		{"redis://h:6379/0?prefix=", `"prefix" is empty`},
 		{"redis://h:6379/0?prefix=a&prefix=b", "given 2 times"},
 		{"postgres://u@h/db?table=", `"table" is empty`},
+		{"postgres://u@h/db?schema=", `"schema" is empty`},
 		{"redis://h/0?a=%zz", "query"},
 	} {
 		_, err := parse(c.url)

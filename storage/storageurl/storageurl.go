@@ -19,7 +19,8 @@
 //	    prefix=                                 key prefix: keys are s:{prefix}{subject} (default "")
 //	    other query parameters go to go-redis (dial_timeout, pool_size, ...)
 //	postgres://user@host:port/db?table=subjects  PostgreSQL (storage/postgres); also postgresql://
-//	    table=                                  table name (default: the backend's, "subjects")
+//	    table=                                  table name (default "subjects", the Python KRules table)
+//	    schema=                                 schema of the table (default: the search_path)
 //	    other query parameters go to pgx (sslmode, pool_max_conns, ...)
 //
 // An unknown scheme, a parameter this package does not know (for memory and
@@ -129,6 +130,7 @@ type spec struct {
 	driverURL string
 	prefix    string
 	table     string
+	schema    string
 }
 
 func bad(u *url.URL, format string, args ...any) error {
@@ -179,6 +181,9 @@ func parse(rawURL string) (spec, error) {
 		sp.driverURL = withQuery(u, q)
 	case "postgres", "postgresql":
 		if err := take(u, q, "table", &sp.table); err != nil {
+			return spec{}, err
+		}
+		if err := take(u, q, "schema", &sp.schema); err != nil {
 			return spec{}, err
 		}
 		sp.driverURL = withQuery(u, q)
