@@ -370,8 +370,15 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	w.handled.Add(1)
+	if testHookBeforeAck != nil {
+		testHookBeforeAck()
+	}
 	w.ack(ctx, m, e)
 }
+
+// testHookBeforeAck is set by tests (export_test.go) to stall a worker
+// between commit and ack.
+var testHookBeforeAck func()
 
 func (w *Worker) ack(ctx context.Context, m jetstream.Msg, e *event.Event) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.AckWait)
