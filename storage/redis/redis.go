@@ -175,7 +175,7 @@ func propErr(op, subject string, k storage.Key, err error) error {
 }
 
 func decode(text string) (any, error) {
-	v, err := storage.Unmarshal([]byte(text))
+	v, err := decodeText(text)
 	if err != nil {
 		return nil, fmt.Errorf("stored value %.60q: %w", text, err)
 	}
@@ -246,7 +246,7 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 			if err := b.check(ctx, w.Key); err != nil {
 				return err
 			}
-			text, err := storage.Marshal(w.Value)
+			text, err := encode(w.Value)
 			if err != nil {
 				return propErr("store", subject, w.Key, err)
 			}
@@ -395,7 +395,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		}
 		return b.update(ctx, subject, k, m)
 	}
-	text, err := storage.Marshal(m.Value)
+	text, err := encode(m.Value)
 	if err != nil {
 		return nil, nil, propErr("set", subject, k, err)
 	}
@@ -419,7 +419,7 @@ func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *
 	if op.Kind < storage.OpInc || op.Kind > storage.OpMin {
 		return nil, nil, propErr("set", subject, k, fmt.Errorf("%w: unknown operation %v", storage.ErrInvalidValue, op.Kind))
 	}
-	arg, err := storage.Marshal(op.Arg)
+	arg, err := encode(op.Arg)
 	if err != nil {
 		return nil, nil, propErr(op.Kind.String(), subject, k, err)
 	}
@@ -583,7 +583,7 @@ func apply(m storage.Mutation, cur string, exists bool) (old, nv any, text strin
 	if err != nil {
 		return nil, nil, "", err
 	}
-	t, err := storage.Marshal(nv)
+	t, err := encode(nv)
 	if err != nil {
 		return nil, nil, "", err
 	}

@@ -1,0 +1,371 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/redis"
+)
+
+// Redis rows: krules Subjects on storage/redis against raw go-redis calls
+// doing the same work on the same layout (hash s:{prefix}{subject}, fields
+// p<name>, JSON values), each side with its own client built from
+// KRULES_REDIS_URL with the same options. set, get, update and inc go
+// through NoCache Subjects (every call reaches Redis); store-100 is 100
+// cached Sets on a fresh handle plus Store, load-100 a fresh handle's first
+// read. The -backend rows measure the same two at the storage.Backend level,
+// without the Subject's load-before-write. The -c16 rows run 16 goroutines
+// on ONE subject and property. Every key lives under a prefix of this run,
+// removed afterwards.
+func init() {
+	register(Group{
+		Name:    "redis",
+		Enabled: func() bool { return os.Getenv("KRULES_REDIS_URL") != "" },
+		Setup:   redisSetup,
+	})
+}
+
+// rawIncScript is the raw baseline of Inc: the obvious one-script increment
+// returning the old and the new value.
+var rawIncScript = goredis.NewScript(`
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local new = tonumber(old or '0') + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], new)
+return {old, new}
+`)
+
+func redisSetup() ([]Row, func(), error) {
+	ctx := context.Background()
+	url := os.Getenv("KRULES_REDIS_URL")
+	prefix := fmt.Sprintf("krules-bench-%d:", os.Getpid())
+	backend, err := redis.Open(ctx, url, redis.Config{Prefix: prefix})
+	if err != nil {
+		return nil, nil, err
+	}
+	opts, err := goredis.ParseURL(url)
+	if err != nil {
+		backend.Close()
+		return nil, nil, err
+	}
+	opts.ContextTimeoutEnabled = true
+	raw := goredis.NewClient(opts)
+	done := func() {
+		it := raw.Scan(context.Background(), 0, "s:"+prefix+"*", 1000).Iterator()
+		for it.Next(context.Background()) {
+			raw.Del(context.Background(), it.Val())
+		}
+		if err := it.Err(); err != nil {
+			fmt.Fprintf(os.Stderr, "krules-bench: redis cleanup: %v\n", err)
+		}
+		backend.Close()
+		raw.Close()
+	}
+	app := krules.New(krules.WithStorage(backend))
+	key := backend.Key
+
+	// 100 properties with small mixed values, the same on both sides.
+	props := make([]string, 100)
+	values := make([]any, 100)
+	for i := range props {
+		props[i] = "prop-" + strconv.Itoa(i)
+		switch i % 3 {
+		case 0:
+			values[i] = int64(i)
+		case 1:
+			values[i] = "value-" + strconv.Itoa(i)
+		default:
+			values[i] = map[string]any{"n": int64(i), "ok": true}
+		}
+	}
+	fixtures := func() error {
+		for _, s := range []string{"k-get", "k-func", "k-inc", "raw-get", "raw-func", "raw-inc"} {
+			if _, _, err := app.Subject(s, krules.NoCache()).Set(ctx, "n", 0, krules.Muted()); err != nil {
+				return err
+			}
+		}
+		for _, s := range []string{"k-load-100", "raw-load-100"} {
+			sub := app.Subject(s)
+			for i, p := range props {
+				if _, _, err := sub.Set(ctx, p, values[i], krules.Muted()); err != nil {
+					return err
+				}
+			}
+			if err := sub.Store(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := fixtures(); err != nil {
+		done()
+		return nil, nil, err
+	}
+
+	incFunc := func(old any) any { return old.(int64) + 1 }
+	// rawWatch is Python KRules' update: WATCH, HGET, compute, MULTI/HSET/EXEC,
+	// retried on a conflict.
+	rawWatch := func(subject string) error {
+		k := key(subject)
+		for {
+			err := raw.Watch(ctx, func(tx *goredis.Tx) error {
+				text, err := tx.HGet(ctx, k, "pn").Result()
+				if err != nil {
+					return err
+				}
+				var n int64
+				if err := json.Unmarshal([]byte(text), &n); err != nil {
+					return err
+				}
+				nv, _ := json.Marshal(n + 1)
+				_, err = tx.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+					p.HSet(ctx, k, "pn", nv)
+					return nil
+				})
+				return err
+			}, k)
+			if !errors.Is(err, goredis.TxFailedErr) {
+				return err
+			}
+		}
+	}
+	// parallel16 spreads b.N calls over exactly 16 goroutines.
+	parallel16 := func(b *testing.B, body func() error) {
+		const c = 16
+		var wg sync.WaitGroup
+		b.ResetTimer()
+		for g := range c {
+			n := b.N / c
+			if g < b.N%c {
+				n++
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range n {
+					if err := body(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	rawStore100 := func(subject string) error {
+		args := make([]any, 0, 2*len(props))
+		for j, p := range props {
+			v, err := json.Marshal(values[j])
+			if err != nil {
+				return err
+			}
+			args = append(args, "p"+p, v)
+		}
+		return raw.HSet(ctx, key(subject), args...).Err()
+	}
+	rawLoad100 := func() error {
+		m, err := raw.HGetAll(ctx, key("raw-load-100")).Result()
+		if err != nil {
+			return err
+		}
+		out := make(map[string]any, len(m))
+		for f, text := range m {
+			var v any
+			if err := json.Unmarshal([]byte(text), &v); err != nil {
+				return err
+			}
+			out[f[1:]] = v
+		}
+		if len(out) != len(props) {
+			return fmt.Errorf("loaded %d fields", len(out))
+		}
+		return nil
+	}
+	const loadBaseline = "go-redis HGETALL + json.Unmarshal of each value"
+	const storeBaseline = "go-redis HSET of 100 fields (json.Marshal of each value)"
+
+	rows := []Row{
+		{
+			Name: "redis/set",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-set", krules.NoCache())
+				for i := 0; b.Loop(); i++ {
+					if _, _, err := s.Set(ctx, "n", i); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+			Baseline: "go-redis HSET (json.Marshal)",
+			Base: func(b *testing.B) {
+				k := key("raw-set")
+				for i := 0; b.Loop(); i++ {
+					v, _ := json.Marshal(i)
+					if err := raw.HSet(ctx, k, "pn", v).Err(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "redis/get-nocache",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-get", krules.NoCache())
+				for b.Loop() {
+					if _, err := s.Get(ctx, "n"); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+			Baseline: "go-redis HGET + json.Unmarshal",
+			Base: func(b *testing.B) {
+				k := key("raw-get")
+				for b.Loop() {
+					text, err := raw.HGet(ctx, k, "pn").Result()
+					if err != nil {
+						b.Fatal(err)
+					}
+					var v any
+					if err := json.Unmarshal([]byte(text), &v); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "redis/update-func-c1",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-func", krules.NoCache())
+				for b.Loop() {
+					if _, _, err := s.Set(ctx, "n", incFunc); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+			Baseline: "go-redis WATCH/HGET/MULTI-HSET-EXEC retry loop",
+			Base: func(b *testing.B) {
+				for b.Loop() {
+					if err := rawWatch("raw-func"); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "redis/update-func-c16",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-func", krules.NoCache())
+				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", incFunc); return err })
+			},
+			Baseline: "go-redis WATCH/HGET/MULTI-HSET-EXEC retry loop, 16 goroutines",
+			Base: func(b *testing.B) {
+				parallel16(b, func() error { return rawWatch("raw-func") })
+			},
+		},
+		{
+			Name: "redis/inc-c16",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-inc", krules.NoCache())
+				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", krules.Inc(1)); return err })
+			},
+			Baseline: "go-redis EVALSHA increment script, 16 goroutines",
+			Base: func(b *testing.B) {
+				k := key("raw-inc")
+				parallel16(b, func() error { return rawIncScript.Run(ctx, raw, []string{k}, "pn", 1).Err() })
+			},
+		},
+		{
+			Name: "redis/store-100",
+			Run: func(b *testing.B) {
+				for i := 0; b.Loop(); i++ {
+					s := app.Subject("k-store-100-" + strconv.Itoa(i))
+					for j, p := range props {
+						if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if err := s.Store(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+			Baseline: storeBaseline,
+			Base: func(b *testing.B) {
+				for i := 0; b.Loop(); i++ {
+					if err := rawStore100("raw-store-100-" + strconv.Itoa(i)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "redis/store-100-backend",
+			Run: func(b *testing.B) {
+				for i := 0; b.Loop(); i++ {
+					batch := storage.Batch{Puts: make([]storage.Write, len(props))}
+					for j, p := range props {
+						batch.Puts[j] = storage.Write{Key: storage.Key{Kind: storage.Default, Name: p}, Value: values[j]}
+					}
+					if err := backend.Store(ctx, "kb-store-100-"+strconv.Itoa(i), batch); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+			Baseline: storeBaseline,
+			Base: func(b *testing.B) {
+				for i := 0; b.Loop(); i++ {
+					if err := rawStore100("rawb-store-100-" + strconv.Itoa(i)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "redis/load-100",
+			Run: func(b *testing.B) {
+				for b.Loop() {
+					v, err := app.Subject("k-load-100").Get(ctx, "prop-0")
+					if err != nil || v != int64(0) {
+						b.Fatal(v, err)
+					}
+				}
+			},
+			Baseline: loadBaseline,
+			Base: func(b *testing.B) {
+				for b.Loop() {
+					if err := rawLoad100(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "redis/load-100-backend",
+			Run: func(b *testing.B) {
+				for b.Loop() {
+					snap, err := backend.Load(ctx, "k-load-100")
+					if err != nil || len(snap.Props) != len(props) {
+						b.Fatal(len(snap.Props), err)
+					}
+				}
+			},
+			Baseline: loadBaseline,
+			Base: func(b *testing.B) {
+				for b.Loop() {
+					if err := rawLoad100(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+	}
+	return rows, done, nil
+}

@@ -1,0 +1,69 @@
+package redis
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/krules-go/krules/storage"
+)
+
+var codecTexts = []string{
+	`null`, `true`, `false`, `0`, `-0`, `7`, `-12`, `007`, `-`, `--1`, `1.5`, `1e3`, `2.0`,
+	`9223372036854775807`, `9223372036854775808`, `-9223372036854775808`, `-9223372036854775809`,
+	`""`, `"abc"`, `"a b <&>"`, `"é ü 😀"`, `"a\"b"`, `"a\\b"`, `"\u0041"`, `"` + "\x01" + `"`, `"` + "\xff" + `"`,
+	`"a"b"`, `"`, `x`, `[1, 2]`, `{"a": 1}`, `NaN`, ` 1`, `1 `, `"\u0000"`, `"\u2028"`,
+}
+
+// TestDecodeTextMatchesStorage: the fast path gives exactly what
+// storage.Unmarshal gives, errors included.
+func TestDecodeTextMatchesStorage(t *testing.T) {
+	for _, text := range codecTexts {
+		checkDecode(t, text)
+	}
+}
+
+func checkDecode(t *testing.T, text string) {
+	t.Helper()
+	got, gotErr := decodeText(text)
+	want, wantErr := storage.Unmarshal([]byte(text))
+	if (gotErr != nil) != (wantErr != nil) {
+		t.Fatalf("decodeText(%q) err = %v, storage.Unmarshal err = %v", text, gotErr, wantErr)
+	}
+	if gotErr == nil && (!storage.Equal(got, want) || fmt.Sprintf("%T", got) != fmt.Sprintf("%T", want)) {
+		t.Fatalf("decodeText(%q) = %#v, storage.Unmarshal = %#v", text, got, want)
+	}
+}
+
+func checkEncode(t *testing.T, v any) {
+	t.Helper()
+	got, gotErr := encode(v)
+	want, wantErr := storage.Marshal(v)
+	if (gotErr != nil) != (wantErr != nil) || !bytes.Equal(got, want) {
+		t.Fatalf("encode(%#v) = %q, %v; storage.Marshal = %q, %v", v, got, gotErr, want, wantErr)
+	}
+}
+
+func TestEncodeMatchesStorage(t *testing.T) {
+	for _, v := range []any{
+		nil, true, false, int64(0), int64(-5), int64(math.MaxInt64), int64(math.MinInt64), 1.5, 1e21,
+		"", "abc", "a b <&> ~", "é", "a\"b", "a\\b", "\x01", "\x7f", "\u2028", "\xff",
+		[]any{int64(1), "x"}, map[string]any{"a": "<b>"},
+	} {
+		checkEncode(t, v)
+	}
+}
+
+func FuzzCodec(f *testing.F) {
+	for _, text := range codecTexts {
+		f.Add(text)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		checkDecode(t, text)
+		checkEncode(t, text)
+		if v, err := storage.Unmarshal([]byte(text)); err == nil {
+			checkEncode(t, v)
+		}
+	})
+}
