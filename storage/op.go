@@ -83,6 +83,18 @@ func isNumber(v any) bool {
 // false when the property is missing). A stored value of the wrong type gives
 // an error wrapping ErrInvalidValue.
 func (o *Op) Apply(old any, exists bool) (any, error) {
+	switch o.Kind {
+	case OpInc, OpMax, OpMin:
+		if !isNumber(o.Arg) {
+			return nil, invalid("%v argument must be a number, got %T", o.Kind, o.Arg)
+		}
+	case OpAppend:
+		if _, ok := o.Arg.([]any); !ok {
+			return nil, invalid("Append argument must be a list, got %T", o.Arg)
+		}
+	default:
+		return nil, invalid("unknown operation %v", o.Kind)
+	}
 	if !exists || old == nil {
 		switch o.Kind {
 		case OpInc, OpMax, OpMin:

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"reflect"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -32,6 +34,16 @@ func normFloat(f float64) (any, error) {
 		return int64(f), nil
 	}
 	return f, nil
+}
+
+// normFloat32 keeps the shortest decimal of a float32 (0.1, not
+// 0.10000000149011612), as its JSON encoding does.
+func normFloat32(f float32) (any, error) {
+	if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+		return nil, invalid("%v is not a JSON number", f)
+	}
+	d, _ := strconv.ParseFloat(strconv.FormatFloat(float64(f), 'g', -1, 32), 64)
+	return normFloat(d)
 }
 
 func normString(s string) (any, error) {
@@ -78,10 +90,13 @@ func normalize(v any, depth int) (any, error) {
 	case float64:
 		return normFloat(x)
 	case float32:
-		return normFloat(float64(x))
+		return normFloat32(x)
 	case json.Number:
 		return parseNumber(string(x))
 	case []any:
+		if x == nil {
+			return nil, nil
+		}
 		out := make([]any, len(x))
 		for i, e := range x {
 			n, err := normalize(e, depth+1)
@@ -92,6 +107,9 @@ func normalize(v any, depth int) (any, error) {
 		}
 		return out, nil
 	case map[string]any:
+		if x == nil {
+			return nil, nil
+		}
 		out := make(map[string]any, len(x))
 		for k, e := range x {
 			if _, err := normString(k); err != nil {
@@ -105,6 +123,9 @@ func normalize(v any, depth int) (any, error) {
 		}
 		return out, nil
 	case []string:
+		if x == nil {
+			return nil, nil
+		}
 		out := make([]any, len(x))
 		for i, e := range x {
 			n, err := normString(e)
@@ -115,6 +136,9 @@ func normalize(v any, depth int) (any, error) {
 		}
 		return out, nil
 	case map[string]string:
+		if x == nil {
+			return nil, nil
+		}
 		out := make(map[string]any, len(x))
 		for k, e := range x {
 			if _, err := normString(k); err != nil {
@@ -161,7 +185,9 @@ func normReflect(v any, depth int) (any, error) {
 			return rv.Int(), nil
 		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
 			return normUint(rv.Uint())
-		case reflect.Float32, reflect.Float64:
+		case reflect.Float32:
+			return normFloat32(float32(rv.Float()))
+		case reflect.Float64:
 			return normFloat(rv.Float())
 		}
 	}
@@ -208,7 +234,7 @@ func Equal(a, b any) bool {
 		case int64:
 			return x == y
 		case float64:
-			return float64(x) == y && int64(y) == x
+			return inInt64Range(y) && float64(x) == y && int64(y) == x
 		}
 		return false
 	case float64:
@@ -216,7 +242,7 @@ func Equal(a, b any) bool {
 		case float64:
 			return x == y
 		case int64:
-			return float64(y) == x && int64(x) == y
+			return inInt64Range(x) && float64(y) == x && int64(x) == y
 		}
 		return false
 	case []any:
@@ -245,6 +271,8 @@ func Equal(a, b any) bool {
 	}
 	return reflect.DeepEqual(a, b)
 }
+
+func inInt64Range(f float64) bool { return f >= -(1<<63) && f < (1<<63) }
 
 // Clone returns a deep copy of a normalised value. Scalars are returned as is.
 func Clone(v any) any {
@@ -287,14 +315,18 @@ func Unmarshal(data []byte) (any, error) {
 	if err := dec.Decode(&v); err != nil {
 		return nil, fmt.Errorf("decode JSON value: %w", err)
 	}
-	if dec.More() {
-		return nil, fmt.Errorf("decode JSON value: trailing data after %q", data)
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("decode JSON value: trailing data in %q", data)
 	}
-	return fromJSON(v)
+	return fromJSON(v, 0)
 }
 
-// fromJSON converts json.Number leaves in place.
-func fromJSON(v any) (any, error) {
+// fromJSON converts json.Number leaves in place and enforces the nesting
+// limit of Normalize, so every loaded value can be set back.
+func fromJSON(v any, depth int) (any, error) {
+	if depth > maxDepth {
+		return nil, invalid("nesting deeper than %d", maxDepth)
+	}
 	switch x := v.(type) {
 	case json.Number:
 		return parseNumber(string(x))
@@ -302,7 +334,7 @@ func fromJSON(v any) (any, error) {
 		return normString(x)
 	case []any:
 		for i, e := range x {
-			n, err := fromJSON(e)
+			n, err := fromJSON(e, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -313,7 +345,7 @@ func fromJSON(v any) (any, error) {
 			if _, err := normString(k); err != nil {
 				return nil, err
 			}
-			n, err := fromJSON(e)
+			n, err := fromJSON(e, depth+1)
 			if err != nil {
 				return nil, err
 			}

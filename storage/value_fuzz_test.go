@@ -54,8 +54,9 @@ func FuzzValueRoundTrip(f *testing.F) {
 		if err != nil {
 			return
 		}
-		// Not checked until the reported bug is fixed (see
-		// TestUnmarshalTrailingGarbage): json.Valid(data) must hold here.
+		if !json.Valid(data) {
+			t.Fatalf("Unmarshal accepted invalid JSON %q", data)
+		}
 		if hasNUL(v) {
 			t.Fatalf("Unmarshal(%q) let a NUL byte through: %#v", data, v)
 		}
