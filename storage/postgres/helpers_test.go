@@ -14,6 +14,13 @@ import (
 
 // testPool returns a pool on KRULES_POSTGRES_URL, closed at the end of the
 // test (skips or fails as testenv decides when the URL is unset).
+//
+// Its sessions run with synchronous_commit=off: a commit does not wait for
+// the WAL flush. Locking, isolation and atomicity are unchanged (what the
+// tests check); only durability against a server crash is relaxed, which
+// spares the shared test machine tens of thousands of fsyncs in the
+// contention workloads, where each update must commit before the next one
+// can take the row lock. TestRestart uses a durable pool of its own.
 func testPool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
 	url := testenv.PostgresURL(t)
@@ -23,6 +30,7 @@ func testPool(t testing.TB) *pgxpool.Pool {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pcfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		t.Fatalf("connect %s: %v", url, err)

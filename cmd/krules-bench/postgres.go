@@ -1,0 +1,299 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/storage/postgres"
+)
+
+// PostgreSQL rows: krules Subjects (NoCache, so every call reaches the
+// store) on storage/postgres against raw pgx statements doing the same work
+// on the same table layout (one row per subject, JSONB properties), through
+// the same pool. They run when KRULES_POSTGRES_URL is set, on a table of
+// their own that is dropped afterwards. The -c16 rows run 16 goroutines on
+// ONE subject and property (row-lock contention).
+func init() {
+	register(Group{
+		Name:    "postgres",
+		Enabled: func() bool { return os.Getenv("KRULES_POSTGRES_URL") != "" },
+		Setup:   postgresSetup,
+	})
+}
+
+func postgresSetup() ([]Row, func(), error) {
+	ctx := context.Background()
+	pcfg, err := postgres.PoolConfig(os.Getenv("KRULES_POSTGRES_URL"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if pcfg.MaxConns < 32 {
+		pcfg.MaxConns = 32 // room for the 16-goroutine rows on both sides
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	table := fmt.Sprintf("krules_bench_%d", os.Getpid())
+	backend, err := postgres.New(ctx, pool, postgres.Config{Table: table})
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	t := backend.Table()
+	done := func() {
+		backend.Close()
+		if _, err := pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+t); err != nil {
+			fmt.Fprintf(os.Stderr, "krules-bench: drop %s: %v\n", t, err)
+		}
+		pool.Close()
+	}
+	app := krules.New(krules.WithStorage(backend))
+
+	// The raw statements (Python KRules' own SQL where it has one).
+	rawUpsert := `INSERT INTO ` + t + ` AS s (subject_name, properties) VALUES ($1, jsonb_build_object($2::text, $3::jsonb))
+		ON CONFLICT (subject_name) DO UPDATE SET properties = s.properties || EXCLUDED.properties, updated_at = NOW()`
+	rawGet := `SELECT properties -> $2::text FROM ` + t + ` WHERE subject_name = $1`
+	rawLock := `SELECT properties -> $2::text FROM ` + t + ` WHERE subject_name = $1 FOR UPDATE`
+	rawWrite := `UPDATE ` + t + ` SET properties = properties || jsonb_build_object($2::text, $3::jsonb), updated_at = NOW() WHERE subject_name = $1`
+	rawInc := `UPDATE ` + t + ` SET properties = properties || jsonb_build_object($2::text, to_jsonb(coalesce((properties ->> $2::text)::numeric, 0) + $3::numeric)),
+		updated_at = NOW() WHERE subject_name = $1`
+	rawStore := `INSERT INTO ` + t + ` AS s (subject_name, properties) VALUES ($1, $2::jsonb)
+		ON CONFLICT (subject_name) DO UPDATE SET properties = s.properties || EXCLUDED.properties, updated_at = NOW()`
+	rawLoad := `SELECT properties, ext_properties FROM ` + t + ` WHERE subject_name = $1`
+
+	// 100 properties with small mixed values, the same on both sides.
+	props := make([]string, 100)
+	values := make([]any, 100)
+	for i := range props {
+		props[i] = "prop-" + strconv.Itoa(i)
+		switch i % 3 {
+		case 0:
+			values[i] = int64(i)
+		case 1:
+			values[i] = "value-" + strconv.Itoa(i)
+		default:
+			values[i] = map[string]any{"n": int64(i), "ok": true}
+		}
+	}
+	fixtures := func() error {
+		for _, s := range []string{"k-get", "k-func", "k-inc", "raw-get", "raw-func", "raw-inc"} {
+			if _, _, err := app.Subject(s, krules.NoCache()).Set(ctx, "n", 0, krules.Muted()); err != nil {
+				return err
+			}
+		}
+		for _, s := range []string{"k-load-100", "raw-load-100"} {
+			sub := app.Subject(s)
+			for i, p := range props {
+				if _, _, err := sub.Set(ctx, p, values[i], krules.Muted()); err != nil {
+					return err
+				}
+			}
+			if err := sub.Store(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := fixtures(); err != nil {
+		done()
+		return nil, nil, err
+	}
+
+	incFunc := func(old any) any { return old.(int64) + 1 }
+	rawFunc := func(subject string) error {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback(ctx)
+		var raw []byte
+		if err := tx.QueryRow(ctx, rawLock, subject, "n").Scan(&raw); err != nil {
+			return err
+		}
+		var n int64
+		if err := json.Unmarshal(raw, &n); err != nil {
+			return err
+		}
+		nv, _ := json.Marshal(n + 1)
+		if _, err := tx.Exec(ctx, rawWrite, subject, "n", nv); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	}
+	parallel16 := func(b *testing.B, body func() error) {
+		// RunParallel starts parallelism × GOMAXPROCS goroutines: about 16.
+		procs := runtime.GOMAXPROCS(0)
+		b.SetParallelism((16 + procs - 1) / procs)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := body(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+
+	rows := []Row{
+		{
+			Name: "postgres/set",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-set", krules.NoCache())
+				for i := 0; b.Loop(); i++ {
+					if _, _, err := s.Set(ctx, "n", i); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+			Baseline: "pgx upsert (jsonb merge)",
+			Base: func(b *testing.B) {
+				for i := 0; b.Loop(); i++ {
+					v, _ := json.Marshal(i)
+					if _, err := pool.Exec(ctx, rawUpsert, "raw-set", "n", v); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "postgres/get-nocache",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-get", krules.NoCache())
+				for b.Loop() {
+					if _, err := s.Get(ctx, "n"); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+			Baseline: "pgx select properties->key + json.Unmarshal",
+			Base: func(b *testing.B) {
+				for b.Loop() {
+					var raw []byte
+					if err := pool.QueryRow(ctx, rawGet, "raw-get", "n").Scan(&raw); err != nil {
+						b.Fatal(err)
+					}
+					var v any
+					if err := json.Unmarshal(raw, &v); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "postgres/update-func-c1",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-func", krules.NoCache())
+				for b.Loop() {
+					if _, _, err := s.Set(ctx, "n", incFunc); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+			Baseline: "pgx tx: SELECT FOR UPDATE + UPDATE",
+			Base: func(b *testing.B) {
+				for b.Loop() {
+					if err := rawFunc("raw-func"); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "postgres/update-func-c16",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-func", krules.NoCache())
+				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", incFunc); return err })
+			},
+			Baseline: "pgx tx: SELECT FOR UPDATE + UPDATE, 16 goroutines",
+			Base: func(b *testing.B) {
+				parallel16(b, func() error { return rawFunc("raw-func") })
+			},
+		},
+		{
+			Name: "postgres/inc-c16",
+			Run: func(b *testing.B) {
+				s := app.Subject("k-inc", krules.NoCache())
+				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", krules.Inc(1)); return err })
+			},
+			Baseline: "pgx single-statement jsonb increment, 16 goroutines",
+			Base: func(b *testing.B) {
+				parallel16(b, func() error { _, err := pool.Exec(ctx, rawInc, "raw-inc", "n", 1); return err })
+			},
+		},
+		{
+			Name: "postgres/store-100",
+			Run: func(b *testing.B) {
+				for i := 0; b.Loop(); i++ {
+					s := app.Subject("k-store-100-" + strconv.Itoa(i%64))
+					for j, p := range props {
+						if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if err := s.Store(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+			Baseline: "pgx upsert of a 100-key object (json.Marshal of a map)",
+			Base: func(b *testing.B) {
+				for i := 0; b.Loop(); i++ {
+					m := make(map[string]any, len(props))
+					for j, p := range props {
+						m[p] = values[j]
+					}
+					obj, err := json.Marshal(m)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := pool.Exec(ctx, rawStore, "raw-store-100-"+strconv.Itoa(i%64), obj); err != nil {
+						b.Fatal(err)
+					}
+				}
+			},
+		},
+		{
+			Name: "postgres/load-100",
+			Run: func(b *testing.B) {
+				for b.Loop() {
+					d, err := app.Subject("k-load-100").Dict(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if len(d) < len(props) {
+						b.Fatalf("loaded %d keys", len(d))
+					}
+				}
+			},
+			Baseline: "pgx select both columns + json.Unmarshal",
+			Base: func(b *testing.B) {
+				for b.Loop() {
+					var p, e []byte
+					if err := pool.QueryRow(ctx, rawLoad, "raw-load-100").Scan(&p, &e); err != nil {
+						b.Fatal(err)
+					}
+					var pm, em map[string]any
+					if err := json.Unmarshal(p, &pm); err != nil {
+						b.Fatal(err)
+					}
+					if err := json.Unmarshal(e, &em); err != nil {
+						b.Fatal(err)
+					}
+					if len(pm) != len(props) {
+						b.Fatalf("loaded %d keys", len(pm))
+					}
+				}
+			},
+		},
+	}
+	return rows, done, nil
+}

@@ -1,0 +1,43 @@
+package postgres_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/postgres"
+	"github.com/krules-go/krules/storage/storagetest"
+)
+
+// TestConformance runs the storage conformance suite, each subtest on a
+// table of its own.
+func TestConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Backend {
+		b, _ := newBackend(t)
+		return b
+	})
+}
+
+// TestContention runs 2 OS processes × 16 goroutines × 300 updates (update
+// functions and OpInc) on one subject that does not exist at the start.
+func TestContention(t *testing.T) {
+	storagetest.Contention(t, storagetest.ContentionConfig{
+		Procs:      2,
+		Goroutines: 16,
+		Updates:    300,
+		Open: func(t testing.TB, namespace string) storage.Backend {
+			pool := testPool(t)
+			// Only the parent drops the table: a child that finishes first
+			// must not remove it under the other one.
+			if os.Getenv("KRULES_STORAGETEST_CONTENTION") == "" {
+				dropTable(t, pool, "", namespace)
+			}
+			b, err := postgres.New(t.Context(), pool, postgres.Config{Table: namespace})
+			if err != nil {
+				t.Fatalf("postgres.New: %v", err)
+			}
+			t.Cleanup(b.Close)
+			return b
+		},
+	})
+}
