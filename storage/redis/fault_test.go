@@ -22,6 +22,8 @@ type privateRedis struct {
 	t    *testing.T
 	bin  string
 	port int
+	args []string // extra server arguments
+	dir  string
 	cmd  *exec.Cmd
 }
 
@@ -50,8 +52,8 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func startPrivateRedis(t *testing.T) *privateRedis {
-	r := &privateRedis{t: t, bin: redisServerBinary(t), port: freePort(t)}
+func startPrivateRedis(t *testing.T, args ...string) *privateRedis {
+	r := &privateRedis{t: t, bin: redisServerBinary(t), port: freePort(t), args: args, dir: t.TempDir()}
 	r.start()
 	t.Cleanup(r.kill)
 	return r
@@ -62,8 +64,9 @@ func (r *privateRedis) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0
 // start runs the server and returns once it accepts connections.
 func (r *privateRedis) start() {
 	r.t.Helper()
-	cmd := exec.Command(r.bin, "--port", fmt.Sprint(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.t.TempDir(), "--daemonize", "no")
+	args := append([]string{"--port", fmt.Sprint(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir, "--daemonize", "no"}, r.args...)
+	cmd := exec.Command(r.bin, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		r.t.Fatal(err)

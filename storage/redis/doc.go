@@ -1,0 +1,102 @@
+// Package redis is the Redis storage backend of krules, built on
+// github.com/redis/go-redis/v9 and data-compatible with Python KRules.
+//
+// # Getting started
+//
+// Open connects with a redis:// or rediss:// URL and owns the client:
+//
+//	backend, err := redis.Open(ctx, "redis://127.0.0.1:6379/0", redis.Config{Prefix: "myapp:"})
+//	if err != nil {
+//		return err
+//	}
+//	defer backend.Close()
+//	app := krules.New(krules.WithStorage(backend))
+//
+//	user := app.Subject("user-123")
+//	user.Set(ctx, "name", "John Doe")
+//	user.Set(ctx, "age", 30)
+//	err = user.Store(ctx) // one HSET
+//
+//	logins := app.Subject("user-123", krules.NoCache())
+//	logins.Set(ctx, "logins", krules.Inc(1)) // one script call, atomic across processes
+//
+// New wraps a client you own and configure (Close leaves it open): a
+// Sentinel-backed FailoverClient, a ClusterClient or a Ring work the same
+// way. Set ContextTimeoutEnabled in its options so that context deadlines
+// bound network waits (Open does this for you):
+//
+//	client := goredis.NewClusterClient(&goredis.ClusterOptions{
+//		Addrs:                 []string{"10.0.0.1:6379", "10.0.0.2:6379"},
+//		ContextTimeoutEnabled: true,
+//	})
+//	backend := redis.New(client, redis.Config{Prefix: "myapp:"})
+//
+// # Layout (shared with Python KRules)
+//
+// Each subject is one hash at "s:" + Config.Prefix + subject name. Default
+// properties are fields "p" + name, extended properties "e" + name, and
+// every value is its compact JSON text:
+//
+//	HGETALL s:myapp:user-123
+//	1) "pname"    2) "\"John Doe\""
+//	3) "page"     4) "30"
+//	5) "eorigin"  6) "{\"source\":\"import\"}"
+//
+// A subject written by Python KRules (create_redis_storage with the same
+// redis_prefix) loads here with the value model's Go types, and what this
+// package writes loads in Python. Deleting the last property removes the
+// hash; an empty subject and an unknown one are the same thing.
+//
+// # Operations and their cost
+//
+//	Load         one HGETALL (properties sorted by name)
+//	Store        one HSET, one HDEL, or both in MULTI/EXEC
+//	Get          one HGET
+//	Set value    one script call (HGET + HSET: the old value comes back atomically)
+//	Set Op       one script call computing Inc / Append / Max / Min on the server
+//	Set func     HGET, the function in Go, a compare-and-set script; retried on conflict
+//	Delete       one script call (HGET + HDEL)
+//	Flush        one DEL
+//	ExtProps     one read-only script call returning only the "e" fields
+//	List         SCAN ... MATCH ... TYPE hash
+//
+// Every command of one subject touches only that subject's key, so the
+// backend runs unchanged on Redis Cluster (put a {hash tag} in subject names
+// if you need several subjects in one slot for your own scripts).
+//
+// Built-in operations never use cjson: numbers stay JSON text. Integer Inc
+// is exact over the whole int64 range (HINCRBY); Max and Min of integers
+// compare the decimal texts exactly; other arithmetic uses IEEE doubles and
+// stores the shortest text that reads back as the same double. Append
+// splices the JSON texts without re-encoding the stored list.
+//
+// # Update functions
+//
+// An update function (func(old any) any, krules.Update, ...) is Go code and
+// cannot run in Redis, so Set reads the property, calls the function, and
+// writes the result with a compare-and-set script that succeeds only when the
+// property still holds the text that was read. Writers of other properties
+// of the same subject never cause a retry (unlike Python's WATCH on the
+// whole hash). On a conflict the script returns the current value and the
+// function runs again on it, with jittered backoff, up to Config.MaxRetries
+// (default 100) times; then Set returns an error wrapping
+// storage.ErrConflict and has written nothing. The function may therefore
+// run more than once: keep it free of side effects.
+//
+// Calls on the same property from one Backend take turns in the process, so
+// they never conflict with each other, and a waiting call starts from the
+// value its predecessor wrote, saving a read. Under contention this is far
+// faster than Python KRules' WATCH/MULTI/EXEC loop (see the redis rows of
+// cmd/krules-bench and BenchmarkUpdateFunc in this package).
+//
+// # Errors and faults
+//
+// Invalid values are refused with storage.ErrInvalidValue before anything is
+// sent. Server and network errors are wrapped with the operation, subject and
+// property in the message (test them with errors.Is / errors.As, e.g.
+// context.DeadlineExceeded or goredis.Error). A script that writes is never
+// re-sent by go-redis after a network error, so an Inc is never applied twice
+// by a retry; its outcome is then unknown, as with any write whose reply was
+// lost. Scripts are run with EVALSHA and loaded again automatically after a
+// server restart or failover.
+package redis
