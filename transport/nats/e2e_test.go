@@ -353,4 +353,3 @@ func mustRemaining(t *testing.T, js jetstream.JetStream, stream string) int {
 	}
 	return n
 }
-

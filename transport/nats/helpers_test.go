@@ -184,3 +184,8 @@ func deadLetters(t testing.TB, js jetstream.JetStream, stream string, n int) []j
 	}
 	return out
 }
+
+type (
+	natsOptions = natsgo.Options
+	natsConn    = natsgo.Conn
+)

@@ -447,25 +447,26 @@ func (w *Worker) heartbeat(m jetstream.Msg) (stop func()) {
 	if every <= 0 {
 		return func() {}
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				if err := m.InProgress(); err != nil {
-					w.log.Warn("krules/nats: in-progress heartbeat failed", "subject", m.Subject(), "error", err)
-				}
-			}
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	}()
-	return func() { close(done); wg.Wait() }
+		if err := m.InProgress(); err != nil {
+			w.log.Warn("krules/nats: in-progress heartbeat failed", "subject", m.Subject(), "error", err)
+		}
+		t.Reset(every)
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
 }
 
 // applied reads the subject's idempotency record (loading the subject into

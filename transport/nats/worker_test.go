@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/krules-go/krules"
@@ -392,5 +391,3 @@ func TestPartitionOf(t *testing.T) {
 		t.Errorf("PartitionOf(\"\") = %d", got)
 	}
 }
-
-var _ = natsgo.ErrTimeout

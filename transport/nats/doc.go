@@ -1,0 +1,143 @@
+// Package nats scales a KRules App out over NATS JetStream: a Publisher
+// puts events on a stream as CloudEvents, and a group of Workers — in any
+// number of processes sharing one store (Redis, PostgreSQL) — emits them
+// into their Apps, with per-subject order, at-least-once delivery,
+// redelivery with backoff, dead letters, optional exactly-once effects and
+// graceful shutdown.
+//
+// # Usage
+//
+// Producer:
+//
+//	nc, _ := nats.Connect("nats://127.0.0.1:4222")    // reconnects forever
+//	js, _ := jetstream.New(nc)
+//	_, _ = nats.EnsureStream(ctx, js, nats.StreamConfig{Name: "orders"})
+//	pub, _ := nats.NewPublisher(ctx, js, nats.PublisherConfig{Stream: "orders"})
+//	id, err := pub.Publish(ctx, "order.created", "order-42", krules.Payload{"amount": 1500})
+//
+// Or from inside an App: pub.Install(app) publishes every event whose
+// metadata has "topic" (krules.WithMeta(nats.MetaTopic, "orders"); policy
+// "direct" — the default — runs no local handler, "both" runs them) and
+// every event matching PublisherConfig.Patterns.
+//
+// Worker (run as many processes as you like):
+//
+//	app := krules.New(krules.WithStorage(redisBackend))
+//	app.On("order.created").Do(func(ctx context.Context, ev *krules.Event) error {
+//		_, _, err := ev.Subject.Set(ctx, "status", "new") // committed by the worker
+//		return err                                         // an error means: redeliver later
+//	})
+//	w, _ := nats.NewWorker(ctx, js, app, nats.WorkerConfig{Stream: "orders"})
+//	err := w.Run(ctx) // until ctx is cancelled (SIGTERM), then a graceful shutdown
+//
+// # Wire format
+//
+// Each event is one message holding the CloudEvent in structured JSON mode
+// (Content-Type application/cloudevents+json, built with
+// github.com/cloudevents/sdk-go/v2), with Nats-Msg-Id set to the event id so
+// the stream drops a repeated publish within its de-duplication window
+// (StreamConfig.Duplicates). The CloudEvent subject is the KRules subject;
+// the data is the payload; originid and propertyname extensions and the
+// subject's extended properties travel as in package transport/cloudevents.
+//
+// # Per-subject order: partitions
+//
+// A stream has N partitions (StreamConfig.Partitions, default 32, fixed for
+// the stream's life and recorded in its description so publishers and
+// workers agree). An event of subject s goes to the NATS subject
+// "<stream>.p.<k>" with k = FNV-1a-32(s) mod N, so all events of a subject
+// are in one partition, in publish order.
+//
+// Every partition has one durable pull consumer per worker group
+// ("<group>-p<k>") with MaxAckPending = 1 and explicit acks. The server
+// therefore hands out at most one unacknowledged message of a partition at
+// a time, to the whole group: while an event is being handled by any
+// worker, the next event of that partition (and so of that subject) is not
+// delivered to anyone. Every worker pulls from every partition, so the
+// group shares the partitions dynamically — there is no ownership to
+// assign or rebalance, and up to N events (of N different partitions) are
+// handled in parallel. Different subjects in the same partition do wait for
+// each other; choose N well above the number of workers.
+//
+// Why it stays correct:
+//
+//   - Failure: a failed event is nak'ed with a delay; it stays pending (the
+//     server counts a delayed nak against MaxAckPending) and is delivered
+//     again before anything after it in its partition.
+//   - Worker death: the dead worker's event stays unacknowledged until
+//     AckWait expires; only then does the server deliver it — again before
+//     any later event of its partition — to a live worker. A handler that
+//     runs long keeps its lease by in-progress heartbeats every AckWait/3.
+//   - Shutdown: Run stops pulling, naks events it received but did not start,
+//     so others take them at once, and acks or naks the ones in flight.
+//
+// The one way to break the order is a lease lost while the worker still
+// runs: a worker cut off from NATS (or stalled) for longer than AckWait
+// while its handler keeps going. The event is then handled twice, possibly
+// concurrently, and the next event may start before the stale handler
+// finishes. Keep AckWait comfortably above the longest network outage you
+// want to ride out without that risk.
+//
+// # Delivery: at least once
+//
+// The worker acks an event only after all its handlers — and the handlers of
+// the events they emit with their ctx — returned without error or panic,
+// and after committing the subject handle's cache (Subject.Store on
+// ev.Subject, so cache-mode writes of handlers are saved, and discarded when
+// the handlers fail). Handler errors still reach the App's error handler.
+// A failed event is redelivered after WorkerConfig.Backoff (default 0.5 s,
+// 2 s, 10 s, 30 s); on its MaxDeliver-th failed delivery (default 5) it is
+// published to the dead-letter subject "<stream>.dead" with headers
+// Krules-Dead-Reason (handler-error), Krules-Dead-Error (the error),
+// Krules-Dead-Subject, -Sequence and -Deliveries, and acked. An event
+// delivered more than MaxDeliver times without ever finishing (its workers
+// crash on it) goes there too, reason max-deliveries. A message that is not
+// a valid KRules CloudEvent (bad JSON, missing id/type/source/subject, data
+// not a JSON object) is dead-lettered at once with reason malformed and the
+// parse error; it never reaches the App and never blocks its partition.
+//
+// Without the idempotency option an event whose effects were written but
+// whose ack was lost (the worker died in between) is handled again.
+//
+// # Idempotency (WorkerConfig.Idempotent)
+//
+// With Idempotent, the worker keeps in the event subject's extended
+// property "_krules_applied" a record {stream: {epoch, seq, ids}}: the
+// stream incarnation, the stream sequence of the last event applied to the
+// subject, and the ids of the last IdempotencyIDs CloudEvents applied. The
+// record is read (with the subject, into ev.Subject's cache) before the
+// handlers run and written into the same cache after they succeed, and one
+// Subject.Store commits handlers' writes and record in one atomic store
+// operation (one MULTI in Redis, one transaction in PostgreSQL). Then:
+//
+//   - death before the commit: nothing of the event was written; it is
+//     redelivered and applied;
+//   - death after the commit, before the ack: the redelivered event finds its
+//     sequence (or its id) in the record and is acked without running the
+//     handlers (Stats.Duplicates).
+//
+// Because events of a subject are applied strictly in stream order, "seq <=
+// recorded seq" is exact for redeliveries; the id list also catches an event
+// republished under the same CloudEvent id after the stream's de-duplication
+// window, as long as fewer than IdempotencyIDs later events of the subject
+// came in between.
+//
+// Guaranteed exactly once: the effects of writes made through ev.Subject in
+// cache mode (the default mode of a Set without krules.NoCache) — including
+// built-in ops such as krules.Inc, which then apply to the value loaded with
+// the subject. Not covered (still at least once): writes with NoCache, writes
+// to other subjects, Flush, Store called by a handler itself, and any
+// side effect outside the store (HTTP calls, emitted messages). Make those
+// idempotent yourself, for example with the event id (cloudevents.FromContext).
+// Only one worker group should write a given subject, and nothing outside the
+// group should write it while events for it are in flight: the commit writes
+// the values computed from the loaded subject.
+//
+// # Connection loss
+//
+// Connect sets reconnect-forever options; with them the pull consumers
+// resume by themselves after a reconnect, and acks issued while
+// disconnected are sent when the connection is back (or the event is
+// redelivered after AckWait). Run returns an error only when the connection
+// is closed for good or a consumer is deleted.
+package nats

@@ -1,0 +1,251 @@
+package nats_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/internal/testenv"
+	"github.com/krules-go/krules/transport/cloudevents"
+	knats "github.com/krules-go/krules/transport/nats"
+)
+
+func TestPublisherMiddlewareAndForward(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 2)
+	ctx := context.Background()
+
+	// The consuming side records what arrives through the stream.
+	arrived := make(chan *krules.Event, 16)
+	sink := krules.New()
+	sink.On("*").Do(func(ctx context.Context, ev *krules.Event) error { arrived <- ev; return nil })
+	startWorker(t, newWorker(t, js, sink, knats.WorkerConfig{Stream: stream}))
+
+	// The producing side: topic metadata and forwarded patterns.
+	p, err := knats.NewPublisher(ctx, js, knats.PublisherConfig{Stream: stream, Source: "producer", Patterns: []string{"audit.*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := krules.New()
+	p.Install(app)
+	var local atomic.Int32
+	app.On("order.*", "audit.*").Do(func(context.Context, *krules.Event) error { local.Add(1); return nil })
+	s := app.Subject("o-1")
+	if _, _, err := s.SetExt(ctx, "region", "eu", krules.NoCache()); err != nil {
+		t.Fatal(err)
+	}
+
+	next := func() *krules.Event {
+		t.Helper()
+		select {
+		case ev := <-arrived:
+			return ev
+		case <-time.After(15 * time.Second):
+			t.Fatal("nothing arrived")
+			return nil
+		}
+	}
+
+	// direct (default): published, no local handler.
+	if err := app.Emit(ctx, "order.created", s, krules.Payload{"n": 1}, krules.WithMeta(knats.MetaTopic, stream)); err != nil {
+		t.Fatal(err)
+	}
+	ev := next()
+	ce, _ := ev.Meta(cloudevents.MetaCloudEvent)
+	e := ce.(interface {
+		Source() string
+		Extensions() map[string]any
+	})
+	if ev.Type != "order.created" || ev.Subject.Name() != "o-1" || ev.Payload["n"] != int64(1) || e.Source() != "producer" || e.Extensions()["region"] != "eu" {
+		t.Fatalf("arrived %v payload %v ext %v", ev, ev.Payload, e.Extensions())
+	}
+	if local.Load() != 0 {
+		t.Fatalf("direct: %d local handler runs", local.Load())
+	}
+
+	// both: published and handled locally (once per handler).
+	if err := app.Emit(ctx, "order.paid", s, nil, krules.WithMeta(knats.MetaTopic, stream), krules.WithMeta(cloudevents.MetaDispatchPolicy, "both")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(); ev.Type != "order.paid" || local.Load() != 1 {
+		t.Fatalf("both: arrived %v, %d local runs", ev, local.Load())
+	}
+
+	// Forwarded pattern: published by the forward handler, local handler runs too.
+	if err := app.Emit(ctx, "audit.login", app.Subject("u-1"), krules.Payload{"ip": "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(); ev.Type != "audit.login" || ev.Subject.Name() != "u-1" || local.Load() != 2 {
+		t.Fatalf("forward: arrived %v, %d local runs", ev, local.Load())
+	}
+
+	// A topic naming no stream reaches the error handler.
+	var mu sync.Mutex
+	var errs []error
+	app2 := krules.New(krules.WithErrorHandler(func(_ context.Context, _ *krules.Event, _ string, err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}))
+	p.Install(app2)
+	app2.On("x").Do(func(context.Context, *krules.Event) error { return nil })
+	if err := app2.Emit(ctx, "x", app2.Subject("s"), nil, krules.WithMeta(knats.MetaTopic, "no_such_stream_"+stream)); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(errs) != 1 || !errors.Is(errs[0], jetstream.ErrStreamNotFound) {
+		t.Errorf("errors %v", errs)
+	}
+	mu.Unlock()
+	select {
+	case ev := <-arrived:
+		t.Fatalf("unexpected arrival %v", ev)
+	default:
+	}
+}
+
+// proxy is a TCP forwarder that the test can cut: every connection is
+// closed and new ones are refused until it is restored. It stands for NATS
+// going away.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.down {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(s, c); s.Close() }()
+			go func() { _, _ = io.Copy(c, s); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
+}
+
+func TestWorkerSurvivesNATSOutage(t *testing.T) {
+	url := testenv.NATSURL(t)
+	_, js := connect(t)
+	stream := newStream(t, js, 4)
+	host := url[len("nats://"):]
+	px := newProxy(t, host)
+	disconnected := make(chan struct{}, 1)
+	reconnected := make(chan struct{}, 1)
+	wnc, err := knats.Connect("nats://"+px.ln.Addr().String(),
+		func(o *natsOptions) error {
+			o.DisconnectedErrCB = func(*natsConn, error) { notify(disconnected) }
+			o.ReconnectedCB = func(*natsConn) { notify(reconnected) }
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wnc.Close) // registered before startWorker, so it runs after the worker stopped
+	wjs, err := jetstream.New(wnc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	rec := newRecorder(n)
+	app := krules.New()
+	app.On("tick").Do(func(ctx context.Context, ev *krules.Event) error {
+		rec.add(record{subject: ev.Subject.Name(), seq: seqOf(ev)})
+		return nil
+	})
+	startWorker(t, newWorker(t, wjs, app, knats.WorkerConfig{Stream: stream, AckWait: 2 * time.Second}))
+	p := publisher(t, js, stream) // the producer's connection is not cut
+	ctx := context.Background()
+	for i := 1; i <= n/2; i++ {
+		if _, err := p.Publish(ctx, "tick", "s", krules.Payload{"seq": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitCount(t, rec, n/2)
+	px.cut()
+	<-disconnected
+	for i := n/2 + 1; i <= n; i++ { // published while the worker is cut off
+		if _, err := p.Publish(ctx, "tick", "s", krules.Payload{"seq": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	px.restore()
+	select {
+	case <-reconnected:
+	case <-time.After(30 * time.Second):
+		t.Fatal("worker did not reconnect")
+	}
+	rec.wait(t, 60*time.Second)
+	for i, r := range rec.all() {
+		if r.seq != int64(i+1) {
+			t.Fatalf("event %d has seq %d", i, r.seq)
+		}
+	}
+}
+
+func waitCount(t *testing.T, r *recorder, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for len(r.all()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d handled", len(r.all()), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func notify(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
