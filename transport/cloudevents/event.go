@@ -350,27 +350,18 @@ func Check(e *event.Event) error {
 // App's error handler, not to the caller (as App.Emit). Errors wrapping
 // ErrMalformed mean the event can never be processed.
 func Deliver(ctx context.Context, app *krules.App, e *event.Event, opts ...krules.CallOption) error {
-	_, err := DeliverTo(ctx, app, e, opts...)
-	return err
-}
-
-// DeliverTo is Deliver that also returns the subject handle the event was
-// emitted with (nil when the event was malformed), so the caller can commit
-// its cache (Subject.Store) after the handlers.
-func DeliverTo(ctx context.Context, app *krules.App, e *event.Event, opts ...krules.CallOption) (*krules.Subject, error) {
 	if err := Check(e); err != nil {
-		return nil, err
+		return err
 	}
 	p, err := Payload(e)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	s := app.Subject(e.Subject())
 	all := make([]krules.CallOption, 0, len(opts)+1)
 	all = append(all, krules.WithMeta(MetaCloudEvent, e))
 	all = append(all, opts...)
-	if err := app.Emit(NewContext(ctx, e), e.Type(), s, p, all...); err != nil {
-		return s, fmt.Errorf("cloudevents: deliver %q (id %s) on %q: %w", e.Type(), e.ID(), e.Subject(), err)
+	if err := app.Emit(NewContext(ctx, e), e.Type(), app.Subject(e.Subject()), p, all...); err != nil {
+		return fmt.Errorf("cloudevents: deliver %q (id %s) on %q: %w", e.Type(), e.ID(), e.Subject(), err)
 	}
-	return s, nil
+	return nil
 }
