@@ -57,12 +57,13 @@
 //	Set func     HGET, the function in Go, a compare-and-set script; retried on conflict
 //	Delete       one script call (HGET + HDEL)
 //	Flush        one DEL
-//	ExtProps     one read-only script call returning only the "e" fields
+//	ExtProps     one script call returning only the "e" fields
 //	List         SCAN ... MATCH ... TYPE hash
 //
 // Every command of one subject touches only that subject's key, so the
 // backend runs unchanged on Redis Cluster (put a {hash tag} in subject names
-// if you need several subjects in one slot for your own scripts).
+// if you need several subjects in one slot for your own scripts). It needs
+// Redis 6.0 or later (SCAN ... TYPE).
 //
 // Built-in operations never use cjson: numbers stay JSON text. Integer Inc
 // is exact over the whole int64 range (HINCRBY); Max and Min of integers

@@ -327,7 +327,7 @@ func (b *Backend) Flush(ctx context.Context, subject string) error {
 	return nil
 }
 
-// ExtProps implements storage.Backend: a read-only script returns only the
+// ExtProps implements storage.Backend: a script returns only the
 // 'e' fields of the hash, atomically and in one round trip. Properties come
 // sorted by name.
 func (b *Backend) ExtProps(ctx context.Context, subject string) ([]storage.Property, error) {

@@ -31,20 +31,17 @@ type noRetryCmd struct{ *goredis.Cmd }
 func (noRetryCmd) NoRetry() bool { return true }
 
 // run executes s on the single key with args. Writing scripts (write true)
-// are never retried by go-redis after a network error; read-only ones run
-// with EVALSHA_RO / EVAL_RO, so they may be served by replicas.
+// are never retried by go-redis after a network error. (EVALSHA_RO is not
+// used for reading scripts: it needs Redis 7, and Python KRules users may
+// run older servers.)
 func (s *script) run(ctx context.Context, c goredis.UniversalClient, write bool, key string, args ...any) (any, error) {
-	name, fallback := "evalsha", "eval"
-	if !write {
-		name, fallback = "evalsha_ro", "eval_ro"
-	}
 	full := make([]any, 0, 4+len(args))
-	full = append(full, name, s.sha, 1, key)
+	full = append(full, "evalsha", s.sha, 1, key)
 	full = append(full, args...)
 	v, err := process(ctx, c, write, full)
 	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
 		// Not executed: safe to send again with the source.
-		full[0], full[1] = fallback, s.src
+		full[0], full[1] = "eval", s.src
 		v, err = process(ctx, c, write, full)
 	}
 	return v, err
