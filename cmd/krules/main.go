@@ -17,6 +17,11 @@
 // arguments: everything after the first positional argument is positional, so
 // "krules subject set user-1 score -5" sets -5.
 //
+// A bolt file is locked while the command runs: stop the program that has it
+// open first (the command fails with exit code 3 after the lock timeout,
+// bolt:///path.db?timeout=5s to wait longer). Opening a bolt URL creates the
+// file when it does not exist, even for get and list.
+//
 // Writes go through the krules App (atomic NoCache calls), so they follow the
 // same rules as a program: values are validated and normalised, and a set
 // that changes nothing is still a success.
