@@ -362,7 +362,22 @@ func (a *App) invoke(ctx context.Context, ev *Event, h *Handler, mws []Middlewar
 	err := a.run(ctx, ev, h, mws)
 	if err != nil {
 		a.onError(ctx, ev, h.name, err)
+		if obs, ok := ctx.Value(observerKey{}).(ErrorHandler); ok {
+			obs(ctx, ev, h.name, err)
+		}
 	}
+}
+
+type observerKey struct{}
+
+// ObserveErrors returns a context under which every handler error (after its
+// middleware) and recovered panic of the emits made with it, cascades
+// included, is also passed to h, after the App's error handler. Transports
+// use it to tell whether an event was fully handled (ack) or not (retry). h
+// runs in the emitting goroutine; it must be safe for concurrent use if the
+// context is shared between goroutines.
+func ObserveErrors(ctx context.Context, h ErrorHandler) context.Context {
+	return context.WithValue(ctx, observerKey{}, h)
 }
 
 func (a *App) run(ctx context.Context, ev *Event, h *Handler, mws []Middleware) (err error) {

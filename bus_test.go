@@ -438,3 +438,25 @@ func TestConcurrentEmitAndRegistration(t *testing.T) {
 		t.Fatalf("count = %d, want 800", count)
 	}
 }
+
+func TestObserveErrors(t *testing.T) {
+	app, _ := newApp(t, krules.WithErrorHandler(func(context.Context, *krules.Event, string, error) {}))
+	boom := errors.New("boom")
+	app.On("outer").Named("outer").Do(func(ctx context.Context, ev *krules.Event) error {
+		return ev.Emit(ctx, "inner", nil) // cascade inherits the observer
+	})
+	app.On("inner").Named("inner").Do(func(context.Context, *krules.Event) error { return boom })
+	app.On("ok").Do(func(context.Context, *krules.Event) error { return nil })
+	var seen []string
+	obs := krules.ObserveErrors(ctx, func(_ context.Context, ev *krules.Event, h string, err error) {
+		if errors.Is(err, boom) {
+			seen = append(seen, ev.Type+"/"+h)
+		}
+	})
+	app.Emit(obs, "ok", app.Subject("s"), nil)
+	app.Emit(obs, "outer", app.Subject("s"), nil)
+	app.Emit(ctx, "outer", app.Subject("s"), nil) // not observed
+	if !reflect.DeepEqual(seen, []string{"inner/inner"}) {
+		t.Fatalf("observed %v", seen)
+	}
+}

@@ -182,7 +182,6 @@ func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg
 		}
 		w.consum = append(w.consum, c)
 	}
-	installCollector(app)
 	return w, nil
 }
 
@@ -345,7 +344,9 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
 	}
 
 	f := &failures{}
-	ectx := context.WithValue(cloudevents.NewContext(ctx, e), collectorKey{}, f)
+	ectx := krules.ObserveErrors(cloudevents.NewContext(ctx, e), func(_ context.Context, ev *krules.Event, handler string, err error) {
+		f.add(fmt.Errorf("handler %s of %s: %w", handler, ev, err))
+	})
 	err = w.app.Emit(ectx, e.Type(), s, payload,
 		krules.WithMeta(cloudevents.MetaCloudEvent, e),
 		krules.WithMeta(MetaStream, w.cfg.Stream),
@@ -531,34 +532,4 @@ func (f *failures) err() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return errors.Join(f.errs...)
-}
-
-type collectorKey struct{}
-
-var installed sync.Map // *krules.App -> struct{}
-
-// installCollector adds, once per App, the middleware that reports handler
-// errors and panics to the delivery being processed.
-func installCollector(app *krules.App) {
-	if _, loaded := installed.LoadOrStore(app, struct{}{}); loaded {
-		return
-	}
-	app.Use(func(ctx context.Context, ev *krules.Event, next krules.Next) (err error) {
-		f, _ := ctx.Value(collectorKey{}).(*failures)
-		if f == nil {
-			return next(ctx)
-		}
-		name := krules.HandlerName(ctx)
-		defer func() {
-			if r := recover(); r != nil {
-				f.add(fmt.Errorf("handler %s of %s: panic: %v", name, ev, r))
-				panic(r)
-			}
-		}()
-		err = next(ctx)
-		if err != nil {
-			f.add(fmt.Errorf("handler %s of %s: %w", name, ev, err))
-		}
-		return err
-	})
 }
