@@ -3,6 +3,7 @@ package redis
 import (
 	"encoding/json"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -10,41 +11,136 @@ import (
 	"github.com/krules-go/krules/storage"
 )
 
-// encode returns the JSON text of a normalised value, exactly as
-// storage.Marshal writes it. Integers, booleans, null and plain ASCII strings
-// (the bulk of property values) take a fast path; everything else goes
-// through storage.Marshal.
+// encode returns the JSON text of a normalised value, byte for byte what
+// storage.Marshal writes (compact, map keys sorted, no HTML escaping, U+2028
+// and U+2029 escaped, numbers formatted as encoding/json does), without the
+// cost of a json.Encoder per value. Values it does not handle (outside the
+// value model, NaN, very deep nesting) go through storage.Marshal, which
+// reports the error.
 func encode(v any) ([]byte, error) {
-	switch x := v.(type) {
-	case nil:
-		return []byte("null"), nil
-	case bool:
-		if x {
-			return []byte("true"), nil
-		}
-		return []byte("false"), nil
-	case int64:
-		return strconv.AppendInt(make([]byte, 0, 20), x, 10), nil
-	case string:
-		if plainASCII(x) {
-			b := make([]byte, 0, len(x)+2)
-			b = append(b, '"')
-			b = append(b, x...)
-			return append(b, '"'), nil
-		}
+	if b, ok := appendJSON(make([]byte, 0, 32), v, 0); ok {
+		return b, nil
 	}
 	return storage.Marshal(v)
 }
 
-// plainASCII reports whether s is printable ASCII without '"' or '\', so
-// that its JSON text is s between quotes.
-func plainASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			return false
-		}
+const hexDigits = "0123456789abcdef"
+
+func appendJSON(dst []byte, v any, depth int) ([]byte, bool) {
+	if depth > 1000 {
+		return nil, false
 	}
-	return true
+	switch x := v.(type) {
+	case nil:
+		return append(dst, "null"...), true
+	case bool:
+		return strconv.AppendBool(dst, x), true
+	case int64:
+		return strconv.AppendInt(dst, x, 10), true
+	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return nil, false
+		}
+		format := byte('f')
+		if abs := math.Abs(x); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+			format = 'e'
+		}
+		dst = strconv.AppendFloat(dst, x, format, -1, 64)
+		if format == 'e' { // e-09 -> e-9, as encoding/json does
+			if n := len(dst); n >= 4 && dst[n-4] == 'e' && dst[n-3] == '-' && dst[n-2] == '0' {
+				dst[n-2] = dst[n-1]
+				dst = dst[:n-1]
+			}
+		}
+		return dst, true
+	case string:
+		return appendString(dst, x), true
+	case []any:
+		dst = append(dst, '[')
+		for i, e := range x {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			var ok bool
+			if dst, ok = appendJSON(dst, e, depth+1); !ok {
+				return nil, false
+			}
+		}
+		return append(dst, ']'), true
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		dst = append(dst, '{')
+		for i, k := range keys {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, k)
+			dst = append(dst, ':')
+			var ok bool
+			if dst, ok = appendJSON(dst, x[k], depth+1); !ok {
+				return nil, false
+			}
+		}
+		return append(dst, '}'), true
+	}
+	return nil, false
+}
+
+// appendString appends s as a JSON string with encoding/json's escaping
+// (HTML escaping off).
+func appendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '\\', '"':
+				dst = append(dst, '\\', c)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
 
 // decodeText reads stored JSON text into the value model, with the result

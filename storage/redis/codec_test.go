@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math"
+	"strconv"
 	"testing"
 
 	"github.com/krules-go/krules/storage"
@@ -53,6 +54,10 @@ func TestEncodeMatchesStorage(t *testing.T) {
 		nil, true, false, int64(0), int64(-5), int64(math.MaxInt64), int64(math.MinInt64), 1.5, 1e21,
 		"", "abc", "a b <&> ~", "é", "a\"b", "a\\b", "\x01", "\x7f", "\u2028", "\xff",
 		[]any{int64(1), "x"}, map[string]any{"a": "<b>"},
+		0.1, -2.5, 1e-7, 1.5e-7, 1e20, 1e21, 1.2345e300, 5e-324, math.MaxFloat64, -1e-6, 123456789.125,
+		"\b\f\n\r\t\x00\x1f", "a\u2029b", "\xe2\x80", "ok \xed\xa0\x80", "日本",
+		map[string]any{"b": int64(1), "a": []any{nil, true, 0.5}, "é": map[string]any{}, "\n": "x"},
+		[]any{}, map[string]any{}, math.NaN(), math.Inf(1),
 	} {
 		checkEncode(t, v)
 	}
@@ -65,8 +70,12 @@ func FuzzCodec(f *testing.F) {
 	f.Fuzz(func(t *testing.T, text string) {
 		checkDecode(t, text)
 		checkEncode(t, text)
+		checkEncode(t, map[string]any{text: []any{text}})
 		if v, err := storage.Unmarshal([]byte(text)); err == nil {
 			checkEncode(t, v)
+		}
+		if f, err := strconv.ParseFloat(text, 64); err == nil {
+			checkEncode(t, f)
 		}
 	})
 }
