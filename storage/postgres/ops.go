@@ -81,7 +81,7 @@ func decode(raw []byte) (v any, exists bool, err error) {
 	if raw == nil {
 		return nil, false, nil
 	}
-	v, err = storage.Unmarshal(raw)
+	v, err = unmarshal(raw)
 	if err != nil {
 		return nil, false, err
 	}
@@ -93,7 +93,7 @@ func decodeObject(raw []byte) ([]storage.Property, error) {
 	if len(raw) == 0 {
 		return []storage.Property{}, nil
 	}
-	v, err := storage.Unmarshal(raw)
+	v, err := unmarshal(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -304,7 +304,7 @@ func (o *objectWriter) bytes() []byte {
 //
 // An update function ([storage.Mutation].Func) runs in a READ COMMITTED
 // transaction that first creates the row if it is missing (INSERT ... ON
-// CONFLICT DO NOTHING) and then locks it (SELECT ... FOR UPDATE), so
+// CONFLICT DO NOTHING) and then locks it (SELECT ... FOR NO KEY UPDATE), so
 // concurrent updaters serialise on the row lock and none is lost, not even
 // on the subject's first write; the function runs exactly once per attempt,
 // while the lock is held. It costs two round trips.

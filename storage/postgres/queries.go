@@ -20,7 +20,8 @@ type queries struct {
 
 // setTemplate writes one property in ONE statement and returns its old value:
 //
-//   - old locks the subject's row (FOR UPDATE). Under READ COMMITTED a row
+//   - old locks the subject's row (FOR NO KEY UPDATE, no stronger than
+//     the lock the UPDATE takes anyway). Under READ COMMITTED a row
 //     changed by a concurrent transaction is waited for and re-read, so v is
 //     the latest committed value and nobody can change it until we commit.
 //     found tells a missing row from a missing property.
@@ -37,7 +38,7 @@ type queries struct {
 // INSERT runs. Placeholders: {T} table, {C} column, {NV}/{OK} expressions
 // over v (the stored jsonb, SQL NULL when missing) and $3.
 const setTemplate = `WITH old AS MATERIALIZED (
-	SELECT {C} -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR UPDATE
+	SELECT {C} -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR NO KEY UPDATE
 ), calc AS MATERIALIZED (
 	SELECT o.v, o.found, {NV} AS nv, {OK} AS ok
 	FROM (SELECT (SELECT v FROM old) AS v, EXISTS (SELECT 1 FROM old) AS found) o
@@ -69,7 +70,7 @@ const (
 // delTemplate removes one property in one statement and returns its old
 // value; the row lock taken by old makes the returned value the one removed.
 const delTemplate = `WITH old AS MATERIALIZED (
-	SELECT {C} -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR UPDATE
+	SELECT {C} -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR NO KEY UPDATE
 ), up AS (
 	UPDATE {T} SET {C} = {C} - $2::text, updated_at = NOW()
 	WHERE subject_name = $1::text AND (SELECT v FROM old) IS NOT NULL
@@ -95,7 +96,7 @@ func buildQueries(table, col string) queries {
 		minOp:     op(minExpr, numOK),
 		del:       expand(delTemplate, table, col),
 		ensureRow: expand(`INSERT INTO {T} (subject_name) VALUES ($1::text) ON CONFLICT (subject_name) DO NOTHING`, table, col),
-		lockGet:   expand(`SELECT {C} -> $2::text FROM {T} WHERE subject_name = $1::text FOR UPDATE`, table, col),
+		lockGet:   expand(`SELECT {C} -> $2::text FROM {T} WHERE subject_name = $1::text FOR NO KEY UPDATE`, table, col),
 		write:     expand(`UPDATE {T} SET {C} = {C} || jsonb_build_object($2::text, $3::jsonb), updated_at = NOW() WHERE subject_name = $1::text`, table, col),
 	}
 }
