@@ -83,12 +83,9 @@ func main() {
 				continue
 			}
 			res := Result{Name: r.Name, Baseline: r.Baseline}
-			res.NsPerOp, res.AllocsPerOp = median(r.Run, *count)
-			if r.Base != nil {
-				res.BaselineNsPerOp, res.baselineAllocsOp = median(r.Base, *count)
-				if res.BaselineNsPerOp > 0 {
-					res.Ratio = res.NsPerOp / res.BaselineNsPerOp
-				}
+			res.NsPerOp, res.AllocsPerOp, res.BaselineNsPerOp, res.baselineAllocsOp = measure(r, *count)
+			if res.BaselineNsPerOp > 0 {
+				res.Ratio = res.NsPerOp / res.BaselineNsPerOp
 			}
 			results = append(results, res)
 			if !*asJSON {
@@ -122,28 +119,46 @@ func main() {
 	tw.Flush()
 }
 
-// median runs fn count times with testing.Benchmark and returns the median
-// ns/op and the allocs/op of that run.
-func median(fn func(b *testing.B), count int) (float64, int64) {
-	type m struct {
-		ns     float64
-		allocs int64
+type sample struct {
+	ns     float64
+	allocs int64
+}
+
+func once(fn func(b *testing.B)) (sample, bool) {
+	r := testing.Benchmark(func(b *testing.B) {
+		b.ReportAllocs()
+		fn(b)
+	})
+	if r.N == 0 {
+		return sample{}, false
 	}
-	ms := make([]m, 0, count)
+	return sample{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp()}, true
+}
+
+// measure runs the row and its baseline alternately (run, base, run, base,
+// ...) count times each, so both sides see the same drift of machine load,
+// and returns the medians: ns/op and allocs/op of each.
+func measure(r Row, count int) (ns float64, allocs int64, baseNs float64, baseAllocs int64) {
+	var runs, bases []sample
 	for i := 0; i < count; i++ {
-		r := testing.Benchmark(func(b *testing.B) {
-			b.ReportAllocs()
-			fn(b)
-		})
-		if r.N == 0 {
-			continue
+		if s, ok := once(r.Run); ok {
+			runs = append(runs, s)
 		}
-		ms = append(ms, m{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp()})
+		if r.Base != nil {
+			if s, ok := once(r.Base); ok {
+				bases = append(bases, s)
+			}
+		}
 	}
-	if len(ms) == 0 {
-		return 0, 0
+	m := medianOf(runs)
+	b := medianOf(bases)
+	return m.ns, m.allocs, b.ns, b.allocs
+}
+
+func medianOf(ss []sample) sample {
+	if len(ss) == 0 {
+		return sample{}
 	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].ns < ms[j].ns })
-	x := ms[len(ms)/2]
-	return x.ns, x.allocs
+	sort.Slice(ss, func(i, j int) bool { return ss[i].ns < ss[j].ns })
+	return ss[len(ss)/2]
 }
