@@ -390,24 +390,22 @@ func checkOpArg(op *storage.Op) error {
 // setStatement runs the one-statement Set (plain value or operation).
 func (b *Backend) setStatement(ctx context.Context, subject string, k storage.Key, sql string, arg []byte, op *storage.Op) (any, any, error) {
 	var oldRaw, newRaw []byte
-	var ok bool
-	var written int64
-	if err := b.pool.QueryRow(ctx, sql, subject, k.Name, arg).Scan(&oldRaw, &newRaw, &ok, &written); err != nil {
+	var written bool
+	if err := b.pool.QueryRow(ctx, sql, subject, k.Name, arg).Scan(&oldRaw, &newRaw, &written); err != nil {
 		return nil, nil, wrap(ctx, "set", subject, k.Name, err)
 	}
 	old, _, err := decode(oldRaw)
 	if err != nil {
 		return nil, nil, wrap(ctx, "set", subject, k.Name, err)
 	}
-	if !ok {
-		what := "a number"
-		if op.Kind == storage.OpAppend {
-			what = "a list"
+	if !written {
+		if op != nil {
+			if _, err := op.Apply(old, true); err != nil {
+				// The stored value has the wrong type (the statement's
+				// condition and Op.Apply agree on the types).
+				return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
+			}
 		}
-		return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w: %v: stored value %s is not %s",
-			k.Name, subject, storage.ErrInvalidValue, op.Kind, oldRaw, what)
-	}
-	if written == 0 {
 		return nil, nil, errRetry
 	}
 	var nv any

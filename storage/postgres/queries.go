@@ -20,37 +20,35 @@ type queries struct {
 
 // setTemplate writes one property in ONE statement and returns its old value:
 //
-//   - old locks the subject's row (FOR NO KEY UPDATE, no stronger than
-//     the lock the UPDATE takes anyway). Under READ COMMITTED a row
-//     changed by a concurrent transaction is waited for and re-read, so v is
-//     the latest committed value and nobody can change it until we commit.
-//     found tells a missing row from a missing property.
-//   - calc computes the new value nv from v (the operation), and ok = false
-//     when the stored value has the wrong type for the operation: then the
-//     INSERT gets no row and nothing is written.
-//   - up inserts the row or merges {name: nv} into the locked row. When old
-//     found no row but another transaction inserted it after our snapshot
-//     (a concurrent first write), the ON CONFLICT ... WHERE found is false:
-//     nothing is written, written = 0, and the caller retries with a fresh
-//     snapshot, so the returned old value is never wrong.
+//   - old locks the subject's row (FOR NO KEY UPDATE, no stronger than the
+//     lock the UPDATE takes anyway). Under READ COMMITTED a row changed by a
+//     concurrent transaction is waited for and re-read, so v is the latest
+//     committed value and nobody can change it until we commit.
+//   - up computes the new value from v ({NV}, the operation) and inserts the
+//     row or merges {name: new} into the locked row. Its source joins old,
+//     so the row is locked before anything is written. When the stored
+//     value has the wrong type for the operation ({OK} false) the source is
+//     empty and nothing is written. When old found no row but another
+//     transaction inserted it after our snapshot (a concurrent first
+//     write), the ON CONFLICT ... WHERE is false: nothing is written and the
+//     caller retries with a fresh snapshot, so the old value returned is
+//     never wrong.
 //
-// The INSERT's source reads calc, hence old, so the row is locked before the
-// INSERT runs. Placeholders: {T} table, {C} column, {NV}/{OK} expressions
-// over v (the stored jsonb, SQL NULL when missing) and $3.
+// Result: the old value (SQL NULL when missing), {RET} (the new value for
+// operations) and whether a row was written. Placeholders: {T} table, {C}
+// column, {NV}/{OK} expressions over v (the stored jsonb, SQL NULL when
+// missing) and $3 (the value or the operation's argument).
 const setTemplate = `WITH old AS MATERIALIZED (
 	SELECT {C} -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR NO KEY UPDATE
-), calc AS MATERIALIZED (
-	SELECT o.v, o.found, {NV} AS nv, {OK} AS ok
-	FROM (SELECT (SELECT v FROM old) AS v, EXISTS (SELECT 1 FROM old) AS found) o
 ), up AS (
 	INSERT INTO {T} AS s (subject_name, {C})
-	SELECT $1::text, jsonb_build_object($2::text, c.nv) FROM calc c WHERE c.ok
+	SELECT $1::text, jsonb_build_object($2::text, {NV}) FROM (SELECT 1) AS one LEFT JOIN old ON true WHERE {OK}
 	ON CONFLICT (subject_name) DO UPDATE
 		SET {C} = s.{C} || EXCLUDED.{C}, updated_at = NOW()
-		WHERE (SELECT found FROM calc)
-	RETURNING 1
+		WHERE EXISTS (SELECT 1 FROM old)
+	RETURNING {RET} AS r
 )
-SELECT c.v, {RET}, c.ok, (SELECT count(*) FROM up) AS written FROM calc c`
+SELECT (SELECT v FROM old), (SELECT r FROM up), EXISTS (SELECT 1 FROM up)`
 
 // Expressions of the built-in operations over v (stored jsonb or NULL) and
 // $3 (the argument). A missing property or a JSON null counts as absent.
@@ -85,7 +83,7 @@ func expand(tmpl, table, col string, kv ...string) string {
 
 func buildQueries(table, col string) queries {
 	op := func(nv, ok string) string {
-		return expand(setTemplate, table, col, "{NV}", nv, "{OK}", ok, "{RET}", "c.nv")
+		return expand(setTemplate, table, col, "{NV}", nv, "{OK}", ok, "{RET}", "s."+col+" -> $2::text")
 	}
 	return queries{
 		get:       expand(`SELECT {C} -> $2::text FROM {T} WHERE subject_name = $1::text`, table, col),
