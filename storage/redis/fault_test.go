@@ -1,13 +1,13 @@
 package redis_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +25,8 @@ type privateRedis struct {
 	args []string // extra server arguments
 	dir  string
 	cmd  *exec.Cmd
+	// exited receives the result of cmd.Wait.
+	exited chan error
 }
 
 func redisServerBinary(t *testing.T) string {
@@ -67,36 +69,51 @@ func (r *privateRedis) start() {
 	args := append([]string{"--port", fmt.Sprint(r.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", r.dir, "--daemonize", "no"}, r.args...)
 	cmd := exec.Command(r.bin, args...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	ready := &readyWriter{ready: make(chan struct{})}
+	cmd.Stdout = ready
+	exited := make(chan error, 1)
 	if err := cmd.Start(); err != nil {
 		r.t.Fatalf("start redis-server: %v", err)
 	}
 	r.cmd = cmd
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		ok := false
-		for sc.Scan() {
-			if !ok && strings.Contains(sc.Text(), "Ready to accept connections") {
-				ok = true
-				ready <- true
-			}
-		}
-		if !ok {
-			ready <- false
-		}
-	}()
+	go func() { exited <- cmd.Wait() }()
+	r.exited = exited
 	select {
-	case ok := <-ready:
-		if !ok {
-			r.t.Fatal("redis-server exited before accepting connections")
-		}
+	case <-ready.ready:
+	case err := <-exited:
+		r.cmd = nil
+		r.t.Fatalf("redis-server exited before accepting connections: %v\n%s", err, ready.text())
 	case <-time.After(20 * time.Second):
-		r.t.Fatal("redis-server did not become ready")
+		r.t.Fatalf("redis-server did not become ready:\n%s", ready.text())
 	}
+}
+
+// readyWriter collects the server's log and closes ready at the line that
+// says it accepts connections.
+type readyWriter struct {
+	mu    sync.Mutex
+	buf   []byte
+	ready chan struct{}
+	done  bool
+}
+
+func (w *readyWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) < 1<<16 {
+		w.buf = append(w.buf, p...)
+	}
+	if !w.done && strings.Contains(string(w.buf), "Ready to accept connections") {
+		w.done = true
+		close(w.ready)
+	}
+	return len(p), nil
+}
+
+func (w *readyWriter) text() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return string(w.buf)
 }
 
 func (r *privateRedis) signal(sig syscall.Signal) {
@@ -112,7 +129,7 @@ func (r *privateRedis) kill() {
 	}
 	r.cmd.Process.Signal(syscall.SIGCONT)
 	r.cmd.Process.Kill()
-	r.cmd.Wait()
+	<-r.exited
 	r.cmd = nil
 }
 
