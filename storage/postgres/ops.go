@@ -1,7 +1,9 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
@@ -262,35 +264,43 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 	return nil
 }
 
-// objectWriter builds a JSON object; a repeated name keeps its last value
-// (JSONB semantics), as a sequence of puts would.
-type objectWriter struct{ buf []byte }
+// objectWriter builds a JSON object with one encoder (the text of
+// storage.Marshal: compact, no HTML escaping). A repeated name keeps its
+// last value (JSONB semantics), as a sequence of puts would.
+type objectWriter struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
 
 func (o *objectWriter) add(name string, v any) error {
-	val, err := storage.Marshal(v)
-	if err != nil {
-		return err
-	}
-	key, err := storage.Marshal(name)
-	if err != nil {
-		return err
-	}
-	if o.buf == nil {
-		o.buf = append(o.buf, '{')
+	if o.enc == nil {
+		o.enc = json.NewEncoder(&o.buf)
+		o.enc.SetEscapeHTML(false)
+		o.buf.WriteByte('{')
 	} else {
-		o.buf = append(o.buf, ',')
+		o.buf.WriteByte(',')
 	}
-	o.buf = append(o.buf, key...)
-	o.buf = append(o.buf, ':')
-	o.buf = append(o.buf, val...)
+	if err := o.encode(name); err != nil {
+		return err
+	}
+	o.buf.WriteByte(':')
+	return o.encode(v)
+}
+
+func (o *objectWriter) encode(v any) error {
+	if err := o.enc.Encode(v); err != nil {
+		return fmt.Errorf("%w: %v", storage.ErrInvalidValue, err)
+	}
+	o.buf.Truncate(o.buf.Len() - 1) // Encode's newline
 	return nil
 }
 
 func (o *objectWriter) bytes() []byte {
-	if o.buf == nil {
+	if o.enc == nil {
 		return []byte("{}")
 	}
-	return append(o.buf, '}')
+	o.buf.WriteByte('}')
+	return o.buf.Bytes()
 }
 
 // Set implements [storage.Backend].
