@@ -43,13 +43,25 @@ func rawClient(t testing.TB) *goredis.Client {
 func dropPrefix(t testing.TB, c goredis.UniversalClient, prefix string) {
 	t.Helper()
 	ctx := context.Background()
-	iter := c.Scan(ctx, 0, "s:"+prefix+"*", 1000).Iterator()
+	iter := c.Scan(ctx, 0, "s:"+globQuote(prefix)+"*", 1000).Iterator()
 	for iter.Next(ctx) {
 		c.Del(ctx, iter.Val())
 	}
 	if err := iter.Err(); err != nil {
 		t.Errorf("cleanup of prefix %q: %v", prefix, err)
 	}
+}
+
+// globQuote escapes the characters special to Redis glob patterns.
+func globQuote(s string) string {
+	var sb strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^`, r) {
+			sb.WriteByte('\\')
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
 }
 
 // openPrefix opens a Backend on KRULES_REDIS_URL with the given prefix and
