@@ -87,3 +87,21 @@ func BenchmarkGetCached(b *testing.B) {
 		s.Get(ctx, "name")
 	}
 }
+
+// BenchmarkStore100 measures 100 cached Sets and one Store on a fresh handle.
+func BenchmarkStore100(b *testing.B) {
+	app := krules.New()
+	ctx := context.Background()
+	names := make([]string, 100)
+	for i := range names {
+		names[i] = fmt.Sprintf("field%d", i)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		s := app.Subject("wide")
+		for i, n := range names {
+			s.Set(ctx, n, i)
+		}
+		s.Store(ctx)
+	}
+}

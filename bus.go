@@ -269,6 +269,12 @@ func (t *table) remember(eventType string, hs []*Handler) {
 	t.cache.Store(&m)
 }
 
+// listening reports whether any handler matches the event type, so callers
+// can skip building a payload nobody receives.
+func (a *App) listening(eventType string) bool {
+	return len(a.table.Load().match(eventType)) > 0
+}
+
 // Emit dispatches an event about subject to every matching handler, one
 // after another in registration order, in the calling goroutine; it returns
 // when all of them (and everything they emitted) are done. Handler errors

@@ -185,7 +185,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		c.put(prop, nv, true)
 		s.mu.Unlock()
 	}
-	if emit && !storage.Equal(nv, old) {
+	if emit && s.app.listening(PropertyChanged) && !storage.Equal(nv, old) {
 		p := Payload{KeyPropertyName: prop, KeyOldValue: old, KeyValue: nv}
 		if err := s.app.emit(ctx, PropertyChanged, s, p, o.extra, nil); err != nil {
 			return nv, old, err
@@ -373,7 +373,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []C
 		c.remove(prop, true)
 		s.mu.Unlock()
 	}
-	if emit {
+	if emit && s.app.listening(PropertyDeleted) {
 		p := Payload{KeyPropertyName: prop, KeyOldValue: old}
 		return s.app.emit(ctx, PropertyDeleted, s, p, o.extra, nil)
 	}
