@@ -36,9 +36,13 @@ type ContentionConfig struct {
 	// namespace is a key prefix / table name chosen by the parent (a
 	// lowercase letter followed by [a-z0-9_], unique to this run) and passed
 	// to the children through the environment; the store opened for one
-	// namespace must be the same in every process. Open registers the
-	// backend's cleanup (Close, dropping a table, ...) with t.Cleanup and
-	// fails t when the store cannot be opened. Required.
+	// namespace must be the same in every process. Open registers only the
+	// backend's Close with t.Cleanup: Open also runs in the children, so a
+	// cleanup that removes data (dropping a table, deleting keys) would pull
+	// the store from under the other processes. The parent flushes the
+	// subjects it used; a test that must drop a table does so after
+	// Contention returns, in the parent. Open fails t when the store cannot
+	// be opened. Required.
 	Open func(t testing.TB, namespace string) storage.Backend
 }
 
