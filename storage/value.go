@@ -1,10 +1,8 @@
 package storage
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"reflect"
 	"strconv"
@@ -291,66 +289,4 @@ func Clone(v any) any {
 		return out
 	}
 	return v
-}
-
-// Marshal encodes a normalised value as compact JSON without HTML escaping,
-// the text the persistent backends store.
-func Marshal(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, invalid("%v", err)
-	}
-	b := buf.Bytes()
-	return b[:len(b)-1], nil // drop Encode's newline
-}
-
-// Unmarshal decodes JSON text (as written by Marshal or by Python KRules)
-// into the value model.
-func Unmarshal(data []byte) (any, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, fmt.Errorf("decode JSON value: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("decode JSON value: trailing data in %q", data)
-	}
-	return fromJSON(v, 0)
-}
-
-// fromJSON converts json.Number leaves in place and enforces the nesting
-// limit of Normalize, so every loaded value can be set back.
-func fromJSON(v any, depth int) (any, error) {
-	if depth > maxDepth {
-		return nil, invalid("nesting deeper than %d", maxDepth)
-	}
-	switch x := v.(type) {
-	case json.Number:
-		return parseNumber(string(x))
-	case string:
-		return normString(x)
-	case []any:
-		for i, e := range x {
-			n, err := fromJSON(e, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			x[i] = n
-		}
-	case map[string]any:
-		for k, e := range x {
-			if _, err := normString(k); err != nil {
-				return nil, err
-			}
-			n, err := fromJSON(e, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			x[k] = n
-		}
-	}
-	return v, nil
 }
