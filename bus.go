@@ -1,6 +1,7 @@
 package krules
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"reflect"
@@ -19,7 +20,7 @@ type HandlerFunc func(ctx context.Context, ev *Event) error
 
 // Filter decides whether a handler runs for an event. Filters of a handler
 // are evaluated in order and must all return true; a panicking filter counts
-// as false and is logged.
+// as false and is reported to the error handler as a *PanicError.
 type Filter func(ctx context.Context, ev *Event) bool
 
 // Next continues a middleware chain: it runs the next middleware, or the
@@ -67,11 +68,12 @@ func (r *Rule) Named(name string) *Rule {
 	return r
 }
 
-// Do registers fn and returns its Handler. It panics if fn is nil, which is
-// a programming error like http.Handle(nil).
+// Do registers fn and returns its Handler. A nil fn registers nothing: it
+// is logged at level Error and the returned Handler's Remove reports false.
 func (r *Rule) Do(fn HandlerFunc) *Handler {
 	if fn == nil {
-		panic("krules: Do(nil)")
+		r.app.logger.Error("krules: Do(nil): no handler registered", "patterns", r.patterns)
+		return &Handler{app: r.app, name: r.name}
 	}
 	name := r.name
 	if name == "" {
@@ -86,7 +88,9 @@ func (r *Rule) Do(fn HandlerFunc) *Handler {
 	a.seq++
 	h.seq = a.seq
 	old := a.table.Load()
-	a.table.Store(newTable(append(slices.Clip(old.handlers), h), old.middleware))
+	// Appending in place is safe: older tables never read past their length,
+	// and writers are serialised by regMu.
+	a.table.Store(newTable(append(old.handlers, h), old.middleware))
 	a.regMu.Unlock()
 	return h
 }
@@ -177,40 +181,46 @@ func (a *App) Use(mw ...Middleware) {
 func (a *App) Handlers() []*Handler { return slices.Clone(a.table.Load().handlers) }
 
 // table is an immutable snapshot of the registrations (copy-on-write): the
-// emit path loads it with one atomic read and takes no lock.
+// emit path loads it with one atomic read and takes no lock. Its index is
+// built once, lazily, on the first emit that needs it, so registering many
+// handlers in a row costs O(1) each.
 type table struct {
 	handlers   []*Handler
 	middleware []Middleware
-	exact      map[string][]*Handler // literal pattern -> handlers (registration order)
-	globs      map[string][]*Handler // literal prefix of a glob -> handlers
-	matchAll   []*Handler            // handlers with a "*" pattern
-	// cache maps event types already seen to their handlers; immutable
-	// maps replaced copy-on-write (under cacheMu) so lookups take no lock.
-	cache   atomic.Pointer[map[string][]*Handler]
-	cacheMu sync.Mutex
+
+	once     sync.Once
+	exact    map[string][]*Handler // literal pattern -> handlers (registration order)
+	globs    map[string][]*Handler // literal prefix of a glob -> handlers
+	matchAll []*Handler            // handlers with a "*" pattern
+
+	// cache maps event types already seen to their handlers (lock-free
+	// reads), at most maxCachedTypes entries.
+	cache    sync.Map
+	cacheLen atomic.Int32
 }
 
 // maxCachedTypes bounds the per-table cache of event type -> handlers.
 const maxCachedTypes = 4096
 
 func newTable(handlers []*Handler, mws []Middleware) *table {
-	t := &table{handlers: handlers, middleware: mws, exact: map[string][]*Handler{}, globs: map[string][]*Handler{}}
-	for _, h := range handlers {
-		seenExact := map[string]bool{}
-		seenGlob := map[string]bool{}
+	return &table{handlers: handlers, middleware: mws}
+}
+
+func (t *table) build() {
+	t.exact = map[string][]*Handler{}
+	t.globs = map[string][]*Handler{}
+	for _, h := range t.handlers {
 		all := false
-		for _, p := range h.patterns {
+		for i, p := range h.patterns {
 			switch {
 			case p.literal:
-				if !seenExact[p.src] {
-					seenExact[p.src] = true
+				if !seenBefore(h.patterns[:i], func(q *pattern) bool { return q.literal && q.src == p.src }) {
 					t.exact[p.src] = append(t.exact[p.src], h)
 				}
 			case p.src == "*":
 				all = true
 			default:
-				if !seenGlob[p.prefix] {
-					seenGlob[p.prefix] = true
+				if !seenBefore(h.patterns[:i], func(q *pattern) bool { return !q.literal && q.src != "*" && q.prefix == p.prefix }) {
 					t.globs[p.prefix] = append(t.globs[p.prefix], h)
 				}
 			}
@@ -219,16 +229,23 @@ func newTable(handlers []*Handler, mws []Middleware) *table {
 			t.matchAll = append(t.matchAll, h)
 		}
 	}
-	return t
+}
+
+func seenBefore(ps []*pattern, same func(*pattern) bool) bool {
+	for _, q := range ps {
+		if same(q) {
+			return true
+		}
+	}
+	return false
 }
 
 // match returns the handlers for an event type, in registration order.
 func (t *table) match(eventType string) []*Handler {
-	if m := t.cache.Load(); m != nil {
-		if hs, ok := (*m)[eventType]; ok {
-			return hs
-		}
+	if v, ok := t.cache.Load(eventType); ok {
+		return v.([]*Handler)
 	}
+	t.once.Do(t.build)
 	var hs []*Handler
 	hs = append(hs, t.exact[eventType]...)
 	hs = append(hs, t.matchAll...)
@@ -244,35 +261,14 @@ func (t *table) match(eventType string) []*Handler {
 			}
 		}
 	}
-	slices.SortFunc(hs, func(a, b *Handler) int { return int(a.seq) - int(b.seq) })
-	hs = slices.CompactFunc(hs, func(a, b *Handler) bool { return a == b })
-	hs = slices.Clip(hs)
-	t.remember(eventType, hs)
+	slices.SortFunc(hs, func(a, b *Handler) int { return cmp.Compare(a.seq, b.seq) })
+	hs = slices.Clip(slices.CompactFunc(hs, func(a, b *Handler) bool { return a == b }))
+	if t.cacheLen.Load() < maxCachedTypes {
+		if _, loaded := t.cache.LoadOrStore(eventType, hs); !loaded {
+			t.cacheLen.Add(1)
+		}
+	}
 	return hs
-}
-
-func (t *table) remember(eventType string, hs []*Handler) {
-	t.cacheMu.Lock()
-	defer t.cacheMu.Unlock()
-	var old map[string][]*Handler
-	if m := t.cache.Load(); m != nil {
-		old = *m
-	}
-	if len(old) >= maxCachedTypes {
-		return
-	}
-	m := make(map[string][]*Handler, len(old)+1)
-	for k, v := range old {
-		m[k] = v
-	}
-	m[eventType] = hs
-	t.cache.Store(&m)
-}
-
-// listening reports whether any handler matches the event type, so callers
-// can skip building a payload nobody receives.
-func (a *App) listening(eventType string) bool {
-	return len(a.table.Load().match(eventType)) > 0
 }
 
 // Emit dispatches an event about subject to every matching handler, one
@@ -301,19 +297,31 @@ func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payl
 	if subject.nameErr != nil {
 		return fmt.Errorf("krules: emit %q: %w", eventType, subject.nameErr)
 	}
+	t := a.table.Load()
+	return a.dispatch(ctx, t, t.match(eventType), eventType, subject, payload, extra, meta)
+}
+
+// checkDepth refuses (and logs) an emit nested deeper than the cascade limit.
+func (a *App) checkDepth(ctx context.Context, eventType string, subject *Subject) (int, error) {
+	depth := depthOf(ctx)
+	if depth >= a.cascadeLimit {
+		a.logger.ErrorContext(ctx, "krules: cascade depth limit exceeded", "event", eventType, "subject", subject.name, "limit", a.cascadeLimit)
+		return depth, fmt.Errorf("krules: emit %q on %q: %w (limit %d)", eventType, subject.name, ErrCascadeDepth, a.cascadeLimit)
+	}
+	return depth, nil
+}
+
+// dispatch runs the handlers hs (matched in table t) for one event.
+func (a *App) dispatch(ctx context.Context, t *table, hs []*Handler, eventType string, subject *Subject, payload Payload, extra Extra, meta map[string]any) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	depth := depthOf(ctx)
-	if depth >= a.cascadeLimit {
-		err := fmt.Errorf("krules: emit %q on %q: %w (limit %d)", eventType, subject.name, ErrCascadeDepth, a.cascadeLimit)
-		a.logger.ErrorContext(ctx, "krules: cascade depth limit exceeded", "event", eventType, "subject", subject.name, "limit", a.cascadeLimit)
-		return err
-	}
-	t := a.table.Load()
-	hs := t.match(eventType)
 	if len(hs) == 0 {
 		return nil
+	}
+	depth, err := a.checkDepth(ctx, eventType, subject)
+	if err != nil {
+		return err
 	}
 	if payload == nil {
 		payload = Payload{}
@@ -347,7 +355,7 @@ func (a *App) callFilter(ctx context.Context, ev *Event, h *Handler, f Filter) (
 	defer func() {
 		if r := recover(); r != nil {
 			ok = false
-			a.logger.WarnContext(ctx, "krules: filter panicked; handler skipped", "handler", h.name, "event", ev.Type, "panic", fmt.Sprint(r))
+			a.report(ctx, ev, h.name, fmt.Errorf("filter panicked (handler skipped): %w", &PanicError{Value: r, Stack: debug.Stack()}))
 		}
 	}()
 	return f(ctx, ev)
@@ -365,12 +373,17 @@ func HandlerName(ctx context.Context) string {
 }
 
 func (a *App) invoke(ctx context.Context, ev *Event, h *Handler, mws []Middleware) {
-	err := a.run(ctx, ev, h, mws)
-	if err != nil {
-		a.onError(ctx, ev, h.name, err)
-		if obs, ok := ctx.Value(observerKey{}).(ErrorHandler); ok {
-			obs(ctx, ev, h.name, err)
-		}
+	if err := a.run(ctx, ev, h, mws); err != nil {
+		a.report(ctx, ev, h.name, err)
+	}
+}
+
+// report passes a handler's error to the App's error handler and to the
+// context's observer (ObserveErrors).
+func (a *App) report(ctx context.Context, ev *Event, handler string, err error) {
+	a.onError(ctx, ev, handler, err)
+	if obs, ok := ctx.Value(observerKey{}).(ErrorHandler); ok {
+		obs(ctx, ev, handler, err)
 	}
 }
 

@@ -413,22 +413,33 @@ func TestConcurrentEmitAndRegistration(t *testing.T) {
 	app, _ := newApp(t)
 	var mu sync.Mutex
 	count := 0
+	got := map[string]int{}
 	app.On("e.*").Do(func(context.Context, *krules.Event) error { mu.Lock(); count++; mu.Unlock(); return nil })
 	var wg sync.WaitGroup
+	var kept sync.Map // event type -> handler still registered
 	for i := 0; i < 4; i++ {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			for j := 0; j < 200; j++ {
 				app.Emit(ctx, fmt.Sprintf("e.%d", j%7), app.Subject("s"), nil)
+				app.Emit(ctx, fmt.Sprintf("z.%d", j%50), app.Subject("s"), nil)
 			}
 		}()
 		go func(i int) {
 			defer wg.Done()
 			for j := 0; j < 50; j++ {
-				h := app.On(fmt.Sprintf("z.%d.%d", i, j)).Do(func(context.Context, *krules.Event) error { return nil })
+				typ := fmt.Sprintf("z.%d.%d", i, j)
+				h := app.On(typ).Do(func(_ context.Context, ev *krules.Event) error {
+					mu.Lock()
+					got[ev.Type]++
+					mu.Unlock()
+					return nil
+				})
 				if j%2 == 0 {
 					h.Remove()
+				} else {
+					kept.Store(typ, true)
 				}
 			}
 		}(i)
@@ -436,6 +447,85 @@ func TestConcurrentEmitAndRegistration(t *testing.T) {
 	wg.Wait()
 	if count != 800 {
 		t.Fatalf("count = %d, want 800", count)
+	}
+	// Every handler still registered receives a later emit exactly once;
+	// removed ones never run again.
+	mu.Lock()
+	clear(got)
+	mu.Unlock()
+	for i := 0; i < 4; i++ {
+		for j := 0; j < 50; j++ {
+			app.Emit(ctx, fmt.Sprintf("z.%d.%d", i, j), app.Subject("s"), nil)
+		}
+	}
+	n := 0
+	kept.Range(func(k, _ any) bool {
+		n++
+		if got[k.(string)] != 1 {
+			t.Errorf("%s delivered %d times, want 1", k, got[k.(string)])
+		}
+		return true
+	})
+	if n != 100 || len(got) != 100 {
+		t.Fatalf("kept %d handlers, %d types delivered; want 100 and 100", n, len(got))
+	}
+}
+
+func TestEventEmitWithForeignContextStillLimited(t *testing.T) {
+	app, _ := newApp(t, krules.WithCascadeLimit(6), krules.WithErrorHandler(func(context.Context, *krules.Event, string, error) {}))
+	runs := 0
+	app.On("loop").Do(func(_ context.Context, ev *krules.Event) error {
+		runs++
+		return ev.Emit(context.Background(), "loop", nil) // not the handler's ctx
+	})
+	if err := app.Emit(ctx, "loop", app.Subject("s"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if runs != 6 {
+		t.Fatalf("loop ran %d times, want 6", runs)
+	}
+}
+
+func TestFilterPanicReported(t *testing.T) {
+	var got error
+	app, _ := newApp(t, krules.WithErrorHandler(func(_ context.Context, _ *krules.Event, h string, err error) { got = err }))
+	ran := false
+	app.On("e").When(func(context.Context, *krules.Event) bool { panic("bad") }).Named("f").Do(func(context.Context, *krules.Event) error { ran = true; return nil })
+	app.Emit(ctx, "e", app.Subject("s"), nil)
+	var pe *krules.PanicError
+	if ran || !errors.As(got, &pe) || pe.Value != "bad" || len(pe.Stack) == 0 {
+		t.Fatalf("ran=%v err=%v", ran, got)
+	}
+}
+
+func TestDoNilRegistersNothing(t *testing.T) {
+	app, logs := newApp(t)
+	h := app.On("e").Do(nil)
+	if h.Remove() || len(app.Handlers()) != 0 || !strings.Contains(logs.String(), "Do(nil)") {
+		t.Fatalf("Do(nil): handlers=%d log=%s", len(app.Handlers()), logs.String())
+	}
+	if err := app.Emit(ctx, "e", app.Subject("s"), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDepthLimitOnlyWhenSomethingListens(t *testing.T) {
+	app, _ := newApp(t, krules.WithCascadeLimit(2), krules.WithErrorHandler(func(context.Context, *krules.Event, string, error) {}))
+	var innerErr error
+	app.On("a").Do(func(ctx context.Context, ev *krules.Event) error { return ev.Emit(ctx, "b", nil) })
+	app.On("b").Do(func(ctx context.Context, ev *krules.Event) error {
+		// depth 2 = limit: a write that emits nothing (no change listener) is fine.
+		_, _, innerErr = ev.Subject.Set(ctx, "x", 1)
+		return innerErr
+	})
+	app.Emit(ctx, "a", app.Subject("s"), nil)
+	if innerErr != nil {
+		t.Fatalf("Set with no listener at the depth limit: %v", innerErr)
+	}
+	app.On(krules.PropertyChanged).Do(func(context.Context, *krules.Event) error { return nil })
+	app.Emit(ctx, "a", app.Subject("s2"), nil)
+	if !errors.Is(innerErr, krules.ErrCascadeDepth) {
+		t.Fatalf("Set with a listener beyond the limit: %v", innerErr)
 	}
 }
 

@@ -84,3 +84,15 @@ func (c *propCache) toMap() map[string]any {
 	}
 	return m
 }
+
+// pending reports whether the cache holds changes Store has not written.
+func (c *propCache) pending() bool { return len(c.dirty) > 0 || len(c.deleted) > 0 }
+
+// isPending reports whether name has an unsaved change (put or delete).
+func (c *propCache) isPending(name string) bool {
+	if _, ok := c.dirty[name]; ok {
+		return true
+	}
+	_, ok := c.deleted[name]
+	return ok
+}

@@ -18,7 +18,9 @@ const (
 	// SubjectDeleted is emitted at the end of Flush. Payload:
 	// {"props": map, "ext_props": map} with the subject's last content.
 	SubjectDeleted = "subject-deleted"
-	// SubjectFlushed is the deprecated alias of SubjectDeleted (as in Python KRules).
+	// SubjectFlushed is the old name of SubjectDeleted (as in Python KRules).
+	//
+	// Deprecated: use SubjectDeleted.
 	SubjectFlushed = SubjectDeleted
 )
 
@@ -97,6 +99,11 @@ func (e *Event) Metadata() map[string]any {
 // Use the handler's ctx so the cascade depth is tracked. A nil payload is an
 // empty one. Nothing (metadata, Extra) is inherited from e.
 func (e *Event) Emit(ctx context.Context, eventType string, payload Payload, opts ...CallOption) error {
+	if depthOf(ctx) < e.ctx.depth {
+		// Not the handler's ctx (e.g. context.Background()): keep counting
+		// from this event's depth so a loop still hits the cascade limit.
+		ctx = &depthCtx{Context: ctx, depth: e.ctx.depth}
+	}
 	return e.app.Emit(ctx, eventType, e.Subject, payload, opts...)
 }
 

@@ -5,13 +5,12 @@ package krules
 type CallOption func(*callOptions)
 
 type callOptions struct {
-	muted    bool
-	noCache  bool
-	extra    Extra
-	hasDef   bool
-	def      any
-	meta     map[string]any
-	hasExtra bool
+	muted   bool
+	noCache bool
+	extra   Extra
+	hasDef  bool
+	def     any
+	meta    map[string]any
 }
 
 // resolve applies opts over base. Kept out of the callers so that the
@@ -44,7 +43,7 @@ func NoCache() CallOption { return func(o *callOptions) { o.noCache = true } }
 // WithExtra passes caller context to the handlers of the event a Set, Delete
 // or Emit causes (Event.Extra). A nil Extra stays nil, an empty one empty.
 func WithExtra(e Extra) CallOption {
-	return func(o *callOptions) { o.extra = e; o.hasExtra = true }
+	return func(o *callOptions) { o.extra = e }
 }
 
 // Default makes Get (GetExt, GetAs) return v instead of ErrNotFound when

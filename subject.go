@@ -24,9 +24,15 @@ import (
 // PropertyDeleted, Flush emits PropertyDeleted per property and then
 // SubjectDeleted. Extended properties (SetExt, ...) never emit.
 //
-// A Subject is safe for concurrent use. Values returned by Set and carried
-// by events are shared with the cache and must be treated as read-only; Get,
-// ExtProps and Dict return copies.
+// A Subject is safe for concurrent use; its lock is held while it loads or
+// stores, so one slow store call delays the handle's other callers. Values
+// returned by Set and carried by events are shared with the cache and must
+// be treated as read-only; Get, ExtProps and Dict return copies.
+//
+// On a NoCache handle, Has, Keys, ExtProps and Dict read the store afresh
+// on every call. A NoCache call on a cached handle drops the cache when it
+// holds no unsaved change (the next cached read reloads), and otherwise
+// patches it without ever discarding an unsaved change.
 type Subject struct {
 	app     *App
 	name    string
@@ -93,12 +99,74 @@ func (s *Subject) check(k storage.Kind, prop string) error {
 	return nil
 }
 
-func (s *Subject) checkDepth(ctx context.Context) error {
-	if d := depthOf(ctx); d >= s.app.cascadeLimit {
-		s.app.logger.ErrorContext(ctx, "krules: cascade depth limit exceeded", "subject", s.name, "limit", s.app.cascadeLimit)
-		return fmt.Errorf("krules: subject %q: %w (limit %d)", s.name, ErrCascadeDepth, s.app.cascadeLimit)
+// listeners returns the handlers of the event a write of kind k will emit
+// (none for extended properties or Muted), and refuses the write with
+// ErrCascadeDepth when that emit would exceed the cascade limit.
+func (s *Subject) listeners(ctx context.Context, k storage.Kind, o callOptions, eventType string) (*table, []*Handler, error) {
+	if k != storage.Default || o.muted {
+		return nil, nil, nil
 	}
-	return nil
+	t := s.app.table.Load()
+	hs := t.match(eventType)
+	if len(hs) > 0 {
+		if _, err := s.app.checkDepth(ctx, eventType, s); err != nil {
+			return nil, nil, err
+		}
+	}
+	return t, hs, nil
+}
+
+// afterDirect brings the handle's cache (if loaded) in line with a NoCache
+// call's result: v is the stored value (present false: the property is not
+// stored); write tells a write from a read. A cache without unsaved changes
+// is dropped, so the next cached read reloads: that stays right whatever
+// order concurrent NoCache calls finish in. A cache with unsaved changes is
+// patched: a write replaces the property (and its pending change); a read
+// only refreshes properties without a pending change, so it never loses an
+// unsaved write.
+func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.loaded {
+		return
+	}
+	if !s.props.pending() && !s.ext.pending() {
+		s.loaded = false
+		s.props, s.ext = propCache{}, propCache{}
+		return
+	}
+	c := s.cache(k)
+	if !write && c.isPending(prop) {
+		return
+	}
+	if present {
+		c.put(prop, storage.Clone(v), false)
+	} else {
+		c.remove(prop, false)
+	}
+}
+
+// view returns the properties for the whole-subject reads (Has, Keys,
+// ExtProps, Dict): the handle's cache, loaded if needed; on a NoCache handle
+// a fresh load that is not kept. done must be called when finished.
+func (s *Subject) view(ctx context.Context) (props, ext *propCache, done func(), err error) {
+	if s.nameErr != nil {
+		return nil, nil, nil, fmt.Errorf("krules: %w", s.nameErr)
+	}
+	if s.base.noCache {
+		snap, err := s.app.backend.Load(ctx, s.name)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("krules: load subject %q: %w", s.name, err)
+		}
+		p, e := newPropCache(snap.Props), newPropCache(snap.Ext)
+		return &p, &e, func() {}, nil
+	}
+	s.mu.Lock()
+	if err := s.loadLocked(ctx); err != nil {
+		s.mu.Unlock()
+		return nil, nil, nil, err
+	}
+	return &s.props, &s.ext, s.mu.Unlock, nil
 }
 
 func (s *Subject) notFound(k storage.Kind, prop string) error {
@@ -117,8 +185,13 @@ func (s *Subject) notFound(k storage.Kind, prop string) error {
 // the old one, with WithExtra's Extra, and returns after its handlers ran.
 // Options: Muted, WithExtra, NoCache.
 //
+// In cache mode an update function runs under the handle's lock: it must
+// not call methods of the same handle (that deadlocks). With NoCache it may
+// run more than once on optimistic backends: keep it free of side effects.
+//
 // Inside a handler, pass the handler's ctx: it carries the cascade depth
-// that stops handler loops (WithCascadeLimit).
+// that stops handler loops (WithCascadeLimit); a Set with an unrelated ctx
+// (context.Background()) inside a handler escapes the limit.
 //
 // Errors: ErrInvalidName, ErrInvalidValue (nothing written), ErrConflict
 // (NoCache update functions on optimistic backends), ErrCascadeDepth
@@ -144,11 +217,9 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	if err != nil {
 		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 	}
-	emit := k == storage.Default && !o.muted
-	if emit {
-		if err := s.checkDepth(ctx); err != nil {
-			return nil, nil, err
-		}
+	t, hs, err := s.listeners(ctx, k, o, PropertyChanged)
+	if err != nil {
+		return nil, nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
@@ -159,11 +230,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		if err != nil {
 			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		s.mu.Lock()
-		if s.loaded {
-			s.cache(k).put(prop, storage.Clone(nv), false)
-		}
-		s.mu.Unlock()
+		s.afterDirect(k, prop, nv, true, true)
 	} else {
 		s.mu.Lock()
 		if err := s.loadLocked(ctx); err != nil {
@@ -185,9 +252,9 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		c.put(prop, nv, true)
 		s.mu.Unlock()
 	}
-	if emit && s.app.listening(PropertyChanged) && !storage.Equal(nv, old) {
+	if len(hs) > 0 && !storage.Equal(nv, old) {
 		p := Payload{KeyPropertyName: prop, KeyOldValue: old, KeyValue: nv}
-		if err := s.app.emit(ctx, PropertyChanged, s, p, o.extra, nil); err != nil {
+		if err := s.app.dispatch(ctx, t, hs, PropertyChanged, s, p, o.extra, nil); err != nil {
 			return nv, old, err
 		}
 	}
@@ -214,6 +281,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []C
 	if o.noCache {
 		v, err := s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
 		if errors.Is(err, ErrNotFound) {
+			s.afterDirect(k, prop, nil, false, false)
 			if o.hasDef {
 				return o.def, nil
 			}
@@ -222,11 +290,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []C
 		if err != nil {
 			return nil, fmt.Errorf("krules: get %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		s.mu.Lock()
-		if s.loaded {
-			s.cache(k).put(prop, storage.Clone(v), false)
-		}
-		s.mu.Unlock()
+		s.afterDirect(k, prop, v, true, false)
 		return v, nil
 	}
 	s.mu.Lock()
@@ -260,59 +324,54 @@ func (s *Subject) has(ctx context.Context, k storage.Kind, prop string) (bool, e
 	if err := s.check(k, prop); err != nil {
 		return false, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.loadLocked(ctx); err != nil {
+	props, ext, done, err := s.view(ctx)
+	if err != nil {
 		return false, err
 	}
-	_, ok := s.cache(k).get(prop)
+	defer done()
+	c := props
+	if k == storage.Extended {
+		c = ext
+	}
+	_, ok := c.get(prop)
 	return ok, nil
 }
 
 // Keys returns the names of the default properties, in insertion order
 // (as far as the backend keeps it).
 func (s *Subject) Keys(ctx context.Context) ([]string, error) {
-	if s.nameErr != nil {
-		return nil, fmt.Errorf("krules: %w", s.nameErr)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.loadLocked(ctx); err != nil {
+	props, _, done, err := s.view(ctx)
+	if err != nil {
 		return nil, err
 	}
-	return append([]string{}, s.props.names...), nil
+	defer done()
+	return append([]string{}, props.names...), nil
 }
 
 // ExtProps returns a copy of the extended properties.
 func (s *Subject) ExtProps(ctx context.Context) (map[string]any, error) {
-	if s.nameErr != nil {
-		return nil, fmt.Errorf("krules: %w", s.nameErr)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.loadLocked(ctx); err != nil {
+	_, ext, done, err := s.view(ctx)
+	if err != nil {
 		return nil, err
 	}
-	return s.ext.toMap(), nil
+	defer done()
+	return ext.toMap(), nil
 }
 
 // Dict exports the subject as in Python KRules:
 // {"name": <subject name>, <property>: <value>, ..., "ext": {<extended>}}.
 // As there, a property called "name" or "ext" overwrites those keys.
 func (s *Subject) Dict(ctx context.Context) (map[string]any, error) {
-	if s.nameErr != nil {
-		return nil, fmt.Errorf("krules: %w", s.nameErr)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.loadLocked(ctx); err != nil {
+	props, ext, done, err := s.view(ctx)
+	if err != nil {
 		return nil, err
 	}
-	m := s.props.toMap()
+	defer done()
+	m := props.toMap()
 	if _, ok := m["name"]; !ok {
 		m["name"] = s.name
 	}
-	m["ext"] = s.ext.toMap()
+	m["ext"] = ext.toMap()
 	return m, nil
 }
 
@@ -333,18 +392,15 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []C
 		return err
 	}
 	o := s.opts(opts)
-	emit := k == storage.Default && !o.muted
-	if emit {
-		if err := s.checkDepth(ctx); err != nil {
-			return err
-		}
+	t, hs, err := s.listeners(ctx, k, o, PropertyDeleted)
+	if err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	var old any
 	if o.noCache {
-		var err error
 		old, err = s.app.backend.Delete(ctx, s.name, storage.Key{Kind: k, Name: prop})
 		if errors.Is(err, ErrNotFound) {
 			return s.notFound(k, prop)
@@ -352,11 +408,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []C
 		if err != nil {
 			return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		s.mu.Lock()
-		if s.loaded {
-			s.cache(k).remove(prop, false)
-		}
-		s.mu.Unlock()
+		s.afterDirect(k, prop, nil, false, true)
 	} else {
 		s.mu.Lock()
 		if err := s.loadLocked(ctx); err != nil {
@@ -373,9 +425,9 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []C
 		c.remove(prop, true)
 		s.mu.Unlock()
 	}
-	if emit && s.app.listening(PropertyDeleted) {
+	if len(hs) > 0 {
 		p := Payload{KeyPropertyName: prop, KeyOldValue: old}
-		return s.app.emit(ctx, PropertyDeleted, s, p, o.extra, nil)
+		return s.app.dispatch(ctx, t, hs, PropertyDeleted, s, p, o.extra, nil)
 	}
 	return nil
 }
@@ -411,12 +463,20 @@ func (s *Subject) Store(ctx context.Context) error {
 // SubjectDeleted with {"props": ..., "ext_props": ...}. The snapshot is the
 // handle's cache if loaded (unsaved changes included), else the stored
 // subject.
+//
+// Once the first event is dispatched Flush runs to the end, so handlers and
+// store never disagree: a ctx cancelled after that point is not seen by the
+// remaining handlers nor by the store's flush.
 func (s *Subject) Flush(ctx context.Context) error {
 	if s.nameErr != nil {
 		return fmt.Errorf("krules: %w", s.nameErr)
 	}
-	if err := s.checkDepth(ctx); err != nil {
-		return err
+	t := s.app.table.Load()
+	hsProp, hsSubj := t.match(PropertyDeleted), t.match(SubjectDeleted)
+	if len(hsProp) > 0 || len(hsSubj) > 0 {
+		if _, err := s.app.checkDepth(ctx, SubjectDeleted, s); err != nil {
+			return err
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -431,17 +491,20 @@ func (s *Subject) Flush(ctx context.Context) error {
 		v    any
 	}
 	var all []kv
-	for _, n := range s.props.names {
-		all = append(all, kv{n, storage.Clone(s.props.values[n])})
-	}
-	for _, n := range s.ext.names {
-		all = append(all, kv{n, storage.Clone(s.ext.values[n])})
+	if len(hsProp) > 0 {
+		for _, n := range s.props.names {
+			all = append(all, kv{n, storage.Clone(s.props.values[n])})
+		}
+		for _, n := range s.ext.names {
+			all = append(all, kv{n, storage.Clone(s.ext.values[n])})
+		}
 	}
 	props, ext := s.props.toMap(), s.ext.toMap()
 	s.mu.Unlock()
 
+	ctx = context.WithoutCancel(ctx) // from here on, finish
 	for _, p := range all {
-		if err := s.app.emit(ctx, PropertyDeleted, s, Payload{KeyPropertyName: p.name, KeyOldValue: p.v}, nil, nil); err != nil {
+		if err := s.app.dispatch(ctx, t, hsProp, PropertyDeleted, s, Payload{KeyPropertyName: p.name, KeyOldValue: p.v}, nil, nil); err != nil {
 			return err
 		}
 	}
@@ -452,5 +515,5 @@ func (s *Subject) Flush(ctx context.Context) error {
 	s.loaded = false
 	s.props, s.ext = propCache{}, propCache{}
 	s.mu.Unlock()
-	return s.app.emit(ctx, SubjectDeleted, s, Payload{"props": props, "ext_props": ext}, nil, nil)
+	return s.app.dispatch(ctx, t, hsSubj, SubjectDeleted, s, Payload{"props": props, "ext_props": ext}, nil, nil)
 }

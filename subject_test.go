@@ -6,7 +6,9 @@ import (
 	"math"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/storage"
@@ -681,5 +683,136 @@ func TestConcurrentAtomicUpdates(t *testing.T) {
 	}
 	if v, _ := shared.Get(ctx, "n"); v != int64(4*n) {
 		t.Errorf("shared cached handle n = %v, want %d", v, 4*n)
+	}
+}
+
+// slowStore adds latency to every direct call, like a network store.
+type slowStore struct {
+	storage.Backend
+	n atomic.Int64
+}
+
+func (s *slowStore) delay() { time.Sleep(time.Duration(s.n.Add(7919)%200) * time.Microsecond) }
+
+func (s *slowStore) Set(ctx context.Context, name string, k storage.Key, m storage.Mutation) (any, any, error) {
+	nv, old, err := s.Backend.Set(ctx, name, k, m)
+	s.delay()
+	return nv, old, err
+}
+
+func (s *slowStore) Get(ctx context.Context, name string, k storage.Key) (any, error) {
+	v, err := s.Backend.Get(ctx, name, k)
+	s.delay()
+	return v, err
+}
+
+func TestConcurrentNoCacheCallsKeepCacheTrue(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		app, _ := newApp(t, krules.WithStorage(&slowStore{Backend: memory.New()}))
+		h := app.Subject("s")
+		h.Has(ctx, "x") // load a (clean) cache
+		var wg sync.WaitGroup
+		for g := 0; g < 8; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				h.Set(ctx, "x", g, krules.NoCache())
+				h.Get(ctx, "x", krules.NoCache())
+			}(g)
+		}
+		wg.Wait()
+		cached, _ := h.Get(ctx, "x")
+		stored, _ := app.Subject("s").Get(ctx, "x")
+		if cached != stored {
+			t.Fatalf("round %d: cache says %v, store %v", round, cached, stored)
+		}
+	}
+}
+
+func TestNoCacheGetKeepsUnsavedWrites(t *testing.T) {
+	app, _ := newApp(t)
+	s := app.Subject("s")
+	s.Set(ctx, "x", 0)
+	s.Set(ctx, "gone", 1)
+	s.Store(ctx)
+	s.Set(ctx, "x", 1)    // unsaved
+	s.Delete(ctx, "gone") // unsaved
+	if v, _ := s.Get(ctx, "x", krules.NoCache()); v != int64(0) {
+		t.Fatalf("NoCache Get = %v, want the stored 0", v)
+	}
+	s.Get(ctx, "gone", krules.NoCache())
+	if v, _ := s.Get(ctx, "x"); v != int64(1) {
+		t.Fatalf("cached x = %v: the NoCache read dropped an unsaved write", v)
+	}
+	if ok, _ := s.Has(ctx, "gone"); ok {
+		t.Fatal("the NoCache read resurrected a pending delete")
+	}
+	s.Store(ctx)
+	fresh := app.Subject("s")
+	if v, _ := fresh.Get(ctx, "x"); v != int64(1) {
+		t.Fatalf("stored x = %v, want 1", v)
+	}
+	if ok, _ := fresh.Has(ctx, "gone"); ok {
+		t.Fatal("pending delete lost")
+	}
+}
+
+func TestNoCacheHandleWholeSubjectReadsAreFresh(t *testing.T) {
+	app, _ := newApp(t)
+	d := app.Subject("s", krules.NoCache())
+	if ok, _ := d.Has(ctx, "b"); ok {
+		t.Fatal("b exists early")
+	}
+	w := app.Subject("s")
+	w.Set(ctx, "b", 1)
+	w.SetExt(ctx, "e", 2)
+	w.Store(ctx)
+	if ok, _ := d.Has(ctx, "b"); !ok {
+		t.Fatal("NoCache handle's Has is stale")
+	}
+	if keys, _ := d.Keys(ctx); len(keys) != 1 {
+		t.Fatalf("Keys = %v", keys)
+	}
+	if ext, _ := d.ExtProps(ctx); ext["e"] != int64(2) {
+		t.Fatalf("ExtProps = %v", ext)
+	}
+	if m, _ := d.Dict(ctx); m["b"] != int64(1) {
+		t.Fatalf("Dict = %v", m)
+	}
+}
+
+func TestFlushCancelledMidwayFinishes(t *testing.T) {
+	app, _ := newApp(t)
+	c, cancel := context.WithCancel(ctx)
+	deleted := 0
+	app.On(krules.PropertyDeleted).Do(func(context.Context, *krules.Event) error { deleted++; cancel(); return nil })
+	s := app.Subject("f")
+	s.Set(ctx, "a", 1)
+	s.Set(ctx, "b", 2)
+	s.Store(ctx)
+	if err := s.Flush(c); err != nil {
+		t.Fatal(err)
+	}
+	if deleted != 2 {
+		t.Fatalf("%d deleted events, want 2", deleted)
+	}
+	if keys, _ := app.Subject("f").Keys(ctx); len(keys) != 0 {
+		t.Fatalf("store still has %v after the handlers were told it was deleted", keys)
+	}
+}
+
+func TestNilOpAndFloatOverflow(t *testing.T) {
+	app, _ := newApp(t)
+	s := app.Subject("s")
+	s.Set(ctx, "n", 5)
+	if _, _, err := s.Set(ctx, "n", (*krules.Op)(nil)); !errors.Is(err, krules.ErrInvalidValue) {
+		t.Fatalf("nil *Op: %v", err)
+	}
+	if v, _ := s.Get(ctx, "n"); v != int64(5) {
+		t.Fatalf("n = %v", v)
+	}
+	s.Set(ctx, "big", 1e300)
+	if _, err := krules.GetAs[float32](ctx, s, "big"); !errors.Is(err, krules.ErrInvalidValue) {
+		t.Fatalf("1e300 as float32: %v", err)
 	}
 }

@@ -111,14 +111,19 @@ func convert[T any](v any) (T, error) {
 		rv.SetUint(uint64(i))
 		return zero, nil
 	case reflect.Float32, reflect.Float64:
+		var f float64
 		switch x := v.(type) {
 		case int64:
-			rv.SetFloat(float64(x))
+			f = float64(x)
 		case float64:
-			rv.SetFloat(x)
+			f = x
 		default:
 			return zero, convErr(v, rv.Type())
 		}
+		if rv.OverflowFloat(f) {
+			return zero, convErr(v, rv.Type())
+		}
+		rv.SetFloat(f)
 		return zero, nil
 	}
 	data, err := storage.Marshal(v)
@@ -160,7 +165,7 @@ func mutation(value any) (storage.Mutation, error) {
 		return storage.Mutation{Op: v.op}, nil
 	case *Op:
 		if v == nil {
-			return mutation(nil)
+			return storage.Mutation{}, fmt.Errorf("%w: nil *Op", ErrInvalidValue)
 		}
 		return mutation(*v)
 	case UpdateFunc:
