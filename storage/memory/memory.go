@@ -38,7 +38,7 @@ type subject struct {
 	mu    sync.Mutex
 	props propSet
 	ext   propSet
-	gone  bool // removed from the map by Flush; callers must re-resolve
+	gone  bool // removed from the map (Flush, or left empty); callers must re-resolve
 }
 
 // propSet is an insertion-ordered map.
@@ -165,6 +165,7 @@ func (b *Backend) Store(ctx context.Context, name string, batch storage.Batch) e
 	for _, w := range batch.Puts {
 		s.set(w.Kind).put(w.Name, storage.Clone(w.Value))
 	}
+	b.dropIfEmpty(name, s)
 	return nil
 }
 
@@ -188,6 +189,7 @@ func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage
 	}
 	nv, err := m.Apply(arg, exists)
 	if err != nil {
+		b.dropIfEmpty(name, s)
 		return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
 	}
 	ps.put(k.Name, storage.Clone(nv))
@@ -228,10 +230,27 @@ func (b *Backend) Delete(ctx context.Context, name string, k storage.Key) (any, 
 	}
 	defer s.mu.Unlock()
 	v, ok := s.set(k.Kind).del(k.Name)
+	b.dropIfEmpty(name, s)
 	if !ok {
 		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
 	}
 	return v, nil
+}
+
+// dropIfEmpty removes a subject left without properties (by a failed or
+// deletes-only write, or its last Delete), so List never shows phantoms.
+// s must be locked by the caller. Taking b.mu under s.mu is safe: no path
+// holds b.mu while waiting for a subject's lock.
+func (b *Backend) dropIfEmpty(name string, s *subject) {
+	if len(s.props.names) > 0 || len(s.ext.names) > 0 {
+		return
+	}
+	b.mu.Lock()
+	if b.subjects[name] == s {
+		delete(b.subjects, name)
+	}
+	b.mu.Unlock()
+	s.gone = true
 }
 
 // Flush implements storage.Backend.
@@ -270,8 +289,8 @@ func (b *Backend) Capabilities() storage.Capabilities {
 	return storage.Capabilities{ServerSideOps: true}
 }
 
-// List implements storage.Lister; names come sorted. Subjects whose
-// properties were all deleted are still listed until flushed.
+// List implements storage.Lister; names come sorted. A subject whose last
+// property is deleted is gone, as on Redis.
 func (b *Backend) List(ctx context.Context, prefix string) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
 		if err := ctx.Err(); err != nil {
