@@ -10,7 +10,7 @@ import (
 	"github.com/krules-go/krules/storage/memory"
 )
 
-func names(t *testing.T, b *memory.Backend) []string {
+func listAll(t *testing.T, b *memory.Backend) []string {
 	t.Helper()
 	var out []string
 	for n, err := range b.List(context.Background(), "") {
@@ -33,7 +33,7 @@ func TestNoPhantomSubjects(t *testing.T) {
 	if err := b.Store(ctx, "ghost2", storage.Batch{Deletes: []storage.Key{k}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := names(t, b); len(got) != 0 {
+	if got := listAll(t, b); len(got) != 0 {
 		t.Fatalf("failed or no-op writes created subjects: %v", got)
 	}
 	b.Set(ctx, "real", k, storage.Mutation{Value: int64(1)})
@@ -41,7 +41,7 @@ func TestNoPhantomSubjects(t *testing.T) {
 	if _, err := b.Delete(ctx, "emptied", k); err != nil {
 		t.Fatal(err)
 	}
-	if got := names(t, b); !slices.Equal(got, []string{"real"}) {
+	if got := listAll(t, b); !slices.Equal(got, []string{"real"}) {
 		t.Fatalf("List = %v, want [real]", got)
 	}
 	// The emptied subject works again afterwards.
