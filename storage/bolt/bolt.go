@@ -226,7 +226,7 @@ func corrupt(subject string, err error) error {
 }
 
 func unmarshal(subject, prop string, val []byte) (any, error) {
-	v, err := decodeValue(val)
+	v, err := storage.Unmarshal(val)
 	if err != nil {
 		return nil, fmt.Errorf("bolt: property %q of subject %q: %w", prop, subject, err)
 	}
@@ -338,7 +338,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	// A plain value is encoded before taking the write lock.
 	var plain []byte
 	if m.Func == nil && m.Op == nil {
-		if plain, err = encodeValue(m.Value); err != nil {
+		if plain, err = storage.Marshal(m.Value); err != nil {
 			return nil, nil, fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
 		}
 	}
@@ -366,7 +366,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 			if nv, err = m.Apply(arg, i >= 0); err != nil {
 				return fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
 			}
-			if enc, err = encodeValue(nv); err != nil {
+			if enc, err = storage.Marshal(nv); err != nil {
 				return fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
 			}
 		}
@@ -448,7 +448,7 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 	// Encode every value before taking the write lock.
 	vals := make([][]byte, len(batch.Puts))
 	for i, w := range batch.Puts {
-		v, err := encodeValue(w.Value)
+		v, err := storage.Marshal(w.Value)
 		if err != nil {
 			return fmt.Errorf("bolt: store %q of subject %q: %w", w.Name, subject, err)
 		}

@@ -1,9 +1,7 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
@@ -83,7 +81,7 @@ func decode(raw []byte) (v any, exists bool, err error) {
 	if raw == nil {
 		return nil, false, nil
 	}
-	v, err = unmarshal(raw)
+	v, err = storage.Unmarshal(raw)
 	if err != nil {
 		return nil, false, err
 	}
@@ -95,7 +93,7 @@ func decodeObject(raw []byte) ([]storage.Property, error) {
 	if len(raw) == 0 {
 		return []storage.Property{}, nil
 	}
-	v, err := unmarshal(raw)
+	v, err := storage.Unmarshal(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -264,43 +262,38 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 	return nil
 }
 
-// objectWriter builds a JSON object with one encoder (the text of
-// storage.Marshal: compact, no HTML escaping). A repeated name keeps its
-// last value (JSONB semantics), as a sequence of puts would.
+// objectWriter builds a JSON object of names and values, each in the text
+// of storage.Marshal. A repeated name keeps its last value (JSONB
+// semantics), as a sequence of puts would.
 type objectWriter struct {
-	buf bytes.Buffer
-	enc *json.Encoder
+	buf []byte
 }
 
 func (o *objectWriter) add(name string, v any) error {
-	if o.enc == nil {
-		o.enc = json.NewEncoder(&o.buf)
-		o.enc.SetEscapeHTML(false)
-		o.buf.WriteByte('{')
-	} else {
-		o.buf.WriteByte(',')
-	}
-	if err := o.encode(name); err != nil {
+	text, err := storage.Marshal(v)
+	if err != nil {
 		return err
 	}
-	o.buf.WriteByte(':')
-	return o.encode(v)
-}
-
-func (o *objectWriter) encode(v any) error {
-	if err := o.enc.Encode(v); err != nil {
-		return fmt.Errorf("%w: %v", storage.ErrInvalidValue, err)
+	key, err := storage.Marshal(name)
+	if err != nil {
+		return err
 	}
-	o.buf.Truncate(o.buf.Len() - 1) // Encode's newline
+	if o.buf == nil {
+		o.buf = append(make([]byte, 0, 256), '{')
+	} else {
+		o.buf = append(o.buf, ',')
+	}
+	o.buf = append(o.buf, key...)
+	o.buf = append(o.buf, ':')
+	o.buf = append(o.buf, text...)
 	return nil
 }
 
 func (o *objectWriter) bytes() []byte {
-	if o.enc == nil {
+	if o.buf == nil {
 		return []byte("{}")
 	}
-	o.buf.WriteByte('}')
-	return o.buf.Bytes()
+	return append(o.buf, '}')
 }
 
 // Set implements [storage.Backend].

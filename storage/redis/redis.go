@@ -174,8 +174,10 @@ func propErr(op, subject string, k storage.Key, err error) error {
 	return fmt.Errorf("redis: %s %s %q of subject %q: %w", op, kind, k.Name, subject, err)
 }
 
+// decode reads a stored value (storage.Marshal's text, or Python KRules'
+// json.dumps text) into the value model.
 func decode(text string) (any, error) {
-	v, err := decodeText(text)
+	v, err := storage.Unmarshal([]byte(text))
 	if err != nil {
 		return nil, fmt.Errorf("stored value %.60q: %w", text, err)
 	}
@@ -246,7 +248,7 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 			if err := b.check(ctx, w.Key); err != nil {
 				return err
 			}
-			text, err := encode(w.Value)
+			text, err := storage.Marshal(w.Value)
 			if err != nil {
 				return propErr("store", subject, w.Key, err)
 			}
@@ -395,7 +397,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		}
 		return b.update(ctx, subject, k, m)
 	}
-	text, err := encode(m.Value)
+	text, err := storage.Marshal(m.Value)
 	if err != nil {
 		return nil, nil, propErr("set", subject, k, err)
 	}
@@ -419,7 +421,7 @@ func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *
 	if op.Kind < storage.OpInc || op.Kind > storage.OpMin {
 		return nil, nil, propErr("set", subject, k, fmt.Errorf("%w: unknown operation %v", storage.ErrInvalidValue, op.Kind))
 	}
-	arg, err := encode(op.Arg)
+	arg, err := storage.Marshal(op.Arg)
 	if err != nil {
 		return nil, nil, propErr(op.Kind.String(), subject, k, err)
 	}
@@ -583,7 +585,7 @@ func apply(m storage.Mutation, cur string, exists bool) (old, nv any, text strin
 	if err != nil {
 		return nil, nil, "", err
 	}
-	t, err := encode(nv)
+	t, err := storage.Marshal(nv)
 	if err != nil {
 		return nil, nil, "", err
 	}
