@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -365,7 +366,7 @@ func (d *decoder) syntax(context string) error {
 	return fmt.Errorf("invalid character %q %s at offset %d", d.data[d.pos], context, d.pos)
 }
 
-var errUnexpectedEnd = fmt.Errorf("unexpected end of JSON input")
+var errUnexpectedEnd = errors.New("unexpected end of JSON input")
 
 // value reads the value starting at the next non-space byte, depth lists
 // or objects deep.
