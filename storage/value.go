@@ -197,8 +197,30 @@ func normReflect(v any, depth int) (any, error) {
 	if err != nil {
 		return nil, invalid("%T: %v", v, err)
 	}
-	_ = depth
+	// The JSON round trip counted nesting from 0; the whole value must stay
+	// within the limit, or a later Load of it would fail.
+	if depth+nesting(out) > maxDepth {
+		return nil, invalid("nesting deeper than %d", maxDepth)
+	}
 	return out, nil
+}
+
+// nesting returns how many lists/objects deep a normalised value goes.
+func nesting(v any) int {
+	d := 0
+	switch x := v.(type) {
+	case []any:
+		for _, e := range x {
+			d = max(d, nesting(e))
+		}
+		return d + 1
+	case map[string]any:
+		for _, e := range x {
+			d = max(d, nesting(e))
+		}
+		return d + 1
+	}
+	return 0
 }
 
 var marshalerType = reflect.TypeFor[json.Marshaler]()
