@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"context"
-	"net/url"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -12,20 +11,8 @@ import (
 	"github.com/krules-go/krules/storage/storageurl"
 )
 
-func withParam(t *testing.T, raw, key, value string) string {
-	t.Helper()
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set(key, value)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
 func TestCLIRedis(t *testing.T) {
-	u := withParam(t, testenv.RedisURL(t), "prefix", testenv.Unique("cli")+":")
+	u := testenv.WithParam(t, testenv.RedisURL(t), "prefix", testenv.Unique("cli")+":")
 	exercise(t, u, "", false) // exercise flushes every subject it created
 	// --storage on the command line, the shape of the issue.
 	run(t, "", 0, "subject", "set", "--storage", u, "user-1", "name", `"John"`)
@@ -38,7 +25,7 @@ func TestCLIRedis(t *testing.T) {
 func TestCLIPostgres(t *testing.T) {
 	ctx := context.Background()
 	table := testenv.Unique("cli")
-	u := withParam(t, testenv.PostgresURL(t), "table", table)
+	u := testenv.WithParam(t, testenv.PostgresURL(t), "table", table)
 	t.Cleanup(func() {
 		pool, err := pgxpool.New(ctx, testenv.PostgresURL(t))
 		if err != nil {

@@ -80,3 +80,17 @@ func Unique(base string) string {
 	}
 	return base + "_" + string(b)
 }
+
+// WithParam returns the service URL raw with the query parameter key set to
+// value (e.g. a per-test prefix or table).
+func WithParam(t testing.TB, raw, key, value string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set(key, value)
+	u.RawQuery = q.Encode()
+	return u.String()
+}

@@ -3,7 +3,6 @@ package storageurl_test
 import (
 	"context"
 	"errors"
-	"net/url"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -15,23 +14,10 @@ import (
 	"github.com/krules-go/krules/storage/storageurl"
 )
 
-// withParam adds a query parameter to a service URL from the environment.
-func withParam(t *testing.T, raw, key, value string) string {
-	t.Helper()
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set(key, value)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
 func TestOpenRedisWithPrefix(t *testing.T) {
 	ctx := context.Background()
 	prefix := testenv.Unique("su") + ":"
-	b, err := storageurl.Open(ctx, withParam(t, testenv.RedisURL(t), "prefix", prefix))
+	b, err := storageurl.Open(ctx, testenv.WithParam(t, testenv.RedisURL(t), "prefix", prefix))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +58,7 @@ func TestOpenRedisBadParameters(t *testing.T) {
 func TestOpenPostgresWithTableAndSchema(t *testing.T) {
 	ctx := context.Background()
 	schema, table := testenv.Unique("su_schema"), testenv.Unique("su")
-	u := withParam(t, withParam(t, testenv.PostgresURL(t), "table", table), "schema", schema)
+	u := testenv.WithParam(t, testenv.WithParam(t, testenv.PostgresURL(t), "table", table), "schema", schema)
 	b, err := storageurl.Open(ctx, u)
 	if err != nil {
 		t.Fatal(err)
