@@ -1,7 +1,9 @@
 package krules
 
 // CallOption adjusts one call (Set, Get, Delete, Emit, ...), or, given to
-// App.Subject, every call made through that handle.
+// App.Subject, every call made through that handle. An option that does not
+// apply to a call is ignored: Muted and NoCache mean nothing to Emit,
+// Default only applies to reads, WithMeta only to emits.
 type CallOption func(*callOptions)
 
 type callOptions struct {
