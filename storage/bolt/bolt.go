@@ -456,7 +456,11 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 	}
 	key := []byte(subject)
 	return b.update(func(bk subjects) error {
-		r, err := decodeRecord(bk.Get(key))
+		raw := bk.Get(key)
+		if raw == nil && len(batch.Puts) == 0 {
+			return nil // only deletes on an unknown subject: nothing to write, no empty record
+		}
+		r, err := decodeRecord(raw)
 		if err != nil {
 			return corrupt(subject, err)
 		}

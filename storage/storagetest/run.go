@@ -209,6 +209,24 @@ func (s *suite) expectValue(subject string, k storage.Key, want any) {
 }
 
 // expectMissing checks that Get of k reports ErrNotFound.
+// expectNotListed checks, on a backend that implements storage.Lister, that
+// a write which wrote nothing left no subject behind.
+func (s *suite) expectNotListed(subject string) {
+	s.t.Helper()
+	l, ok := s.b.(storage.Lister)
+	if !ok {
+		return
+	}
+	for name, err := range l.List(s.ctx, subject) {
+		if err != nil {
+			s.t.Fatalf("List(%q): %v", subject, err)
+		}
+		if name == subject {
+			s.t.Errorf("subject %q is listed although no write to it succeeded", subject)
+		}
+	}
+}
+
 func (s *suite) expectMissing(subject string, k storage.Key) {
 	s.t.Helper()
 	got, err := s.b.Get(s.ctx, subject, k)

@@ -166,6 +166,7 @@ func testStoreDeletesThenPuts(t *testing.T, s *suite) {
 	unknown := s.subject("store-unknown")
 	s.store(unknown, storage.Batch{Deletes: []storage.Key{pkey("x"), ekey("x")}})
 	s.expectSnapshot(unknown, nil, nil)
+	s.expectNotListed(unknown)
 }
 
 func testStoreEmpty(t *testing.T, s *suite) {
@@ -464,6 +465,7 @@ func testFuncError(t *testing.T, s *suite) {
 		t.Errorf("Set on an unknown subject with a failing update function: %v, want an error wrapping the function's error", err)
 	}
 	s.expectSnapshot(unknown, nil, nil)
+	s.expectNotListed(unknown)
 }
 
 func testFuncPanic(t *testing.T, s *suite) {
