@@ -148,6 +148,12 @@ func (b *Breaker) State(key string) State {
 	return StateClosed
 }
 
+// breakerHeld marks, in a call chain's ctx, a key held by an admitted call.
+type breakerHeld struct {
+	b   *Breaker
+	key string
+}
+
 type transition struct {
 	key      string
 	from, to State
@@ -158,9 +164,21 @@ type transition struct {
 // middleware calls OnReject and returns an error wrapping ErrCircuitOpen,
 // naming the key and the handler, which the App's error handler receives
 // (or DeadLetter dead-letters, under Resilient).
+//
+// The breaker is reentrant: a call it admitted holds its key for the rest
+// of the call chain, and invocations that the call cascades into (the
+// handler's own Set emits PropertyChanged on the same subject, for
+// instance) with the same key pass straight through, neither counted nor
+// refused. Only the outermost invocation of a key counts, so a handler that
+// writes and then fails still opens the circuit, and a half-open trial's
+// own cascade is not refused as a second trial.
 func (b *Breaker) Middleware() krules.Middleware {
 	return func(ctx context.Context, ev *krules.Event, next krules.Next) error {
 		key := b.cfg.Key(ctx, ev)
+		hk := breakerHeld{b, key}
+		if ctx.Value(hk) != nil {
+			return next(ctx) // reentrant: this call chain already holds key
+		}
 		gen, trial, ok, tr := b.allow(key)
 		b.notify(tr)
 		if !ok {
@@ -176,7 +194,7 @@ func (b *Breaker) Middleware() krules.Middleware {
 				b.notify(b.record(key, gen, trial, true))
 			}
 		}()
-		err := next(ctx)
+		err := next(context.WithValue(ctx, hk, true))
 		done = true
 		if err != nil && !b.cfg.IsFailure(err) {
 			b.notify(b.release(key, gen, trial))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -309,4 +310,78 @@ func TestBreakerPanic(t *testing.T) {
 	if b.State("p") != middleware.StateOpen {
 		t.Fatalf("state %v, want open", b.State("p"))
 	}
+}
+
+// TestBreakerCascadeStillOpens: with the default per-subject key, a handler
+// that writes (its Set cascades PropertyChanged to a succeeding handler on
+// the same subject, through the same breaker) and then fails must still
+// open the circuit: the nested success is not counted.
+func TestBreakerCascadeStillOpens(t *testing.T) {
+	b := middleware.NewBreaker(middleware.BreakerConfig{FailureThreshold: 3})
+	h := newHarness(t, b.Middleware())
+	var calls, changed counter
+	h.app.On("order.created").Do(func(ctx context.Context, ev *krules.Event) error {
+		n := calls.inc()
+		if _, _, err := ev.Subject.Set(ctx, "attempt", n); err != nil { // emits PropertyChanged
+			return err
+		}
+		return errTransient
+	})
+	h.app.On(krules.PropertyChanged).Do(func(context.Context, *krules.Event) error { changed.inc(); return nil })
+	for range 10 {
+		h.emit(t, t.Context(), "order.created", "o-1", nil)
+	}
+	if got := b.State("o-1"); got != middleware.StateOpen {
+		t.Fatalf("state %v after 10 consecutive failures (threshold 3), want open", got)
+	}
+	if calls.get() != 3 || changed.get() != 3 {
+		t.Fatalf("handler ran %d times, cascade %d, want 3 and 3", calls.get(), changed.get())
+	}
+	open := 0
+	for _, f := range h.failures() {
+		if errors.Is(f.err, middleware.ErrCircuitOpen) {
+			open++
+		}
+	}
+	if open != 7 {
+		t.Fatalf("%d ErrCircuitOpen, want 7", open)
+	}
+}
+
+// TestBreakerHalfOpenTrialCascade: the half-open trial call's own cascade on
+// the same subject runs (it is not refused as a second trial), and the
+// trial's success closes the circuit.
+func TestBreakerHalfOpenTrialCascade(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := middleware.NewBreaker(middleware.BreakerConfig{FailureThreshold: 1, CoolDown: time.Second})
+		h := newHarness(t, b.Middleware())
+		var fail atomic.Bool
+		fail.Store(true)
+		var cascaded counter
+		h.app.On("order.created").Do(func(ctx context.Context, ev *krules.Event) error {
+			if fail.Load() {
+				return errTransient
+			}
+			_, _, err := ev.Subject.Set(ctx, "status", "ok")
+			return err
+		})
+		h.app.On(krules.PropertyChanged).Do(func(context.Context, *krules.Event) error { cascaded.inc(); return nil })
+		h.emit(t, t.Context(), "order.created", "o-1", nil) // opens
+		if got := b.State("o-1"); got != middleware.StateOpen {
+			t.Fatalf("state %v, want open", got)
+		}
+		h.failures()
+		time.Sleep(time.Second)
+		fail.Store(false)
+		h.emit(t, t.Context(), "order.created", "o-1", nil) // the trial
+		if fs := h.failures(); len(fs) != 0 {
+			t.Fatalf("trial call errors: %v", fs)
+		}
+		if cascaded.get() != 1 {
+			t.Fatalf("PropertyChanged handler of the trial's own Set ran %d times, want 1", cascaded.get())
+		}
+		if got := b.State("o-1"); got != middleware.StateClosed {
+			t.Fatalf("state %v after a successful trial, want closed", got)
+		}
+	})
 }
