@@ -121,9 +121,15 @@ func (d *Dispatcher) Send(ctx context.Context, url string, e *event.Event) error
 }
 
 // dispatchState is kept in the event's metadata so the middleware, which
-// runs once per matching handler, sends once per event.
+// runs once per matching handler, sends once per event. It records the
+// outcome: after a failed send, failedIn names the handler whose middleware
+// sent, so that a retry of that handler's chain (middleware.Retry outside
+// the egress middleware) sends again instead of being a silent no-op.
 type dispatchState struct {
-	policy Policy
+	policy   Policy
+	sent     bool   // a send succeeded (or was never due: PolicyNever)
+	failed   bool   // the last send failed
+	failedIn string // HandlerName of the chain of the last failed send
 }
 
 const metaState = "_krules_dispatch_state"
@@ -138,9 +144,16 @@ const metaState = "_krules_dispatch_state"
 //   - both: every local handler runs.
 //
 // A failed dispatch is recorded in MetaDispatchError and returned from the
-// middleware of the first handler, so it reaches the App's error handler
-// (krules.WithErrorHandler); a successful one sets MetaDispatched and
-// MetaDispatchedURL. Events without MetaDispatchURL pass through.
+// middleware of the handler that sent it, so it reaches the App's error
+// handler (krules.WithErrorHandler); a successful one sets MetaDispatched
+// and MetaDispatchedURL (and MetaDispatchError to nil after an earlier
+// failure). Events without MetaDispatchURL pass through.
+//
+// Retries: place the egress middleware inside middleware.Retry
+// (app.Use(middleware.Retry(...), d.Middleware())). When the chain of the
+// handler whose send failed runs again, the event is sent again, and the
+// failure of the last attempt is what Retry reports. The middleware of the
+// other handlers of the event does not send again after a failure.
 //
 // Middleware only runs for events that have a matching handler; register
 // one with Route for events that have none locally.
@@ -150,26 +163,40 @@ func (d *Dispatcher) Middleware() krules.Middleware {
 		if !ok || target == nil {
 			return next(ctx)
 		}
-		if st, ok := ev.Meta(metaState); ok {
-			if s, ok := st.(*dispatchState); ok && s.policy == PolicyDirect {
+		var st *dispatchState
+		if v, ok := ev.Meta(metaState); ok {
+			st, _ = v.(*dispatchState)
+		}
+		if st != nil && (st.sent || !st.failed || st.failedIn != krules.HandlerName(ctx)) {
+			// Already sent, or failed in another handler's chain (reported
+			// there): apply the policy only.
+			if st.policy == PolicyDirect {
 				return nil
 			}
 			return next(ctx)
 		}
-		policy := d.policy(ctx, ev)
-		ev.SetMeta(metaState, &dispatchState{policy: policy})
-		if policy == PolicyNever {
+		if st == nil {
+			st = &dispatchState{policy: d.policy(ctx, ev)}
+			ev.SetMeta(metaState, st)
+		}
+		if st.policy == PolicyNever {
+			st.sent = true
 			return next(ctx)
 		}
-		dispErr := d.dispatchMeta(ctx, ev, target)
-		if policy == PolicyDirect {
+		dispErr := d.dispatchMeta(ctx, ev, target, st.failed)
+		st.failed = dispErr != nil
+		st.sent = dispErr == nil
+		if st.failed {
+			st.failedIn = krules.HandlerName(ctx)
+		}
+		if st.policy == PolicyDirect {
 			return dispErr
 		}
 		return errors.Join(dispErr, next(ctx))
 	}
 }
 
-func (d *Dispatcher) dispatchMeta(ctx context.Context, ev *krules.Event, target any) error {
+func (d *Dispatcher) dispatchMeta(ctx context.Context, ev *krules.Event, target any, retry bool) error {
 	var url string
 	name := ""
 	if ev.Subject != nil {
@@ -190,6 +217,9 @@ func (d *Dispatcher) dispatchMeta(ctx context.Context, ev *krules.Event, target 
 	if _, err := d.Dispatch(ctx, ev, url); err != nil {
 		ev.SetMeta(MetaDispatchError, err.Error())
 		return err
+	}
+	if retry {
+		ev.SetMeta(MetaDispatchError, nil)
 	}
 	ev.SetMeta(MetaDispatched, true)
 	ev.SetMeta(MetaDispatchedURL, url)

@@ -7,9 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/middleware"
 	"github.com/krules-go/krules/transport/cloudevents"
 )
 
@@ -278,4 +281,63 @@ func TestNormalizeExtensionName(t *testing.T) {
 			t.Errorf("NormalizeExtensionName(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// A send that fails inside middleware.Retry is really sent again on the
+// next attempt, and the last failure reaches the error handler.
+func TestDispatchUnderRetrySendsAgain(t *testing.T) {
+	var fails atomic.Int64 // answers 503 while > 0
+	var posts atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		if fails.Add(-1) >= 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	t.Cleanup(srv.Close)
+	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Source: "t"})
+	run := func(t *testing.T, failing int64) (*errSink, *krules.Event) {
+		fails.Store(failing)
+		posts.Store(0)
+		es := &errSink{}
+		app := krules.New(krules.WithErrorHandler(es.handle))
+		app.Use(middleware.Retry(middleware.RetryConfig{MaxAttempts: 3, InitialBackoff: time.Millisecond}), d.Middleware())
+		var seen *krules.Event
+		app.Use(func(ctx context.Context, ev *krules.Event, next krules.Next) error { seen = ev; return next(ctx) })
+		d.Route(app, "order.approved")
+		if err := app.Emit(context.Background(), "order.approved", app.Subject("o-1"), nil,
+			krules.WithMeta(cloudevents.MetaDispatchURL, srv.URL),
+			krules.WithMeta(cloudevents.MetaDispatchPolicy, "both")); err != nil {
+			t.Fatal(err)
+		}
+		return es, seen
+	}
+	t.Run("always failing", func(t *testing.T) {
+		es, _ := run(t, 100)
+		if got := posts.Load(); got != 3 {
+			t.Errorf("POSTs = %d, want 3 (one per attempt)", got)
+		}
+		errs := es.all()
+		var se *cloudevents.StatusError
+		if len(errs) != 1 || !errors.Is(errs[0], middleware.ErrRetriesExhausted) || !errors.As(errs[0], &se) || se.Code != http.StatusServiceUnavailable {
+			t.Fatalf("errors = %v, want one ErrRetriesExhausted wrapping *StatusError 503", errs)
+		}
+	})
+	t.Run("recovering", func(t *testing.T) {
+		es, ev := run(t, 1)
+		if got := posts.Load(); got != 2 {
+			t.Errorf("POSTs = %d, want 2", got)
+		}
+		if errs := es.all(); len(errs) != 0 {
+			t.Fatalf("errors = %v after a successful retry", errs)
+		}
+		if ok, _ := ev.Meta(cloudevents.MetaDispatched); ok != true {
+			t.Errorf("MetaDispatched = %v", ok)
+		}
+		if v, _ := ev.Meta(cloudevents.MetaDispatchError); v != nil {
+			t.Errorf("MetaDispatchError = %v after a successful retry", v)
+		}
+	})
 }
