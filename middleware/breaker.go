@@ -84,20 +84,37 @@ type BreakerConfig struct {
 }
 
 // Breaker is a set of circuit breakers, one per key (see BreakerConfig.Key).
-// It is safe for concurrent use. Memory: a key is kept only while its
-// circuit is not closed or has recent failures; a success in the closed
-// state forgets it, so keying by subject does not grow without bound.
+// It is safe for concurrent use.
+//
+// Memory: a key is kept only while its circuit is not closed or has
+// failures; a success in the closed state forgets it at once. Idle keys are
+// swept when a new key is added and either the number of keys has doubled
+// since the last sweep or a CoolDown has passed since it: a sweep forgets
+// every circuit with no trial call running and no activity (failure,
+// opening, trial call) for at least CoolDown, so keying by subject keeps
+// about as many keys as were active within one CoolDown. Forgetting a
+// closed circuit drops its failure count (the failures were not
+// consecutive within a CoolDown); forgetting an open or half-open one closes
+// it, reported to OnStateChange as a transition to StateClosed, and its next
+// call runs as in a closed circuit rather than as a trial.
 type Breaker struct {
-	cfg      BreakerConfig
-	mu       sync.Mutex
-	circuits map[string]*circuit
-	gen      uint64
+	cfg       BreakerConfig
+	mu        sync.Mutex
+	circuits  map[string]*circuit
+	gen       uint64
+	sweepAt   int       // sweep when a new key makes len(circuits) reach this
+	lastSweep time.Time // or when a CoolDown has passed since this
 }
+
+// breakerSweepMin is the number of keys under which Breaker sweeps only by
+// time.
+const breakerSweepMin = 1024
 
 type circuit struct {
 	state     State
 	failures  int       // consecutive failures (closed)
 	openedAt  time.Time // when it opened (open)
+	last      time.Time // last activity: failure, opening, trial start or end
 	inFlight  int       // trial calls running (half-open)
 	successes int       // successful trial calls (half-open)
 	gen       uint64    // half-open period the trial calls belong to
@@ -123,7 +140,7 @@ func NewBreaker(cfg BreakerConfig) *Breaker {
 	if cfg.IsFailure == nil {
 		cfg.IsFailure = defaultIsFailure
 	}
-	return &Breaker{cfg: cfg, circuits: map[string]*circuit{}}
+	return &Breaker{cfg: cfg, circuits: map[string]*circuit{}, sweepAt: breakerSweepMin, lastSweep: time.Now()}
 }
 
 func defaultIsFailure(err error) bool {
@@ -136,7 +153,7 @@ func defaultIsFailure(err error) bool {
 func CircuitBreaker(cfg BreakerConfig) krules.Middleware { return NewBreaker(cfg).Middleware() }
 
 // State returns the state of key's circuit (StateClosed for a key never
-// seen). An open circuit whose cool-down has passed is reported as
+// seen or forgotten, see Breaker). An open circuit whose cool-down has passed is reported as
 // StateHalfOpen only once a call has been let through; until then it is
 // StateOpen.
 func (b *Breaker) State(key string) State {
@@ -191,7 +208,7 @@ func (b *Breaker) Middleware() krules.Middleware {
 		done := false
 		defer func() {
 			if !done { // a panic counts as a failure and keeps unwinding
-				b.notify(b.record(key, gen, trial, true))
+				b.notifyAll(b.record(key, gen, trial, true))
 			}
 		}()
 		err := next(context.WithValue(ctx, hk, true))
@@ -200,7 +217,7 @@ func (b *Breaker) Middleware() krules.Middleware {
 			b.notify(b.release(key, gen, trial))
 			return err
 		}
-		b.notify(b.record(key, gen, trial, err != nil))
+		b.notifyAll(b.record(key, gen, trial, err != nil))
 		return err
 	}
 }
@@ -209,6 +226,30 @@ func (b *Breaker) notify(tr *transition) {
 	if tr != nil && b.cfg.OnStateChange != nil {
 		b.cfg.OnStateChange(tr.key, tr.from, tr.to)
 	}
+}
+
+func (b *Breaker) notifyAll(trs []transition) {
+	for i := range trs {
+		b.notify(&trs[i])
+	}
+}
+
+// sweep forgets idle circuits (see Breaker) and returns the transitions of
+// the open and half-open ones it closed; called with b.mu held.
+func (b *Breaker) sweep(now time.Time) []transition {
+	var trs []transition
+	for k, c := range b.circuits {
+		if c.inFlight > 0 || now.Sub(c.last) < b.cfg.CoolDown {
+			continue
+		}
+		delete(b.circuits, k)
+		if c.state != StateClosed {
+			trs = append(trs, transition{k, c.state, StateClosed})
+		}
+	}
+	b.sweepAt = max(breakerSweepMin, 2*len(b.circuits))
+	b.lastSweep = now
+	return trs
 }
 
 // allow decides whether a call may run; trial reports a half-open trial.
@@ -225,36 +266,40 @@ func (b *Breaker) allow(key string) (gen uint64, trial, ok bool, tr *transition)
 			return 0, false, false, nil
 		}
 		b.gen++
-		c.state, c.gen, c.inFlight, c.successes = StateHalfOpen, b.gen, 1, 0
+		c.state, c.gen, c.inFlight, c.successes, c.last = StateHalfOpen, b.gen, 1, 0, time.Now()
 		return c.gen, true, true, &transition{key, StateOpen, StateHalfOpen}
 	case StateHalfOpen:
 		if c.inFlight >= b.cfg.HalfOpenMaxCalls {
 			return 0, false, false, nil
 		}
 		c.inFlight++
+		c.last = time.Now()
 		return c.gen, true, true, nil
 	}
 	return 0, false, true, nil
 }
 
-// record applies the outcome of a call admitted by allow.
-func (b *Breaker) record(key string, gen uint64, trial, failed bool) *transition {
+// record applies the outcome of a call admitted by allow and returns the
+// transitions to report (its own, and those of a sweep it ran).
+func (b *Breaker) record(key string, gen uint64, trial, failed bool) []transition {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	now := time.Now()
 	c, found := b.circuits[key]
 	if trial {
 		if !found || c.state != StateHalfOpen || c.gen != gen {
 			return nil // stale trial
 		}
 		c.inFlight--
+		c.last = now
 		if failed {
-			c.state, c.openedAt, c.failures = StateOpen, time.Now(), 0
-			return &transition{key, StateHalfOpen, StateOpen}
+			c.state, c.openedAt, c.failures = StateOpen, now, 0
+			return []transition{{key, StateHalfOpen, StateOpen}}
 		}
 		c.successes++
 		if c.successes >= b.cfg.SuccessThreshold {
 			delete(b.circuits, key)
-			return &transition{key, StateHalfOpen, StateClosed}
+			return []transition{{key, StateHalfOpen, StateClosed}}
 		}
 		return nil
 	}
@@ -266,16 +311,21 @@ func (b *Breaker) record(key string, gen uint64, trial, failed bool) *transition
 		delete(b.circuits, key)
 		return nil
 	}
+	var trs []transition
 	if !found {
+		if len(b.circuits)+1 >= b.sweepAt || now.Sub(b.lastSweep) >= b.cfg.CoolDown {
+			trs = b.sweep(now)
+		}
 		c = &circuit{state: StateClosed}
 		b.circuits[key] = c
 	}
 	c.failures++
+	c.last = now
 	if c.failures >= b.cfg.FailureThreshold {
-		c.state, c.openedAt, c.failures = StateOpen, time.Now(), 0
-		return &transition{key, StateClosed, StateOpen}
+		c.state, c.openedAt, c.failures = StateOpen, now, 0
+		trs = append(trs, transition{key, StateClosed, StateOpen})
 	}
-	return nil
+	return trs
 }
 
 // release frees a trial slot without counting the outcome.
@@ -287,6 +337,7 @@ func (b *Breaker) release(key string, gen uint64, trial bool) *transition {
 	defer b.mu.Unlock()
 	if c, ok := b.circuits[key]; ok && c.state == StateHalfOpen && c.gen == gen {
 		c.inFlight--
+		c.last = time.Now()
 	}
 	return nil
 }
