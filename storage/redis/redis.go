@@ -201,8 +201,8 @@ func (b *Backend) Load(ctx context.Context, subject string) (storage.Snapshot, e
 			continue
 		}
 		kind, name := storage.Kind(f[0]), f[1:]
-		if !kind.Valid() {
-			continue
+		if !kind.Valid() || name == "" {
+			continue // not a property field of this layout
 		}
 		v, err := decode(text)
 		if err != nil {
@@ -420,6 +420,11 @@ var opNames = [...]string{storage.OpInc: "inc", storage.OpAppend: "append", stor
 func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *storage.Op) (any, any, error) {
 	if op.Kind < storage.OpInc || op.Kind > storage.OpMin {
 		return nil, nil, propErr("set", subject, k, fmt.Errorf("%w: unknown operation %v", storage.ErrInvalidValue, op.Kind))
+	}
+	// Validate the argument (a hand-built Op may carry anything): applying
+	// it to a missing value checks its type without touching the store.
+	if _, err := op.Apply(nil, false); err != nil {
+		return nil, nil, propErr(op.Kind.String(), subject, k, err)
 	}
 	arg, err := storage.Marshal(op.Arg)
 	if err != nil {
