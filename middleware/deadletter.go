@@ -67,6 +67,15 @@ type DeadLetterConfig struct {
 // of handlers of EventType itself are never dead-lettered, so a failing
 // dead-letter handler cannot loop. Panics are not seen unless Recover is
 // inside DeadLetter (Resilient does that).
+//
+// DeadLetter fires once per failed invocation, not once per event: under an
+// at-least-once transport that redelivers events whose handlers failed (the
+// NATS worker of transport/nats, for instance), it fires on every failed
+// delivery, up to the transport's delivery limit, and the transport then
+// dead-letters the event itself as well. Set Absorb to make the first
+// dead-lettered failure final: the error no longer reaches the App's error
+// handler, so such a transport sees the event as handled, acks it and does
+// not redeliver it.
 func DeadLetter(cfg DeadLetterConfig) krules.Middleware {
 	if cfg.EventType == "" {
 		cfg.EventType = DefaultDeadLetterEvent
