@@ -191,7 +191,17 @@ func (p *Publisher) publishKrules(ctx context.Context, ev *krules.Event, stream 
 	return err
 }
 
-type publishState struct{ policy cloudevents.Policy }
+// publishState is kept in the event's metadata so the middleware, which
+// runs once per matching handler, publishes once per event. After a failed
+// publish, failedIn names the handler whose chain published, so that a
+// retry of that chain (middleware.Retry outside this middleware) publishes
+// again instead of being a silent no-op.
+type publishState struct {
+	policy   cloudevents.Policy
+	sent     bool   // a publish succeeded (or was never due: PolicyNever)
+	failed   bool   // the last publish failed
+	failedIn string // HandlerName of the chain of the last failed publish
+}
 
 const metaPublishState = "_krules_publish_state"
 
@@ -199,7 +209,14 @@ const metaPublishState = "_krules_publish_state"
 // MetaTopic to that stream, once per event, and then by policy
 // (cloudevents.MetaDispatchPolicy, else the configured default) runs no
 // local handler ("direct") or all of them ("both"). A failed publish is
-// recorded in MetaPublishError and reaches the App's error handler.
+// recorded in MetaPublishError and returned from the middleware of the
+// handler that published, so it reaches the App's error handler.
+//
+// Retries: place this middleware inside middleware.Retry
+// (app.Use(middleware.Retry(...), p.Middleware())). When the chain of the
+// handler whose publish failed runs again, the event is published again,
+// and the failure of the last attempt is what Retry reports; the other
+// handlers' middleware does not publish again after a failure.
 // Middleware only runs for events with a matching handler.
 func (p *Publisher) Middleware() krules.Middleware {
 	return func(ctx context.Context, ev *krules.Event, next krules.Next) error {
@@ -207,30 +224,41 @@ func (p *Publisher) Middleware() krules.Middleware {
 		if !ok || topic == nil {
 			return next(ctx)
 		}
-		if st, ok := ev.Meta(metaPublishState); ok {
-			if s, ok := st.(*publishState); ok && s.policy == cloudevents.PolicyDirect {
+		var st *publishState
+		if v, ok := ev.Meta(metaPublishState); ok {
+			st, _ = v.(*publishState)
+		}
+		if st != nil && (st.sent || !st.failed || st.failedIn != krules.HandlerName(ctx)) {
+			// Already published, or failed in another handler's chain
+			// (reported there): apply the policy only.
+			if st.policy == cloudevents.PolicyDirect {
 				return nil
 			}
 			return next(ctx)
 		}
-		policy := p.cfg.DefaultPolicy
-		if v, ok := ev.Meta(cloudevents.MetaDispatchPolicy); ok {
-			switch x := v.(type) {
-			case string:
-				policy = cloudevents.Policy(x)
-			case cloudevents.Policy:
-				policy = x
+		if st == nil {
+			policy := p.cfg.DefaultPolicy
+			if v, ok := ev.Meta(cloudevents.MetaDispatchPolicy); ok {
+				switch x := v.(type) {
+				case string:
+					policy = cloudevents.Policy(x)
+				case cloudevents.Policy:
+					policy = x
+				}
 			}
+			switch policy {
+			case cloudevents.PolicyAlways:
+				policy = cloudevents.PolicyBoth
+			case cloudevents.PolicyBoth, cloudevents.PolicyNever:
+			default:
+				policy = cloudevents.PolicyDirect
+			}
+			st = &publishState{policy: policy}
+			ev.SetMeta(metaPublishState, st)
 		}
-		switch policy {
-		case cloudevents.PolicyAlways:
-			policy = cloudevents.PolicyBoth
-		case cloudevents.PolicyBoth, cloudevents.PolicyNever:
-		default:
-			policy = cloudevents.PolicyDirect
-		}
-		ev.SetMeta(metaPublishState, &publishState{policy: policy})
+		policy := st.policy
 		if policy == cloudevents.PolicyNever {
+			st.sent = true
 			return next(ctx)
 		}
 		name := ev.Subject.Name()
@@ -249,9 +277,15 @@ func (p *Publisher) Middleware() krules.Middleware {
 		}
 		if err != nil {
 			ev.SetMeta(MetaPublishError, err.Error())
+			st.failedIn = krules.HandlerName(ctx)
 		} else {
+			if st.failed {
+				ev.SetMeta(MetaPublishError, nil)
+			}
 			ev.SetMeta(MetaPublished, true)
 		}
+		st.failed = err != nil
+		st.sent = err == nil
 		if policy == cloudevents.PolicyDirect {
 			return err
 		}

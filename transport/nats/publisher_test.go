@@ -14,6 +14,7 @@ import (
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/internal/testenv"
+	"github.com/krules-go/krules/middleware"
 	"github.com/krules-go/krules/transport/cloudevents"
 	knats "github.com/krules-go/krules/transport/nats"
 )
@@ -248,4 +249,61 @@ func notify(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
+}
+
+// A publish that fails inside middleware.Retry is really published again on
+// the next attempt (it used to be a silent no-op), and a failure of the last
+// attempt reaches the error handler.
+func TestPublisherMiddlewareUnderRetry(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	ctx := context.Background()
+	p, err := knats.NewPublisher(ctx, js, knats.PublisherConfig{Stream: stream, Source: "producer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(t *testing.T, failing int) (calls int, errs []error, ev *krules.Event) {
+		app := krules.New(krules.WithErrorHandler(func(_ context.Context, _ *krules.Event, _ string, err error) { errs = append(errs, err) }))
+		app.Use(middleware.Retry(middleware.RetryConfig{MaxAttempts: 3, InitialBackoff: time.Millisecond}), p.Middleware())
+		app.On("x").Do(func(_ context.Context, e *krules.Event) error { ev = e; return nil })
+		topic := func(string, string) string {
+			calls++
+			if calls <= failing {
+				return "no_such_stream_" + stream
+			}
+			return stream
+		}
+		if err := app.Emit(ctx, "x", app.Subject("s"), nil, krules.WithMeta(knats.MetaTopic, topic), krules.WithMeta(cloudevents.MetaDispatchPolicy, "both")); err != nil {
+			t.Fatal(err)
+		}
+		return calls, errs, ev
+	}
+	t.Run("always failing", func(t *testing.T) {
+		calls, errs, _ := run(t, 100)
+		if calls != 3 {
+			t.Errorf("publish attempts = %d, want 3", calls)
+		}
+		if len(errs) != 1 || !errors.Is(errs[0], middleware.ErrRetriesExhausted) || !errors.Is(errs[0], jetstream.ErrStreamNotFound) {
+			t.Fatalf("errors = %v, want one ErrRetriesExhausted wrapping ErrStreamNotFound", errs)
+		}
+	})
+	t.Run("recovering", func(t *testing.T) {
+		calls, errs, ev := run(t, 1)
+		if calls != 2 || len(errs) != 0 {
+			t.Fatalf("attempts %d, errors %v; want 2 attempts and no error", calls, errs)
+		}
+		if ok, _ := ev.Meta(knats.MetaPublished); ok != true {
+			t.Errorf("MetaPublished = %v", ok)
+		}
+		if v, _ := ev.Meta(knats.MetaPublishError); v != nil {
+			t.Errorf("MetaPublishError = %v after a successful retry", v)
+		}
+		st, err := js.Stream(ctx, stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err := st.Info(ctx); err != nil || info.State.Msgs != 1 {
+			t.Errorf("stream info %v (%v), want 1 message", info, err)
+		}
+	})
 }
