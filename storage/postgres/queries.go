@@ -62,7 +62,11 @@ const (
 	minExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN ` + isNum + ` THEN (CASE WHEN v::numeric <= ` + argNum + ` THEN v ELSE ` + arg + ` END) END`
 	appExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN jsonb_typeof(v) = 'array' THEN v || ` + arg + ` END`
 	numOK   = `(` + absent + ` OR ` + isNum + `)`
-	arrOK   = `(` + absent + ` OR jsonb_typeof(v) = 'array')`
+	// incOK also refuses a sum beyond float64 (numeric has no such limit, but
+	// every reader decodes numbers as float64): nothing is written, and
+	// Op.Apply then reports ErrInvalidValue as on every other backend.
+	incOK = `(` + absent + ` OR (` + isNum + ` AND abs(v::numeric + ` + argNum + `) <= 1.7976931348623157e308))`
+	arrOK = `(` + absent + ` OR jsonb_typeof(v) = 'array')`
 )
 
 // delTemplate removes one property in one statement and returns its old
@@ -88,7 +92,7 @@ func buildQueries(table, col string) queries {
 	return queries{
 		get:       expand(`SELECT {C} -> $2::text FROM {T} WHERE subject_name = $1::text`, table, col),
 		set:       expand(setTemplate, table, col, "{NV}", arg, "{OK}", "true", "{RET}", "NULL::jsonb"),
-		inc:       op(incExpr, numOK),
+		inc:       op(incExpr, incOK),
 		appendOp:  op(appExpr, arrOK),
 		maxOp:     op(maxExpr, numOK),
 		minOp:     op(minExpr, numOK),

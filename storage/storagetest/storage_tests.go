@@ -668,4 +668,19 @@ func testIncFloats(t *testing.T, s *suite) {
 		t.Errorf("3 + Inc(-0.25) = %s, want float64(2.75)", describe(nv))
 	}
 	s.expectValue(subj, k, 2.75)
+
+	// A sum beyond float64 is refused and nothing is written (the value
+	// model has no ±Inf; a backend computing in arbitrary precision must
+	// not store what no reader can decode).
+	k = pkey("huge")
+	s.set(subj, k, 1e308)
+	op, err := storage.NewOp(storage.OpInc, 1e308)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nv, _, err := s.b.Set(s.ctx, subj, k, storage.Mutation{Op: op}); !errors.Is(err, storage.ErrInvalidValue) {
+		t.Errorf("1e308 + Inc(1e308) = (%s, %v), want an error wrapping ErrInvalidValue", describe(nv), err)
+	}
+	s.expectValue(subj, k, 1e308)
+	s.load(subj) // the subject still loads
 }
