@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/krules-go/krules/storage/storageurl"
 )
@@ -14,19 +15,28 @@ import (
 type globals struct {
 	storage string
 	output  string
+	timeout time.Duration
 }
 
+// defaultTimeout bounds a whole command (connect included), so an
+// unresponsive server never hangs the shell.
+const defaultTimeout = 30 * time.Second
+
 func (g *globals) register(fs *flag.FlagSet, parent *globals) {
-	defStorage, defOutput := storageurl.URLFromEnv(), "table"
+	defStorage, defOutput, defTimeout := storageurl.URLFromEnv(), "table", defaultTimeout
 	if parent != nil {
-		defStorage, defOutput = parent.storage, parent.output
+		defStorage, defOutput, defTimeout = parent.storage, parent.output, parent.timeout
 	}
 	fs.StringVar(&g.storage, "storage", defStorage, "storage `URL` (default $KRULES_STORAGE, else memory://)")
 	fs.StringVar(&g.output, "o", defOutput, "output `format`: table or json")
 	fs.StringVar(&g.output, "output", defOutput, "output `format`: table or json (same as -o)")
+	fs.DurationVar(&g.timeout, "timeout", defTimeout, "give up after this `duration` (connect included)")
 }
 
 func (g *globals) check() error {
+	if g.timeout <= 0 {
+		return usageErr("--timeout must be positive, got %v", g.timeout)
+	}
 	switch g.output {
 	case "table", "json":
 		return nil

@@ -141,6 +141,9 @@ func subjectCmd(ctx context.Context, parent *globals, args []string, stdout, std
 		c.value = v
 	}
 
+	ctx, cancel := context.WithTimeout(ctx, c.g.timeout)
+	defer cancel()
+	c.ctx = ctx
 	store, err := storageurl.Open(ctx, c.g.storage)
 	if err != nil {
 		if errors.Is(err, storageurl.ErrBadURL) {

@@ -160,9 +160,15 @@ func Open(ctx context.Context, url string, cfg Config) (*Backend, error) {
 	return b, nil
 }
 
+// DefaultConnectTimeout bounds establishing one connection when the URL
+// sets no connect_timeout (see PoolConfig).
+const DefaultConnectTimeout = 10 * time.Second
+
 // PoolConfig parses url (a PostgreSQL URL or keyword/value DSN as accepted
 // by [pgxpool.ParseConfig], e.g. "postgres://user@host:5432/db?pool_max_conns=20")
-// into a pool configuration with the setting krules recommends: when a
+// into a pool configuration with the settings krules recommends: a
+// connect timeout of DefaultConnectTimeout unless the URL sets
+// connect_timeout, and, when a
 // call's ctx ends while a statement runs, pgx sends PostgreSQL a cancel
 // request at once (and closes the connection one second later if the server
 // does not answer). With pgx's default, the connection is only closed, and
@@ -180,6 +186,11 @@ func PoolConfig(url string) (*pgxpool.Config, error) {
 	}
 	pcfg.ConnConfig.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: time.Second}
+	}
+	if pcfg.ConnConfig.ConnectTimeout == 0 {
+		// A server that accepts but never answers must not hang a caller
+		// whose ctx has no deadline; connect_timeout in the URL overrides.
+		pcfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
 	return pcfg, nil
 }

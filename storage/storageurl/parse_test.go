@@ -46,7 +46,7 @@ func TestParseErrors(t *testing.T) {
 		{"   ", "empty URL"},
 		{"/tmp/x.db", "no scheme"},
 		{"mongodb://h/db", `unknown scheme "mongodb"`},
-		{"http://[::1", "missing ']'"},
+		{"http://[::1", "does not parse"},
 		{"memory://host", "memory takes no"},
 		{"memory://?x=1", "memory takes no"},
 		{"bolt://tmp/x.db", `host "tmp"`},
@@ -84,10 +84,23 @@ func TestErrorsHidePasswords(t *testing.T) {
 		"postgres://user:hunter2@h/db?table=",
 		"mongodb://user:hunter2@h/db",
 		"redis://user:hunter2@h:6379/0?a=%zz",
+		"postgres://u@h:1/db?password=hunter2&table=",
+		"host=h password=hunter2 dbname=test",
+		"redis://user:hun/ter2@h",
+		"redis://user:hunter2:x@h:port",
 	} {
 		_, err := parse(u)
-		if err == nil || strings.Contains(err.Error(), "hunter2") {
+		if err == nil || strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "ter2") {
 			t.Errorf("parse(%q) error %v leaks the password", u, err)
 		}
+		if r := Redact(u); strings.Contains(r, "hunter2") || strings.Contains(r, "ter2") {
+			t.Errorf("Redact(%q) = %q leaks the password", u, r)
+		}
+	}
+	if r := Redact("postgres://u@h:1/db?sslpassword=hunter2&bogus=1"); strings.Contains(r, "hunter2") {
+		t.Errorf("Redact leaks sslpassword: %q", r)
+	}
+	if got := Redact("postgres://u:pw@h/db?password=pw2&table=t"); strings.Contains(got, "pw2") || strings.Contains(got, ":pw@") || !strings.Contains(got, "table=t") {
+		t.Errorf("Redact = %q", got)
 	}
 }

@@ -104,14 +104,38 @@ func URLFromEnv() string {
 	return DefaultURL
 }
 
-// Redact returns rawURL with its password replaced by "xxxxx", for logs.
-// A string that does not parse is returned as "<unparsable URL>".
+// Redact returns rawURL with its secrets replaced by "xxxxx", for logs: the
+// password of user:password@ and the query parameters password,
+// sslpassword and passfile (which pgx also accepts). A string that does not
+// parse as a URL with a scheme is returned as "<unparsable URL>", since any
+// part of it could be a secret.
 func Redact(rawURL string) string {
 	u, err := url.Parse(rawURL)
-	if err != nil {
+	if err != nil || u.Scheme == "" {
 		return "<unparsable URL>"
 	}
-	return u.Redacted()
+	return redactURL(u)
+}
+
+// secretParams are query parameters whose values are never printed.
+var secretParams = []string{"password", "sslpassword", "passfile"}
+
+func redactURL(u *url.URL) string {
+	c := *u
+	if c.RawQuery != "" {
+		q, err := url.ParseQuery(c.RawQuery)
+		if err != nil {
+			c.RawQuery = "<unparsable query>"
+		} else {
+			for _, k := range secretParams {
+				if _, ok := q[k]; ok {
+					q.Set(k, "xxxxx")
+				}
+			}
+			c.RawQuery = q.Encode()
+		}
+	}
+	return c.Redacted()
 }
 
 // memoryBackend gives the in-memory store a no-op Close; embedding keeps its
@@ -134,7 +158,11 @@ type spec struct {
 }
 
 func bad(u *url.URL, format string, args ...any) error {
-	return fmt.Errorf("storageurl: %w %s: %s", ErrBadURL, u.Redacted(), fmt.Sprintf(format, args...))
+	shown := "<URL without scheme>"
+	if u.Scheme != "" {
+		shown = redactURL(u)
+	}
+	return fmt.Errorf("storageurl: %w %s: %s", ErrBadURL, shown, fmt.Sprintf(format, args...))
 }
 
 func parse(rawURL string) (spec, error) {
@@ -143,11 +171,9 @@ func parse(rawURL string) (spec, error) {
 	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the URL, password included
-		}
-		return spec{}, fmt.Errorf("storageurl: %w: %v", ErrBadURL, err)
+		// Not even the parser's detail is shown: it quotes parts of the
+		// input, which may be a password ("invalid port \":pa\"").
+		return spec{}, fmt.Errorf("storageurl: %w: the URL does not parse (percent-encode / : @ in a password)", ErrBadURL)
 	}
 	if u.Scheme == "" {
 		return spec{}, bad(u, "no scheme (want memory://, bolt:///path.db, redis://host:port/db, postgres://user@host/db)")
