@@ -27,6 +27,8 @@
 // that changes nothing is still a success.
 //
 // Output is a human-readable table by default; -o json prints JSON.
+// --timeout (default 30s) bounds the whole command, connecting included; an
+// unresponsive server gives exit code 3 when it expires.
 //
 // Exit codes:
 //
