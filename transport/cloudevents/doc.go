@@ -54,6 +54,18 @@
 // and is recorded in the event's MetaDispatchError metadata; it never fails
 // the emitter.
 //
+// Trace context: an event whose metadata holds "traceparent" (and
+// "tracestate") — as middleware/otel's Inject writes them, or
+// krules.WithMeta("traceparent", otel.TraceParent(ctx)) — is sent with
+// the CloudEvent extensions of those names (ce-traceparent,
+// ce-tracestate); the Receiver (Deliver) puts them back into the metadata
+// of the event it emits, where the otel middleware of the receiving App
+// finds them and continues the trace.
+//
+// Retries: install the Dispatcher's middleware inside middleware.Retry
+// (app.Use(middleware.Retry(...), d.Middleware())); a failed send is then
+// really sent again on the next attempt.
+//
 // NewEvent, FromKrules, Payload, Check and Deliver are the conversions the
 // NATS transport (package transport/nats) shares.
 package cloudevents

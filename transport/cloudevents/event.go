@@ -45,7 +45,41 @@ const (
 	ExtOriginID = "originid"
 	// ExtPropertyName carries property_name of property events.
 	ExtPropertyName = "propertyname"
+	// ExtTraceParent and ExtTraceState carry the W3C Trace Context of the
+	// event (the CloudEvents Distributed Tracing extension). FromKrules
+	// fills them from the event metadata of the same names (MetaTraceParent,
+	// MetaTraceState, written by the otel middleware's Inject); Deliver and
+	// the NATS worker copy them back into the metadata of the emitted event,
+	// where the otel middleware's Extract finds them.
+	ExtTraceParent = "traceparent"
+	ExtTraceState  = "tracestate"
 )
+
+// Metadata keys of the W3C Trace Context, the same as the otel
+// middleware's (middleware/otel.MetaTraceParent and MetaTraceState).
+const (
+	MetaTraceParent = "traceparent"
+	MetaTraceState  = "tracestate"
+)
+
+// TraceOptions returns the krules.WithMeta options that put the trace
+// context of e (its traceparent and tracestate extensions, when they are
+// non-empty strings) into the metadata of the event emitted for it. Deliver
+// and the NATS worker use it; it returns nil when e carries no trace.
+func TraceOptions(e *event.Event) []krules.CallOption {
+	if e == nil {
+		return nil
+	}
+	var opts []krules.CallOption
+	ext := e.Extensions()
+	if s, ok := ext[ExtTraceParent].(string); ok && s != "" {
+		opts = append(opts, krules.WithMeta(MetaTraceParent, s))
+		if s, ok := ext[ExtTraceState].(string); ok && s != "" {
+			opts = append(opts, krules.WithMeta(MetaTraceState, s))
+		}
+	}
+	return opts
+}
 
 // ContentTypeJSON is the datacontenttype of the events this package builds.
 const ContentTypeJSON = "application/json"
@@ -241,7 +275,11 @@ func NewEvent(ctx context.Context, eventType, subject string, payload krules.Pay
 
 // FromKrules builds the CloudEvent of a dispatched KRules event: as NewEvent,
 // plus the subject's extended properties as extensions (except the internal
-// ones, see InternalPrefix) and the dataschema metadata.
+// ones, see InternalPrefix), the dataschema metadata, and the trace context
+// metadata (MetaTraceParent, MetaTraceState, when they are non-empty
+// strings) as the traceparent and tracestate extensions. Extended
+// properties named traceparent or tracestate are never sent: a stored trace
+// context would be stale.
 func FromKrules(ctx context.Context, ev *krules.Event, source string) (*event.Event, error) {
 	if ev == nil || ev.Subject == nil {
 		return nil, fmt.Errorf("%w: nil event or subject", ErrMalformed)
@@ -261,7 +299,34 @@ func FromKrules(ctx context.Context, ev *krules.Event, source string) (*event.Ev
 			o.DataSchema = s
 		}
 	}
-	return NewEvent(ctx, ev.Type, ev.Subject.Name(), ev.Payload, o)
+	e, err := NewEvent(ctx, ev.Type, ev.Subject.Name(), ev.Payload, o)
+	if err != nil {
+		return nil, err
+	}
+	// The trace context of this event, never a stale one stored on the
+	// subject.
+	_ = e.Context.SetExtension(ExtTraceParent, nil) // deletes; cannot fail
+	_ = e.Context.SetExtension(ExtTraceState, nil)
+	if tp, ok := metaString(ev, MetaTraceParent); ok {
+		if err := e.Context.SetExtension(ExtTraceParent, tp); err != nil {
+			return nil, fmt.Errorf("%w: event %q on %q: %v", ErrMalformed, ev.Type, ev.Subject.Name(), err)
+		}
+		if ts, ok := metaString(ev, MetaTraceState); ok {
+			if err := e.Context.SetExtension(ExtTraceState, ts); err != nil {
+				return nil, fmt.Errorf("%w: event %q on %q: %v", ErrMalformed, ev.Type, ev.Subject.Name(), err)
+			}
+		}
+	}
+	return e, nil
+}
+
+func metaString(ev *krules.Event, key string) (string, bool) {
+	v, ok := ev.Meta(key)
+	if !ok {
+		return "", false
+	}
+	s, ok := v.(string)
+	return s, ok && s != ""
 }
 
 func marshalPayload(p krules.Payload) ([]byte, error) {
@@ -346,7 +411,7 @@ func Check(e *event.Event) error {
 // Deliver emits a CloudEvent into app: Check, Payload, then
 // app.Emit(type, app.Subject(subject), payload) with the event as
 // MetaCloudEvent metadata and in the handlers' context (FromContext,
-// OriginID). It returns when the handlers are done; their errors go to the
+// OriginID), and its trace context extensions as metadata (TraceOptions). It returns when the handlers are done; their errors go to the
 // App's error handler, not to the caller (as App.Emit). Errors wrapping
 // ErrMalformed mean the event can never be processed.
 func Deliver(ctx context.Context, app *krules.App, e *event.Event, opts ...krules.CallOption) error {
@@ -357,8 +422,9 @@ func Deliver(ctx context.Context, app *krules.App, e *event.Event, opts ...krule
 	if err != nil {
 		return err
 	}
-	all := make([]krules.CallOption, 0, len(opts)+1)
+	all := make([]krules.CallOption, 0, len(opts)+3)
 	all = append(all, krules.WithMeta(MetaCloudEvent, e))
+	all = append(all, TraceOptions(e)...)
 	all = append(all, opts...)
 	if err := app.Emit(NewContext(ctx, e), e.Type(), app.Subject(e.Subject()), p, all...); err != nil {
 		return fmt.Errorf("cloudevents: deliver %q (id %s) on %q: %w", e.Type(), e.ID(), e.Subject(), err)

@@ -38,7 +38,12 @@
 // the stream drops a repeated publish within its de-duplication window
 // (StreamConfig.Duplicates). The CloudEvent subject is the KRules subject;
 // the data is the payload; originid and propertyname extensions and the
-// subject's extended properties travel as in package transport/cloudevents.
+// subject's extended properties travel as in package transport/cloudevents,
+// and so does the trace context: the "traceparent"/"tracestate" metadata
+// (written by middleware/otel's Inject, or given with krules.WithMeta) becomes the CloudEvent extensions
+// of those names, and the Worker puts them back into the metadata of the
+// event it emits, where the otel middleware (installed on the worker's App)
+// continues the producer's trace.
 //
 // # Per-subject order: partitions
 //

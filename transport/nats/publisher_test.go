@@ -307,3 +307,45 @@ func TestPublisherMiddlewareUnderRetry(t *testing.T) {
 		}
 	})
 }
+
+// The trace context metadata ("traceparent"/"tracestate", as the otel
+// middleware's Inject writes it) travels from the publishing App to the
+// event the Worker emits.
+func TestTraceContextTravels(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	ctx := context.Background()
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	const ts = "congo=t61rcWkgMzE"
+	type trace struct{ tp, ts any }
+	arrived := make(chan trace, 1)
+	sink := krules.New()
+	sink.On("order.created").Do(func(_ context.Context, ev *krules.Event) error {
+		var tr trace
+		tr.tp, _ = ev.Meta(cloudevents.MetaTraceParent)
+		tr.ts, _ = ev.Meta(cloudevents.MetaTraceState)
+		arrived <- tr
+		return nil
+	})
+	startWorker(t, newWorker(t, js, sink, knats.WorkerConfig{Stream: stream}))
+
+	p, err := knats.NewPublisher(ctx, js, knats.PublisherConfig{Stream: stream, Source: "producer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := krules.New()
+	p.Install(app)
+	app.On("order.created").Do(func(context.Context, *krules.Event) error { return nil })
+	if err := app.Emit(ctx, "order.created", app.Subject("o-1"), nil, krules.WithMeta(knats.MetaTopic, stream),
+		krules.WithMeta(cloudevents.MetaTraceParent, tp), krules.WithMeta(cloudevents.MetaTraceState, ts)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-arrived:
+		if got.tp != tp || got.ts != ts {
+			t.Errorf("worker metadata traceparent %v tracestate %v, want %q %q", got.tp, got.ts, tp, ts)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("nothing arrived")
+	}
+}

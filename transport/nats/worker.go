@@ -347,11 +347,13 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
 	ectx := krules.ObserveErrors(cloudevents.NewContext(ctx, e), func(_ context.Context, ev *krules.Event, handler string, err error) {
 		f.add(fmt.Errorf("handler %s of %s: %w", handler, ev, err))
 	})
-	err = w.app.Emit(ectx, e.Type(), s, payload,
+	opts := append([]krules.CallOption{
 		krules.WithMeta(cloudevents.MetaCloudEvent, e),
 		krules.WithMeta(MetaStream, w.cfg.Stream),
 		krules.WithMeta(MetaSequence, md.Sequence.Stream),
-		krules.WithMeta(MetaDeliveries, md.NumDelivered))
+		krules.WithMeta(MetaDeliveries, md.NumDelivered),
+	}, cloudevents.TraceOptions(e)...) // traceparent/tracestate metadata
+	err = w.app.Emit(ectx, e.Type(), s, payload, opts...)
 	err = errors.Join(err, f.err())
 	if err == nil && w.cfg.Idempotent {
 		_, _, err = s.SetExt(ctx, AppliedKey, w.record(rec, e, md.Sequence.Stream))
