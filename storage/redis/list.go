@@ -67,11 +67,11 @@ func scanNode(ctx context.Context, c goredis.Cmdable, match, keyPrefix string, y
 
 // scanNodes scans every node reported by forEach (concurrently, as go-redis
 // runs the callbacks) and hands the names to yield from this goroutine.
-func scanNodes(ctx context.Context,
+func scanNodes(parent context.Context,
 	forEach func(context.Context, func(context.Context, *goredis.Client) error) error,
 	match, keyPrefix string, yield func(string, error) bool,
 ) error {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	names := make(chan string)
 	done := make(chan error, 1)
@@ -98,7 +98,12 @@ func scanNodes(ctx context.Context,
 			return nil
 		}
 	}
-	return <-done
+	if err := <-done; err != nil {
+		return err
+	}
+	// A scanner that gave up because the caller's ctx ended reports no
+	// error of its own: the list is incomplete, so say so.
+	return parent.Err()
 }
 
 // globEscape quotes the characters special to Redis glob patterns.
