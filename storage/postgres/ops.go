@@ -515,6 +515,11 @@ func rollback(conn *pgxpool.Conn) {
 // a time (keyset pagination: no connection or transaction is held while the
 // caller consumes the names, so a name added or removed meanwhile may or may
 // not appear). The prefix is literal: LIKE metacharacters are escaped.
+//
+// A non-empty prefix is matched with LIKE, which the primary-key index only
+// serves under the "C" collation (or with an extra text_pattern_ops index on
+// subject_name): on a large table in another collation every page scans the
+// table. Listing is meant for tools and maintenance, not hot paths.
 func (b *Backend) List(ctx context.Context, prefix string) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
 		if b.closed.Load() {
