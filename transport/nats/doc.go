@@ -107,8 +107,10 @@
 // # Idempotency (WorkerConfig.Idempotent)
 //
 // With Idempotent, the worker keeps in the event subject's extended
-// property "_krules_applied" a record {stream: {epoch, seq, ids}}: the
-// stream incarnation, the stream sequence of the last event applied to the
+// property "_krules_applied" a record {"<stream>/<group>": {epoch, seq,
+// ids}} (one entry per stream and worker group, so that several groups
+// consuming one stream each apply every event once): the stream
+// incarnation, the stream sequence of the last event applied to the
 // subject, and the ids of the last IdempotencyIDs CloudEvents applied. The
 // record is read (with the subject, into ev.Subject's cache) before the
 // handlers run and written into the same cache after they succeed, and one

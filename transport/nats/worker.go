@@ -482,7 +482,7 @@ func (w *Worker) applied(ctx context.Context, s *krules.Subject, e *event.Event,
 		return nil, false, err
 	}
 	all, _ := v.(map[string]any)
-	rec, _ := all[w.cfg.Stream].(map[string]any)
+	rec, _ := all[w.recordKey()].(map[string]any)
 	if rec == nil {
 		return all, false, nil
 	}
@@ -504,7 +504,7 @@ func (w *Worker) record(all map[string]any, e *event.Event, seq uint64) map[stri
 		out[k] = v
 	}
 	var ids []any
-	if rec, ok := all[w.cfg.Stream].(map[string]any); ok {
+	if rec, ok := all[w.recordKey()].(map[string]any); ok {
 		if old, ok := rec["ids"].([]any); ok {
 			ids = old
 		}
@@ -513,9 +513,14 @@ func (w *Worker) record(all map[string]any, e *event.Event, seq uint64) map[stri
 	if len(ids) > w.cfg.IdempotencyIDs {
 		ids = ids[len(ids)-w.cfg.IdempotencyIDs:]
 	}
-	out[w.cfg.Stream] = map[string]any{"epoch": w.epoch, "seq": int64(seq), "ids": ids}
+	out[w.recordKey()] = map[string]any{"epoch": w.epoch, "seq": int64(seq), "ids": ids}
 	return out
 }
+
+// recordKey is the key of this worker group's entry in the idempotency
+// record: "<stream>/<group>", so that two groups consuming one stream each
+// apply every event once (neither takes the other's events as duplicates).
+func (w *Worker) recordKey() string { return w.cfg.Stream + "/" + w.cfg.Group }
 
 // failures collects the errors of the handlers of one delivery (including
 // the handlers of events they emit with their ctx).

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/storage/memory"
 	"github.com/krules-go/krules/transport/cloudevents"
 	knats "github.com/krules-go/krules/transport/nats"
 )
@@ -389,5 +390,60 @@ func TestPartitionOf(t *testing.T) {
 	// FNV-1a 32 of "" is 2166136261.
 	if got := knats.PartitionOf("", 1000); got != 2166136261%1000 {
 		t.Errorf("PartitionOf(\"\") = %d", got)
+	}
+}
+
+// Two Idempotent groups consuming one stream keep separate idempotency
+// records: each applies every event once (the second group's events used
+// to be taken as duplicates of the first group's).
+func TestIdempotentTwoGroups(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	ctx := context.Background()
+	mem := memory.New()
+	const events = 5
+	handlers := func(prop string, ran chan<- struct{}) *krules.App {
+		app := krules.New(krules.WithStorage(mem))
+		app.On("tick").Do(func(ctx context.Context, ev *krules.Event) error {
+			_, _, err := ev.Subject.Set(ctx, prop, krules.Inc(1))
+			ran <- struct{}{}
+			return err
+		})
+		return app
+	}
+	ranA := make(chan struct{}, events)
+	wa := newWorker(t, js, handlers("billing", ranA), knats.WorkerConfig{Stream: stream, Group: "billing", Idempotent: true})
+	stopA := startWorker(t, wa)
+	p := publisher(t, js, stream)
+	for range events {
+		if _, err := p.Publish(ctx, "tick", "s", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range events {
+		select {
+		case <-ranA:
+		case <-time.After(15 * time.Second):
+			t.Fatalf("group billing: handler ran fewer than %d times; stats %+v", events, wa.Stats())
+		}
+	}
+	if err := stopA(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Group email starts afterwards on the same store: it must not see
+	// billing's record as its own.
+	ranB := make(chan struct{}, events)
+	wb := newWorker(t, js, handlers("email", ranB), knats.WorkerConfig{Stream: stream, Group: "email", Idempotent: true})
+	startWorker(t, wb)
+	waitIdle(t, js, stream, 15*time.Second)
+	s := krules.New(krules.WithStorage(mem)).Subject("s")
+	for _, prop := range []string{"billing", "email"} {
+		if n, err := krules.GetAs[int](ctx, s, prop); err != nil || n != events {
+			t.Errorf("%s = %d (%v), want %d; email stats %+v", prop, n, err, events, wb.Stats())
+		}
+	}
+	if st := wb.Stats(); st.Duplicates != 0 || st.Handled != events {
+		t.Errorf("group email stats %+v, want %d handled and no duplicates", st, events)
 	}
 }
