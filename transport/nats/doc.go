@@ -83,6 +83,12 @@
 // finishes. Keep AckWait comfortably above the longest network outage you
 // want to ride out without that risk.
 //
+// AckWait belongs to the group's consumers: every worker of a group must
+// use the same one. NewWorker refuses (ErrConsumerMismatch) a worker whose
+// AckWait differs from the existing consumers' rather than change the lease
+// of the running workers; to change it, stop the group and delete its
+// consumers, or start a new Group.
+//
 // # Delivery: at least once
 //
 // The worker acks an event only after all its handlers — and the handlers of

@@ -66,6 +66,16 @@ const (
 // redelivered.
 var ErrShutdownTimeout = errors.New("worker shutdown deadline exceeded")
 
+// ErrConsumerMismatch is returned by NewWorker when the group's durable
+// consumers already exist with other settings than this worker's (AckWait,
+// or settings changed outside krules: MaxAckPending, filter, ack policy,
+// MaxDeliver). All workers of a group must use the same AckWait: a worker
+// that silently changed it would shorten the lease of the others and make
+// the server hand their running events to a second worker. To change the
+// AckWait of a group, stop its workers and delete its consumers
+// ("<group>-p<k>") or start a new Group.
+var ErrConsumerMismatch = errors.New("worker group consumer exists with different settings")
+
 // WorkerConfig configures a Worker.
 type WorkerConfig struct {
 	// Stream to consume; required, created by EnsureStream.
@@ -77,7 +87,9 @@ type WorkerConfig struct {
 	// AckWait is how long a delivered event may stay unacknowledged before
 	// the server gives it to another worker. A running handler extends it
 	// (the worker sends in-progress heartbeats every AckWait/3), so it
-	// bounds how long a dead worker holds its partitions. Default
+	// bounds how long a dead worker holds its partitions. It is a setting
+	// of the group's consumers: every worker of a group must use the same
+	// value (else NewWorker fails with ErrConsumerMismatch). Default
 	// DefaultAckWait.
 	AckWait time.Duration
 	// MaxDeliver is how many deliveries a failing event gets; after the
@@ -128,8 +140,9 @@ type Worker struct {
 	running                                                 atomic.Bool
 }
 
-// NewWorker checks the stream, creates (or updates) the group's durable
-// consumers and returns a Worker ready to Run. It installs on app a
+// NewWorker checks the stream, creates the group's durable consumers (or
+// checks that the existing ones have this worker's settings, else
+// ErrConsumerMismatch) and returns a Worker ready to Run. It installs on app a
 // middleware that lets the worker see handler errors and panics (they
 // still reach the App's error handler).
 func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg WorkerConfig) (*Worker, error) {
@@ -167,7 +180,7 @@ func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg
 	}
 	w := &Worker{js: js, app: app, cfg: cfg, log: cfg.Logger, parts: n, epoch: strconv.FormatInt(created.UnixNano(), 36)}
 	for k := range n {
-		c, err := js.CreateOrUpdateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
+		c, err := ensureConsumer(ctx, js, cfg.Stream, jetstream.ConsumerConfig{
 			Durable:       fmt.Sprintf("%s-p%d", cfg.Group, k),
 			Description:   fmt.Sprintf("krules-go worker group %s, partition %d of %d", cfg.Group, k, n),
 			FilterSubject: PartitionSubject(cfg.Stream, k),
@@ -178,11 +191,59 @@ func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg
 			MaxAckPending: 1,  // one event of the partition in flight, group-wide
 		})
 		if err != nil {
-			return nil, fmt.Errorf("krules/nats: stream %q: consumer for partition %d: %w", cfg.Stream, k, err)
+			return nil, fmt.Errorf("krules/nats: stream %q, group %q: consumer for partition %d: %w", cfg.Stream, cfg.Group, k, err)
 		}
 		w.consum = append(w.consum, c)
 	}
 	return w, nil
+}
+
+// ensureConsumer creates the durable consumer, or returns the existing one
+// when the settings the worker group relies on match; otherwise it fails
+// with ErrConsumerMismatch and leaves the consumer as it is (overwriting it
+// would change the lease of the group's running workers under them).
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, want jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	// Look first: servers before 2.10 treat a create as create-or-update.
+	c, err := js.Consumer(ctx, stream, want.Durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		c, err = js.CreateConsumer(ctx, stream, want)
+		if errors.Is(err, jetstream.ErrConsumerExists) {
+			// Created meanwhile by another worker with other settings.
+			c, err = js.Consumer(ctx, stream, want.Durable)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := checkConsumer(c.CachedInfo().Config, want); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkConsumer reports (ErrConsumerMismatch) how an existing consumer's
+// settings differ from those the worker group relies on.
+func checkConsumer(have, want jetstream.ConsumerConfig) error {
+	var diff []string
+	if have.AckWait != want.AckWait {
+		diff = append(diff, fmt.Sprintf("AckWait %s (this worker: %s)", have.AckWait, want.AckWait))
+	}
+	if have.MaxAckPending != want.MaxAckPending {
+		diff = append(diff, fmt.Sprintf("MaxAckPending %d (want %d)", have.MaxAckPending, want.MaxAckPending))
+	}
+	if have.FilterSubject != want.FilterSubject || len(have.FilterSubjects) > 0 {
+		diff = append(diff, fmt.Sprintf("filter %q %q (want %q)", have.FilterSubject, have.FilterSubjects, want.FilterSubject))
+	}
+	if have.AckPolicy != want.AckPolicy {
+		diff = append(diff, fmt.Sprintf("AckPolicy %s (want %s)", have.AckPolicy, want.AckPolicy))
+	}
+	if have.MaxDeliver != want.MaxDeliver {
+		diff = append(diff, fmt.Sprintf("MaxDeliver %d (want %d)", have.MaxDeliver, want.MaxDeliver))
+	}
+	if len(diff) > 0 {
+		return fmt.Errorf("%w: consumer %s has %s", ErrConsumerMismatch, want.Durable, strings.Join(diff, ", "))
+	}
+	return nil
 }
 
 // Partitions returns the stream's partition count.
@@ -268,6 +329,12 @@ func (w *Worker) consume(loopCtx, hctx context.Context, c jetstream.Consumer) er
 		case <-loopDone:
 		}
 	}()
+	// Heartbeats follow the consumer's AckWait (the lease the server
+	// applies), not only this worker's configuration.
+	ackWait := c.CachedInfo().Config.AckWait
+	if ackWait <= 0 {
+		ackWait = w.cfg.AckWait
+	}
 	var fatal error
 	for {
 		m, err := it.Next()
@@ -287,7 +354,7 @@ func (w *Worker) consume(loopCtx, hctx context.Context, c jetstream.Consumer) er
 			_ = m.Nak()
 			continue
 		}
-		w.handle(hctx, m)
+		w.handle(hctx, m, ackWait)
 	}
 	it.Stop()
 	return fatal
@@ -295,7 +362,7 @@ func (w *Worker) consume(loopCtx, hctx context.Context, c jetstream.Consumer) er
 
 // handle processes one delivery. Every path ends in exactly one of: ack,
 // nak (with delay), or dead letter + ack.
-func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
+func (w *Worker) handle(ctx context.Context, m jetstream.Msg, ackWait time.Duration) {
 	md, err := m.Metadata()
 	if err != nil {
 		w.log.Error("krules/nats: message without JetStream metadata; terminated", "subject", m.Subject(), "error", err)
@@ -320,7 +387,7 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 
-	stopHB := w.heartbeat(m)
+	stopHB := w.heartbeat(m, ackWait)
 	defer stopHB()
 
 	s := w.app.Subject(e.Subject())
@@ -444,9 +511,9 @@ func (w *Worker) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstream.
 }
 
 // heartbeat tells the server the event is still being worked on every
-// AckWait/3, until the returned stop function is called.
-func (w *Worker) heartbeat(m jetstream.Msg) (stop func()) {
-	every := w.cfg.AckWait / 3
+// ackWait/3, until the returned stop function is called.
+func (w *Worker) heartbeat(m jetstream.Msg, ackWait time.Duration) (stop func()) {
+	every := ackWait / 3
 	if every <= 0 {
 		return func() {}
 	}

@@ -447,3 +447,32 @@ func TestIdempotentTwoGroups(t *testing.T) {
 		t.Errorf("group email stats %+v, want %d handled and no duplicates", st, events)
 	}
 }
+
+// A worker whose AckWait differs from its group's existing consumers is
+// refused: it used to overwrite the consumers, shortening the lease of the
+// running workers so that the server handed their events to a second one.
+func TestWorkerAckWaitMismatchRefused(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 2)
+	ctx := context.Background()
+	app := krules.New()
+	newWorker(t, js, app, knats.WorkerConfig{Stream: stream, Group: "g", AckWait: 30 * time.Second})
+	// Same settings: another worker of the group joins.
+	newWorker(t, js, app, knats.WorkerConfig{Stream: stream, Group: "g", AckWait: 30 * time.Second})
+
+	_, err := knats.NewWorker(ctx, js, app, knats.WorkerConfig{Stream: stream, Group: "g", AckWait: time.Second})
+	if !errors.Is(err, knats.ErrConsumerMismatch) {
+		t.Fatalf("NewWorker with another AckWait: err = %v, want ErrConsumerMismatch", err)
+	}
+	for k := range 2 {
+		c, err := js.Consumer(ctx, stream, fmt.Sprintf("g-p%d", k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.CachedInfo().Config.AckWait; got != 30*time.Second {
+			t.Errorf("consumer g-p%d AckWait = %s after the refused worker, want 30s", k, got)
+		}
+	}
+	// Another group is independent.
+	newWorker(t, js, app, knats.WorkerConfig{Stream: stream, Group: "h", AckWait: time.Second})
+}
