@@ -74,7 +74,11 @@
 //     any later event of its partition — to a live worker. A handler that
 //     runs long keeps its lease by in-progress heartbeats every AckWait/3.
 //   - Shutdown: Run stops pulling, naks events it received but did not start,
-//     so others take them at once, and acks or naks the ones in flight.
+//     so others take them at once, and acks or naks the ones in flight. A
+//     handler still running at WorkerConfig.ShutdownTimeout is given up: its
+//     context is cancelled, its heartbeats stop, nothing of it is committed,
+//     and Run returns ErrShutdownTimeout without waiting for it; the server
+//     hands its event to another worker after AckWait.
 //
 // The one way to break the order is a lease lost while the worker still
 // runs: a worker cut off from NATS (or stalled) for longer than AckWait

@@ -27,7 +27,11 @@ const (
 	DefaultAckWait         = 30 * time.Second
 	DefaultMaxDeliver      = 5
 	DefaultShutdownTimeout = 30 * time.Second
-	DefaultIdempotencyIDs  = 16
+	// ShutdownGrace is how long Run, past ShutdownTimeout, lets handlers
+	// that honour their cancelled context hand their events back before it
+	// returns without them.
+	ShutdownGrace         = time.Second
+	DefaultIdempotencyIDs = 16
 )
 
 // DefaultBackoff is the default redelivery delay after the 1st, 2nd, 3rd...
@@ -63,7 +67,7 @@ const (
 
 // ErrShutdownTimeout is returned by Run when handlers were still running at
 // the shutdown deadline; their events were not acked and will be
-// redelivered.
+// redelivered (see Worker.Run).
 var ErrShutdownTimeout = errors.New("worker shutdown deadline exceeded")
 
 // ErrConsumerMismatch is returned by NewWorker when the group's durable
@@ -108,8 +112,9 @@ type WorkerConfig struct {
 	// DefaultIdempotencyIDs.
 	IdempotencyIDs int
 	// ShutdownTimeout bounds how long Run waits for running handlers after
-	// its context is cancelled; then their context is cancelled too.
-	// Default DefaultShutdownTimeout.
+	// its context is cancelled; then their context is cancelled too, and
+	// Run returns ErrShutdownTimeout at most ShutdownGrace later, even if a
+	// handler ignores its context. Default DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 	// Logger for delivery problems. Default: the App's logger.
 	Logger *slog.Logger
@@ -260,11 +265,20 @@ func (w *Worker) Stats() Stats {
 // Run consumes until ctx is cancelled, then shuts down gracefully: it stops
 // taking events, hands events it had received but not started back to the
 // server (nak, so another worker takes them at once), waits for running
-// handlers up to ShutdownTimeout (then cancels their context; those events
-// are not acked and will be redelivered, and Run returns an error wrapping
-// ErrShutdownTimeout) and returns nil. It returns early with an error if
-// the connection is closed or a consumer disappears. Run may be called
-// once.
+// handlers up to ShutdownTimeout and returns nil.
+//
+// At the deadline it cancels the handlers' context and returns an error
+// wrapping ErrShutdownTimeout, at most ShutdownGrace later, whether or not
+// the handlers returned. Their events are neither committed nor acked: the
+// worker stops their in-progress heartbeats, so the server hands each of
+// them to another worker after AckWait (at once if the handler honours its
+// context: it is nak'ed). A handler that ignores its context keeps running
+// in the background after Run returned; when it finishes, its writes are
+// not committed through the event's subject and its event is nak'ed —
+// side effects it made by other means happen anyway (at least once).
+//
+// Run returns early with an error if the connection is closed or a
+// consumer disappears. Run may be called once.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.running.CompareAndSwap(false, true) {
 		return errors.New("krules/nats: Worker.Run called twice")
@@ -277,13 +291,16 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer stopLoops()
 
 	var wg sync.WaitGroup
-	errs := make([]error, len(w.consum))
-	for k, c := range w.consum {
+	var mu sync.Mutex // guards errs: an abandoned loop may still write
+	var errs []error
+	for _, c := range w.consum {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := w.consume(loopCtx, hctx, c); err != nil {
-				errs[k] = err
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
 				stopLoops() // a fatal error stops the whole worker
 			}
 		}()
@@ -301,11 +318,20 @@ func (w *Worker) Run(ctx context.Context) error {
 			t.Stop()
 		case <-t.C:
 			timedOut = true
-			hcancel()
-			<-done
+			hcancel() // also stops the heartbeats of the running events
+			grace := time.NewTimer(ShutdownGrace)
+			select {
+			case <-done:
+			case <-grace.C:
+				w.log.Error("krules/nats: handlers still running after the shutdown deadline; returning without them (their events will be redelivered)",
+					"stream", w.cfg.Stream, "timeout", w.cfg.ShutdownTimeout)
+			}
+			grace.Stop()
 		}
 	}
+	mu.Lock()
 	err := errors.Join(errs...)
+	mu.Unlock()
 	if timedOut {
 		err = errors.Join(fmt.Errorf("krules/nats: stream %q: %w (%s)", w.cfg.Stream, ErrShutdownTimeout, w.cfg.ShutdownTimeout), err)
 	}
@@ -387,7 +413,7 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg, ackWait time.Durat
 		return
 	}
 
-	stopHB := w.heartbeat(m, ackWait)
+	stopHB := w.heartbeat(ctx, m, ackWait)
 	defer stopHB()
 
 	s := w.app.Subject(e.Subject())
@@ -422,6 +448,11 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg, ackWait time.Durat
 	}, cloudevents.TraceOptions(e)...) // traceparent/tracestate metadata
 	err = w.app.Emit(ectx, e.Type(), s, payload, opts...)
 	err = errors.Join(err, f.err())
+	if err == nil && ctx.Err() != nil {
+		// Past the shutdown deadline: Run has given the event up (its lease
+		// lapses, another worker may have it already); do not commit.
+		err = ctx.Err()
+	}
 	if err == nil && w.cfg.Idempotent {
 		_, _, err = s.SetExt(ctx, AppliedKey, w.record(rec, e, md.Sequence.Stream))
 	}
@@ -511,31 +542,36 @@ func (w *Worker) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstream.
 }
 
 // heartbeat tells the server the event is still being worked on every
-// ackWait/3, until the returned stop function is called.
-func (w *Worker) heartbeat(m jetstream.Msg, ackWait time.Duration) (stop func()) {
+// ackWait/3, until the returned stop function is called or ctx (the
+// handlers' context) is cancelled at the shutdown deadline — then the lease
+// lapses and the server hands the event to another worker after AckWait.
+func (w *Worker) heartbeat(ctx context.Context, m jetstream.Msg, ackWait time.Duration) (stop func()) {
 	every := ackWait / 3
 	if every <= 0 {
 		return func() {}
 	}
-	var mu sync.Mutex
-	stopped := false
-	var t *time.Timer
-	t = time.AfterFunc(every, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if stopped {
-			return
+	quit := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := m.InProgress(); err != nil {
+					w.log.Warn("krules/nats: in-progress heartbeat failed", "subject", m.Subject(), "error", err)
+				}
+			}
 		}
-		if err := m.InProgress(); err != nil {
-			w.log.Warn("krules/nats: in-progress heartbeat failed", "subject", m.Subject(), "error", err)
-		}
-		t.Reset(every)
-	})
+	}()
+	var once sync.Once
 	return func() {
-		mu.Lock()
-		stopped = true
-		t.Stop()
-		mu.Unlock()
+		once.Do(func() { close(quit); <-exited })
 	}
 }
 

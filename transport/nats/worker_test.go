@@ -476,3 +476,66 @@ func TestWorkerAckWaitMismatchRefused(t *testing.T) {
 	// Another group is independent.
 	newWorker(t, js, app, knats.WorkerConfig{Stream: stream, Group: "h", AckWait: time.Second})
 }
+
+// Run honours ShutdownTimeout even when a handler ignores its context: it
+// returns ErrShutdownTimeout without waiting for it, stops the event's
+// heartbeats so another worker gets it after AckWait, and the stale
+// handler, when it finally returns, commits nothing.
+func TestShutdownDeadlineHandlerIgnoresContext(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	const ackWait = time.Second // the group's lease; heartbeats every 333ms
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	stale := make(chan struct{})
+	app := krules.New()
+	app.On("stuck").Do(func(ctx context.Context, ev *krules.Event) error {
+		started <- struct{}{}
+		<-release // ignores ctx, as does its write
+		_, _, err := ev.Subject.Set(context.Background(), "stale", true)
+		close(stale)
+		return err
+	})
+	t.Cleanup(func() { close(release) })
+	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream, AckWait: ackWait, ShutdownTimeout: 100 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	if _, err := publisher(t, js, stream).Publish(context.Background(), "stuck", "s", nil); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, knats.ErrShutdownTimeout) {
+			t.Fatalf("Run: %v, want ErrShutdownTimeout", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return while a handler ignored its context")
+	}
+
+	// The lease lapses: another worker of the group gets the event while
+	// the first handler still runs.
+	rec := newRecorder(1)
+	app2 := krules.New(krules.WithStorage(memory.New()))
+	app2.On("stuck").Do(func(ctx context.Context, ev *krules.Event) error {
+		d, _ := ev.Meta(knats.MetaDeliveries)
+		rec.add(record{deliv: d.(uint64)})
+		return nil
+	})
+	w2 := newWorker(t, js, app2, knats.WorkerConfig{Stream: stream, AckWait: ackWait})
+	startWorker(t, w2)
+	rec.wait(t, 30*time.Second)
+	if d := rec.all()[0].deliv; d < 2 {
+		t.Fatalf("delivery %d, want a redelivery", d)
+	}
+
+	// The stale handler finishes: its write is not committed.
+	release <- struct{}{}
+	<-stale
+	waitIdle(t, js, stream, 15*time.Second)
+	if ok, err := app.Subject("s").Has(context.Background(), "stale"); err != nil || ok {
+		t.Errorf("stale handler's write committed after the shutdown deadline (has=%v, err=%v)", ok, err)
+	}
+}
