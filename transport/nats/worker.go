@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	natsgo "github.com/nats-io/nats.go"
@@ -515,10 +516,7 @@ func (w *Worker) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstream.
 		}
 		dl.Header[k] = slices.Clone(v)
 	}
-	text := strings.Join(strings.Fields(cause.Error()), " ")
-	if len(text) > 1024 {
-		text = text[:1024]
-	}
+	text := truncateUTF8(strings.Join(strings.Fields(cause.Error()), " "), maxDeadErrorBytes)
 	dl.Header.Set(HeaderDeadReason, reason)
 	dl.Header.Set(HeaderDeadError, text)
 	dl.Header.Set(HeaderDeadSubject, m.Subject())
@@ -539,6 +537,21 @@ func (w *Worker) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstream.
 	if err := m.DoubleAck(pctx); err != nil {
 		w.ackErrs.Add(1)
 	}
+}
+
+// maxDeadErrorBytes bounds the Krules-Dead-Error header.
+const maxDeadErrorBytes = 1024
+
+// truncateUTF8 returns the longest prefix of s of at most n bytes that does
+// not split a UTF-8 sequence.
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // heartbeat tells the server the event is still being worked on every
