@@ -84,7 +84,8 @@ func Middleware(cfg Config) krules.Middleware {
 	}
 	return func(ctx context.Context, ev *krules.Event, next krules.Next) (err error) {
 		kind := trace.SpanKindInternal
-		if !trace.SpanContextFromContext(ctx).IsValid() {
+		_, local := ev.Meta(metaLocal)
+		if !local && !trace.SpanContextFromContext(ctx).IsValid() {
 			if rctx := prop.Extract(ctx, MetaCarrier{Event: ev}); trace.SpanContextFromContext(rctx).IsValid() {
 				ctx, kind = rctx, trace.SpanKindConsumer
 			}
@@ -102,6 +103,14 @@ func Middleware(cfg Config) krules.Middleware {
 			attrs = append(attrs, cfg.Attributes(ctx, ev)...)
 		}
 		ctx, span := tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
+		if _, ok := ev.Meta(MetaTraceParent); !ok {
+			// Let egress middleware inside this one (CloudEvents, NATS)
+			// carry the trace on: the first handler's span becomes the
+			// event's trace context. metaLocal keeps the other handlers of
+			// this event from taking it as a remote parent.
+			prop.Inject(ctx, MetaCarrier{Event: ev})
+			ev.SetMeta(metaLocal, "1")
+		}
 		defer func() {
 			if r := recover(); r != nil {
 				perr := fmt.Errorf("panic: %v", r)
@@ -119,6 +128,12 @@ func Middleware(cfg Config) krules.Middleware {
 		return next(ctx)
 	}
 }
+
+// metaLocal marks trace metadata written by this middleware for the
+// current event (as opposed to metadata that arrived from a producer). Like
+// every metadata key starting with "_", it is internal: transports never
+// send it.
+const metaLocal = "_krules_otel_local"
 
 func subjectName(ev *krules.Event) string {
 	if ev.Subject == nil {
