@@ -9,15 +9,17 @@
 // as a child: a cascade is one trace.
 //
 // Across processes the trace travels in event metadata as W3C Trace
-// Context ("traceparent", "tracestate"): a producer calls Inject(ctx, ev)
-// (or passes the values with krules.WithMeta) and the transport carries
-// them, e.g. as the CloudEvents "traceparent" extension or NATS headers;
-// on the worker the middleware finds no span in ctx, extracts the parent
-// from the event's metadata and starts a consumer span in the producer's
-// trace. Extract does the same by hand.
+// Context ("traceparent", "tracestate"): the middleware writes the first
+// handler span of an event into its metadata (unless the event already
+// carries a trace), the transports (transport/cloudevents, transport/nats)
+// send those keys as CloudEvents extensions, and on the worker the
+// middleware finds no span in ctx, extracts the parent from the event's
+// metadata and starts a consumer span in the producer's trace. Register the
+// middleware before (outside) the egress middleware. Inject and Extract do
+// the same by hand.
 //
 //	tp := sdktrace.NewTracerProvider(...)
-//	app.Use(otel.Middleware(otel.Config{TracerProvider: tp}))
+//	app.Use(otel.Middleware(otel.Config{TracerProvider: tp}), dispatcher.Middleware())
 //
 // The package name clashes with go.opentelemetry.io/otel; import it under
 // another name where both are used, e.g. krotel.
