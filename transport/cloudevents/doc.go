@@ -38,7 +38,7 @@
 //		krules.WithMeta(cloudevents.MetaDispatchURL, "http://billing/"),
 //		krules.WithMeta(cloudevents.MetaDispatchPolicy, "direct"))
 //
-// The request carries ce-id (a new UUID), ce-type, ce-source, ce-subject,
+// The request carries ce-id (see Event ids below), ce-type, ce-source, ce-subject,
 // ce-time, ce-originid (the originid of the incoming event of the chain,
 // else its id, else the new id), ce-propertyname for property events, and
 // one extension per extended property of the subject, its name normalised
@@ -65,6 +65,24 @@
 // Retries: install the Dispatcher's middleware inside middleware.Retry
 // (app.Use(middleware.Retry(...), d.Middleware())); a failed send is then
 // really sent again on the next attempt.
+//
+// # Event ids
+//
+// Outside a delivery, every event NewEvent or FromKrules builds gets a new
+// random UUID. Inside one — the ctx of the handlers run by Deliver (so by
+// the Receiver) or by the NATS worker, and of the events they emit with it
+// (NewContext) — the id is deterministic: a name-based UUID of the incoming
+// event's source and id, the event type, the subject, and the ordinal of
+// the event among those of the same type and subject built in this
+// delivery. When the incoming event is delivered again (a sender's retry,
+// a NATS redelivery after a failure or a crash) and its handlers emit the
+// same events again, those get the same ids, so a receiver that
+// de-duplicates by id — JetStream within its duplicate window, the NATS
+// worker's idempotency record — drops the copies. This assumes handlers
+// emit deterministically: the same events, of each type and subject in the
+// same order, on every delivery. FromKrules also records the id in the
+// event's MetaEventID metadata, so one KRules event sent twice (to two
+// destinations, or again by middleware.Retry) keeps one id.
 //
 // NewEvent, FromKrules, Payload, Check and Deliver are the conversions the
 // NATS transport (package transport/nats) shares.

@@ -7,7 +7,9 @@ import (
 	"mime"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -37,6 +39,12 @@ const (
 	MetaDispatched    = "_dispatched"
 	MetaDispatchedURL = "_dispatched_url"
 	MetaDispatchError = "_dispatch_error"
+	// MetaEventID is set by FromKrules (so by the HTTP dispatcher and the
+	// NATS publisher) to the id of the CloudEvent it built for the event;
+	// later conversions of the same event (another destination, a retry)
+	// reuse it, so every copy of one KRules event has one CloudEvent id.
+	// A non-empty string set beforehand is used as the id.
+	MetaEventID = "_cloudevent_id"
 )
 
 // Extension names used by KRules.
@@ -96,18 +104,63 @@ var ErrMalformed = errors.New("malformed CloudEvent")
 
 type ctxKey struct{}
 
+// delivery is what NewContext puts in a context: the incoming CloudEvent
+// and the per-delivery emit counters behind deterministic event ids.
+type delivery struct {
+	e  *event.Event
+	mu sync.Mutex     // guards n, and the MetaEventID memo of FromKrules
+	n  map[string]int // ids derived so far per "type\x00subject"
+}
+
+// emitNamespace is the UUID namespace of the ids derived inside a delivery.
+var emitNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("https://github.com/krules-go/krules/transport/cloudevents#emit"))
+
+// nextID returns the id of the next event of this type and subject built
+// inside the delivery: a name-based (version 5) UUID of the incoming
+// event's source and id, the type, the subject and the ordinal of the
+// event among those of the same type and subject built so far in this
+// delivery. The same delivery, repeated with the same emissions, gives the
+// same ids. The caller holds d.mu.
+func (d *delivery) nextID(eventType, subject string) string {
+	key := eventType + "\x00" + subject
+	n := d.n[key]
+	if d.n == nil {
+		d.n = make(map[string]int)
+	}
+	d.n[key] = n + 1
+	name := d.e.Source() + "\x00" + d.e.ID() + "\x00" + key + "\x00" + strconv.Itoa(n)
+	return uuid.NewSHA1(emitNamespace, []byte(name)).String()
+}
+
 // NewContext returns a context carrying e as the CloudEvent that started the
-// processing. Deliver does this, so handlers — and the handlers of events
-// they emit with their ctx — can find it with FromContext.
+// processing — one delivery of e. Deliver (so the HTTP Receiver) and the
+// NATS worker do this, so handlers — and the handlers of events they emit
+// with their ctx — can find it with FromContext.
+//
+// It also starts the delivery's emit counters: inside it, NewEvent and
+// FromKrules give the events they build deterministic ids instead of random
+// ones (see EventOptions.ID), so that a redelivery of e that emits the same
+// events again gives them the same ids. Call it once per delivery.
 func NewContext(ctx context.Context, e *event.Event) context.Context {
-	return context.WithValue(ctx, ctxKey{}, e)
+	return context.WithValue(ctx, ctxKey{}, &delivery{e: e})
+}
+
+func deliveryOf(ctx context.Context) *delivery {
+	d, _ := ctx.Value(ctxKey{}).(*delivery)
+	if d == nil || d.e == nil {
+		return nil
+	}
+	return d
 }
 
 // FromContext returns the incoming CloudEvent ctx carries (see NewContext).
 // The event must be treated as read-only.
 func FromContext(ctx context.Context) (*event.Event, bool) {
-	e, ok := ctx.Value(ctxKey{}).(*event.Event)
-	return e, ok && e != nil
+	d := deliveryOf(ctx)
+	if d == nil {
+		return nil, false
+	}
+	return d.e, true
 }
 
 // OriginID returns the origin id of the chain ctx belongs to: the originid
@@ -169,7 +222,12 @@ var reserved = map[string]bool{
 
 // EventOptions are the optional parts of a built CloudEvent.
 type EventOptions struct {
-	// ID of the event. Default: a new random UUID.
+	// ID of the event. Default: inside a delivery (ctx from NewContext,
+	// as in the handlers run by Deliver, the HTTP Receiver and the NATS
+	// worker) a deterministic UUID derived from the incoming event's
+	// source and id, the event type, the subject and the ordinal of the
+	// event among those of the same type and subject built in the delivery
+	// (see NewContext); outside a delivery a new random UUID.
 	ID string
 	// Source attribute. Default: DefaultSource().
 	Source string
@@ -202,7 +260,13 @@ func NewEvent(ctx context.Context, eventType, subject string, payload krules.Pay
 	e := event.New(event.CloudEventsVersionV1)
 	id := o.ID
 	if id == "" {
-		id = uuid.NewString()
+		if d := deliveryOf(ctx); d != nil {
+			d.mu.Lock()
+			id = d.nextID(eventType, subject)
+			d.mu.Unlock()
+		} else {
+			id = uuid.NewString()
+		}
 	}
 	e.SetID(id)
 	e.SetType(eventType)
@@ -293,7 +357,7 @@ func FromKrules(ctx context.Context, ev *krules.Event, source string) (*event.Ev
 			delete(ext, k)
 		}
 	}
-	o := EventOptions{Source: source, Extensions: ext}
+	o := EventOptions{Source: source, Extensions: ext, ID: eventID(ctx, ev)}
 	if v, ok := ev.Meta(MetaDataSchema); ok {
 		if s, ok := v.(string); ok {
 			o.DataSchema = s
@@ -318,6 +382,30 @@ func FromKrules(ctx context.Context, ev *krules.Event, source string) (*event.Ev
 		}
 	}
 	return e, nil
+}
+
+// eventID returns the CloudEvent id of ev: the MetaEventID metadata when it
+// is a non-empty string, else a new id (deterministic inside a delivery, see
+// NewContext; random outside), recorded in MetaEventID.
+func eventID(ctx context.Context, ev *krules.Event) string {
+	d := deliveryOf(ctx)
+	if d != nil {
+		// One lock for the memo and the counters: two dispatches of one
+		// event, concurrent or not, take one ordinal.
+		d.mu.Lock()
+		defer d.mu.Unlock()
+	}
+	if id, ok := metaString(ev, MetaEventID); ok {
+		return id
+	}
+	var id string
+	if d != nil {
+		id = d.nextID(ev.Type, ev.Subject.Name())
+	} else {
+		id = uuid.NewString()
+	}
+	ev.SetMeta(MetaEventID, id)
+	return id
 }
 
 func metaString(ev *krules.Event, key string) (string, bool) {
