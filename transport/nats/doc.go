@@ -101,7 +101,7 @@
 // ev.Subject, so cache-mode writes of handlers are saved, and discarded when
 // the handlers fail). Handler errors still reach the App's error handler.
 // A failed event is redelivered after WorkerConfig.Backoff (default 0.5 s,
-// 2 s, 10 s, 30 s); on its MaxDeliver-th failed delivery (default 5) it is
+// 2 s, 10 s, 30 s); on its MaxDeliver-th failed delivery (default 10) it is
 // published to the dead-letter subject "<stream>.dead" with headers
 // Krules-Dead-Reason (handler-error), Krules-Dead-Error (the error),
 // Krules-Dead-Subject, -Sequence and -Deliveries, and acked. An event
@@ -111,8 +111,43 @@
 // not a JSON object) is dead-lettered at once with reason malformed and the
 // parse error; it never reaches the App and never blocks its partition.
 //
+// MaxDeliver counts deliveries, not failures: the server keeps one delivery
+// count per event, and an event given back at a graceful shutdown (nak'ed
+// because it was received but not started, or still running at the
+// ShutdownTimeout) or held by a worker that died is delivered again, and
+// that delivery counts too. An event that meets rolling restarts or
+// crashes while it also fails therefore reaches the dead letters after
+// fewer than MaxDeliver failures of its own, and even a healthy event
+// given back MaxDeliver times is dead-lettered (reason max-deliveries)
+// without being handled again. Set MaxDeliver with room for the restarts
+// an event may meet (the default, 10, allows several), and restart
+// workers one at a time.
+//
 // Without the idempotency option an event whose effects were written but
 // whose ack was lost (the worker died in between) is handled again.
+//
+// # Events emitted while handling: deterministic ids
+//
+// Handlers run with a ctx that carries the delivery (cloudevents.NewContext),
+// and every CloudEvent built with that ctx — Publisher.Publish, the
+// Publisher's middleware and Patterns (cloudevents.FromKrules), the HTTP
+// Dispatcher — gets a deterministic id: a name-based UUID of the incoming
+// event's source and id, the emitted event's type and subject, and its
+// ordinal among the events of that type and subject built in the delivery.
+// When a delivery fails after publishing and the event is redelivered, the
+// handlers publish the same events again under the same ids, so the target
+// stream drops the copies by Nats-Msg-Id. Guaranteed: one message per
+// emitted event as long as the redelivery comes within the target stream's
+// duplicate window (StreamConfig.Duplicates, counted from the first
+// publish: keep it above the sum of the Backoff delays the redeliveries
+// may take, which with the defaults is about 3 minutes for 10 deliveries
+// against a default window of 2) and the handlers emit
+// deterministically — the same events of each type and subject, in the
+// same order, on every delivery (the payload does not enter the id: a
+// redelivery that emits a different payload under the same ordinal is
+// dropped as a duplicate). Events built with another ctx (for example
+// context.Background() in a goroutine) get random ids, as do events built
+// outside any delivery.
 //
 // # Idempotency (WorkerConfig.Idempotent)
 //

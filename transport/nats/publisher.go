@@ -102,9 +102,11 @@ func (p *Publisher) partitions(ctx context.Context, stream string) (int, error) 
 	return n, nil
 }
 
-// Publish builds a CloudEvent (cloudevents.NewEvent: a new id, the
-// configured source, originid from ctx) and publishes it to the configured
-// stream, waiting for the stream's acknowledgement. It returns the event id.
+// Publish builds a CloudEvent (cloudevents.NewEvent: a new id — random, or
+// deterministic when ctx is a handler's ctx inside a Worker's delivery, see
+// the package doc —, the configured source, originid from ctx) and
+// publishes it to the configured stream, waiting for the stream's
+// acknowledgement. It returns the event id.
 func (p *Publisher) Publish(ctx context.Context, eventType, subject string, payload krules.Payload) (string, error) {
 	e, err := cloudevents.NewEvent(ctx, eventType, subject, payload, cloudevents.EventOptions{Source: p.cfg.Source})
 	if err != nil {

@@ -26,7 +26,7 @@ import (
 const (
 	DefaultGroup           = "krules"
 	DefaultAckWait         = 30 * time.Second
-	DefaultMaxDeliver      = 5
+	DefaultMaxDeliver      = 10
 	DefaultShutdownTimeout = 30 * time.Second
 	// ShutdownGrace is how long Run, past ShutdownTimeout, lets handlers
 	// that honour their cancelled context hand their events back before it
@@ -97,8 +97,15 @@ type WorkerConfig struct {
 	// value (else NewWorker fails with ErrConsumerMismatch). Default
 	// DefaultAckWait.
 	AckWait time.Duration
-	// MaxDeliver is how many deliveries a failing event gets; after the
-	// last it goes to the dead-letter subject. Default DefaultMaxDeliver.
+	// MaxDeliver is how many deliveries an event gets; on the last one a
+	// failure sends it to the dead-letter subject (and an event delivered
+	// more often than that without ever finishing goes there too). Every
+	// delivery counts, not only failed ones: an event a worker gives back
+	// at shutdown (received but not started, or still running at the
+	// ShutdownTimeout) or holds when it dies is delivered again, and that
+	// delivery counts as well. Leave room for the rolling restarts and
+	// crashes an event may meet besides its own failures. Default
+	// DefaultMaxDeliver (10).
 	MaxDeliver int
 	// Backoff is the delay before redelivering an event whose handlers
 	// failed, indexed by the failed delivery (1st failure: Backoff[0]); the
