@@ -19,6 +19,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"text/tabwriter"
 )
@@ -161,4 +162,29 @@ func medianOf(ss []sample) sample {
 	}
 	sort.Slice(ss, func(i, j int) bool { return ss[i].ns < ss[j].ns })
 	return ss[len(ss)/2]
+}
+
+// parallel16 spreads b.N calls of body over exactly 16 goroutines (the
+// contended rows, "-c16"); the first error fails the benchmark.
+func parallel16(b *testing.B, body func() error) {
+	const c = 16
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for g := range c {
+		n := b.N / c
+		if g < b.N%c {
+			n++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range n {
+				if err := body(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

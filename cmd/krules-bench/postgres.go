@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"testing"
 
@@ -128,19 +127,6 @@ func postgresSetup() ([]Row, func(), error) {
 			return err
 		}
 		return tx.Commit(ctx)
-	}
-	parallel16 := func(b *testing.B, body func() error) {
-		// RunParallel starts parallelism × GOMAXPROCS goroutines: about 16.
-		procs := runtime.GOMAXPROCS(0)
-		b.SetParallelism((16 + procs - 1) / procs)
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if err := body(); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
 	}
 
 	rows := []Row{

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -137,29 +136,6 @@ func redisSetup() ([]Row, func(), error) {
 				return err
 			}
 		}
-	}
-	// parallel16 spreads b.N calls over exactly 16 goroutines.
-	parallel16 := func(b *testing.B, body func() error) {
-		const c = 16
-		var wg sync.WaitGroup
-		b.ResetTimer()
-		for g := range c {
-			n := b.N / c
-			if g < b.N%c {
-				n++
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range n {
-					if err := body(); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
 	}
 	rawStore100 := func(subject string) error {
 		args := make([]any, 0, 2*len(props))
