@@ -39,8 +39,8 @@ func FuzzValueRoundTrip(f *testing.F) {
 			switch {
 			case err != nil && !errors.Is(err, storage.ErrInvalidValue):
 				t.Fatalf("Normalize(%#v): error %v does not wrap ErrInvalidValue", x, err)
-			case err != nil && !hasNUL(x) && depth(x) <= maxNormalizeDepth:
-				t.Fatalf("Normalize refused a JSON value without NUL, %d deep: %v\ninput: %q", depth(x), err, data)
+			case err != nil && !hasNUL(x) && storage.Nesting(x) <= maxNormalizeDepth:
+				t.Fatalf("Normalize refused a JSON value without NUL, %d deep: %v\ninput: %q", storage.Nesting(x), err, data)
 			case err == nil:
 				if hasNUL(x) {
 					t.Fatalf("Normalize accepted a NUL byte: %#v", n)
@@ -60,7 +60,7 @@ func FuzzValueRoundTrip(f *testing.F) {
 		if hasNUL(v) {
 			t.Fatalf("Unmarshal(%q) let a NUL byte through: %#v", data, v)
 		}
-		if depth(v) <= maxNormalizeDepth {
+		if storage.Nesting(v) <= maxNormalizeDepth {
 			checkCanonical(t, v)
 		}
 	})
@@ -115,22 +115,4 @@ func hasNUL(v any) bool {
 		}
 	}
 	return false
-}
-
-// depth is the nesting of v: 0 for a scalar, 1 for a flat list or object.
-func depth(v any) int {
-	d := 0
-	switch x := v.(type) {
-	case []any:
-		for _, e := range x {
-			d = max(d, depth(e))
-		}
-		return d + 1
-	case map[string]any:
-		for _, e := range x {
-			d = max(d, depth(e))
-		}
-		return d + 1
-	}
-	return 0
 }

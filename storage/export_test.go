@@ -1,0 +1,4 @@
+package storage
+
+// Nesting exposes nesting to the external tests.
+var Nesting = nesting
