@@ -39,8 +39,10 @@ func newStream(t testing.TB, js jetstream.JetStream, partitions int) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := js.DeleteStream(context.Background(), name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			t.Errorf("delete stream %s: %v", name, err)
+		for _, s := range []string{name, knats.DeadLetterStream(name)} {
+			if err := js.DeleteStream(context.Background(), s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+				t.Errorf("delete stream %s: %v", s, err)
+			}
 		}
 	})
 	return name
@@ -163,7 +165,7 @@ func remaining(ctx context.Context, js jetstream.JetStream, stream string) (int,
 func deadLetters(t testing.TB, js jetstream.JetStream, stream string, n int) []jetstream.Msg {
 	t.Helper()
 	ctx := context.Background()
-	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{knats.DeadLetterSubject(stream)}})
+	c, err := js.OrderedConsumer(ctx, knats.DeadLetterStream(stream), jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
