@@ -33,9 +33,21 @@ func connect(t testing.TB) (*natsgo.Conn, jetstream.JetStream) {
 // newStream creates a stream with a unique name, deleted at cleanup.
 func newStream(t testing.TB, js jetstream.JetStream, partitions int) string {
 	t.Helper()
+	return newStreamRetention(t, js, partitions, knats.RetentionInterest)
+}
+
+// newLogStream is newStream with RetentionLimits: for tests that count the
+// messages of a stream nobody consumes.
+func newLogStream(t testing.TB, js jetstream.JetStream, partitions int) string {
+	t.Helper()
+	return newStreamRetention(t, js, partitions, knats.RetentionLimits)
+}
+
+func newStreamRetention(t testing.TB, js jetstream.JetStream, partitions int, r knats.Retention) string {
+	t.Helper()
 	name := testenv.Unique("krtest")
 	ctx := context.Background()
-	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: name, Partitions: partitions}); err != nil {
+	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: name, Partitions: partitions, Retention: r}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -22,7 +22,7 @@ import (
 
 func TestPublisherMiddlewareAndForward(t *testing.T) {
 	_, js := connect(t)
-	stream := newStream(t, js, 2)
+	stream := newLogStream(t, js, 2)
 	ctx := context.Background()
 
 	// The consuming side records what arrives through the stream.
@@ -257,7 +257,7 @@ func notify(c chan struct{}) {
 // attempt reaches the error handler.
 func TestPublisherMiddlewareUnderRetry(t *testing.T) {
 	_, js := connect(t)
-	stream := newStream(t, js, 1)
+	stream := newLogStream(t, js, 1)
 	ctx := context.Background()
 	p, err := knats.NewPublisher(ctx, js, knats.PublisherConfig{Stream: stream, Source: "producer"})
 	if err != nil {
