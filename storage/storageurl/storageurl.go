@@ -18,10 +18,47 @@
 //	redis://[user:pass@]host:port/db?prefix=app:   Redis (storage/redis); rediss:// for TLS
 //	    prefix=                                 key prefix: keys are s:{prefix}{subject} (default "")
 //	    other query parameters go to go-redis (dial_timeout, pool_size, ...)
+//	sqlite:///abs/path/krules.db                one SQLite file (storage/sqlite); also sqlite:relative/path.db
+//	    ?table=subjects                         table name (default "subjects")
+//	    ?busy_timeout=5s                        wait for another process's write lock (default 5s)
+//	    ?synchronous=normal                     normal (default) or full (fsync per commit)
 //	postgres://user@host:port/db?table=subjects  PostgreSQL (storage/postgres); also postgresql://
 //	    table=                                  table name (default "subjects", the Python KRules table)
 //	    schema=                                 schema of the table (default: the search_path)
 //	    other query parameters go to pgx (sslmode, pool_max_conns, ...)
+//
+// sqlite://name.db (two slashes) is refused, as for bolt: the part after the
+// two slashes would be a host; write sqlite:name.db for a path relative to the
+// working directory.
+//
+// # Settings from the environment
+//
+// [FromEnv] and [EnvURL] pick the store the way Python KRules' settings do,
+// with KRULES_STORAGE on top. The first rule that applies wins:
+//
+//  1. KRULES_STORAGE (non-empty): that URL, whatever else is set.
+//  2. KRULES_STORAGE_PROVIDER=empty: memory:// (the in-process store; Python's
+//     EmptySubjectStorage keeps nothing at all, see below).
+//  3. KRULES_STORAGE_PROVIDER=redis, or the provider unset and a Redis URL
+//     known from 4 or 5: that Redis URL. KRULES_STORAGE_PROVIDER=redis with no
+//     Redis URL, or any other provider value, is an error.
+//  4. SUBJECTS_REDIS_URL (legacy, non-empty): that URL, winning over the parts.
+//  5. KRULES_STORAGE_REDIS_HOST (non-empty): the URL built from the parts,
+//     redis://[:PASSWORD@]HOST:PORT/DB, rediss:// when
+//     KRULES_STORAGE_REDIS_USE_TLS is true; PORT defaults to 6379, DB to 0;
+//     the password is percent-encoded.
+//  6. Otherwise DefaultURL (memory://).
+//
+// KRULES_STORAGE_REDIS_KEY_PREFIX (default "") becomes the prefix= parameter
+// of the Redis URL of 3, unless that URL already has one. USE_TLS takes the
+// boolean spellings Python's settings accept (1/0, true/false, yes/no,
+// on/off, t/f, y/n, any case); PORT and DB must be integers. A bad value is
+// an error naming the variable, never its value when it is the password.
+// Python's "empty" provider stores nothing; krules-go has no such store, and
+// memory:// is the closest (data lives as long as the process).
+//
+// The original has no PostgreSQL or SQLite settings: use KRULES_STORAGE for
+// them.
 //
 // An unknown scheme, a parameter this package does not know (for memory and
 // bolt), a repeated or empty parameter, or a malformed URL is an error that
@@ -43,6 +80,7 @@ import (
 	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/bolt"
 	"github.com/krules-go/krules/storage/memory"
+	"github.com/krules-go/krules/storage/sqlite"
 )
 
 // EnvVar names the environment variable holding the default storage URL of
@@ -82,6 +120,12 @@ func Open(ctx context.Context, rawURL string) (Backend, error) {
 			return nil, fmt.Errorf("storageurl: %w", err)
 		}
 		return b, nil
+	case "sqlite":
+		b, err := sqlite.Open(ctx, sp.path, sp.sqlite)
+		if err != nil {
+			return nil, fmt.Errorf("storageurl: %w", err)
+		}
+		return b, nil
 	case "redis", "rediss":
 		return openRedis(ctx, sp)
 	case "postgres", "postgresql":
@@ -90,18 +134,26 @@ func Open(ctx context.Context, rawURL string) (Backend, error) {
 	return nil, fmt.Errorf("storageurl: %w: unhandled scheme %q", ErrBadURL, sp.scheme)
 }
 
-// FromEnv opens the URL in the KRULES_STORAGE environment variable, or
-// DefaultURL (memory://) when it is unset or empty.
+// FromEnv opens the store the environment selects: KRULES_STORAGE, else the
+// Python-style settings, else DefaultURL (see "Settings from the
+// environment" in the package documentation and [EnvURL]).
 func FromEnv(ctx context.Context) (Backend, error) {
-	return Open(ctx, URLFromEnv())
+	u, err := EnvURL(os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	return Open(ctx, u)
 }
 
-// URLFromEnv returns KRULES_STORAGE, or DefaultURL when it is unset or empty.
+// URLFromEnv returns the URL [EnvURL] resolves from the process
+// environment, or "" when the settings are invalid (opening "" then fails
+// with ErrBadURL; call EnvURL for the reason).
 func URLFromEnv() string {
-	if u := strings.TrimSpace(os.Getenv(EnvVar)); u != "" {
-		return u
+	u, err := EnvURL(os.Getenv)
+	if err != nil {
+		return ""
 	}
-	return DefaultURL
+	return u
 }
 
 // Redact returns rawURL with its secrets replaced by "xxxxx", for logs: the
@@ -155,6 +207,8 @@ type spec struct {
 	prefix    string
 	table     string
 	schema    string
+	// sqlite
+	sqlite sqlite.Config
 }
 
 func bad(u *url.URL, format string, args ...any) error {
@@ -176,7 +230,7 @@ func parse(rawURL string) (spec, error) {
 		return spec{}, fmt.Errorf("storageurl: %w: the URL does not parse (percent-encode / : @ in a password)", ErrBadURL)
 	}
 	if u.Scheme == "" {
-		return spec{}, bad(u, "no scheme (want memory://, bolt:///path.db, redis://host:port/db, postgres://user@host/db)")
+		return spec{}, bad(u, "no scheme (want memory://, bolt:///path.db, sqlite:///path.db, redis://host:port/db, postgres://user@host/db)")
 	}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
@@ -197,6 +251,10 @@ func parse(rawURL string) (spec, error) {
 		if err := parseBolt(u, q, &sp); err != nil {
 			return spec{}, err
 		}
+	case "sqlite":
+		if err := parseSQLite(u, q, &sp); err != nil {
+			return spec{}, err
+		}
 	case "redis", "rediss":
 		if u.Host == "" {
 			return spec{}, bad(u, "missing host (write %s://host:port/db)", sp.scheme)
@@ -214,7 +272,7 @@ func parse(rawURL string) (spec, error) {
 		}
 		sp.driverURL = withQuery(u, q)
 	default:
-		return spec{}, bad(u, "unknown scheme %q (want memory, bolt, redis, rediss, postgres or postgresql)", u.Scheme)
+		return spec{}, bad(u, "unknown scheme %q (want memory, bolt, sqlite, redis, rediss, postgres or postgresql)", u.Scheme)
 	}
 	return sp, nil
 }
@@ -271,6 +329,49 @@ func parseBolt(u *url.URL, q url.Values, sp *spec) error {
 			sp.bolt.NoSync = b
 		default:
 			return bad(u, "unknown parameter %q for bolt (want timeout, nosync)", k)
+		}
+	}
+	return nil
+}
+
+func parseSQLite(u *url.URL, q url.Values, sp *spec) error {
+	switch {
+	case u.Opaque != "":
+		sp.path = u.Opaque // sqlite:relative/path.db
+	case u.Host != "":
+		return bad(u, "sqlite URL has host %q: write sqlite:///absolute/path.db (three slashes) or sqlite:relative/path.db", u.Host)
+	default:
+		sp.path = u.Path
+	}
+	if sp.path == "" || sp.path == "/" {
+		return bad(u, "missing file path (write sqlite:///absolute/path.db)")
+	}
+	if u.User != nil || u.Fragment != "" {
+		return bad(u, "sqlite URL takes only a path and parameters")
+	}
+	for k, vs := range q {
+		v := vs[0]
+		switch k {
+		case "table":
+			if v == "" {
+				return bad(u, "parameter %q is empty", k)
+			}
+			sp.sqlite.Table = v
+		case "busy_timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return bad(u, "parameter busy_timeout=%q is not a positive duration (e.g. 5s)", v)
+			}
+			sp.sqlite.BusyTimeout = d
+		case "synchronous":
+			switch strings.ToLower(v) {
+			case "normal", "full":
+				sp.sqlite.Synchronous = strings.ToUpper(v)
+			default:
+				return bad(u, "parameter synchronous=%q: want normal or full", v)
+			}
+		default:
+			return bad(u, "unknown parameter %q for sqlite (want table, busy_timeout, synchronous)", k)
 		}
 	}
 	return nil

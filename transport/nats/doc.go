@@ -72,7 +72,8 @@
 //   - Worker death: the dead worker's event stays unacknowledged until
 //     AckWait expires; only then does the server deliver it — again before
 //     any later event of its partition — to a live worker. A handler that
-//     runs long keeps its lease by in-progress heartbeats every AckWait/3.
+//     runs long keeps its lease by in-progress heartbeats every AckWait/3
+//     (one ticker per worker for all the events it is handling).
 //   - Shutdown: Run stops pulling, naks events it received but did not start,
 //     so others take them at once, and acks or naks the ones in flight. A
 //     handler still running at WorkerConfig.ShutdownTimeout is given up: its
@@ -122,6 +123,20 @@
 // without being handled again. Set MaxDeliver with room for the restarts
 // an event may meet (the default, 10, allows several), and restart
 // workers one at a time.
+//
+// Acks are sent without waiting for a confirmation: the next event of a
+// partition is delivered only after the server processed the ack, and a
+// lost ack makes the event come again after AckWait either way.
+//
+// # Retention
+//
+// By default (StreamConfig.Retention = RetentionInterest) the stream deletes
+// an event once every worker group (durable consumer) acknowledged it, so
+// handled events do not stay on disk. Events published while the stream
+// has no worker group are not kept: create the group first (NewWorker
+// creates its durable consumers). RetentionLimits keeps an event log
+// instead (MaxAge, MaxBytes). The de-duplication window defaults to 5
+// minutes, above the span of the default redelivery backoff.
 //
 // Without the idempotency option an event whose effects were written but
 // whose ack was lost (the worker died in between) is handled again.

@@ -20,7 +20,7 @@ import (
 func TestRedeliveryRepublishesUnderSameIDs(t *testing.T) {
 	_, js := connect(t)
 	in := newStream(t, js, 1)
-	out := newStream(t, js, 1)
+	out := newLogStream(t, js, 1)
 	ctx := context.Background()
 	pubOut, err := knats.NewPublisher(ctx, js, knats.PublisherConfig{Stream: out, Source: "worker"})
 	if err != nil {

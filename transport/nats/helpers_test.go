@@ -33,14 +33,28 @@ func connect(t testing.TB) (*natsgo.Conn, jetstream.JetStream) {
 // newStream creates a stream with a unique name, deleted at cleanup.
 func newStream(t testing.TB, js jetstream.JetStream, partitions int) string {
 	t.Helper()
+	return newStreamRetention(t, js, partitions, knats.RetentionInterest)
+}
+
+// newLogStream is newStream with RetentionLimits: for tests that count the
+// messages of a stream nobody consumes.
+func newLogStream(t testing.TB, js jetstream.JetStream, partitions int) string {
+	t.Helper()
+	return newStreamRetention(t, js, partitions, knats.RetentionLimits)
+}
+
+func newStreamRetention(t testing.TB, js jetstream.JetStream, partitions int, r knats.Retention) string {
+	t.Helper()
 	name := testenv.Unique("krtest")
 	ctx := context.Background()
-	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: name, Partitions: partitions}); err != nil {
+	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: name, Partitions: partitions, Retention: r}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := js.DeleteStream(context.Background(), name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-			t.Errorf("delete stream %s: %v", name, err)
+		for _, s := range []string{name, knats.DeadLetterStream(name)} {
+			if err := js.DeleteStream(context.Background(), s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+				t.Errorf("delete stream %s: %v", s, err)
+			}
 		}
 	})
 	return name
@@ -163,7 +177,7 @@ func remaining(ctx context.Context, js jetstream.JetStream, stream string) (int,
 func deadLetters(t testing.TB, js jetstream.JetStream, stream string, n int) []jetstream.Msg {
 	t.Helper()
 	ctx := context.Background()
-	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{knats.DeadLetterSubject(stream)}})
+	c, err := js.OrderedConsumer(ctx, knats.DeadLetterStream(stream), jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

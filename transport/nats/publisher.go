@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	natsgo "github.com/nats-io/nats.go"
@@ -136,17 +137,40 @@ func (p *Publisher) PublishEvent(ctx context.Context, stream string, e *event.Ev
 // to the acknowledgement. Use it to publish many events fast; order per
 // connection is kept. Wait for completion with the JetStream context's
 // PublishAsyncComplete.
+//
+// Backpressure: when the JetStream context already has its maximum of
+// unacknowledged async publishes (jetstream.WithPublishAsyncMaxPending,
+// default 4000), PublishEventAsync waits for room — until ctx is done, then
+// it returns ctx's error (wrapped) and the event was not sent. It never
+// fails with jetstream.ErrTooManyStalledMsgs.
 func (p *Publisher) PublishEventAsync(ctx context.Context, stream string, e *event.Event) (jetstream.PubAckFuture, error) {
 	msg, err := p.message(ctx, stream, e)
 	if err != nil {
 		return nil, err
 	}
-	f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.ID()))
-	if err != nil {
-		return nil, fmt.Errorf("krules/nats: publish %q (id %s) on %q to %s: %w", e.Type(), e.ID(), e.Subject(), stream, err)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("krules/nats: publish %q (id %s) on %q to %s: waiting for room among the async publishes: %w", e.Type(), e.ID(), e.Subject(), stream, err)
+		}
+		wait := stallSlice
+		if d, ok := ctx.Deadline(); ok {
+			wait = min(wait, max(time.Until(d), time.Millisecond))
+		}
+		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.ID()), jetstream.WithStallWait(wait))
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			// Nothing was sent: try again, keeping the call order.
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("krules/nats: publish %q (id %s) on %q to %s: %w", e.Type(), e.ID(), e.Subject(), stream, err)
+		}
+		return f, nil
 	}
-	return f, nil
 }
+
+// stallSlice is how long one try of an async publish waits for room before
+// PublishEventAsync checks its ctx again.
+const stallSlice = 200 * time.Millisecond
 
 func (p *Publisher) message(ctx context.Context, stream string, e *event.Event) (*natsgo.Msg, error) {
 	if err := cloudevents.Check(e); err != nil {

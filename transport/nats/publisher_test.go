@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/krules-go/krules"
@@ -21,7 +22,7 @@ import (
 
 func TestPublisherMiddlewareAndForward(t *testing.T) {
 	_, js := connect(t)
-	stream := newStream(t, js, 2)
+	stream := newLogStream(t, js, 2)
 	ctx := context.Background()
 
 	// The consuming side records what arrives through the stream.
@@ -256,7 +257,7 @@ func notify(c chan struct{}) {
 // attempt reaches the error handler.
 func TestPublisherMiddlewareUnderRetry(t *testing.T) {
 	_, js := connect(t)
-	stream := newStream(t, js, 1)
+	stream := newLogStream(t, js, 1)
 	ctx := context.Background()
 	p, err := knats.NewPublisher(ctx, js, knats.PublisherConfig{Stream: stream, Source: "producer"})
 	if err != nil {
@@ -347,5 +348,101 @@ func TestTraceContextTravels(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("nothing arrived")
+	}
+}
+
+// PublishEventAsync applies backpressure: with a JetStream context allowing
+// only a few unacknowledged async publishes, a burst much larger than that
+// completes (it used to fail with "stalled with too many outstanding async
+// published messages"), in order, and a cancelled ctx stops the wait.
+func TestPublishEventAsyncBackpressure(t *testing.T) {
+	nc, js0 := connect(t)
+	stream := newStream(t, js0, 1)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	// A group must exist before publishing (interest retention).
+	newWorker(t, js0, krules.New(), knats.WorkerConfig{Stream: stream})
+	p, err := knats.NewPublisher(ctx, js, knats.PublisherConfig{Stream: stream, Source: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	for i := range n {
+		e, err := cloudevents.NewEvent(ctx, "tick", "s", krules.Payload{"seq": i}, cloudevents.EventOptions{Source: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.PublishEventAsync(ctx, stream, e); err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("async publishes not acknowledged")
+	}
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != n {
+		t.Fatalf("stream has %d messages, want %d", info.State.Msgs, n)
+	}
+	// Order: the payload seqs are stored 0..n-1.
+	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e event.Event
+		if err := e.UnmarshalJSON(m.Data()); err != nil {
+			t.Fatal(err)
+		}
+		var pl map[string]any
+		_ = e.DataAs(&pl)
+		if int(pl["seq"].(float64)) != i {
+			t.Fatalf("message %d has seq %v", i, pl["seq"])
+		}
+	}
+
+	// A full window and a ctx that ends: the call returns ctx's error. The
+	// stream is replaced by a plain subscriber that never acknowledges.
+	ghost := newStream(t, js0, 1)
+	js3, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p3, err := knats.NewPublisher(ctx, js3, knats.PublisherConfig{Stream: ghost, Source: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js0.DeleteStream(ctx, ghost); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.SubscribeSync(ghost + ".p.*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	var last error
+	for i := 0; i < 3 && last == nil; i++ {
+		e, _ := cloudevents.NewEvent(ctx, "tick", "s", nil, cloudevents.EventOptions{Source: "test"})
+		_, last = p3.PublishEventAsync(cctx, ghost, e)
+	}
+	if !errors.Is(last, context.DeadlineExceeded) {
+		t.Fatalf("full window, ctx deadline: err = %v, want context.DeadlineExceeded", last)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,7 +21,28 @@ const MaxPartitions = 4096
 
 // DefaultDuplicates is the default de-duplication window of a stream: a
 // message whose Nats-Msg-Id (the CloudEvent id) was seen within it is dropped.
-const DefaultDuplicates = 2 * time.Minute
+// It is above the span of the default redelivery backoff (DefaultBackoff
+// over DefaultMaxDeliver deliveries, about 3.2 minutes), so that events a
+// handler re-publishes on a redelivery are dropped as duplicates.
+const DefaultDuplicates = 5 * time.Minute
+
+// Retention says when a stream deletes an event.
+type Retention int
+
+const (
+	// RetentionInterest (the default) deletes an event once every worker
+	// group of the stream (every durable consumer) has acknowledged it:
+	// handled events do not stay on disk. An event published while the
+	// stream has no worker group at all is not kept — create the group
+	// (NewWorker, which creates its consumers, even if it does not Run yet)
+	// before publishing; consumers are durable, so a group whose workers
+	// are all stopped keeps receiving. A group created later does not see
+	// the events published before it.
+	RetentionInterest Retention = iota
+	// RetentionLimits keeps events until MaxAge or MaxBytes, whether handled
+	// or not (an event log: a group created later reads the history).
+	RetentionLimits
+)
 
 // ErrPartitionMismatch: the stream exists with another partition count.
 // Changing it would send a subject's events to another partition and break
@@ -30,12 +52,17 @@ var ErrPartitionMismatch = errors.New("stream partition count mismatch")
 // ErrNotKrulesStream: the stream exists but was not made by EnsureStream.
 var ErrNotKrulesStream = errors.New("not a krules stream")
 
+// ErrStreamLayout: an existing stream (or its dead-letter stream) could
+// not be brought to the current layout; the error says what is in the way.
+var ErrStreamLayout = errors.New("krules stream layout")
+
 const descPrefix = "krules-go partitions="
 
 // StreamConfig describes a krules event stream.
 type StreamConfig struct {
 	// Name is the JetStream stream name and the subject prefix: events go to
-	// "<Name>.p.<k>" (k the partition), dead letters to "<Name>.dead".
+	// "<Name>.p.<k>" (k the partition), dead letters to the subject
+	// "<Name>.dead" in their own stream DeadLetterStream(Name).
 	// Required; letters, digits, '-' and '_' only.
 	Name string
 	// Partitions is the number of partitions (see the package doc). It is
@@ -43,16 +70,24 @@ type StreamConfig struct {
 	Partitions int
 	// Replicas of the stream (clustered JetStream). Default 1.
 	Replicas int
-	// MaxAge discards messages older than this. Default 0: kept until
-	// MaxBytes or forever.
+	// Retention: RetentionInterest (default: an event is deleted once every
+	// worker group acked it) or RetentionLimits. Fixed when the stream is
+	// created; an existing stream keeps its retention.
+	Retention Retention
+	// MaxAge discards events older than this, handled or not. Default 0:
+	// no age limit.
 	MaxAge time.Duration
 	// MaxBytes bounds the stream size; the oldest messages go first.
 	// Default 0: unlimited.
 	MaxBytes int64
 	// Memory keeps the stream in memory instead of files. Default false.
 	Memory bool
-	// Duplicates is the de-duplication window. Default DefaultDuplicates.
+	// Duplicates is the de-duplication window. Default DefaultDuplicates;
+	// keep it above the span of the workers' redelivery Backoff.
 	Duplicates time.Duration
+	// DeadLetterMaxAge discards dead letters older than this. Default 0:
+	// kept until deleted (or replayed and deleted).
+	DeadLetterMaxAge time.Duration
 }
 
 // PartitionOf returns the partition (0 <= k < n) of a subject: the 32-bit
@@ -71,8 +106,16 @@ func PartitionSubject(stream string, k int) string {
 	return fmt.Sprintf("%s.p.%d", stream, k)
 }
 
-// DeadLetterSubject returns the NATS subject dead letters of a stream go to.
+// DeadLetterSubject returns the NATS subject dead letters of a stream go to
+// (stored in DeadLetterStream(stream)).
 func DeadLetterSubject(stream string) string { return stream + ".dead" }
+
+// DeadLetterStream returns the name of the JetStream stream that keeps the
+// dead letters of a stream: "<stream>_dead", subject DeadLetterSubject,
+// limits retention (kept until deleted or DeadLetterMaxAge). EnsureStream
+// creates it. Each dead letter is the original message's data with its
+// headers plus the Krules-Dead-* headers (HeaderDeadReason, ...).
+func DeadLetterStream(stream string) string { return stream + "_dead" }
 
 func validStreamName(name string) error {
 	if name == "" {
@@ -86,10 +129,18 @@ func validStreamName(name string) error {
 	return nil
 }
 
-// EnsureStream creates the stream if it does not exist and returns it. An
-// existing stream is left as it is, after checking that it was made by
-// EnsureStream with the same partition count (else ErrNotKrulesStream or
-// ErrPartitionMismatch). Safe to call from several processes at once.
+// EnsureStream creates the stream and its dead-letter stream
+// (DeadLetterStream) if they do not exist and returns the stream. An
+// existing stream is checked: it must have been made by EnsureStream with
+// the same partition count (else ErrNotKrulesStream or
+// ErrPartitionMismatch); its other settings are left as they are.
+//
+// Migration: a stream made by an earlier version also held its dead letters
+// (subject "<Name>.dead"). EnsureStream takes that subject out of it and
+// creates the dead-letter stream for it; dead letters already stored stay
+// in the old stream (read them with a consumer filtered on
+// DeadLetterSubject). Anything else in the way of the layout fails with
+// ErrStreamLayout. Safe to call from several processes at once.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	if err := validStreamName(cfg.Name); err != nil {
 		return nil, err
@@ -104,13 +155,20 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 	sc := jetstream.StreamConfig{
 		Name:        cfg.Name,
 		Description: descPrefix + fmt.Sprint(n),
-		Subjects:    []string{cfg.Name + ".p.*", DeadLetterSubject(cfg.Name)},
-		Retention:   jetstream.LimitsPolicy,
+		Subjects:    []string{cfg.Name + ".p.*"},
+		Retention:   jetstream.InterestPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(cfg.Replicas, 1),
 		MaxAge:      cfg.MaxAge,
 		MaxBytes:    cfg.MaxBytes,
 		Duplicates:  cfg.Duplicates,
+	}
+	switch cfg.Retention {
+	case RetentionInterest:
+	case RetentionLimits:
+		sc.Retention = jetstream.LimitsPolicy
+	default:
+		return nil, fmt.Errorf("krules/nats: stream %q: unknown retention %d", cfg.Name, cfg.Retention)
 	}
 	if cfg.Memory {
 		sc.Storage = jetstream.MemoryStorage
@@ -131,12 +189,45 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 	if err != nil {
 		return nil, fmt.Errorf("krules/nats: stream %q: %w", cfg.Name, err)
 	}
-	got, err := partitionsOf(s.CachedInfo())
+	info := s.CachedInfo()
+	got, err := partitionsOf(info)
 	if err != nil {
 		return nil, err
 	}
 	if got != n {
 		return nil, fmt.Errorf("krules/nats: stream %q has %d partitions, config says %d: %w", cfg.Name, got, n, ErrPartitionMismatch)
+	}
+	dead := DeadLetterSubject(cfg.Name)
+	if i := slices.Index(info.Config.Subjects, dead); i >= 0 {
+		// Old layout: the dead letters shared the stream.
+		up := info.Config
+		up.Subjects = slices.Delete(slices.Clone(up.Subjects), i, i+1)
+		if s, err = js.UpdateStream(ctx, up); err != nil {
+			return nil, fmt.Errorf("krules/nats: stream %q: moving subject %q to stream %q: %w (%w)", cfg.Name, dead, DeadLetterStream(cfg.Name), ErrStreamLayout, err)
+		}
+	}
+	dc := jetstream.StreamConfig{
+		Name:        DeadLetterStream(cfg.Name),
+		Description: "krules-go dead letters of " + cfg.Name,
+		Subjects:    []string{dead},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     sc.Storage,
+		Replicas:    sc.Replicas,
+		MaxAge:      cfg.DeadLetterMaxAge,
+		Duplicates:  sc.Duplicates,
+	}
+	ds, err := js.Stream(ctx, dc.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		ds, err = js.CreateStream(ctx, dc)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			ds, err = js.Stream(ctx, dc.Name)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("krules/nats: dead-letter stream %q: %w (%w)", dc.Name, ErrStreamLayout, err)
+	}
+	if !slices.Contains(ds.CachedInfo().Config.Subjects, dead) {
+		return nil, fmt.Errorf("krules/nats: stream %q exists but does not take subject %q: %w", dc.Name, dead, ErrStreamLayout)
 	}
 	return s, nil
 }

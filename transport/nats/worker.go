@@ -135,7 +135,7 @@ type Stats struct {
 	Redelivered  uint64 // deliveries that were not the first of their event
 	Duplicates   uint64 // deliveries skipped by the idempotency option (already applied)
 	DeadLettered uint64 // events sent to the dead-letter subject
-	AckErrors    uint64 // acks the server did not confirm (the event may come again)
+	AckErrors    uint64 // acks (or dead-letter acks) that could not be sent or confirmed (the event may come again)
 }
 
 // Worker consumes a stream and emits every event into an App. See the
@@ -151,6 +151,11 @@ type Worker struct {
 
 	handled, failed, redelivered, duplicates, dead, ackErrs atomic.Uint64
 	running                                                 atomic.Bool
+
+	// inflight holds the deliveries being handled; one ticker (Run's
+	// heartbeat loop) sends their in-progress heartbeats.
+	mu       sync.Mutex
+	inflight map[jetstream.Msg]struct{}
 }
 
 // NewWorker checks the stream, creates the group's durable consumers (or
@@ -315,6 +320,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
+	go w.heartbeats(hctx, done)
 
 	var timedOut bool
 	select {
@@ -363,12 +369,6 @@ func (w *Worker) consume(loopCtx, hctx context.Context, c jetstream.Consumer) er
 		case <-loopDone:
 		}
 	}()
-	// Heartbeats follow the consumer's AckWait (the lease the server
-	// applies), not only this worker's configuration.
-	ackWait := c.CachedInfo().Config.AckWait
-	if ackWait <= 0 {
-		ackWait = w.cfg.AckWait
-	}
 	var fatal error
 	for {
 		m, err := it.Next()
@@ -388,7 +388,7 @@ func (w *Worker) consume(loopCtx, hctx context.Context, c jetstream.Consumer) er
 			_ = m.Nak()
 			continue
 		}
-		w.handle(hctx, m, ackWait)
+		w.handle(hctx, m)
 	}
 	it.Stop()
 	return fatal
@@ -396,7 +396,7 @@ func (w *Worker) consume(loopCtx, hctx context.Context, c jetstream.Consumer) er
 
 // handle processes one delivery. Every path ends in exactly one of: ack,
 // nak (with delay), or dead letter + ack.
-func (w *Worker) handle(ctx context.Context, m jetstream.Msg, ackWait time.Duration) {
+func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
 	md, err := m.Metadata()
 	if err != nil {
 		w.log.Error("krules/nats: message without JetStream metadata; terminated", "subject", m.Subject(), "error", err)
@@ -421,8 +421,8 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg, ackWait time.Durat
 		return
 	}
 
-	stopHB := w.heartbeat(ctx, m, ackWait)
-	defer stopHB()
+	w.track(m)
+	defer w.untrack(m)
 
 	s := w.app.Subject(e.Subject())
 	var rec map[string]any
@@ -489,10 +489,14 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg, ackWait time.Durat
 // between commit and ack.
 var testHookBeforeAck func()
 
-func (w *Worker) ack(ctx context.Context, m jetstream.Msg, e *event.Event) {
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.AckWait)
-	defer cancel()
-	if err := m.DoubleAck(actx); err != nil {
+// ack acknowledges without waiting for the server's confirmation: the
+// partition's next event is delivered only once the server has processed
+// the ack (MaxAckPending 1), so waiting here would add a round trip per
+// event and guard nothing — an ack that is lost makes the event come again
+// after AckWait, confirmed or not. An ack that cannot be sent (connection
+// closed) counts in Stats.AckErrors.
+func (w *Worker) ack(_ context.Context, m jetstream.Msg, e *event.Event) {
+	if err := m.Ack(); err != nil {
 		w.ackErrs.Add(1)
 		w.log.Warn("krules/nats: ack not confirmed; the event may be delivered again", "event", e.Type(), "id", e.ID(), "subject", e.Subject(), "error", err)
 	}
@@ -561,38 +565,65 @@ func truncateUTF8(s string, n int) string {
 	return s[:n]
 }
 
-// heartbeat tells the server the event is still being worked on every
-// ackWait/3, until the returned stop function is called or ctx (the
-// handlers' context) is cancelled at the shutdown deadline — then the lease
-// lapses and the server hands the event to another worker after AckWait.
-func (w *Worker) heartbeat(ctx context.Context, m jetstream.Msg, ackWait time.Duration) (stop func()) {
+// heartbeats tells the server every AckWait/3 that the deliveries being
+// handled are still being worked on — one ticker for all of them —, until
+// done is closed or ctx (the handlers' context) is cancelled at the
+// shutdown deadline; then their leases lapse and the server hands them to
+// another worker after AckWait. The period follows the consumers' AckWait
+// (the lease the server applies; the same for all of them, see
+// ErrConsumerMismatch), not only this worker's configuration.
+func (w *Worker) heartbeats(ctx context.Context, done <-chan struct{}) {
+	ackWait := w.cfg.AckWait
+	if len(w.consum) > 0 {
+		if a := w.consum[0].CachedInfo().Config.AckWait; a > 0 {
+			ackWait = a
+		}
+	}
 	every := ackWait / 3
 	if every <= 0 {
-		return func() {}
+		return
 	}
-	quit := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var batch []jetstream.Msg
+	for {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			batch = batch[:0]
+			w.mu.Lock()
+			for m := range w.inflight {
+				batch = append(batch, m)
+			}
+			w.mu.Unlock()
+			for _, m := range batch {
+				if ctx.Err() != nil {
+					return
+				}
 				if err := m.InProgress(); err != nil {
 					w.log.Warn("krules/nats: in-progress heartbeat failed", "subject", m.Subject(), "error", err)
 				}
 			}
 		}
-	}()
-	var once sync.Once
-	return func() {
-		once.Do(func() { close(quit); <-exited })
 	}
+}
+
+func (w *Worker) track(m jetstream.Msg) {
+	w.mu.Lock()
+	if w.inflight == nil {
+		w.inflight = map[jetstream.Msg]struct{}{}
+	}
+	w.inflight[m] = struct{}{}
+	w.mu.Unlock()
+}
+
+func (w *Worker) untrack(m jetstream.Msg) {
+	w.mu.Lock()
+	delete(w.inflight, m)
+	w.mu.Unlock()
 }
 
 // applied reads the subject's idempotency record (loading the subject into

@@ -414,6 +414,11 @@ func TestIdempotentTwoGroups(t *testing.T) {
 	ranA := make(chan struct{}, events)
 	wa := newWorker(t, js, handlers("billing", ranA), knats.WorkerConfig{Stream: stream, Group: "billing", Idempotent: true})
 	stopA := startWorker(t, wa)
+	// Both groups exist (their consumers) before the events are published:
+	// with interest retention a group sees the events published after it
+	// was created.
+	ranB := make(chan struct{}, events)
+	wb := newWorker(t, js, handlers("email", ranB), knats.WorkerConfig{Stream: stream, Group: "email", Idempotent: true})
 	p := publisher(t, js, stream)
 	for range events {
 		if _, err := p.Publish(ctx, "tick", "s", nil); err != nil {
@@ -431,10 +436,8 @@ func TestIdempotentTwoGroups(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Group email starts afterwards on the same store: it must not see
+	// Group email runs afterwards on the same store: it must not see
 	// billing's record as its own.
-	ranB := make(chan struct{}, events)
-	wb := newWorker(t, js, handlers("email", ranB), knats.WorkerConfig{Stream: stream, Group: "email", Idempotent: true})
 	startWorker(t, wb)
 	waitIdle(t, js, stream, 15*time.Second)
 	s := krules.New(krules.WithStorage(mem)).Subject("s")
@@ -537,5 +540,82 @@ func TestShutdownDeadlineHandlerIgnoresContext(t *testing.T) {
 	waitIdle(t, js, stream, 15*time.Second)
 	if ok, err := app.Subject("s").Has(context.Background(), "stale"); err != nil || ok {
 		t.Errorf("stale handler's write committed after the shutdown deadline (has=%v, err=%v)", ok, err)
+	}
+}
+
+// EnsureStream on a stream of the old layout (dead letters in the stream
+// itself) moves the dead-letter subject to DeadLetterStream instead of
+// failing on the overlapping subject; new streams delete handled events
+// (interest retention) and keep dead letters apart.
+func TestEnsureStreamLayoutAndMigration(t *testing.T) {
+	_, js := connect(t)
+	ctx := context.Background()
+	old := "krtest_old_" + fmt.Sprint(time.Now().UnixNano())
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: old, Description: "krules-go partitions=2",
+		Subjects: []string{old + ".p.*", knats.DeadLetterSubject(old)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = js.DeleteStream(ctx, old)
+		_ = js.DeleteStream(ctx, knats.DeadLetterStream(old))
+	})
+	s, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: old, Partitions: 2})
+	if err != nil {
+		t.Fatalf("EnsureStream on the old layout: %v", err)
+	}
+	if subs := s.CachedInfo().Config.Subjects; fmt.Sprint(subs) != fmt.Sprint([]string{old + ".p.*"}) {
+		t.Fatalf("old stream subjects after migration: %v", subs)
+	}
+	ds, err := js.Stream(ctx, knats.DeadLetterStream(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if subs := ds.CachedInfo().Config.Subjects; len(subs) != 1 || subs[0] != knats.DeadLetterSubject(old) {
+		t.Fatalf("dead-letter stream subjects %v", subs)
+	}
+	// Again: nothing to migrate.
+	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: old, Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new stream: handled events are deleted once acked.
+	stream := newStream(t, js, 1)
+	info, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := info.CachedInfo().Config; c.Retention != jetstream.InterestPolicy || c.Duplicates != knats.DefaultDuplicates {
+		t.Fatalf("stream config retention %v duplicates %s", c.Retention, c.Duplicates)
+	}
+	rec := newRecorder(3)
+	app := krules.New()
+	app.On("tick").Do(func(ctx context.Context, ev *krules.Event) error {
+		rec.add(record{seq: seqOf(ev)})
+		return nil
+	})
+	startWorker(t, newWorker(t, js, app, knats.WorkerConfig{Stream: stream}))
+	p := publisher(t, js, stream)
+	for i := 1; i <= 3; i++ {
+		if _, err := p.Publish(ctx, "tick", "a", krules.Payload{"seq": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.wait(t, 15*time.Second)
+	waitIdle(t, js, stream, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := info.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State.Msgs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("handled events still stored: %+v", st.State)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

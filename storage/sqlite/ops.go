@@ -1,0 +1,443 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"iter"
+	"slices"
+	"strings"
+
+	"github.com/krules-go/krules/storage"
+)
+
+// colQueries are the statements on one JSON column (properties or
+// ext_properties). Parameters: ?1 subject, ?2 JSON path of the property
+// (see jsonPath), ?3 the value's JSON text, ?4 the property name.
+type colQueries struct {
+	get    string // ?1, ?2
+	put    string // ?1 subject, ?2 path, ?3 value, ?4 name
+	remove string // ?1, ?2
+}
+
+func buildColQueries(table, col string) colQueries {
+	r := strings.NewReplacer("{T}", table, "{C}", col)
+	return colQueries{
+		get: r.Replace(`SELECT {C} -> ?2 FROM {T} WHERE subject_name = ?1`),
+		put: r.Replace(`INSERT INTO {T} (subject_name, {C}) VALUES (?1, json_object(?4, json(?3)))
+	ON CONFLICT (subject_name) DO UPDATE SET {C} = json_set({C}, ?2, json(?3)), updated_at = CURRENT_TIMESTAMP`),
+		remove: r.Replace(`UPDATE {T} SET {C} = json_remove({C}, ?2), updated_at = CURRENT_TIMESTAMP WHERE subject_name = ?1`),
+	}
+}
+
+// tableQueries are the statements on whole rows.
+type tableQueries struct {
+	create, load, ext, flush, ensureRow, listFirst, listNext string
+}
+
+func buildTableQueries(table string) tableQueries {
+	return tableQueries{
+		create: `CREATE TABLE IF NOT EXISTS ` + table + ` (
+	subject_name   TEXT PRIMARY KEY,
+	properties     TEXT NOT NULL DEFAULT '{}',
+	ext_properties TEXT NOT NULL DEFAULT '{}',
+	updated_at     TEXT DEFAULT CURRENT_TIMESTAMP
+) WITHOUT ROWID`,
+		load:      `SELECT properties, ext_properties FROM ` + table + ` WHERE subject_name = ?1`,
+		ext:       `SELECT ext_properties FROM ` + table + ` WHERE subject_name = ?1`,
+		flush:     `DELETE FROM ` + table + ` WHERE subject_name = ?1`,
+		ensureRow: `INSERT INTO ` + table + ` (subject_name) VALUES (?1) ON CONFLICT (subject_name) DO NOTHING`,
+		listFirst: `SELECT subject_name FROM ` + table + ` WHERE subject_name >= ?1 ORDER BY subject_name LIMIT ?2`,
+		listNext:  `SELECT subject_name FROM ` + table + ` WHERE subject_name > ?1 ORDER BY subject_name LIMIT ?2`,
+	}
+}
+
+// jsonPath returns the SQLite JSON path of the top-level key name:
+// $."name", with '"' and '\' written as \u0022 and \u005c (SQLite ends a
+// quoted label at the first '"', and decodes JSON escapes in it), so any
+// name is taken literally.
+func jsonPath(name string) string {
+	var sb strings.Builder
+	sb.Grow(len(name) + 4)
+	sb.WriteString(`$."`)
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; c {
+		case '"':
+			sb.WriteString(`\u0022`)
+		case '\\':
+			sb.WriteString(`\u005c`)
+		default:
+			sb.WriteByte(c)
+		}
+	}
+	sb.WriteByte('"')
+	return sb.String()
+}
+
+// check validates the call's arguments before any SQL runs.
+func (b *Backend) check(subject string, k *storage.Key) error {
+	if b.closed.Load() {
+		return fmt.Errorf("sqlite: %w", storage.ErrClosed)
+	}
+	if err := storage.ValidateName("subject", subject); err != nil {
+		return fmt.Errorf("sqlite: %w", err)
+	}
+	if k != nil {
+		if !k.Kind.Valid() {
+			return fmt.Errorf("sqlite: property %q of subject %q: %w: unknown property kind %v", k.Name, subject, storage.ErrInvalidName, k.Kind)
+		}
+		if err := storage.ValidateName("property", k.Name); err != nil {
+			return fmt.Errorf("sqlite: subject %q: %w", subject, err)
+		}
+	}
+	return nil
+}
+
+func (b *Backend) queries(k storage.Kind) *colQueries {
+	if k == storage.Extended {
+		return &b.q[1]
+	}
+	return &b.q[0]
+}
+
+func wrap(op, subject, prop string, err error) error {
+	if prop != "" {
+		return fmt.Errorf("sqlite: %s property %q of subject %q: %w", op, prop, subject, err)
+	}
+	return fmt.Errorf("sqlite: %s subject %q: %w", op, subject, err)
+}
+
+func notFound(subject, prop string) error {
+	return fmt.Errorf("sqlite: property %q of subject %q: %w", prop, subject, storage.ErrNotFound)
+}
+
+// decode turns a property's JSON text into the value model; an invalid
+// NullString (SQL NULL) is a missing property.
+func decode(raw sql.NullString) (v any, exists bool, err error) {
+	if !raw.Valid {
+		return nil, false, nil
+	}
+	v, err = storage.Unmarshal([]byte(raw.String))
+	if err != nil {
+		return nil, false, err
+	}
+	return v, true, nil
+}
+
+// decodeObject turns a JSON column into properties sorted by name.
+func decodeObject(raw string) ([]storage.Property, error) {
+	if raw == "" {
+		return []storage.Property{}, nil
+	}
+	v, err := storage.Unmarshal([]byte(raw))
+	if err != nil {
+		return nil, err
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("column holds %.40q, not a JSON object", raw)
+	}
+	out := make([]storage.Property, 0, len(m))
+	for name, val := range m {
+		out = append(out, storage.Property{Name: name, Value: val})
+	}
+	slices.SortFunc(out, func(a, b storage.Property) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// Load implements [storage.Backend] in one query. Properties come sorted by
+// name.
+func (b *Backend) Load(ctx context.Context, subject string) (storage.Snapshot, error) {
+	if err := b.check(subject, nil); err != nil {
+		return storage.Snapshot{}, err
+	}
+	var props, ext string
+	err := b.db.QueryRowContext(ctx, b.tq.load, subject).Scan(&props, &ext)
+	if errors.Is(err, sql.ErrNoRows) {
+		return storage.Snapshot{}, nil
+	}
+	if err != nil {
+		return storage.Snapshot{}, wrap("load", subject, "", err)
+	}
+	var snap storage.Snapshot
+	if snap.Props, err = decodeObject(props); err != nil {
+		return storage.Snapshot{}, wrap("load properties of", subject, "", err)
+	}
+	if snap.Ext, err = decodeObject(ext); err != nil {
+		return storage.Snapshot{}, wrap("load extended properties of", subject, "", err)
+	}
+	return snap, nil
+}
+
+// ExtProps implements [storage.Backend]; properties come sorted by name.
+func (b *Backend) ExtProps(ctx context.Context, subject string) ([]storage.Property, error) {
+	if err := b.check(subject, nil); err != nil {
+		return nil, err
+	}
+	var ext string
+	err := b.db.QueryRowContext(ctx, b.tq.ext, subject).Scan(&ext)
+	if errors.Is(err, sql.ErrNoRows) {
+		return []storage.Property{}, nil
+	}
+	if err != nil {
+		return nil, wrap("read extended properties of", subject, "", err)
+	}
+	props, err := decodeObject(ext)
+	if err != nil {
+		return nil, wrap("read extended properties of", subject, "", err)
+	}
+	return props, nil
+}
+
+// Get implements [storage.Backend] in one query.
+func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, error) {
+	if err := b.check(subject, &k); err != nil {
+		return nil, err
+	}
+	var raw sql.NullString
+	err := b.db.QueryRowContext(ctx, b.queries(k.Kind).get, subject, jsonPath(k.Name)).Scan(&raw)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound(subject, k.Name)
+	}
+	if err != nil {
+		return nil, wrap("get", subject, k.Name, err)
+	}
+	v, exists, err := decode(raw)
+	if err != nil {
+		return nil, wrap("get", subject, k.Name, err)
+	}
+	if !exists {
+		return nil, notFound(subject, k.Name)
+	}
+	return v, nil
+}
+
+// readOld reads one property inside a write transaction.
+func readOld(ctx context.Context, tx *sql.Tx, q *colQueries, subject, path string) (sql.NullString, error) {
+	var raw sql.NullString
+	err := tx.QueryRowContext(ctx, q.get, subject, path).Scan(&raw)
+	if errors.Is(err, sql.ErrNoRows) {
+		return sql.NullString{}, nil
+	}
+	return raw, err
+}
+
+// Set implements [storage.Backend]. Every Set is one IMMEDIATE transaction
+// (it holds the database's write lock from its first statement): it reads
+// the stored value, computes the new one (the plain value, the built-in
+// operation through [storage.Op.Apply], or the update function), and writes
+// it with one INSERT ... ON CONFLICT DO UPDATE statement (json_set). No
+// other writer, in this process or another, can interleave, so there are no
+// optimistic retries and the update function runs exactly once per
+// successful call, while the lock is held: keep it short. When another
+// process holds the lock longer than Config.BusyTimeout the whole
+// transaction is retried (Config.MaxRetries); then the error wraps
+// [storage.ErrConflict] and nothing was written.
+func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m storage.Mutation) (newValue, oldValue any, err error) {
+	if err := b.check(subject, &k); err != nil {
+		return nil, nil, err
+	}
+	var data string
+	if m.Op == nil && m.Func == nil {
+		text, err := storage.Marshal(m.Value)
+		if err != nil {
+			return nil, nil, wrap("set", subject, k.Name, err)
+		}
+		data = string(text)
+	}
+	q := b.queries(k.Kind)
+	path := jsonPath(k.Name)
+	var applyErr error
+	err = b.write(ctx, func(tx *sql.Tx) error {
+		raw, err := readOld(ctx, tx, q, subject, path)
+		if err != nil {
+			return err
+		}
+		old, exists, err := decode(raw)
+		if err != nil {
+			applyErr = err
+			return err
+		}
+		nv := m.Value
+		text := data
+		if m.Op != nil || m.Func != nil {
+			arg := old
+			if m.Func != nil && exists {
+				arg = storage.Clone(old)
+			}
+			if nv, err = m.Apply(arg, exists); err != nil {
+				applyErr = err
+				return err
+			}
+			enc, err := storage.Marshal(nv)
+			if err != nil {
+				applyErr = err
+				return err
+			}
+			text = string(enc)
+		}
+		if _, err := tx.ExecContext(ctx, q.put, subject, path, text, k.Name); err != nil {
+			return err
+		}
+		newValue, oldValue = nv, old
+		return nil
+	})
+	if err != nil {
+		if applyErr != nil {
+			return nil, nil, fmt.Errorf("sqlite: set property %q of subject %q: %w", k.Name, subject, applyErr)
+		}
+		return nil, nil, wrap("set", subject, k.Name, err)
+	}
+	return newValue, oldValue, nil
+}
+
+// Delete implements [storage.Backend] in one transaction returning the
+// removed value. The subject's row stays, possibly empty; [Backend.Flush]
+// removes it.
+func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (any, error) {
+	if err := b.check(subject, &k); err != nil {
+		return nil, err
+	}
+	q := b.queries(k.Kind)
+	path := jsonPath(k.Name)
+	var old any
+	errMissing := errors.New("missing")
+	err := b.write(ctx, func(tx *sql.Tx) error {
+		raw, err := readOld(ctx, tx, q, subject, path)
+		if err != nil {
+			return err
+		}
+		v, exists, err := decode(raw)
+		if err != nil {
+			return err
+		}
+		if !exists {
+			return errMissing
+		}
+		if _, err := tx.ExecContext(ctx, q.remove, subject, path); err != nil {
+			return err
+		}
+		old = v
+		return nil
+	})
+	if errors.Is(err, errMissing) {
+		return nil, notFound(subject, k.Name)
+	}
+	if err != nil {
+		return nil, wrap("delete", subject, k.Name, err)
+	}
+	return old, nil
+}
+
+// Flush implements [storage.Backend]: it deletes the subject's row.
+func (b *Backend) Flush(ctx context.Context, subject string) error {
+	if err := b.check(subject, nil); err != nil {
+		return err
+	}
+	err := b.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, b.tq.flush, subject)
+		return err
+	})
+	if err != nil {
+		return wrap("flush", subject, "", err)
+	}
+	return nil
+}
+
+// Store implements [storage.Backend] in one IMMEDIATE transaction: the
+// deleted properties are removed (json_remove), then the puts are written
+// (json_set); a batch with puts creates the row when missing. Every value is
+// checked before anything is written.
+func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch) error {
+	if err := b.check(subject, nil); err != nil {
+		return err
+	}
+	for _, k := range batch.Deletes {
+		if err := b.check(subject, &k); err != nil {
+			return err
+		}
+	}
+	texts := make([]string, len(batch.Puts))
+	for i, w := range batch.Puts {
+		if err := b.check(subject, &w.Key); err != nil {
+			return err
+		}
+		text, err := storage.Marshal(w.Value)
+		if err != nil {
+			return wrap("store", subject, w.Name, err)
+		}
+		texts[i] = string(text)
+	}
+	if batch.Empty() {
+		return nil
+	}
+	err := b.write(ctx, func(tx *sql.Tx) error {
+		for _, k := range batch.Deletes {
+			if _, err := tx.ExecContext(ctx, b.queries(k.Kind).remove, subject, jsonPath(k.Name)); err != nil {
+				return err
+			}
+		}
+		for i, w := range batch.Puts {
+			if _, err := tx.ExecContext(ctx, b.queries(w.Kind).put, subject, jsonPath(w.Name), texts[i], w.Name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return wrap("store", subject, "", err)
+	}
+	return nil
+}
+
+// List implements [storage.Lister]: the names of the subjects starting with
+// prefix, in byte order, fetched Config.ListPageSize at a time (keyset
+// pagination on the primary key: no transaction is held while the caller
+// consumes the names, so a name added or removed meanwhile may or may not
+// appear). The prefix is literal.
+func (b *Backend) List(ctx context.Context, prefix string) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) {
+		if b.closed.Load() {
+			yield("", fmt.Errorf("sqlite: %w", storage.ErrClosed))
+			return
+		}
+		query, after := b.tq.listFirst, prefix
+		for {
+			names, err := b.listPage(ctx, query, after)
+			if err != nil {
+				yield("", fmt.Errorf("sqlite: list subjects with prefix %q: %w", prefix, err))
+				return
+			}
+			for _, n := range names {
+				if !strings.HasPrefix(n, prefix) {
+					return
+				}
+				if !yield(n, nil) {
+					return
+				}
+			}
+			if len(names) < b.cfg.ListPageSize {
+				return
+			}
+			query, after = b.tq.listNext, names[len(names)-1]
+		}
+	}
+}
+
+func (b *Backend) listPage(ctx context.Context, query, after string) ([]string, error) {
+	rows, err := b.db.QueryContext(ctx, query, after, b.cfg.ListPageSize)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		names = append(names, n)
+	}
+	return names, rows.Err()
+}
