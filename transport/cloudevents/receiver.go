@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"mime"
+	"net/http"
 	"net/textproto"
 	"strings"
 
