@@ -49,6 +49,21 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("POST %s: status %d: %s", e.URL, e.Code, e.Body)
 }
 
+// Encoding is the HTTP content mode a Dispatcher sends events in.
+type Encoding int
+
+const (
+	// Structured (the default) sends the whole event as one JSON object,
+	// Content-Type application/cloudevents+json: the mode the Python
+	// KRules receiver (krules_fastapi_env) reads, and one every
+	// CloudEvents receiver accepts, this package's Receiver included.
+	Structured Encoding = iota
+	// Binary sends the attributes as ce-* headers and the payload as the
+	// body, Content-Type application/json (what the Python emitter sends;
+	// the Python receiver refuses it with 422).
+	Binary
+)
+
 // DispatcherConfig configures a Dispatcher. The zero value is ready to use.
 type DispatcherConfig struct {
 	// Source is the source attribute of sent events. Default DefaultSource().
@@ -59,10 +74,12 @@ type DispatcherConfig struct {
 	// DefaultPolicy applies when an event has no MetaDispatchPolicy.
 	// Default PolicyDirect.
 	DefaultPolicy Policy
+	// Encoding of the requests. Default Structured.
+	Encoding Encoding
 }
 
-// Dispatcher is the HTTP egress: it POSTs KRules events as binary-mode
-// CloudEvents. Use Send directly, or Middleware to send every event whose
+// Dispatcher is the HTTP egress: it POSTs KRules events as CloudEvents, in
+// structured mode unless DispatcherConfig.Encoding says Binary. Use Send directly, or Middleware to send every event whose
 // metadata names a MetaDispatchURL. Safe for concurrent use.
 type Dispatcher struct {
 	cfg DispatcherConfig
@@ -84,7 +101,7 @@ func NewDispatcher(cfg DispatcherConfig) *Dispatcher {
 
 // Dispatch builds the CloudEvent of ev (FromKrules: ce-subject, ce-originid,
 // ce-propertyname, the subject's extended properties as extensions) and
-// POSTs it to url in binary mode. It returns the event id.
+// POSTs it to url (see Send). It returns the event id.
 func (d *Dispatcher) Dispatch(ctx context.Context, ev *krules.Event, url string) (string, error) {
 	e, err := FromKrules(ctx, ev, d.cfg.Source)
 	if err != nil {
@@ -96,14 +113,24 @@ func (d *Dispatcher) Dispatch(ctx context.Context, ev *krules.Event, url string)
 	return e.ID(), nil
 }
 
-// Send POSTs e to url in binary mode (ce-* headers, data as the body with
-// its datacontenttype as Content-Type). A non-2xx answer is a *StatusError.
+// Send POSTs e to url in the configured Encoding: structured (the event as
+// one JSON object, Content-Type application/cloudevents+json, JSON data
+// inline as "data") or binary (ce-* headers, data as the body with its
+// datacontenttype as Content-Type). A non-2xx answer is a *StatusError.
 func (d *Dispatcher) Send(ctx context.Context, url string, e *event.Event) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
 	if err != nil {
 		return fmt.Errorf("cloudevents: dispatch %q (id %s) to %q: %w", e.Type(), e.ID(), url, err)
 	}
-	wctx := binding.WithPreferredEventEncoding(ctx, binding.EncodingBinary)
+	enc := binding.EncodingStructured
+	switch d.cfg.Encoding {
+	case Structured:
+	case Binary:
+		enc = binding.EncodingBinary
+	default:
+		return fmt.Errorf("cloudevents: dispatch %q (id %s) to %q: unknown Encoding %d", e.Type(), e.ID(), url, d.cfg.Encoding)
+	}
+	wctx := binding.WithPreferredEventEncoding(ctx, enc)
 	if err := cehttp.WriteRequest(wctx, binding.ToMessage(e), req); err != nil {
 		return fmt.Errorf("cloudevents: dispatch %q (id %s) to %q: encode: %w", e.Type(), e.ID(), url, err)
 	}

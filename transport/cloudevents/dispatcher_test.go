@@ -69,7 +69,7 @@ func TestEgressHeaders(t *testing.T) {
 	ctx := context.Background()
 	out := newSink(t, http.StatusAccepted)
 	app := krules.New()
-	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Source: "svc-a"})
+	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Source: "svc-a", Encoding: cloudevents.Binary})
 	app.Use(d.Middleware())
 	d.Route(app, "*")
 
@@ -127,7 +127,7 @@ func TestEgressHeaders(t *testing.T) {
 func TestEgressKeepsOriginID(t *testing.T) {
 	out := newSink(t, http.StatusOK)
 	app := krules.New()
-	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{})
+	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Encoding: cloudevents.Binary})
 	app.Use(d.Middleware())
 	d.Route(app, "forwarded")
 	app.On("incoming").Do(func(ctx context.Context, ev *krules.Event) error {

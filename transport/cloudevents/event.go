@@ -454,7 +454,10 @@ func IsJSONContentType(ct string) bool {
 // Payload decodes the data of a CloudEvent into a KRules payload: no data
 // (or JSON null) gives an empty payload; otherwise the data must be a JSON
 // object with a JSON datacontenttype. Numbers follow the storage value
-// model (int64 when integral, else float64). Errors wrap ErrMalformed.
+// model (int64 when integral, else float64). As a direct Set, it refuses
+// what the value model cannot hold instead of altering it: invalid UTF-8,
+// unpaired \u surrogate escapes, a repeated object key, NaN/Infinity
+// tokens, NUL in a string. Errors wrap ErrMalformed.
 func Payload(e *event.Event) (krules.Payload, error) {
 	data := e.Data()
 	if len(strings.TrimSpace(string(data))) == 0 {
@@ -462,6 +465,9 @@ func Payload(e *event.Event) (krules.Payload, error) {
 	}
 	if !IsJSONContentType(e.DataContentType()) {
 		return nil, fmt.Errorf("%w: unsupported datacontenttype %q (want JSON)", ErrMalformed, e.DataContentType())
+	}
+	if err := checkJSON(data, "data"); err != nil {
+		return nil, err
 	}
 	v, err := storage.Unmarshal(data)
 	if err != nil {
@@ -478,7 +484,8 @@ func Payload(e *event.Event) (krules.Payload, error) {
 }
 
 // Check validates an incoming CloudEvent for KRules: the spec attributes
-// (id, source, specversion, type) and a non-empty, valid subject. Errors
+// (id, source, specversion, type), an event type that is valid UTF-8
+// without NUL (as storage.ValidateName), and a non-empty, valid subject. Errors
 // wrap ErrMalformed.
 func Check(e *event.Event) error {
 	if e == nil {
@@ -486,6 +493,9 @@ func Check(e *event.Event) error {
 	}
 	if err := e.Validate(); err != nil {
 		return fmt.Errorf("%w: %s", ErrMalformed, strings.TrimSpace(err.Error()))
+	}
+	if err := storage.ValidateName("event type", e.Type()); err != nil {
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	if e.Subject() == "" {
 		return fmt.Errorf("%w: CloudEvent 'subject' field is required for KRules events", ErrMalformed)

@@ -35,7 +35,7 @@ func TestOneTraceAcrossHTTP(t *testing.T) {
 	defer srv.Close()
 
 	producer := krules.New()
-	d := ce.NewDispatcher(ce.DispatcherConfig{Source: "t"})
+	d := ce.NewDispatcher(ce.DispatcherConfig{Source: "t", Encoding: ce.Binary})
 	producer.Use(krotel.Middleware(krotel.Config{TracerProvider: tp}), d.Middleware())
 	d.Route(producer, "order.approved")
 	root, span := tp.Tracer("t").Start(context.Background(), "root")

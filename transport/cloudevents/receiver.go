@@ -7,10 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
+	"net/textproto"
 	"strings"
 
 	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/binding/format"
+	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/krules-go/krules"
 )
@@ -81,22 +85,9 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "read body: %v", err)
 		return
 	}
-	msg := cehttp.NewMessage(r.Header, io.NopCloser(bytes.NewReader(data)))
-	switch msg.ReadEncoding() {
-	case binding.EncodingUnknown:
-		if hasCEHeader(r.Header) {
-			writeError(w, http.StatusBadRequest, "binary CloudEvent without a ce-specversion header")
-		} else {
-			writeError(w, http.StatusBadRequest, "not a CloudEvent: content type %q and no ce-specversion header", r.Header.Get("Content-Type"))
-		}
-		return
-	case binding.EncodingBatch:
-		writeError(w, http.StatusBadRequest, "batched CloudEvents are not supported: send one event per request")
-		return
-	}
-	e, err := binding.ToEvent(r.Context(), msg)
+	e, code, err := decodeRequest(r.Context(), r.Header, data)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid CloudEvent: %v", err)
+		writeError(w, code, "%v", err)
 		return
 	}
 	ctx := context.WithoutCancel(r.Context())
@@ -115,11 +106,124 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func hasCEHeader(h http.Header) bool {
 	for k := range h {
-		if len(k) > 3 && strings.EqualFold(k[:3], "ce-") {
+		if isCEHeader(k) {
 			return true
 		}
 	}
 	return false
+}
+
+func isCEHeader(k string) bool { return len(k) > 3 && strings.EqualFold(k[:3], "ce-") }
+
+// supportedSpecVersion reports whether the SDK reads this specversion.
+func supportedSpecVersion(v string) bool { return v == "1.0" || v == "0.3" }
+
+// noneAttrs are the optional attributes whose header the Python emitter
+// sends as the literal text "None" when they are unset.
+var noneAttrs = map[string]bool{"datacontenttype": true, "dataschema": true, "time": true}
+
+// decodeRequest reads the CloudEvent of one request (body already read). It
+// returns the HTTP status to answer with when it fails.
+func decodeRequest(ctx context.Context, h http.Header, body []byte) (*event.Event, int, error) {
+	ct := h.Get("Content-Type")
+	mt, _, _ := mime.ParseMediaType(ct)
+	switch {
+	case mt == "application/cloudevents-batch+json":
+		return nil, http.StatusBadRequest, errors.New("batched CloudEvents are not supported: send one event per request")
+	case mt == "application/cloudevents+json":
+		return decodeStructured(body)
+	case hasCEHeader(h):
+		return decodeBinary(ctx, h, body)
+	case (mt == "" || mt == "application/json") && looksStructured(body):
+		// A structured event posted as application/json (or without a
+		// Content-Type), as Python KRules clients do.
+		return decodeStructured(body)
+	}
+	return nil, http.StatusBadRequest, fmt.Errorf("not a CloudEvent: content type %q, no ce- headers, and the body is not a JSON object with a \"specversion\" member", ct)
+}
+
+// looksStructured reports whether body is a JSON object with a
+// "specversion" member at the top level.
+func looksStructured(body []byte) bool {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(body, &top) != nil {
+		return false
+	}
+	_, ok := top["specversion"]
+	return ok
+}
+
+func decodeStructured(body []byte) (*event.Event, int, error) {
+	if err := checkJSON(body, "structured CloudEvent"); err != nil {
+		return nil, http.StatusBadRequest, err
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil {
+		return nil, http.StatusBadRequest, fmt.Errorf("%w: structured CloudEvent: not a JSON object", ErrMalformed)
+	}
+	raw, ok := top["specversion"]
+	if !ok {
+		return nil, http.StatusBadRequest, fmt.Errorf("%w: structured CloudEvent without \"specversion\"", ErrMalformed)
+	}
+	var sv string
+	if json.Unmarshal(raw, &sv) != nil || !supportedSpecVersion(sv) {
+		return nil, http.StatusBadRequest, fmt.Errorf("%w: unsupported specversion %s (supported: \"1.0\", \"0.3\")", ErrMalformed, cutQuote(string(raw)))
+	}
+	var e event.Event
+	if err := format.JSON.Unmarshal(body, &e); err != nil {
+		return nil, http.StatusBadRequest, fmt.Errorf("%w: invalid CloudEvent: %v", ErrMalformed, err)
+	}
+	return &e, 0, nil
+}
+
+// decodeBinary reads a binary-mode event after mapping what the Python
+// emitter sends onto the spec (see Receiver): "None" optional attributes
+// dropped, non-conforming extension names normalised.
+func decodeBinary(ctx context.Context, h http.Header, body []byte) (*event.Event, int, error) {
+	clean := make(http.Header, len(h))
+	from := make(map[string]string) // normalised extension name -> header it came from
+	for k, vs := range h {
+		if !isCEHeader(k) {
+			clean[k] = vs
+			continue
+		}
+		name := strings.ToLower(k[3:])
+		if len(vs) != 1 {
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: header ce-%s given %d times", ErrMalformed, name, len(vs))
+		}
+		v := vs[0]
+		if noneAttrs[name] && v == "None" {
+			continue // Python's str(None) for an unset attribute
+		}
+		if name == "datacontenttype" {
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: header ce-datacontenttype %s: in binary mode the datacontenttype is the Content-Type header", ErrMalformed, cutQuote(v))
+		}
+		n := NormalizeExtensionName(name)
+		switch {
+		case n == "":
+			continue // nothing to map it to; the Dispatcher drops such names too
+		case n != name && reserved[n]:
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: extension header ce-%s normalises to the context attribute %q", ErrMalformed, name, n)
+		}
+		if prev, dup := from[n]; dup {
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: headers ce-%s and ce-%s both map to the attribute %q", ErrMalformed, prev, name, n)
+		}
+		from[n] = name
+		clean[textproto.CanonicalMIMEHeaderKey("ce-"+n)] = vs
+	}
+	sv := clean.Get("Ce-Specversion")
+	switch {
+	case sv == "":
+		return nil, http.StatusBadRequest, fmt.Errorf("%w: binary CloudEvent without a ce-specversion header", ErrMalformed)
+	case !supportedSpecVersion(sv):
+		return nil, http.StatusBadRequest, fmt.Errorf("%w: unsupported specversion %s (supported: \"1.0\", \"0.3\")", ErrMalformed, cutQuote(sv))
+	}
+	msg := cehttp.NewMessage(clean, io.NopCloser(bytes.NewReader(body)))
+	e, err := binding.ToEvent(ctx, msg)
+	if err != nil {
+		return nil, http.StatusBadRequest, fmt.Errorf("%w: invalid CloudEvent: %v", ErrMalformed, err)
+	}
+	return e, 0, nil
 }
 
 func writeError(w http.ResponseWriter, code int, format string, args ...any) {

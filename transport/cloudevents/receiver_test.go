@@ -198,7 +198,7 @@ func TestBadRequests(t *testing.T) {
 		{name: "structured missing subject", headers: structuredCT, body: structured("subject", nil), code: 400, errHas: "subject"},
 		{name: "structured empty subject", headers: structuredCT, body: structured("", map[string]any{"subject": ""}), code: 400, errHas: "subject"},
 		{name: "structured missing specversion", headers: structuredCT, body: structured("specversion", nil), code: 400, errHas: "specversion"},
-		{name: "structured bad JSON", headers: structuredCT, body: `{"specversion":"1.0",`, code: 400, errHas: "invalid CloudEvent"},
+		{name: "structured bad JSON", headers: structuredCT, body: `{"specversion":"1.0",`, code: 400, errHas: "invalid JSON"},
 		{name: "structured data not an object", headers: structuredCT, body: structured("", map[string]any{"data": "text"}), code: 400, errHas: "JSON object"},
 		{name: "structured non-JSON datacontenttype", headers: structuredCT, body: structured("", map[string]any{"datacontenttype": "application/xml", "data": "<a/>"}), code: 400, errHas: "datacontenttype"},
 		{name: "not a CloudEvent", headers: map[string]string{"Content-Type": "text/plain"}, body: `hello`, code: 400, errHas: "not a CloudEvent"},

@@ -25,7 +25,7 @@ func traceHop(t *testing.T, worker *krules.App, opts ...krules.CallOption) (head
 	t.Cleanup(srv.Close)
 	es := &errSink{}
 	producer := krules.New(krules.WithErrorHandler(es.handle))
-	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Source: "t"})
+	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Source: "t", Encoding: cloudevents.Binary})
 	producer.Use(d.Middleware())
 	d.Route(producer, "order.approved")
 	// A stale trace context stored on the subject is never sent.
