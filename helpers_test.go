@@ -60,13 +60,3 @@ func newApp(t *testing.T, opts ...krules.Option) (*krules.App, *syncBuffer) {
 	l := slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	return krules.New(append([]krules.Option{krules.WithLogger(l)}, opts...)...), buf
 }
-
-func must2(t *testing.T) func(a, b any, err error) (any, any) {
-	return func(a, b any, err error) (any, any) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a, b
-	}
-}

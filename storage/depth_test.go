@@ -24,11 +24,11 @@ func TestNestingLimitAcrossJSONPath(t *testing.T) {
 		}
 		return inner
 	}
-	v, err := storage.Normalize(build(300, 300))
+	_, err := storage.Normalize(build(300, 300))
 	if !errors.Is(err, storage.ErrInvalidValue) {
 		t.Fatalf("600-deep value: err = %v, want ErrInvalidValue", err)
 	}
-	v, err = storage.Normalize(build(200, 200))
+	v, err := storage.Normalize(build(200, 200))
 	if err != nil {
 		t.Fatalf("400-deep value refused: %v", err)
 	}

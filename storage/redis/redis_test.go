@@ -26,19 +26,6 @@ var (
 	E = func(name string) storage.Key { return storage.Key{Kind: storage.Extended, Name: name} }
 )
 
-// rawClient returns a plain go-redis client on KRULES_REDIS_URL.
-func rawClient(t testing.TB) *goredis.Client {
-	t.Helper()
-	opts, err := goredis.ParseURL(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.ContextTimeoutEnabled = true
-	c := goredis.NewClient(opts)
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // dropPrefix removes every key "s:<prefix>*".
 func dropPrefix(t testing.TB, c goredis.UniversalClient, prefix string) {
 	t.Helper()

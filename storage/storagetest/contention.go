@@ -422,7 +422,7 @@ func setRetrying(ctx context.Context, b storage.Backend, subject string, k stora
 		}
 		*retried++
 	}
-	return nil, nil, fmt.Errorf("Set %q of %q: 1000 consecutive ErrConflict", k.Name, subject)
+	return nil, nil, fmt.Errorf("set %q of %q: 1000 consecutive ErrConflict", k.Name, subject)
 }
 
 // checkInc checks the result of one increment by 1: new is an int64 and old
@@ -498,7 +498,7 @@ func mixedWorkload(ctx context.Context, b storage.Backend, subject string, proc,
 					} else {
 						err := b.Store(ctx, subject, storage.Batch{Puts: []storage.Write{{Key: ownExt, Value: int64(i/2 + 1)}}})
 						if err != nil {
-							return fmt.Errorf("Store of %q: %w", ownExt.Name, err)
+							return fmt.Errorf("store of %q: %w", ownExt.Name, err)
 						}
 					}
 				}

@@ -9,7 +9,6 @@ import (
 	"path"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/krules-go/krules/storage"
@@ -36,7 +35,6 @@ func TestRunFileStore(t *testing.T) {
 type broken struct {
 	*memory.Backend
 	variant string
-	mu      sync.Mutex
 }
 
 func toFloats(v any) any {

@@ -213,14 +213,14 @@ func testStoreAtomic(t *testing.T, s *suite) {
 			}
 			snap, err := s.b.Load(s.ctx, subj)
 			if err != nil {
-				return fmt.Errorf("Load during concurrent Stores: %w", err)
+				return fmt.Errorf("load during concurrent Stores: %w", err)
 			}
 			p, e := propMap(snap.Props), propMap(snap.Ext)
 			if len(p)+len(e) == 0 {
 				continue // before the first batch
 			}
 			if !sameTypeEqual(p["x"], p["y"]) || !sameTypeEqual(p["x"], e["z"]) || !sameTypeEqual(p["x"], p["gone"]) {
-				return fmt.Errorf("Load saw a half-applied batch: x=%s y=%s gone=%s ext z=%s; each batch writes the same number to all four",
+				return fmt.Errorf("load saw a half-applied batch: x=%s y=%s gone=%s ext z=%s; each batch writes the same number to all four",
 					describe(p["x"]), describe(p["y"]), describe(p["gone"]), describe(e["z"]))
 			}
 		}
