@@ -103,7 +103,9 @@
 // the handlers fail). Handler errors still reach the App's error handler.
 // A failed event is redelivered after WorkerConfig.Backoff (default 0.5 s,
 // 2 s, 10 s, 30 s); on its MaxDeliver-th failed delivery (default 10) it is
-// published to the dead-letter subject "<stream>.dead" with headers
+// published to the dead-letter subject "<stream>.dead" (stored in its own
+// stream, DeadLetterStream: "<stream>_dead", limits retention, kept until
+// deleted unless StreamConfig.DeadLetterMaxAge is set) with headers
 // Krules-Dead-Reason (handler-error), Krules-Dead-Error (the error),
 // Krules-Dead-Subject, -Sequence and -Deliveries, and acked. An event
 // delivered more than MaxDeliver times without ever finishing (its workers
