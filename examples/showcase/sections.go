@@ -132,9 +132,9 @@ func (nb *notebook) lambdaValues(ctx context.Context) error {
 		return err
 	}
 	ts := now()
-	if _, _, err := user.Set(ctx, "login_history", func(hist any) any {
-		return append(hist.([]any), ts)
-	}); err != nil {
+	if _, _, err := user.Set(ctx, "login_history", krules.Update(func(hist []any) []any {
+		return append(hist, ts)
+	})); err != nil {
 		return err
 	}
 	if _, _, err := user.Set(ctx, "login_history", krules.Append(now())); err != nil {
