@@ -465,8 +465,8 @@ func testSubjectBadInput(t *testing.T, a *appSuite) {
 			{"a channel", make(chan int), krules.ErrInvalidValue, true},
 			{"a func inside a map", map[string]any{"f": func() {}}, krules.ErrInvalidValue, true},
 			{"NaN", math.NaN(), krules.ErrInvalidValue, true},
-			{"an update function error", func(any) (any, error) { return nil, errBoom }, errBoom, true},
-			{"an update function panic", func(any) any { panic("storagetest: boom") }, nil, true},
+			{"an update function error", krules.UpdateAny(func(any, bool) (any, error) { return nil, errBoom }), errBoom, true},
+			{"an update function panic", krules.Update(func(any) any { panic("storagetest: boom") }), nil, true},
 			{"Inc on a string", krules.Inc(1), krules.ErrInvalidValue, false},
 			{"Append on a string", krules.Append(1), krules.ErrInvalidValue, false},
 		} {
