@@ -58,10 +58,11 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
-// WithErrorHandler replaces the default error handler, which logs the error
-// at level Error with the event type, subject, handler and, for panics, the
-// stack (errors wrapping ErrCascadeDepth are not logged again: the refused
-// emit already was).
+// WithErrorHandler replaces the default error handler, which logs one line
+// at level Error with the event type, subject, handler and error (for a
+// panic, the panic value); the stack of a panic goes to a second line at
+// level Debug. Errors wrapping ErrCascadeDepth are not logged again: the
+// refused emit already was.
 func WithErrorHandler(h ErrorHandler) Option {
 	return func(a *App) {
 		if h != nil {
@@ -100,7 +101,7 @@ func New(opts ...Option) *App {
 	if a.onError == nil {
 		a.onError = a.logError
 	}
-	a.table.Store(newTable(nil, nil))
+	a.table.Store(newTable(nil, nil, nil))
 	return a
 }
 
@@ -111,12 +112,14 @@ func (a *App) Storage() storage.Backend { return a.backend }
 func (a *App) Logger() *slog.Logger { return a.logger }
 
 // Subject returns a new handle on the named subject. Handles are cheap; each
-// has its own write cache (see Subject). opts become the defaults of every
-// call made through the handle (typically NoCache()). An invalid name is
-// reported by every method of the handle (ErrInvalidName).
-func (a *App) Subject(name string, opts ...CallOption) *Subject {
+// has its own write cache (see Subject). opts (SubjectOption: NoCache,
+// Muted) become the defaults of every call made through the handle. An
+// invalid name is reported by every method of the handle (ErrInvalidName).
+func (a *App) Subject(name string, opts ...SubjectOption) *Subject {
 	s := &Subject{app: a, name: name}
-	s.base = resolve(callOptions{}, opts)
+	for _, o := range opts {
+		s.base.add(o)
+	}
 	s.nameErr = storage.ValidateName("subject", name)
 	return s
 }
@@ -131,7 +134,11 @@ func (a *App) logError(ctx context.Context, ev *Event, handler string, err error
 	}
 	var pe *PanicError
 	if errors.As(err, &pe) {
-		attrs = append(attrs, "stack", string(pe.Stack))
+		a.logger.ErrorContext(ctx, "krules: handler panicked", attrs...)
+		if a.logger.Enabled(ctx, slog.LevelDebug) {
+			a.logger.DebugContext(ctx, "krules: panic stack", "event", ev.Type, "handler", handler, "stack", string(pe.Stack))
+		}
+		return
 	}
 	a.logger.ErrorContext(ctx, "krules: handler failed", attrs...)
 }

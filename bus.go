@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"hash/maphash"
 	"reflect"
 	"runtime"
 	"runtime/debug"
@@ -80,6 +81,7 @@ func (r *Rule) Do(fn HandlerFunc) *Handler {
 		name = funcName(fn)
 	}
 	h := &Handler{app: r.app, name: name, fn: fn, filters: slices.Clone(r.filters)}
+	h.one = []*Handler{h}
 	for _, p := range r.patterns {
 		h.patterns = append(h.patterns, compilePattern(p))
 	}
@@ -90,7 +92,44 @@ func (r *Rule) Do(fn HandlerFunc) *Handler {
 	old := a.table.Load()
 	// Appending in place is safe: older tables never read past their length,
 	// and writers are serialised by regMu.
-	a.table.Store(newTable(append(old.handlers, h), old.middleware))
+	a.table.Store(newTable(append(old.handlers, h), old.middleware, old.outbound))
+	a.regMu.Unlock()
+	return h
+}
+
+// Outbound registers an outbound hook: fn sees every event the App emits
+// (App.Emit, Event.Emit, and the built-in events of Set, Delete and Flush),
+// exactly once, after the event's local handlers, whether or not any local
+// handler matched. Hooks run in registration order in the emitting
+// goroutine, with the handlers' ctx (cascade depth included), without
+// middleware and without filters; their errors and panics go to the error
+// handler and to ObserveErrors observers like a handler's. Muted writes emit
+// nothing, so hooks do not see them. A dispatch stopped by a cancelled ctx
+// does not reach the hooks.
+//
+// This is the place for transports (HTTP egress, NATS publish): no dummy
+// handler is needed to make an event leave the process. Events delivered by
+// a transport's receiver are emits too: a hook that republishes must skip
+// the events that came in (transports mark them in metadata). Hooks see the
+// metadata the local handlers set (Event.SetMeta).
+//
+// name is used in error reports and by App.Remove; "" means the Go name of
+// fn. The returned Handler's Remove unregisters the hook. RemoveAll does
+// not remove hooks. A nil fn registers nothing (logged, as Do).
+func (a *App) Outbound(name string, fn HandlerFunc) *Handler {
+	if fn == nil {
+		a.logger.Error("krules: Outbound(nil): no hook registered", "name", name)
+		return &Handler{app: a, name: name}
+	}
+	if name == "" {
+		name = funcName(fn)
+	}
+	h := &Handler{app: a, name: name, fn: fn, outbound: true}
+	a.regMu.Lock()
+	a.seq++
+	h.seq = a.seq
+	old := a.table.Load()
+	a.table.Store(newTable(old.handlers, old.middleware, append(slices.Clip(old.outbound), h)))
 	a.regMu.Unlock()
 	return h
 }
@@ -115,6 +154,8 @@ type Handler struct {
 	filters  []Filter
 	fn       HandlerFunc
 	seq      uint64
+	one      []*Handler // []*Handler{h}: a match result without allocation
+	outbound bool       // an outbound hook (App.Outbound)
 }
 
 // Name returns the handler's name.
@@ -132,20 +173,22 @@ func (h *Handler) Patterns() []string {
 // Remove unregisters the handler; it reports whether it was registered.
 // An emit already in progress still runs it.
 func (h *Handler) Remove() bool {
-	return h.app.remove(func(x *Handler) bool { return x == h }) == 1
+	return h.app.remove(func(x *Handler) bool { return x == h }, true) == 1
 }
 
-// Remove unregisters every handler with the given name and returns how many.
+// Remove unregisters every handler and outbound hook with the given name and
+// returns how many.
 func (a *App) Remove(name string) int {
-	return a.remove(func(x *Handler) bool { return x.name == name })
+	return a.remove(func(x *Handler) bool { return x.name == name }, true)
 }
 
-// RemoveAll unregisters every handler (middleware stays) and returns how many.
+// RemoveAll unregisters every handler (middleware and outbound hooks stay)
+// and returns how many.
 func (a *App) RemoveAll() int {
-	return a.remove(func(*Handler) bool { return true })
+	return a.remove(func(*Handler) bool { return true }, false)
 }
 
-func (a *App) remove(match func(*Handler) bool) int {
+func (a *App) remove(match func(*Handler) bool, outbound bool) int {
 	a.regMu.Lock()
 	defer a.regMu.Unlock()
 	old := a.table.Load()
@@ -156,8 +199,18 @@ func (a *App) remove(match func(*Handler) bool) int {
 		}
 	}
 	n := len(old.handlers) - len(keep)
+	out := old.outbound
+	if outbound {
+		out = make([]*Handler, 0, len(old.outbound))
+		for _, h := range old.outbound {
+			if !match(h) {
+				out = append(out, h)
+			}
+		}
+		n += len(old.outbound) - len(out)
+	}
 	if n > 0 {
-		a.table.Store(newTable(keep, old.middleware))
+		a.table.Store(newTable(keep, old.middleware, out))
 	}
 	return n
 }
@@ -174,7 +227,7 @@ func (a *App) Use(mw ...Middleware) {
 			mws = append(mws, m)
 		}
 	}
-	a.table.Store(newTable(old.handlers, mws))
+	a.table.Store(newTable(old.handlers, mws, old.outbound))
 }
 
 // Handlers returns the registered handlers in registration order.
@@ -187,24 +240,22 @@ func (a *App) Handlers() []*Handler { return slices.Clone(a.table.Load().handler
 type table struct {
 	handlers   []*Handler
 	middleware []Middleware
+	outbound   []*Handler
 
 	once     sync.Once
 	exact    map[string][]*Handler // literal pattern -> handlers (registration order)
 	globs    map[string][]*Handler // literal prefix of a glob -> handlers
 	matchAll []*Handler            // handlers with a "*" pattern
-
-	// cache maps event types already seen to their handlers (lock-free
-	// reads), at most maxCachedTypes entries.
-	cache    sync.Map
-	cacheLen atomic.Int32
+	cache    *matchCache           // only when there are globs
 }
 
-// maxCachedTypes bounds the per-table cache of event type -> handlers.
-const maxCachedTypes = 4096
-
-func newTable(handlers []*Handler, mws []Middleware) *table {
-	return &table{handlers: handlers, middleware: mws}
+func newTable(handlers []*Handler, mws []Middleware, outbound []*Handler) *table {
+	return &table{handlers: handlers, middleware: mws, outbound: outbound}
 }
+
+// wants reports whether an event matched to hs must be dispatched: a local
+// handler matched or an outbound hook is registered.
+func (t *table) wants(hs []*Handler) bool { return len(hs) > 0 || (t != nil && len(t.outbound) > 0) }
 
 func (t *table) build() {
 	t.exact = map[string][]*Handler{}
@@ -229,6 +280,9 @@ func (t *table) build() {
 			t.matchAll = append(t.matchAll, h)
 		}
 	}
+	if len(t.globs) > 0 {
+		t.cache = &matchCache{seed: maphash.MakeSeed()}
+	}
 }
 
 func seenBefore(ps []*pattern, same func(*pattern) bool) bool {
@@ -240,35 +294,73 @@ func seenBefore(ps []*pattern, same func(*pattern) bool) bool {
 	return false
 }
 
-// match returns the handlers for an event type, in registration order.
+// match returns the handlers for an event type, in registration order. It
+// does not allocate when the result is one handler or comes from one source
+// (the exact index or the "*" handlers); glob results are kept in an
+// evicting cache.
 func (t *table) match(eventType string) []*Handler {
-	if v, ok := t.cache.Load(eventType); ok {
-		return v.([]*Handler)
-	}
 	t.once.Do(t.build)
-	var hs []*Handler
-	hs = append(hs, t.exact[eventType]...)
-	hs = append(hs, t.matchAll...)
-	if len(t.globs) > 0 {
-		for i := 0; i <= len(eventType); i++ {
-			for _, h := range t.globs[eventType[:i]] {
-				for _, p := range h.patterns {
-					if !p.literal && p.match(eventType) {
-						hs = append(hs, h)
-						break
-					}
+	if t.cache == nil {
+		return t.merge(t.exact[eventType], nil)
+	}
+	slot := t.cache.slot(eventType)
+	if e := slot.Load(); e != nil && e.typ == eventType {
+		return e.hs
+	}
+	var globbed []*Handler
+	for i := 0; i <= len(eventType); i++ {
+		for _, h := range t.globs[eventType[:i]] {
+			for _, p := range h.patterns {
+				if !p.literal && p.src != "*" && p.match(eventType) {
+					globbed = append(globbed, h)
+					break
 				}
 			}
 		}
 	}
-	slices.SortFunc(hs, func(a, b *Handler) int { return cmp.Compare(a.seq, b.seq) })
-	hs = slices.Clip(slices.CompactFunc(hs, func(a, b *Handler) bool { return a == b }))
-	if t.cacheLen.Load() < maxCachedTypes {
-		if _, loaded := t.cache.LoadOrStore(eventType, hs); !loaded {
-			t.cacheLen.Add(1)
-		}
-	}
+	hs := t.merge(t.exact[eventType], globbed)
+	slot.Store(&cacheEntry{typ: eventType, hs: hs})
 	return hs
+}
+
+// merge combines the exact and glob matches with the "*" handlers, in
+// registration order without duplicates, allocating only when more than one
+// source contributes.
+func (t *table) merge(exact, globbed []*Handler) []*Handler {
+	switch {
+	case len(globbed) == 0 && len(t.matchAll) == 0:
+		return exact
+	case len(exact) == 0 && len(globbed) == 0:
+		return t.matchAll
+	case len(exact) == 0 && len(t.matchAll) == 0 && len(globbed) == 1:
+		return globbed[0].one
+	}
+	hs := make([]*Handler, 0, len(exact)+len(globbed)+len(t.matchAll))
+	hs = append(hs, exact...)
+	hs = append(hs, t.matchAll...)
+	hs = append(hs, globbed...)
+	slices.SortFunc(hs, func(a, b *Handler) int { return cmp.Compare(a.seq, b.seq) })
+	return slices.Clip(slices.CompactFunc(hs, func(a, b *Handler) bool { return a == b }))
+}
+
+// matchCacheSlots is the size of a table's match cache (a power of two).
+const matchCacheSlots = 8192
+
+// matchCache is a direct-mapped, lock-free cache of event type -> handlers:
+// a new type evicts whatever type shared its slot, so the cache never stops
+// admitting and its size is bounded (64 KiB of slots per table with globs).
+type matchCache struct {
+	seed  maphash.Seed
+	slots [matchCacheSlots]atomic.Pointer[cacheEntry]
+}
+
+type cacheEntry struct {
+	typ string
+	hs  []*Handler
+}
+
+func (c *matchCache) slot(eventType string) *atomic.Pointer[cacheEntry] {
+	return &c.slots[maphash.String(c.seed, eventType)&(matchCacheSlots-1)]
 }
 
 // Emit dispatches an event about subject to every matching handler, one
@@ -278,13 +370,14 @@ func (t *table) match(eventType string) []*Handler {
 // error only when the event is refused (empty type: ErrInvalidName; nil or
 // invalid subject; ErrCascadeDepth) or when ctx is cancelled, which stops
 // the dispatch before the next handler. A nil payload is an empty one.
-// Options: WithExtra, WithMeta.
-func (a *App) Emit(ctx context.Context, eventType string, subject *Subject, payload Payload, opts ...CallOption) error {
+// Options (EmitOption): WithExtra, WithMeta. Outbound hooks (App.Outbound)
+// see the event after the local handlers.
+func (a *App) Emit(ctx context.Context, eventType string, subject *Subject, payload Payload, opts ...EmitOption) error {
 	if len(opts) == 0 {
 		return a.emit(ctx, eventType, subject, payload, nil, nil)
 	}
-	o := resolve(callOptions{}, opts)
-	return a.emit(ctx, eventType, subject, payload, o.extra, o.meta)
+	extra, meta := emitOpts(opts)
+	return a.emit(ctx, eventType, subject, payload, extra, meta)
 }
 
 func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payload Payload, extra Extra, meta map[string]any) error {
@@ -316,7 +409,7 @@ func (a *App) dispatch(ctx context.Context, t *table, hs []*Handler, eventType s
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if len(hs) == 0 {
+	if !t.wants(hs) {
 		return nil
 	}
 	depth, err := a.checkDepth(ctx, eventType, subject)
@@ -338,6 +431,12 @@ func (a *App) dispatch(ctx context.Context, t *table, hs []*Handler, eventType s
 			continue
 		}
 		a.invoke(hctx, ev, h, t.middleware)
+	}
+	for _, h := range t.outbound {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		a.invoke(hctx, ev, h, nil)
 	}
 	return nil
 }

@@ -225,10 +225,56 @@ func TestDefaultErrorHandlerLogs(t *testing.T) {
 	app.On("e").Named("broken").Do(func(context.Context, *krules.Event) error { panic("kaput") })
 	app.Emit(ctx, "e", app.Subject("s"), nil)
 	out := logs.String()
-	for _, want := range []string{"handler failed", "broken", "kaput", "stack="} {
-		if !strings.Contains(out, want) {
-			t.Errorf("log lacks %q: %s", want, out)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want one ERROR line and one DEBUG stack line, got %d: %s", len(lines), out)
+	}
+	for _, want := range []string{"level=ERROR", "handler panicked", "handler=broken", "kaput"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("error line lacks %q: %s", want, lines[0])
 		}
+	}
+	if strings.Contains(lines[0], "stack=") {
+		t.Errorf("the stack belongs at DEBUG, not in the error line: %s", lines[0])
+	}
+	if !strings.Contains(lines[1], "level=DEBUG") || !strings.Contains(lines[1], "stack=") {
+		t.Errorf("second line is not the DEBUG stack: %s", lines[1])
+	}
+}
+
+// TestOutboundSeesEveryEventOnce: an outbound hook sees every emitted
+// event once, matched by a local handler or not, after the handlers; muted
+// writes emit nothing.
+func TestOutboundSeesEveryEventOnce(t *testing.T) {
+	app, _ := newApp(t)
+	var order []string
+	app.On("local").Do(func(ctx context.Context, ev *krules.Event) error {
+		order = append(order, "handler:"+ev.Type)
+		ev.SetMeta("seen", true)
+		return nil
+	})
+	h := app.Outbound("egress", func(ctx context.Context, ev *krules.Event) error {
+		_, seen := ev.Meta("seen")
+		order = append(order, fmt.Sprintf("out:%s:%v", ev.Type, seen))
+		return nil
+	})
+	s := app.Subject("s")
+	app.Emit(ctx, "local", s, nil)
+	app.Emit(ctx, "nobody", s, nil)
+	s.Set(ctx, "x", 1)
+	s.Set(ctx, "x", 2, krules.Muted())
+	s.Delete(ctx, "x")
+	want := []string{"handler:local", "out:local:true", "out:nobody:false", "out:subject-property-changed:false", "out:subject-property-deleted:false"}
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Fatalf("order = %v, want %v", order, want)
+	}
+	if !h.Remove() || app.Outbound("x", nil).Remove() {
+		t.Fatal("Remove of the hook")
+	}
+	order = nil
+	app.Emit(ctx, "nobody", s, nil)
+	if len(order) != 0 {
+		t.Fatalf("removed hook still ran: %v", order)
 	}
 }
 

@@ -2,52 +2,72 @@ package krules
 
 import "github.com/krules-go/krules/storage"
 
-// propCache is one kind's part of a Subject's write cache: an
-// insertion-ordered map plus the changes Store must write.
+// entry states of a propCache.
+const (
+	stClean   uint8 = iota // as loaded (or as written by Store / NoCache)
+	stDirty                // to put on Store
+	stDeleted              // tombstone: to delete on Store
+)
+
+// entry is one property of a propCache: its value and whether Store must
+// write it. One map entry per property, so a cached write is one lookup and
+// one assignment.
+type entry struct {
+	v     any
+	state uint8
+}
+
+// propCache is one kind's part of a Subject's write cache: the properties
+// in insertion order plus the changes Store must write.
 type propCache struct {
-	names   []string
-	values  map[string]any
-	dirty   map[string]struct{} // to put on Store
-	deleted map[string]struct{} // to delete on Store
+	names   []string // live (not deleted) properties, insertion order
+	m       map[string]entry
+	pending int // entries in state stDirty or stDeleted
 }
 
 func newPropCache(props []storage.Property) propCache {
-	c := propCache{names: make([]string, 0, len(props)), values: make(map[string]any, len(props))}
+	c := propCache{names: make([]string, 0, len(props)), m: make(map[string]entry, len(props))}
 	for _, p := range props {
-		if _, dup := c.values[p.Name]; !dup {
+		if _, dup := c.m[p.Name]; !dup {
 			c.names = append(c.names, p.Name)
 		}
-		c.values[p.Name] = p.Value
+		c.m[p.Name] = entry{v: p.Value}
 	}
 	return c
 }
 
 func (c *propCache) get(name string) (any, bool) {
-	v, ok := c.values[name]
-	return v, ok
+	e, ok := c.m[name]
+	if !ok || e.state == stDeleted {
+		return nil, false
+	}
+	return e.v, true
 }
 
 // put stores a value; dirty says whether Store must write it.
 func (c *propCache) put(name string, v any, dirty bool) {
-	if _, ok := c.values[name]; !ok {
+	e, ok := c.m[name]
+	if !ok || e.state == stDeleted {
 		c.names = append(c.names, name)
 	}
-	c.values[name] = v
-	delete(c.deleted, name)
-	if dirty {
-		if c.dirty == nil {
-			c.dirty = make(map[string]struct{})
-		}
-		c.dirty[name] = struct{}{}
-	} else {
-		delete(c.dirty, name)
+	if ok && e.state != stClean {
+		c.pending--
 	}
+	st := stClean
+	if dirty {
+		st = stDirty
+		c.pending++
+	}
+	if c.m == nil {
+		c.m = make(map[string]entry)
+	}
+	c.m[name] = entry{v: v, state: st}
 }
 
 // remove drops a value; pending says whether Store must delete it.
 func (c *propCache) remove(name string, pending bool) {
-	if _, ok := c.values[name]; ok {
-		delete(c.values, name)
+	e, ok := c.m[name]
+	if ok && e.state != stDeleted {
 		for i, n := range c.names {
 			if n == name {
 				c.names = append(c.names[:i:i], c.names[i+1:]...)
@@ -55,24 +75,32 @@ func (c *propCache) remove(name string, pending bool) {
 			}
 		}
 	}
-	delete(c.dirty, name)
+	if ok && e.state != stClean {
+		c.pending--
+	}
 	if pending {
-		if c.deleted == nil {
-			c.deleted = make(map[string]struct{})
+		if c.m == nil {
+			c.m = make(map[string]entry)
 		}
-		c.deleted[name] = struct{}{}
-	} else {
-		delete(c.deleted, name)
+		c.m[name] = entry{state: stDeleted}
+		c.pending++
+	} else if ok {
+		delete(c.m, name)
 	}
 }
 
 func (c *propCache) batch(kind storage.Kind, b *storage.Batch) {
-	for name := range c.deleted {
-		b.Deletes = append(b.Deletes, storage.Key{Kind: kind, Name: name})
+	if c.pending == 0 {
+		return
+	}
+	for name, e := range c.m {
+		if e.state == stDeleted {
+			b.Deletes = append(b.Deletes, storage.Key{Kind: kind, Name: name})
+		}
 	}
 	for _, name := range c.names {
-		if _, ok := c.dirty[name]; ok {
-			b.Puts = append(b.Puts, storage.Write{Key: storage.Key{Kind: kind, Name: name}, Value: c.values[name]})
+		if e := c.m[name]; e.state == stDirty {
+			b.Puts = append(b.Puts, storage.Write{Key: storage.Key{Kind: kind, Name: name}, Value: e.v})
 		}
 	}
 }
@@ -80,19 +108,16 @@ func (c *propCache) batch(kind storage.Kind, b *storage.Batch) {
 func (c *propCache) toMap() map[string]any {
 	m := make(map[string]any, len(c.names))
 	for _, n := range c.names {
-		m[n] = storage.Clone(c.values[n])
+		m[n] = storage.Clone(c.m[n].v)
 	}
 	return m
 }
 
-// pending reports whether the cache holds changes Store has not written.
-func (c *propCache) pending() bool { return len(c.dirty) > 0 || len(c.deleted) > 0 }
+// hasPending reports whether the cache holds changes Store has not written.
+func (c *propCache) hasPending() bool { return c.pending > 0 }
 
 // isPending reports whether name has an unsaved change (put or delete).
 func (c *propCache) isPending(name string) bool {
-	if _, ok := c.dirty[name]; ok {
-		return true
-	}
-	_, ok := c.deleted[name]
-	return ok
+	e, ok := c.m[name]
+	return ok && e.state != stClean
 }

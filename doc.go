@@ -15,7 +15,7 @@
 //	user.Set(ctx, "name", "John")                   // returns (new, old, err)
 //	user.Set(ctx, "logins", krules.Inc(1))          // built-in op: Inc, Append, Max, Min
 //	user.Set(ctx, "score", krules.Update(func(c int) int { return max(c, 150) }))
-//	user.Set(ctx, "tags", func(old any) any { ... }) // "lambda": old is nil when missing
+//	user.Set(ctx, "tags", krules.Update(func(old []any) []any { ... })) // nil when missing
 //	user.Set(ctx, "status", "suspended", krules.WithExtra(krules.Extra{"reason": "policy"}))
 //	user.Set(ctx, "derived", 1, krules.Muted())     // no event
 //	user.SetExt(ctx, "last_ip", "10.0.0.1")         // extended: metadata, never emits
@@ -55,7 +55,10 @@
 // fnmatch globs ('*' also crosses dots), filters and a name:
 //
 //	app.On("order.created").
-//		When(func(ctx context.Context, ev *krules.Event) bool { return ev.Payload["amount"].(int) > 1000 }).
+//		When(func(ctx context.Context, ev *krules.Event) bool {
+//			amount, ok := ev.Payload.Int("amount") // any number type, wire events included
+//			return ok && amount > 1000
+//		}).
 //		Do(func(ctx context.Context, ev *krules.Event) error {
 //			return ev.Emit(ctx, "order.requires_approval", ev.Payload)
 //		})

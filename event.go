@@ -2,7 +2,10 @@ package krules
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"math"
+	"reflect"
 	"sync"
 )
 
@@ -32,7 +35,141 @@ const (
 )
 
 // Payload is the data of an event. All handlers of one emit share it.
+//
+// A payload's numbers have different Go types depending on where the event
+// came from: the types the emitter used (int, uint8, float32, ...) for a
+// local emit, int64 or float64 after a round trip through a store or a
+// transport (HTTP, NATS), json.Number from some decoders. Read them with
+// the typed getters (Int, Float, String, Bool), which accept all of these,
+// or decode the payload into a struct (Decode), rather than with a type
+// assertion such as p["amount"].(int), which fails on wire events.
 type Payload map[string]any
+
+// Int returns p[key] as an int64. ok is false when the key is missing or
+// the value is not an integral number that fits in an int64: any Go integer
+// type, a float32 or float64 with no fractional part, a json.Number, or a
+// named type over one of those. Strings are not converted.
+func (p Payload) Int(key string) (int64, bool) { return toInt(p[key]) }
+
+// Float returns p[key] as a float64. ok is false when the key is missing or
+// the value is not a number (any Go integer or float type, json.Number, or
+// a named type over one of those). Strings are not converted.
+func (p Payload) Float(key string) (float64, bool) { return toFloat(p[key]) }
+
+// String returns p[key] when it is a string (or a named string type); ok is
+// false otherwise. Other types are not formatted.
+func (p Payload) String(key string) (string, bool) {
+	switch v := p[key].(type) {
+	case string:
+		return v, true
+	case json.Number, nil:
+		return "", false
+	}
+	if rv := reflect.ValueOf(p[key]); rv.Kind() == reflect.String {
+		return rv.String(), true
+	}
+	return "", false
+}
+
+// Bool returns p[key] when it is a bool (or a named bool type); ok is false
+// otherwise. Strings and numbers are not converted.
+func (p Payload) Bool(key string) (bool, bool) {
+	switch v := p[key].(type) {
+	case bool:
+		return v, true
+	case nil:
+		return false, false
+	}
+	if rv := reflect.ValueOf(p[key]); rv.Kind() == reflect.Bool {
+		return rv.Bool(), true
+	}
+	return false, false
+}
+
+// Decode fills v (a non-nil pointer, typically to a struct with json tags)
+// from the payload through its JSON encoding, so numbers of any Go type,
+// nested maps and lists decode as encoding/json does. Fields absent from the
+// payload keep their value. An error (a value that does not fit v's type, a
+// nil or non-pointer v) wraps ErrInvalidValue.
+func (p Payload) Decode(v any) error {
+	data, err := json.Marshal(map[string]any(p))
+	if err != nil {
+		return fmt.Errorf("krules: decode payload: %w: %v", ErrInvalidValue, err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("krules: decode payload into %T: %w: %v", v, ErrInvalidValue, err)
+	}
+	return nil
+}
+
+func toInt(v any) (int64, bool) {
+	switch x := v.(type) {
+	case nil:
+		return 0, false
+	case int64:
+		return x, true
+	case int:
+		return int64(x), true
+	case float64:
+		return floatInt(x)
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i, true
+		}
+		f, err := x.Float64()
+		if err != nil {
+			return 0, false
+		}
+		return floatInt(f)
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return rv.Int(), true
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		u := rv.Uint()
+		if u > math.MaxInt64 {
+			return 0, false
+		}
+		return int64(u), true
+	case reflect.Float32, reflect.Float64:
+		return floatInt(rv.Float())
+	}
+	return 0, false
+}
+
+func floatInt(f float64) (int64, bool) {
+	if f != math.Trunc(f) || f < math.MinInt64 || f >= math.MaxInt64 {
+		return 0, false
+	}
+	return int64(f), true
+}
+
+func toFloat(v any) (float64, bool) {
+	switch x := v.(type) {
+	case nil:
+		return 0, false
+	case float64:
+		return x, true
+	case int64:
+		return float64(x), true
+	case int:
+		return float64(x), true
+	case json.Number:
+		f, err := x.Float64()
+		return f, err == nil
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return float64(rv.Int()), true
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return float64(rv.Uint()), true
+	case reflect.Float32, reflect.Float64:
+		return rv.Float(), true
+	}
+	return 0, false
+}
 
 // Extra is caller context passed with Set/Delete (WithExtra) to the handlers
 // of the resulting event. A nil Extra stays nil, an empty one stays empty.
@@ -98,7 +235,7 @@ func (e *Event) Metadata() map[string]any {
 // Emit emits another event about the same subject, from inside a handler.
 // Use the handler's ctx so the cascade depth is tracked. A nil payload is an
 // empty one. Nothing (metadata, Extra) is inherited from e.
-func (e *Event) Emit(ctx context.Context, eventType string, payload Payload, opts ...CallOption) error {
+func (e *Event) Emit(ctx context.Context, eventType string, payload Payload, opts ...EmitOption) error {
 	if depthOf(ctx) < e.ctx.depth {
 		// Not the handler's ctx (e.g. context.Background()): keep counting
 		// from this event's depth so a loop still hits the cascade limit.
@@ -106,6 +243,9 @@ func (e *Event) Emit(ctx context.Context, eventType string, payload Payload, opt
 	}
 	return e.app.Emit(ctx, eventType, e.Subject, payload, opts...)
 }
+
+// Decode fills v from the event's payload (see Payload.Decode).
+func (e *Event) Decode(v any) error { return e.Payload.Decode(v) }
 
 // App returns the App that dispatched the event.
 func (e *Event) App() *App { return e.app }

@@ -140,10 +140,9 @@ func Example_avoidLoopsExtended() {
 	runs := 0
 	app.On(krules.PropertyChanged).Do(func(ctx context.Context, ev *krules.Event) error {
 		runs++
-		_, _, err := ev.Subject.SetExt(ctx, "internal_counter", func(c any) any {
-			n, _ := c.(int64) // nil (missing) counts as 0
-			return n + 1
-		})
+		_, _, err := ev.Subject.SetExt(ctx, "internal_counter", krules.Update(func(n int64) int64 {
+			return n + 1 // missing counts as 0
+		}))
 		return err
 	})
 

@@ -1,66 +1,173 @@
 package krules
 
-// CallOption adjusts one call (Set, Get, Delete, Emit, ...), or, given to
-// App.Subject, every call made through that handle. An option that does not
-// apply to a call is ignored: Muted and NoCache mean nothing to Emit,
-// Default only applies to reads, WithMeta only to emits.
-type CallOption func(*callOptions)
-
-type callOptions struct {
-	muted   bool
-	noCache bool
-	extra   Extra
-	hasDef  bool
-	def     any
-	meta    map[string]any
-}
-
-// resolve applies opts over base. Kept out of the callers so that the
-// options struct only escapes (and allocates) when options are given.
+// Call options come in one interface per call family, so that an option
+// that does not apply to a call does not compile:
 //
-//go:noinline
-func resolve(base callOptions, opts []CallOption) callOptions {
-	base.apply(opts)
-	return base
-}
+//	user.Get(ctx, "x", krules.Muted()) // compile error: MutedOption does not implement GetOption
+//
+// An option valid for several calls implements several interfaces:
+//
+//	option        Set/SetExt  Get/GetExt/GetAs  Delete/DeleteExt  Emit  App.Subject
+//	Muted             x                              x                      x
+//	NoCache           x              x               x                      x
+//	WithExtra         x                              x              x
+//	Default                          x
+//	WithMeta                                                        x
+//
+// The interfaces have unexported methods: only the options of this package
+// implement them. Options are small values resolved by a type switch, so
+// passing them allocates nothing (Default and WithMeta box their value).
+// A slice of options is declared with the interface of the call it is for:
+//
+//	opts := []krules.EmitOption{krules.WithMeta("topic", "orders")}
+//	app.Emit(ctx, "order.created", order, payload, opts...)
 
-func (o *callOptions) apply(opts []CallOption) {
-	for _, f := range opts {
-		if f != nil {
-			f(o)
-		}
-	}
-}
+// SetOption is an option of Subject.Set and Subject.SetExt: Muted, NoCache,
+// WithExtra.
+type SetOption interface{ setOption() }
 
-// Muted makes Set or Delete emit no event. The write itself is unchanged.
-func Muted() CallOption { return func(o *callOptions) { o.muted = true } }
+// GetOption is an option of Subject.Get, Subject.GetExt and GetAs: Default,
+// NoCache.
+type GetOption interface{ getOption() }
+
+// DeleteOption is an option of Subject.Delete and Subject.DeleteExt: Muted,
+// NoCache, WithExtra.
+type DeleteOption interface{ deleteOption() }
+
+// EmitOption is an option of App.Emit and Event.Emit: WithExtra, WithMeta.
+type EmitOption interface{ emitOption() }
+
+// SubjectOption is an option of App.Subject, applied to every call made
+// through the handle: NoCache, Muted.
+type SubjectOption interface{ subjectOption() }
+
+// MutedOption is the option returned by Muted. It is a SetOption, a
+// DeleteOption and a SubjectOption.
+type MutedOption struct{}
+
+// Muted makes Set or Delete emit no event; the write itself is unchanged.
+// Given to App.Subject it mutes every write of the handle. SetExt and
+// DeleteExt never emit, so it changes nothing there.
+func Muted() MutedOption { return MutedOption{} }
+
+func (MutedOption) setOption()     {}
+func (MutedOption) deleteOption()  {}
+func (MutedOption) subjectOption() {}
+
+// NoCacheOption is the option returned by NoCache. It is a SetOption, a
+// GetOption, a DeleteOption and a SubjectOption.
+type NoCacheOption struct{}
 
 // NoCache makes the call go straight to the store, atomically, instead of
 // through the subject handle's write cache. A cache the handle already holds
 // is patched so later cached reads agree. Given to App.Subject it applies to
 // every call of the handle. Has, Keys, ExtProps, Dict and Flush always work
 // on the (loaded) cache.
-func NoCache() CallOption { return func(o *callOptions) { o.noCache = true } }
+func NoCache() NoCacheOption { return NoCacheOption{} }
+
+func (NoCacheOption) setOption()     {}
+func (NoCacheOption) getOption()     {}
+func (NoCacheOption) deleteOption()  {}
+func (NoCacheOption) subjectOption() {}
+
+// ExtraOption is the option returned by WithExtra. It is a SetOption, a
+// DeleteOption and an EmitOption.
+type ExtraOption struct{ extra Extra }
 
 // WithExtra passes caller context to the handlers of the event a Set, Delete
 // or Emit causes (Event.Extra). A nil Extra stays nil, an empty one empty.
-func WithExtra(e Extra) CallOption {
-	return func(o *callOptions) { o.extra = e }
-}
+// The map is not copied.
+func WithExtra(e Extra) ExtraOption { return ExtraOption{extra: e} }
+
+func (ExtraOption) setOption()    {}
+func (ExtraOption) deleteOption() {}
+func (ExtraOption) emitOption()   {}
+
+// DefaultOption is the option returned by Default. It is a GetOption.
+type DefaultOption struct{ v any }
 
 // Default makes Get (GetExt, GetAs) return v instead of ErrNotFound when
-// the property is missing; v may be nil.
-func Default(v any) CallOption {
-	return func(o *callOptions) { o.def = v; o.hasDef = true }
+// the property is missing; v may be nil. v is returned as given (not
+// normalised or copied).
+func Default(v any) DefaultOption { return DefaultOption{v: v} }
+
+func (DefaultOption) getOption() {}
+
+// MetaOption is the option returned by WithMeta. It is an EmitOption.
+type MetaOption struct {
+	key string
+	v   any
 }
 
 // WithMeta sets event metadata at emit time (Event.Meta), e.g. the
-// "dispatch_url" or "topic" read by the transports.
-func WithMeta(key string, v any) CallOption {
-	return func(o *callOptions) {
-		if o.meta == nil {
-			o.meta = make(map[string]any)
-		}
-		o.meta[key] = v
+// "dispatch_url" or "topic" read by the transports. Several WithMeta
+// options add up; a later one wins for the same key.
+func WithMeta(key string, v any) MetaOption { return MetaOption{key: key, v: v} }
+
+func (MetaOption) emitOption() {}
+
+// callOptions is the resolved form of a call's options. It is built on the
+// caller's stack: options are applied by a type switch, never through a
+// function value, so it never escapes.
+type callOptions struct {
+	muted   bool
+	noCache bool
+	hasDef  bool
+	extra   Extra
+	def     any
+}
+
+// add applies one option; an unknown value (an outside type embedding one
+// of the interfaces) is ignored.
+func (o *callOptions) add(opt any) {
+	switch x := opt.(type) {
+	case MutedOption:
+		o.muted = true
+	case NoCacheOption:
+		o.noCache = true
+	case ExtraOption:
+		o.extra = x.extra
+	case DefaultOption:
+		o.def, o.hasDef = x.v, true
 	}
+}
+
+func setOpts(base callOptions, opts []SetOption) callOptions {
+	for _, x := range opts {
+		base.add(x)
+	}
+	return base
+}
+
+func getOpts(base callOptions, opts []GetOption) callOptions {
+	for _, x := range opts {
+		base.add(x)
+	}
+	return base
+}
+
+func deleteOpts(base callOptions, opts []DeleteOption) callOptions {
+	for _, x := range opts {
+		base.add(x)
+	}
+	return base
+}
+
+// emitOpts resolves Emit's options: the Extra, and the metadata map (nil
+// when no WithMeta is given).
+func emitOpts(opts []EmitOption) (Extra, map[string]any) {
+	var extra Extra
+	var meta map[string]any
+	for _, x := range opts {
+		switch o := x.(type) {
+		case ExtraOption:
+			extra = o.extra
+		case MetaOption:
+			if meta == nil {
+				meta = make(map[string]any, len(opts))
+			}
+			meta[o.key] = o.v
+		}
+	}
+	return extra, meta
 }

@@ -54,13 +54,6 @@ func (s *Subject) String() string { return s.name }
 // App returns the App the handle belongs to.
 func (s *Subject) App() *App { return s.app }
 
-func (s *Subject) opts(opts []CallOption) callOptions {
-	if len(opts) == 0 {
-		return s.base
-	}
-	return resolve(s.base, opts)
-}
-
 func (s *Subject) cache(k storage.Kind) *propCache {
 	if k == storage.Extended {
 		return &s.ext
@@ -108,7 +101,7 @@ func (s *Subject) listeners(ctx context.Context, k storage.Kind, o callOptions, 
 	}
 	t := s.app.table.Load()
 	hs := t.match(eventType)
-	if len(hs) > 0 {
+	if t.wants(hs) {
 		if _, err := s.app.checkDepth(ctx, eventType, s); err != nil {
 			return nil, nil, err
 		}
@@ -130,7 +123,7 @@ func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write
 	if !s.loaded {
 		return
 	}
-	if !s.props.pending() && !s.ext.pending() {
+	if !s.props.hasPending() && !s.ext.hasPending() {
 		s.loaded = false
 		s.props, s.ext = propCache{}, propCache{}
 		return
@@ -175,15 +168,16 @@ func (s *Subject) notFound(k storage.Kind, prop string) error {
 
 // Set sets a default property and returns the new and the old value (old is
 // nil when the property was missing). value is a plain value (normalised to
-// the data model, see package storage), a built-in Op (Inc, Append, Max,
-// Min), or an update function: UpdateFunc, func(old any) any,
-// func(old any) (any, error), func() any, or Update(func(T) T). An update
-// function receives nil when the property is missing; its error or panic is
-// returned and nothing changes.
+// the data model, see package storage) or an Op: a built-in operation (Inc,
+// Append, Max, Min) or a typed update function (Update, UpdateAny). An update
+// function's error or panic is returned and nothing changes. A bare Go
+// function is not a value: it is refused with ErrInvalidValue (wrap it in
+// Update or UpdateAny, whose signatures the compiler checks).
 //
 // Unless Muted, Set emits PropertyChanged when the new value is not Equal to
-// the old one, with WithExtra's Extra, and returns after its handlers ran.
-// Options: Muted, WithExtra, NoCache.
+// the old one, with WithExtra's Extra, and returns after its handlers ran
+// (and the App's outbound hooks, see App.Outbound).
+// Options (SetOption): Muted, WithExtra, NoCache.
 //
 // In cache mode an update function runs under the handle's lock: it must
 // not call methods of the same handle (that deadlocks). With NoCache it may
@@ -198,21 +192,21 @@ func (s *Subject) notFound(k storage.Kind, prop string) error {
 // (nothing written), store errors. If ctx is cancelled while the change
 // event is dispatched, Set returns the values and ctx's error: the write
 // took effect.
-func (s *Subject) Set(ctx context.Context, prop string, value any, opts ...CallOption) (newValue, oldValue any, err error) {
+func (s *Subject) Set(ctx context.Context, prop string, value any, opts ...SetOption) (newValue, oldValue any, err error) {
 	return s.set(ctx, storage.Default, prop, value, opts)
 }
 
 // SetExt sets an extended property, as Set but never emitting an event.
 // Update functions and Ops are evaluated as for Set.
-func (s *Subject) SetExt(ctx context.Context, prop string, value any, opts ...CallOption) (newValue, oldValue any, err error) {
+func (s *Subject) SetExt(ctx context.Context, prop string, value any, opts ...SetOption) (newValue, oldValue any, err error) {
 	return s.set(ctx, storage.Extended, prop, value, opts)
 }
 
-func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value any, opts []CallOption) (any, any, error) {
+func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value any, opts []SetOption) (any, any, error) {
 	if err := s.check(k, prop); err != nil {
 		return nil, nil, err
 	}
-	o := s.opts(opts)
+	o := setOpts(s.base, opts)
 	mut, err := mutation(value)
 	if err != nil {
 		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
@@ -240,19 +234,23 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		c := s.cache(k)
 		var exists bool
 		old, exists = c.get(prop)
-		arg := old
-		if exists {
-			arg = storage.Clone(old) // the function may mutate its argument
-		}
-		nv, err = mut.Apply(arg, exists)
-		if err != nil {
-			s.mu.Unlock()
-			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+		if mut.Op == nil && mut.Func == nil {
+			nv = mut.Value // a plain value, already normalised
+		} else {
+			arg := old
+			if exists && mut.Func != nil {
+				arg = storage.Clone(old) // the function may mutate its argument
+			}
+			nv, err = mut.Apply(arg, exists)
+			if err != nil {
+				s.mu.Unlock()
+				return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+			}
 		}
 		c.put(prop, nv, true)
 		s.mu.Unlock()
 	}
-	if len(hs) > 0 && !storage.Equal(nv, old) {
+	if t.wants(hs) && !storage.Equal(nv, old) {
 		p := Payload{KeyPropertyName: prop, KeyOldValue: old, KeyValue: nv}
 		if err := s.app.dispatch(ctx, t, hs, PropertyChanged, s, p, o.extra, nil); err != nil {
 			return nv, old, err
@@ -263,21 +261,33 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 
 // Get returns a default property's value (a copy). A missing property gives
 // the Default option's value if one was given, else an error wrapping
-// ErrNotFound. Options: Default, NoCache.
-func (s *Subject) Get(ctx context.Context, prop string, opts ...CallOption) (any, error) {
+// ErrNotFound. Options (GetOption): Default, NoCache.
+func (s *Subject) Get(ctx context.Context, prop string, opts ...GetOption) (any, error) {
 	return s.get(ctx, storage.Default, prop, opts)
 }
 
 // GetExt returns an extended property's value, as Get.
-func (s *Subject) GetExt(ctx context.Context, prop string, opts ...CallOption) (any, error) {
+func (s *Subject) GetExt(ctx context.Context, prop string, opts ...GetOption) (any, error) {
 	return s.get(ctx, storage.Extended, prop, opts)
 }
 
-func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []CallOption) (any, error) {
+func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []GetOption) (any, error) {
+	o := getOpts(s.base, opts)
+	if !o.noCache && s.nameErr == nil {
+		// Fast path: a property found in the loaded cache has a valid name
+		// (it was checked when set, or came from the store).
+		s.mu.Lock()
+		if s.loaded {
+			if v, ok := s.cache(k).get(prop); ok {
+				s.mu.Unlock()
+				return storage.Clone(v), nil
+			}
+		}
+		s.mu.Unlock()
+	}
 	if err := s.check(k, prop); err != nil {
 		return nil, err
 	}
-	o := s.opts(opts)
 	if o.noCache {
 		v, err := s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
 		if errors.Is(err, ErrNotFound) {
@@ -377,21 +387,21 @@ func (s *Subject) Dict(ctx context.Context) (map[string]any, error) {
 
 // Delete removes a default property and, unless Muted, emits
 // PropertyDeleted (with WithExtra's Extra). A missing property is an error
-// wrapping ErrNotFound. Options: Muted, WithExtra, NoCache.
-func (s *Subject) Delete(ctx context.Context, prop string, opts ...CallOption) error {
+// wrapping ErrNotFound. Options (DeleteOption): Muted, WithExtra, NoCache.
+func (s *Subject) Delete(ctx context.Context, prop string, opts ...DeleteOption) error {
 	return s.del(ctx, storage.Default, prop, opts)
 }
 
 // DeleteExt removes an extended property; it never emits.
-func (s *Subject) DeleteExt(ctx context.Context, prop string, opts ...CallOption) error {
+func (s *Subject) DeleteExt(ctx context.Context, prop string, opts ...DeleteOption) error {
 	return s.del(ctx, storage.Extended, prop, opts)
 }
 
-func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []CallOption) error {
+func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []DeleteOption) error {
 	if err := s.check(k, prop); err != nil {
 		return err
 	}
-	o := s.opts(opts)
+	o := deleteOpts(s.base, opts)
 	t, hs, err := s.listeners(ctx, k, o, PropertyDeleted)
 	if err != nil {
 		return err
@@ -425,7 +435,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []C
 		c.remove(prop, true)
 		s.mu.Unlock()
 	}
-	if len(hs) > 0 {
+	if t.wants(hs) {
 		p := Payload{KeyPropertyName: prop, KeyOldValue: old}
 		return s.app.dispatch(ctx, t, hs, PropertyDeleted, s, p, o.extra, nil)
 	}
@@ -473,7 +483,7 @@ func (s *Subject) Flush(ctx context.Context) error {
 	}
 	t := s.app.table.Load()
 	hsProp, hsSubj := t.match(PropertyDeleted), t.match(SubjectDeleted)
-	if len(hsProp) > 0 || len(hsSubj) > 0 {
+	if t.wants(hsProp) || t.wants(hsSubj) {
 		if _, err := s.app.checkDepth(ctx, SubjectDeleted, s); err != nil {
 			return err
 		}
@@ -491,12 +501,12 @@ func (s *Subject) Flush(ctx context.Context) error {
 		v    any
 	}
 	var all []kv
-	if len(hsProp) > 0 {
+	if t.wants(hsProp) {
 		for _, n := range s.props.names {
-			all = append(all, kv{n, storage.Clone(s.props.values[n])})
+			all = append(all, kv{n, storage.Clone(s.props.m[n].v)})
 		}
 		for _, n := range s.ext.names {
-			all = append(all, kv{n, storage.Clone(s.ext.values[n])})
+			all = append(all, kv{n, storage.Clone(s.ext.m[n].v)})
 		}
 	}
 	props, ext := s.props.toMap(), s.ext.toMap()

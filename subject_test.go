@@ -34,12 +34,12 @@ func TestUpdateFunctionForms(t *testing.T) {
 	app, _ := newApp(t)
 	s := app.Subject("c")
 	var seen []any
-	s.Set(ctx, "n", func(old any) any { seen = append(seen, old); return int64(1) })
-	s.Set(ctx, "n", func(old any) (any, error) { seen = append(seen, old); return old.(int64) + 1, nil })
-	s.Set(ctx, "n", func() any { return 10 })
+	s.Set(ctx, "n", krules.Update(func(old any) any { seen = append(seen, old); return int64(1) }))
+	s.Set(ctx, "n", krules.UpdateAny(func(old any, _ bool) (any, error) { seen = append(seen, old); return old.(int64) + 1, nil }))
+	s.Set(ctx, "n", krules.Update(func(any) any { return 10 }))
 	s.Set(ctx, "n", krules.Update(func(c int) int { return max(c, 150) }))
 	s.Set(ctx, "n", krules.Update(func(c int) int { return max(c, 120) }))
-	s.Set(ctx, "n", krules.UpdateFunc(func(old any, exists bool) (any, error) {
+	s.Set(ctx, "n", krules.UpdateAny(func(old any, exists bool) (any, error) {
 		seen = append(seen, exists)
 		return old, nil
 	}))
@@ -53,7 +53,7 @@ func TestUpdateFunctionForms(t *testing.T) {
 	// A lambda on a missing property receives nil (as the original's None).
 	var got any = "unset"
 	var exists = true
-	s.Set(ctx, "missing", krules.UpdateFunc(func(old any, ok bool) (any, error) { got, exists = old, ok; return 1, nil }))
+	s.Set(ctx, "missing", krules.UpdateAny(func(old any, ok bool) (any, error) { got, exists = old, ok; return 1, nil }))
 	if got != nil || exists {
 		t.Fatalf("missing property: update function got (%v, %v), want (nil, false)", got, exists)
 	}
@@ -124,7 +124,7 @@ func TestGetMissingAndDefault(t *testing.T) {
 	app, _ := newApp(t)
 	s := app.Subject("s")
 	for _, nc := range []bool{false, true} {
-		var opts []krules.CallOption
+		var opts []krules.GetOption
 		if nc {
 			opts = append(opts, krules.NoCache())
 		}
@@ -292,7 +292,7 @@ func TestExtendedPropertiesNeverEmit(t *testing.T) {
 	s.SetExt(ctx, "last_ip", "192.168.1.1")
 	s.SetExt(ctx, "user_agent", "Mozilla/5.0")
 	s.SetExt(ctx, "n", krules.Inc(2)) // ops and functions are evaluated for ext too
-	s.SetExt(ctx, "n", func(old any) any { return old.(int64) * 10 })
+	s.SetExt(ctx, "n", krules.Update(func(old int64) int64 { return old * 10 }))
 	if len(rec.snapshot()) != 1 {
 		t.Fatalf("extended sets emitted: %d events", len(rec.snapshot()))
 	}
@@ -414,18 +414,18 @@ func TestUpdateFunctionFailureChangesNothing(t *testing.T) {
 	for _, nc := range []bool{false, true} {
 		s := app.Subject("u")
 		s.Set(ctx, "x", 1, krules.Muted(), krules.NoCache())
-		var opts []krules.CallOption
+		var opts []krules.SetOption
 		if nc {
 			opts = append(opts, krules.NoCache())
 		}
 		boom := errors.New("boom")
-		if _, _, err := s.Set(ctx, "x", func(any) (any, error) { return nil, boom }, opts...); !errors.Is(err, boom) {
+		if _, _, err := s.Set(ctx, "x", krules.UpdateAny(func(any, bool) (any, error) { return nil, boom }), opts...); !errors.Is(err, boom) {
 			t.Fatalf("noCache=%v: err = %v, want boom", nc, err)
 		}
-		if _, _, err := s.Set(ctx, "x", func(any) any { panic("kaput") }, opts...); err == nil {
+		if _, _, err := s.Set(ctx, "x", krules.Update(func(any) any { panic("kaput") }), opts...); err == nil {
 			t.Fatalf("noCache=%v: a panicking update function must return an error", nc)
 		}
-		if _, _, err := s.Set(ctx, "x", func(any) any { return math.NaN() }, opts...); !errors.Is(err, krules.ErrInvalidValue) {
+		if _, _, err := s.Set(ctx, "x", krules.Update(func(any) any { return math.NaN() }), opts...); !errors.Is(err, krules.ErrInvalidValue) {
 			t.Fatalf("noCache=%v: NaN result: %v", nc, err)
 		}
 		if _, _, err := s.Set(ctx, "x", krules.Append("a"), opts...); !errors.Is(err, krules.ErrInvalidValue) {
@@ -453,7 +453,7 @@ func TestInvalidInputRefused(t *testing.T) {
 	bad := []any{make(chan int), map[string]any{"f": func() {}}, math.NaN(), math.Inf(1), cyc, complex(1, 2), "a\x00b", string([]byte{0xff})}
 	for _, v := range bad {
 		for _, nc := range []bool{false, true} {
-			var opts []krules.CallOption
+			var opts []krules.SetOption
 			if nc {
 				opts = append(opts, krules.NoCache())
 			}
@@ -520,7 +520,7 @@ func TestValuesAreCopied(t *testing.T) {
 func TestBuiltInOps(t *testing.T) {
 	for _, nc := range []bool{false, true} {
 		app, _ := newApp(t)
-		var opts []krules.CallOption
+		var opts []krules.SubjectOption
 		if nc {
 			opts = append(opts, krules.NoCache())
 		}

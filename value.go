@@ -10,13 +10,29 @@ import (
 	"github.com/krules-go/krules/storage"
 )
 
-// Op is a built-in atomic operation given to Set as the value: Inc, Append,
-// Max, Min. With NoCache (or on a NoCache handle) it runs in the store in one
-// round trip where the backend allows (Redis script, one SQL statement),
-// without optimistic retries; in cache mode it applies to the cached value.
-// Integer results are exact up to 2^53 on every backend.
+// Op is an operation given to Set as the value instead of a plain value: a
+// built-in atomic operation (Inc, Append, Max, Min) or a type-checked update
+// function (Update, UpdateAny). The zero Op is refused with ErrInvalidValue.
+//
+// Built-in operations run, with NoCache (or on a NoCache handle), in the
+// store in one round trip where the backend allows (Redis script, one SQL
+// statement), without optimistic retries; in cache mode they apply to the
+// cached value. Integer results are exact up to 2^53 on every backend.
+//
+// Update functions are Go code: with NoCache they run inside the backend's
+// atomic read-modify-write and may run more than once on optimistic
+// backends (Redis), so they must be free of side effects; in cache mode they
+// run under the handle's lock and must not call methods of the same handle.
+// Their error or panic is returned by Set and nothing changes.
+//
+// Why constructors rather than function values given to Set: Set's value is
+// an any, so a function of the wrong shape could only be refused at run
+// time. Update and UpdateAny have typed parameters, so the compiler checks
+// the function; a bare function given to Set is refused with
+// ErrInvalidValue before anything is written.
 type Op struct {
 	op  *storage.Op
+	fn  storage.UpdateFunc
 	err error
 }
 
@@ -26,7 +42,8 @@ func newOp(kind storage.OpKind, arg any) Op {
 }
 
 // Inc adds n (a number) to the property; a missing or null property counts
-// as 0. Inc(-1) decrements.
+// as 0. Inc(-1) decrements. A non-number n makes Set fail with
+// ErrInvalidValue.
 func Inc(n any) Op { return newOp(storage.OpInc, n) }
 
 // Append appends values to the property's list; a missing or null property
@@ -39,23 +56,21 @@ func Max(v any) Op { return newOp(storage.OpMax, v) }
 // Min sets the property to v if v is smaller (or the property is missing).
 func Min(v any) Op { return newOp(storage.OpMin, v) }
 
-// UpdateFunc is the most general update function: it receives the stored
-// value (nil and exists false when missing) and returns the new value or an
-// error that aborts the Set. Set also accepts func(old any) any,
-// func(old any) (any, error) and func() any.
-//
-// Update functions may run more than once with NoCache on backends that
-// retry optimistically (Redis, bolt under contention is serialised and runs
-// once), so they must not have side effects, and they must not call methods
-// of the same Subject handle (in cache mode they run under its lock).
-type UpdateFunc = storage.UpdateFunc
-
-// Update adapts a typed update function: the stored value is converted to T
-// as GetAs does (the zero T when missing or null), and fn's result is stored.
+// Update returns the Op that stores fn(current). The stored value is
+// converted to T as GetAs does (the zero T when missing or null; a value
+// that does not convert fails the Set with ErrInvalidValue); fn's result is
+// normalised as a plain value. With T = any, fn receives the stored value as
+// is (nil when missing), like a Python KRules lambda:
 //
 //	s.Set(ctx, "score", krules.Update(func(c int) int { return max(c, 150) }))
-func Update[T any](fn func(T) T) UpdateFunc {
-	return func(old any, exists bool) (any, error) {
+//	s.Set(ctx, "tags", krules.Update(func(old any) any { ... }))
+//
+// A nil fn makes Set fail with ErrInvalidValue. See Op for when fn runs.
+func Update[T any](fn func(current T) T) Op {
+	if fn == nil {
+		return Op{err: fmt.Errorf("%w: nil update function", ErrInvalidValue)}
+	}
+	return Op{fn: func(old any, exists bool) (any, error) {
 		var cur T
 		if exists && old != nil {
 			c, err := convert[T](old)
@@ -65,7 +80,20 @@ func Update[T any](fn func(T) T) UpdateFunc {
 			cur = c
 		}
 		return fn(cur), nil
+	}}
+}
+
+// UpdateAny returns the Op that stores the result of the most general
+// update function: fn receives the stored value (nil and exists false when
+// the property is missing) and returns the new value, or an error that
+// aborts the Set (returned wrapped; nothing changes). The old value fn
+// receives is a copy it may modify. A nil fn makes Set fail with
+// ErrInvalidValue. See Op for when fn runs.
+func UpdateAny(fn func(old any, exists bool) (any, error)) Op {
+	if fn == nil {
+		return Op{err: fmt.Errorf("%w: nil update function", ErrInvalidValue)}
 	}
+	return Op{fn: fn}
 }
 
 // GetAs reads a property (as Subject.Get, honouring Default and NoCache)
@@ -73,7 +101,7 @@ func Update[T any](fn func(T) T) UpdateFunc {
 // range or to any float type, and everything else through its JSON encoding
 // (so structs with json tags work). A null value gives the zero T. A value
 // that does not convert gives an error wrapping ErrInvalidValue.
-func GetAs[T any](ctx context.Context, s *Subject, prop string, opts ...CallOption) (T, error) {
+func GetAs[T any](ctx context.Context, s *Subject, prop string, opts ...GetOption) (T, error) {
 	v, err := s.Get(ctx, prop, opts...)
 	if err != nil {
 		var zero T
@@ -156,44 +184,31 @@ func convErr(v any, t reflect.Type) error {
 func mutation(value any) (storage.Mutation, error) {
 	switch v := value.(type) {
 	case Op:
-		if v.err != nil {
-			return storage.Mutation{}, v.err
-		}
-		if v.op == nil {
-			return storage.Mutation{}, fmt.Errorf("%w: zero Op (use Inc, Append, Max or Min)", ErrInvalidValue)
-		}
-		return storage.Mutation{Op: v.op}, nil
+		return v.mutation()
 	case *Op:
 		if v == nil {
 			return storage.Mutation{}, fmt.Errorf("%w: nil *Op", ErrInvalidValue)
 		}
-		return mutation(*v)
-	case UpdateFunc:
-		if v == nil {
-			return storage.Mutation{}, fmt.Errorf("%w: nil update function", ErrInvalidValue)
-		}
-		return storage.Mutation{Func: v}, nil
-	case func(old any, exists bool) (any, error):
-		return mutation(UpdateFunc(v))
-	case func(old any) any:
-		if v == nil {
-			return mutation(UpdateFunc(nil))
-		}
-		return storage.Mutation{Func: func(old any, _ bool) (any, error) { return v(old), nil }}, nil
-	case func(old any) (any, error):
-		if v == nil {
-			return mutation(UpdateFunc(nil))
-		}
-		return storage.Mutation{Func: func(old any, _ bool) (any, error) { return v(old) }}, nil
-	case func() any:
-		if v == nil {
-			return mutation(UpdateFunc(nil))
-		}
-		return storage.Mutation{Func: func(any, bool) (any, error) { return v(), nil }}, nil
+		return v.mutation()
 	}
 	n, err := storage.Normalize(value)
 	if err != nil {
+		if value != nil && reflect.TypeOf(value).Kind() == reflect.Func {
+			return storage.Mutation{}, fmt.Errorf("%w: a function (%T) is not a value: wrap it in krules.Update or krules.UpdateAny", ErrInvalidValue, value)
+		}
 		return storage.Mutation{}, err
 	}
 	return storage.Mutation{Value: n}, nil
+}
+
+func (o Op) mutation() (storage.Mutation, error) {
+	switch {
+	case o.err != nil:
+		return storage.Mutation{}, o.err
+	case o.op != nil:
+		return storage.Mutation{Op: o.op}, nil
+	case o.fn != nil:
+		return storage.Mutation{Func: o.fn}, nil
+	}
+	return storage.Mutation{}, fmt.Errorf("%w: zero Op (use Inc, Append, Max, Min, Update or UpdateAny)", ErrInvalidValue)
 }

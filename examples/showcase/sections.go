@@ -111,10 +111,10 @@ func (nb *notebook) lambdaValues(ctx context.Context) error {
 		return err
 	}
 	o.printf("Initial count: %s\n", py(count))
-	increments := []any{
-		krules.Inc(1),                                   // built-in op (server-side with NoCache on Redis/PostgreSQL)
-		func(c any) any { return c.(int64) + 1 },        // lambda c: c + 1 (integers are int64)
-		krules.Update(func(c int) int { return c + 1 }), // typed lambda
+	increments := []krules.Op{
+		krules.Inc(1), // built-in op (server-side with NoCache on Redis/PostgreSQL)
+		krules.UpdateAny(func(c any, _ bool) (any, error) { return c.(int64) + 1, nil }), // lambda c: c + 1 (integers are int64)
+		krules.Update(func(c int) int { return c + 1 }),                                  // typed lambda
 	}
 	for _, inc := range increments {
 		if _, _, err := counter.Set(ctx, "count", inc); err != nil {
@@ -132,9 +132,9 @@ func (nb *notebook) lambdaValues(ctx context.Context) error {
 		return err
 	}
 	ts := now()
-	if _, _, err := user.Set(ctx, "login_history", func(hist any) any {
-		return append(hist.([]any), ts)
-	}); err != nil {
+	if _, _, err := user.Set(ctx, "login_history", krules.Update(func(hist []any) []any {
+		return append(hist, ts)
+	})); err != nil {
 		return err
 	}
 	if _, _, err := user.Set(ctx, "login_history", krules.Append(now())); err != nil {

@@ -154,10 +154,9 @@ func (nb *notebook) redisStorage(ctx context.Context) error {
 	for range 3 {
 		ts := now()
 		tmp := app.Subject(name)
-		if _, _, err := tmp.Set(ctx, "login_history", func(hist any) any {
-			h, _ := hist.([]any)
-			return append(h, ts)
-		}, krules.NoCache()); err != nil {
+		if _, _, err := tmp.Set(ctx, "login_history", krules.Update(func(h []any) []any {
+			return append(h, ts) // nil when missing
+		}), krules.NoCache()); err != nil {
 			return err
 		}
 	}
@@ -268,12 +267,12 @@ func (nb *notebook) postgresStorage(ctx context.Context) error {
 	// 5. A lambda updating a nested object.
 	o.println("\n5. Updating nested metadata...")
 	meta := app.Subject(name)
-	if _, _, err := meta.Set(ctx, "metadata", func(old any) any {
-		m := maps.Clone(old.(map[string]any))
+	if _, _, err := meta.Set(ctx, "metadata", krules.Update(func(old map[string]any) map[string]any {
+		m := maps.Clone(old)
 		m["level"] = "Staff" // promotion!
 		m["certifications"] = []any{"GCP", "GKE"}
 		return m
-	}); err != nil {
+	})); err != nil {
 		return err
 	}
 	if err := meta.Store(ctx); err != nil {

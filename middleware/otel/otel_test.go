@@ -176,7 +176,7 @@ func TestAcrossApps(t *testing.T) {
 	}
 
 	// Worker side: a fresh ctx, the trace only in the metadata.
-	var opts []krules.CallOption
+	var opts []krules.EmitOption
 	for k, v := range wire {
 		opts = append(opts, krules.WithMeta(k, v))
 	}

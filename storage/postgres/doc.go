@@ -14,9 +14,9 @@
 //
 //	user := app.Subject("user-123")
 //	user.Set(ctx, "salary", 75000, krules.NoCache())             // one statement, atomic
-//	user.Set(ctx, "salary", func(old any) any {                   // row-locked transaction
-//		return float64(old.(int64)) * 1.05
-//	}, krules.NoCache())
+//	user.Set(ctx, "salary", krules.Update(func(old float64) float64 { // row-locked transaction
+//		return old * 1.05
+//	}), krules.NoCache())
 //	user.Set(ctx, "logins", krules.Inc(1), krules.NoCache())      // computed by PostgreSQL
 //
 // To share a pool with the rest of the program, build it with [PoolConfig]

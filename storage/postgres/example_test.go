@@ -26,7 +26,7 @@ func Example() {
 	if _, _, err := emp.Set(ctx, "salary", 75000); err != nil {
 		log.Fatal(err)
 	}
-	newV, oldV, err := emp.Set(ctx, "salary", func(old any) any { return float64(old.(int64)) * 1.05 })
+	newV, oldV, err := emp.Set(ctx, "salary", krules.Update(func(old float64) float64 { return old * 1.05 }))
 	if err != nil {
 		log.Fatal(err)
 	}

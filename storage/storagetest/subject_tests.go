@@ -119,7 +119,7 @@ func must(t *testing.T, what string, err error) {
 }
 
 // subjGet reads prop through s and compares it with want (exact types).
-func subjGet(t *testing.T, ctx context.Context, s *krules.Subject, prop string, want any, opts ...krules.CallOption) {
+func subjGet(t *testing.T, ctx context.Context, s *krules.Subject, prop string, want any, opts ...krules.GetOption) {
 	t.Helper()
 	got, err := s.Get(ctx, prop, opts...)
 	if err != nil {
@@ -131,7 +131,7 @@ func subjGet(t *testing.T, ctx context.Context, s *krules.Subject, prop string, 
 	}
 }
 
-func subjMissing(t *testing.T, ctx context.Context, s *krules.Subject, prop string, opts ...krules.CallOption) {
+func subjMissing(t *testing.T, ctx context.Context, s *krules.Subject, prop string, opts ...krules.GetOption) {
 	t.Helper()
 	got, err := s.Get(ctx, prop, opts...)
 	if !errors.Is(err, krules.ErrNotFound) {
@@ -399,7 +399,7 @@ func testSubjectValuesAfterReload(t *testing.T, a *appSuite) {
 	}
 	for _, mode := range []string{"cached", "NoCache"} {
 		name := a.subject("reload-" + mode)
-		var opts []krules.CallOption
+		var opts []krules.SetOption
 		if mode == "NoCache" {
 			opts = append(opts, krules.NoCache())
 		}
@@ -452,7 +452,7 @@ func testSubjectBadInput(t *testing.T, a *appSuite) {
 	a.take()
 	errBoom := errors.New("storagetest: refused")
 	for _, mode := range []string{"cached", "NoCache"} {
-		var opts []krules.CallOption
+		var opts []krules.SetOption
 		if mode == "NoCache" {
 			opts = append(opts, krules.NoCache())
 		}
@@ -465,8 +465,8 @@ func testSubjectBadInput(t *testing.T, a *appSuite) {
 			{"a channel", make(chan int), krules.ErrInvalidValue, true},
 			{"a func inside a map", map[string]any{"f": func() {}}, krules.ErrInvalidValue, true},
 			{"NaN", math.NaN(), krules.ErrInvalidValue, true},
-			{"an update function error", func(any) (any, error) { return nil, errBoom }, errBoom, true},
-			{"an update function panic", func(any) any { panic("storagetest: boom") }, nil, true},
+			{"an update function error", krules.UpdateAny(func(any, bool) (any, error) { return nil, errBoom }), errBoom, true},
+			{"an update function panic", krules.Update(func(any) any { panic("storagetest: boom") }), nil, true},
 			{"Inc on a string", krules.Inc(1), krules.ErrInvalidValue, false},
 			{"Append on a string", krules.Append(1), krules.ErrInvalidValue, false},
 		} {

@@ -182,7 +182,7 @@ func TestPolicyDirectVsBoth(t *testing.T) {
 				return nil
 			})
 		}
-		opts := []krules.CallOption{krules.WithMeta(cloudevents.MetaDispatchURL, out.srv.URL)}
+		opts := []krules.EmitOption{krules.WithMeta(cloudevents.MetaDispatchURL, out.srv.URL)}
 		if c.policy != nil {
 			opts = append(opts, krules.WithMeta(cloudevents.MetaDispatchPolicy, c.policy))
 		}

@@ -74,11 +74,11 @@ const (
 // context of e (its traceparent and tracestate extensions, when they are
 // non-empty strings) into the metadata of the event emitted for it. Deliver
 // and the NATS worker use it; it returns nil when e carries no trace.
-func TraceOptions(e *event.Event) []krules.CallOption {
+func TraceOptions(e *event.Event) []krules.EmitOption {
 	if e == nil {
 		return nil
 	}
-	var opts []krules.CallOption
+	var opts []krules.EmitOption
 	ext := e.Extensions()
 	if s, ok := ext[ExtTraceParent].(string); ok && s != "" {
 		opts = append(opts, krules.WithMeta(MetaTraceParent, s))
@@ -512,7 +512,7 @@ func Check(e *event.Event) error {
 // OriginID), and its trace context extensions as metadata (TraceOptions). It returns when the handlers are done; their errors go to the
 // App's error handler, not to the caller (as App.Emit). Errors wrapping
 // ErrMalformed mean the event can never be processed.
-func Deliver(ctx context.Context, app *krules.App, e *event.Event, opts ...krules.CallOption) error {
+func Deliver(ctx context.Context, app *krules.App, e *event.Event, opts ...krules.EmitOption) error {
 	if err := Check(e); err != nil {
 		return err
 	}
@@ -520,7 +520,7 @@ func Deliver(ctx context.Context, app *krules.App, e *event.Event, opts ...krule
 	if err != nil {
 		return err
 	}
-	all := make([]krules.CallOption, 0, len(opts)+3)
+	all := make([]krules.EmitOption, 0, len(opts)+3)
 	all = append(all, krules.WithMeta(MetaCloudEvent, e))
 	all = append(all, TraceOptions(e)...)
 	all = append(all, opts...)

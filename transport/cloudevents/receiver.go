@@ -28,7 +28,7 @@ type ReceiverConfig struct {
 	// 413. Default DefaultMaxBodyBytes; negative means no limit.
 	MaxBodyBytes int64
 	// Options are added to every emit (for example krules.WithMeta).
-	Options []krules.CallOption
+	Options []krules.EmitOption
 }
 
 // Receiver is the HTTP ingress: an http.Handler that accepts one CloudEvent

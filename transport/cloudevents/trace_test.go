@@ -15,7 +15,7 @@ import (
 
 // traceHop sends one event from a producer App through a Dispatcher to a
 // Receiver of worker and returns the ce-traceparent header on the wire.
-func traceHop(t *testing.T, worker *krules.App, opts ...krules.CallOption) (header string) {
+func traceHop(t *testing.T, worker *krules.App, opts ...krules.EmitOption) (header string) {
 	t.Helper()
 	rcv := cloudevents.NewReceiver(worker, cloudevents.ReceiverConfig{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -64,7 +64,7 @@ func workerProcess() error {
 		if !ok {
 			return fmt.Errorf("payload seq %v", ev.Payload["seq"])
 		}
-		var opts []krules.CallOption
+		var opts []krules.SetOption
 		if !idem {
 			// Straight to Redis, atomically, one round trip each.
 			opts = append(opts, krules.NoCache())

@@ -448,7 +448,7 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
 	ectx := krules.ObserveErrors(cloudevents.NewContext(ctx, e), func(_ context.Context, ev *krules.Event, handler string, err error) {
 		f.add(fmt.Errorf("handler %s of %s: %w", handler, ev, err))
 	})
-	opts := append([]krules.CallOption{
+	opts := append([]krules.EmitOption{
 		krules.WithMeta(cloudevents.MetaCloudEvent, e),
 		krules.WithMeta(MetaStream, w.cfg.Stream),
 		krules.WithMeta(MetaSequence, md.Sequence.Stream),
