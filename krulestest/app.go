@@ -117,7 +117,7 @@ func (a *App) AssertError(t testing.TB, target error) HandlerError {
 // NewEvent is the package-level NewEvent, with the events the Event emits
 // (ev.Emit) recorded in a.Events() and its handler errors in a.Errors().
 // They still run none of a's handlers.
-func (a *App) NewEvent(ctx context.Context, eventType string, subject *krules.Subject, payload krules.Payload, opts ...krules.CallOption) (*krules.Event, error) {
+func (a *App) NewEvent(ctx context.Context, eventType string, subject *krules.Subject, payload krules.Payload, opts ...krules.EmitOption) (*krules.Event, error) {
 	return newEvent(ctx, a.Storage(), a.Logger(), a.privateErrors, a.rec, eventType, subject, payload, opts)
 }
 
@@ -132,7 +132,7 @@ func (a *App) NewEvent(ctx context.Context, eventType string, subject *krules.Su
 // and having no handlers, so events the Event emits (ev.Emit) go nowhere;
 // use App.NewEvent to record them. It returns an error only when krules
 // refuses the emit (empty type, invalid subject name, ctx cancelled).
-func NewEvent(ctx context.Context, eventType string, subject *krules.Subject, payload krules.Payload, opts ...krules.CallOption) (*krules.Event, error) {
+func NewEvent(ctx context.Context, eventType string, subject *krules.Subject, payload krules.Payload, opts ...krules.EmitOption) (*krules.Event, error) {
 	if subject == nil || subject.App() == nil {
 		return nil, fmt.Errorf("krulestest: NewEvent %q: nil subject", eventType)
 	}
@@ -141,7 +141,7 @@ func NewEvent(ctx context.Context, eventType string, subject *krules.Subject, pa
 }
 
 func newEvent(ctx context.Context, store storage.Backend, log *slog.Logger, onErr krules.ErrorHandler, rec *Recorder,
-	eventType string, subject *krules.Subject, payload krules.Payload, opts []krules.CallOption) (*krules.Event, error) {
+	eventType string, subject *krules.Subject, payload krules.Payload, opts []krules.EmitOption) (*krules.Event, error) {
 	priv := krules.New(krules.WithStorage(store), krules.WithLogger(log), krules.WithErrorHandler(onErr))
 	var got *krules.Event
 	h := priv.On("*").Do(func(_ context.Context, ev *krules.Event) error {
