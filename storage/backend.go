@@ -168,6 +168,26 @@ type Lister interface {
 	List(ctx context.Context, prefix string) iter.Seq2[string, error]
 }
 
+// ValidateKey checks the arguments of a call on one subject before anything
+// is read or written: the subject name, and when k is not nil the property
+// kind and name. Errors wrap ErrInvalidName and name the subject and
+// property. Backends prefix it with their own name.
+func ValidateKey(subject string, k *Key) error {
+	if err := ValidateName("subject", subject); err != nil {
+		return err
+	}
+	if k == nil {
+		return nil
+	}
+	if !k.Kind.Valid() {
+		return fmt.Errorf("property %q of subject %q: %w: unknown property kind %v", k.Name, subject, ErrInvalidName, k.Kind)
+	}
+	if err := ValidateName("property", k.Name); err != nil {
+		return fmt.Errorf("subject %q: %w", subject, err)
+	}
+	return nil
+}
+
 // ValidateName checks a subject or property name: non-empty, valid UTF-8 and
 // free of NUL bytes (which PostgreSQL cannot store). what names the thing in
 // the error ("subject", "property").

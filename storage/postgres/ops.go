@@ -32,16 +32,8 @@ func (b *Backend) check(subject string, k *storage.Key) error {
 	if b.closed.Load() {
 		return fmt.Errorf("postgres: %w", storage.ErrClosed)
 	}
-	if err := storage.ValidateName("subject", subject); err != nil {
+	if err := storage.ValidateKey(subject, k); err != nil {
 		return fmt.Errorf("postgres: %w", err)
-	}
-	if k != nil {
-		if !k.Kind.Valid() {
-			return fmt.Errorf("postgres: property %q of subject %q: %w: unknown property kind %v", k.Name, subject, storage.ErrInvalidName, k.Kind)
-		}
-		if err := storage.ValidateName("property", k.Name); err != nil {
-			return fmt.Errorf("postgres: subject %q: %w", subject, err)
-		}
 	}
 	return nil
 }

@@ -80,16 +80,8 @@ func (b *Backend) check(subject string, k *storage.Key) error {
 	if b.closed.Load() {
 		return fmt.Errorf("sqlite: %w", storage.ErrClosed)
 	}
-	if err := storage.ValidateName("subject", subject); err != nil {
+	if err := storage.ValidateKey(subject, k); err != nil {
 		return fmt.Errorf("sqlite: %w", err)
-	}
-	if k != nil {
-		if !k.Kind.Valid() {
-			return fmt.Errorf("sqlite: property %q of subject %q: %w: unknown property kind %v", k.Name, subject, storage.ErrInvalidName, k.Kind)
-		}
-		if err := storage.ValidateName("property", k.Name); err != nil {
-			return fmt.Errorf("sqlite: subject %q: %w", subject, err)
-		}
 	}
 	return nil
 }

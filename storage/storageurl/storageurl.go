@@ -297,20 +297,29 @@ func withQuery(u *url.URL, q url.Values) string {
 	return c.String()
 }
 
-func parseBolt(u *url.URL, q url.Values, sp *spec) error {
+// parseFilePath reads the file path of a scheme:///absolute/path.db or
+// scheme:relative/path.db URL into sp.path; a host, user or fragment is refused.
+func parseFilePath(u *url.URL, scheme string, sp *spec) error {
 	switch {
 	case u.Opaque != "":
-		sp.path = u.Opaque // bolt:relative/path.db
+		sp.path = u.Opaque // scheme:relative/path.db
 	case u.Host != "":
-		return bad(u, "bolt URL has host %q: write bolt:///absolute/path.db (three slashes) or bolt:relative/path.db", u.Host)
+		return bad(u, "%s URL has host %q: write %s:///absolute/path.db (three slashes) or %s:relative/path.db", scheme, u.Host, scheme, scheme)
 	default:
 		sp.path = u.Path
 	}
 	if sp.path == "" || sp.path == "/" {
-		return bad(u, "missing file path (write bolt:///absolute/path.db)")
+		return bad(u, "missing file path (write %s:///absolute/path.db)", scheme)
 	}
 	if u.User != nil || u.Fragment != "" {
-		return bad(u, "bolt URL takes only a path and parameters")
+		return bad(u, "%s URL takes only a path and parameters", scheme)
+	}
+	return nil
+}
+
+func parseBolt(u *url.URL, q url.Values, sp *spec) error {
+	if err := parseFilePath(u, "bolt", sp); err != nil {
+		return err
 	}
 	for k, vs := range q {
 		v := vs[0]
@@ -335,19 +344,8 @@ func parseBolt(u *url.URL, q url.Values, sp *spec) error {
 }
 
 func parseSQLite(u *url.URL, q url.Values, sp *spec) error {
-	switch {
-	case u.Opaque != "":
-		sp.path = u.Opaque // sqlite:relative/path.db
-	case u.Host != "":
-		return bad(u, "sqlite URL has host %q: write sqlite:///absolute/path.db (three slashes) or sqlite:relative/path.db", u.Host)
-	default:
-		sp.path = u.Path
-	}
-	if sp.path == "" || sp.path == "/" {
-		return bad(u, "missing file path (write sqlite:///absolute/path.db)")
-	}
-	if u.User != nil || u.Fragment != "" {
-		return bad(u, "sqlite URL takes only a path and parameters")
+	if err := parseFilePath(u, "sqlite", sp); err != nil {
+		return err
 	}
 	for k, vs := range q {
 		v := vs[0]
