@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"slices"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -166,6 +168,30 @@ type Lister interface {
 	// (every subject for ""), without loading them all into memory. The order
 	// is backend-defined. An error ends the sequence.
 	List(ctx context.Context, prefix string) iter.Seq2[string, error]
+}
+
+// UnmarshalObject decodes a stored JSON object (a column or document holding
+// all properties of one kind) into properties sorted by name. Empty input is
+// no properties. Input that is not a JSON object in the value model is an
+// error (wrapping ErrInvalidValue where the value model refuses it).
+func UnmarshalObject(raw []byte) ([]Property, error) {
+	if len(raw) == 0 {
+		return []Property{}, nil
+	}
+	v, err := Unmarshal(raw)
+	if err != nil {
+		return nil, err
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("stored value %.40q is not a JSON object", raw)
+	}
+	out := make([]Property, 0, len(m))
+	for name, val := range m {
+		out = append(out, Property{Name: name, Value: val})
+	}
+	slices.SortFunc(out, func(a, b Property) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
 }
 
 // ValidateKey checks the arguments of a call on one subject before anything

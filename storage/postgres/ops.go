@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"iter"
 	"math/rand/v2"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -81,25 +79,7 @@ func decode(raw []byte) (v any, exists bool, err error) {
 }
 
 // decodeObject turns a JSONB object into properties sorted by name.
-func decodeObject(raw []byte) ([]storage.Property, error) {
-	if len(raw) == 0 {
-		return []storage.Property{}, nil
-	}
-	v, err := storage.Unmarshal(raw)
-	if err != nil {
-		return nil, err
-	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return nil, fmt.Errorf("column holds %s, not a JSON object", raw)
-	}
-	out := make([]storage.Property, 0, len(m))
-	for name, val := range m {
-		out = append(out, storage.Property{Name: name, Value: val})
-	}
-	slices.SortFunc(out, func(a, b storage.Property) int { return strings.Compare(a.Name, b.Name) })
-	return out, nil
-}
+func decodeObject(raw []byte) ([]storage.Property, error) { return storage.UnmarshalObject(raw) }
 
 // Load implements [storage.Backend] in one query. Properties come sorted by
 // name (JSONB keeps no insertion order).

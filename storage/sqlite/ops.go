@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"slices"
 	"strings"
 
 	"github.com/krules-go/krules/storage"
@@ -119,23 +118,7 @@ func decode(raw sql.NullString) (v any, exists bool, err error) {
 
 // decodeObject turns a JSON column into properties sorted by name.
 func decodeObject(raw string) ([]storage.Property, error) {
-	if raw == "" {
-		return []storage.Property{}, nil
-	}
-	v, err := storage.Unmarshal([]byte(raw))
-	if err != nil {
-		return nil, err
-	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return nil, fmt.Errorf("column holds %.40q, not a JSON object", raw)
-	}
-	out := make([]storage.Property, 0, len(m))
-	for name, val := range m {
-		out = append(out, storage.Property{Name: name, Value: val})
-	}
-	slices.SortFunc(out, func(a, b storage.Property) int { return strings.Compare(a.Name, b.Name) })
-	return out, nil
+	return storage.UnmarshalObject([]byte(raw))
 }
 
 // Load implements [storage.Backend] in one query. Properties come sorted by
