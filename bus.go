@@ -391,7 +391,18 @@ func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payl
 		return fmt.Errorf("krules: emit %q: %w", eventType, subject.nameErr)
 	}
 	t := a.table.Load()
-	return a.dispatch(ctx, t, t.match(eventType), eventType, subject, payload, extra, meta)
+	hs := t.match(eventType)
+	depth, ok, err := a.admit(ctx, t, hs, eventType, subject)
+	if !ok {
+		return err
+	}
+	ev := &Event{Type: eventType, Subject: subject, payload: payload, Extra: extra, app: a, meta: meta}
+	if payload == nil {
+		ev.lazy = lazyEmpty
+	} else {
+		ev.fillProperty()
+	}
+	return a.deliver(ctx, t, hs, ev, depth)
 }
 
 // checkDepth refuses (and logs) an emit nested deeper than the cascade limit.
@@ -404,24 +415,24 @@ func (a *App) checkDepth(ctx context.Context, eventType string, subject *Subject
 	return depth, nil
 }
 
-// dispatch runs the handlers hs (matched in table t) for one event.
-func (a *App) dispatch(ctx context.Context, t *table, hs []*Handler, eventType string, subject *Subject, payload Payload, extra Extra, meta map[string]any) error {
+// admit decides whether an event matched to hs in t is dispatched: ok is
+// false (with a nil error) when nobody wants it, false with an error when
+// ctx is done or the cascade limit is reached. depth is ctx's cascade depth.
+func (a *App) admit(ctx context.Context, t *table, hs []*Handler, eventType string, subject *Subject) (depth int, ok bool, err error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return 0, false, err
 	}
 	if !t.wants(hs) {
-		return nil
+		return 0, false, nil
 	}
-	depth, err := a.checkDepth(ctx, eventType, subject)
-	if err != nil {
-		return err
-	}
-	if payload == nil {
-		payload = Payload{}
-	}
-	ev := &Event{Type: eventType, Subject: subject, Payload: payload, Extra: extra, app: a, meta: meta}
+	depth, err = a.checkDepth(ctx, eventType, subject)
+	return depth, err == nil, err
+}
+
+// deliver runs the handlers hs (matched in table t) and the outbound hooks
+// for ev, an admitted event emitted at cascade depth depth.
+func (a *App) deliver(ctx context.Context, t *table, hs []*Handler, ev *Event, depth int) error {
 	ev.ctx = depthCtx{Context: ctx, depth: depth + 1}
-	ev.fillProperty()
 	hctx := context.Context(&ev.ctx)
 	for _, h := range hs {
 		if err := ctx.Err(); err != nil {

@@ -288,7 +288,7 @@ func TestSharedEventAndMetadata(t *testing.T) {
 		return next(ctx)
 	})
 	app.On("e").Do(func(_ context.Context, ev *krules.Event) error {
-		ev.Payload["touched"] = true
+		ev.Payload()["touched"] = true
 		ev.SetMeta("first", "yes")
 		return nil
 	})
@@ -296,7 +296,7 @@ func TestSharedEventAndMetadata(t *testing.T) {
 		topic, _ := ev.Meta("topic")
 		first, _ := ev.Meta("first")
 		mw, _ := ev.Meta("mw")
-		seen = append(seen, ev.Payload["touched"], topic, first, mw)
+		seen = append(seen, ev.Payload()["touched"], topic, first, mw)
 		return nil
 	})
 	app.Emit(ctx, "e", app.Subject("s"), nil, krules.WithMeta("topic", "orders"))
@@ -327,7 +327,7 @@ func TestEventEmitDefaultsAndNoInheritance(t *testing.T) {
 	})
 	app.On("child").Do(func(_ context.Context, ev *krules.Event) error {
 		child = ev
-		ev.Payload["writable"] = true // nil payload became a real map
+		ev.Payload()["writable"] = true // nil payload became a real map
 		return nil
 	})
 	parentSubject := app.Subject("order-1")
@@ -335,8 +335,8 @@ func TestEventEmitDefaultsAndNoInheritance(t *testing.T) {
 	if child == nil || child.Subject != parentSubject {
 		t.Fatalf("child event subject = %v", child)
 	}
-	if _, ok := child.Meta("topic"); ok || child.Extra != nil || len(child.Payload) != 1 {
-		t.Fatalf("child inherited from parent: meta=%v extra=%v payload=%v", child.Metadata(), child.Extra, child.Payload)
+	if _, ok := child.Meta("topic"); ok || child.Extra != nil || len(child.Payload()) != 1 {
+		t.Fatalf("child inherited from parent: meta=%v extra=%v payload=%v", child.Metadata(), child.Extra, child.Payload())
 	}
 }
 

@@ -56,11 +56,11 @@
 //
 //	app.On("order.created").
 //		When(func(ctx context.Context, ev *krules.Event) bool {
-//			amount, ok := ev.Payload.Int("amount") // any number type, wire events included
+//			amount, ok := ev.Payload().Int("amount") // any number type, wire events included
 //			return ok && amount > 1000
 //		}).
 //		Do(func(ctx context.Context, ev *krules.Event) error {
-//			return ev.Emit(ctx, "order.requires_approval", ev.Payload)
+//			return ev.Emit(ctx, "order.requires_approval", ev.Payload())
 //		})
 //	app.On(krules.PropertyChanged).Do(func(ctx context.Context, ev *krules.Event) error {
 //		fmt.Println(ev.Subject.Name(), ev.PropertyName, ev.OldValue, "->", ev.NewValue)

@@ -176,29 +176,75 @@ func toFloat(v any) (float64, bool) {
 type Extra map[string]any
 
 // Event is what a handler receives. One Event is shared by every handler and
-// middleware of one emit (as in the original): changes to Payload or
+// middleware of one emit (as in the original): changes to the payload map or
 // metadata by an earlier handler are visible to later ones.
+//
+// An Event stays valid after its handlers return (it is not reused), so a
+// handler may keep it or hand it to a goroutine.
 type Event struct {
 	// Type is the event type ("order.created", PropertyChanged, ...).
 	Type string
 	// Subject is the subject the event is about; for built-in events, the
 	// very handle that was modified (handlers read its cache).
 	Subject *Subject
-	// Payload is never nil.
-	Payload Payload
-	// PropertyName, OldValue and NewValue are filled from the payload keys
-	// property_name, old_value and value whenever the payload carries
-	// property_name (built-in property events, and custom events too).
+	// PropertyName, OldValue and NewValue describe the property of a
+	// built-in property event (PropertyChanged, PropertyDeleted; NewValue is
+	// nil for a deletion). For other events they are filled from the payload
+	// keys property_name, old_value and value when the payload carries
+	// property_name. Reading them costs nothing: prefer them to Payload.
 	PropertyName string
 	OldValue     any
 	NewValue     any
 	// Extra is the context given with WithExtra (nil when none).
 	Extra Extra
 
-	app  *App
-	ctx  depthCtx // the handlers' context: the emitter's plus the cascade depth
+	app *App
+	ctx depthCtx // the handlers' context: the emitter's plus the cascade depth
+
+	// payload is the emitted payload; for built-in property events (and a
+	// nil emitted payload) it is built on the first Payload call, under once.
+	payload Payload
+	lazy    lazyKind
+	once    sync.Once
+
 	mu   sync.Mutex
 	meta map[string]any
+}
+
+// lazyKind tells how Payload builds a payload that was not emitted as a map.
+type lazyKind uint8
+
+const (
+	lazyNone    lazyKind = iota // payload was given (non-nil): no building
+	lazyEmpty                   // a nil payload: an empty map
+	lazyChanged                 // PropertyChanged: property_name, old_value, value
+	lazyDeleted                 // PropertyDeleted: property_name, old_value
+)
+
+// Payload returns the event's data; it is never nil. For App.Emit and
+// Event.Emit it is the map given to the emit (not copied); for the built-in
+// property events it is built on the first call, from PropertyName,
+// OldValue and NewValue ({"property_name", "old_value", "value"}; no "value"
+// for PropertyDeleted), and the same map is returned afterwards. Every
+// handler of one emit gets the same map. Safe for concurrent use; writing
+// to the map is not (handlers of one emit run one after another).
+func (e *Event) Payload() Payload {
+	if e.lazy == lazyNone {
+		return e.payload
+	}
+	e.once.Do(e.buildPayload)
+	return e.payload
+}
+
+func (e *Event) buildPayload() {
+	switch e.lazy {
+	case lazyChanged:
+		e.payload = Payload{KeyPropertyName: e.PropertyName, KeyOldValue: e.OldValue, KeyValue: e.NewValue}
+	case lazyDeleted:
+		e.payload = Payload{KeyPropertyName: e.PropertyName, KeyOldValue: e.OldValue}
+	default:
+		e.payload = Payload{}
+	}
 }
 
 // Meta returns the metadata value for key (set with WithMeta at emit time,
@@ -245,7 +291,7 @@ func (e *Event) Emit(ctx context.Context, eventType string, payload Payload, opt
 }
 
 // Decode fills v from the event's payload (see Payload.Decode).
-func (e *Event) Decode(v any) error { return e.Payload.Decode(v) }
+func (e *Event) Decode(v any) error { return e.Payload().Decode(v) }
 
 // App returns the App that dispatched the event.
 func (e *Event) App() *App { return e.app }
@@ -259,8 +305,10 @@ func (e *Event) String() string {
 	return fmt.Sprintf("%s on %s", e.Type, name)
 }
 
+// fillProperty fills PropertyName, OldValue and NewValue from an emitted
+// payload that carries property_name.
 func (e *Event) fillProperty() {
-	pn, ok := e.Payload[KeyPropertyName]
+	pn, ok := e.payload[KeyPropertyName]
 	if !ok {
 		return
 	}
@@ -270,8 +318,8 @@ func (e *Event) fillProperty() {
 	default:
 		e.PropertyName = fmt.Sprint(s)
 	}
-	e.OldValue = e.Payload[KeyOldValue]
-	e.NewValue = e.Payload[KeyValue]
+	e.OldValue = e.payload[KeyOldValue]
+	e.NewValue = e.payload[KeyValue]
 }
 
 // depthCtx carries the cascade depth; embedded in Event so an emit costs one

@@ -215,7 +215,7 @@ func Example_deadLetter() {
 		}
 		dlq := ev.App().Subject(fmt.Sprintf("dlq-%v", seq))
 		for _, k := range []string{"original_event", "handler", "error", "subject"} {
-			if _, _, err := dlq.Set(ctx, k, ev.Payload[k]); err != nil {
+			if _, _, err := dlq.Set(ctx, k, ev.Payload()[k]); err != nil {
 				return err
 			}
 		}
@@ -313,7 +313,7 @@ func Example_retryCounter() {
 			return ev.Emit(ctx, "api.call_failed", krules.Payload{"error": apiErr.Error(), "retries": retries})
 		})
 	app.On("api.call_failed").Do(func(_ context.Context, ev *krules.Event) error {
-		fmt.Printf("%s: gave up after %v retries (%v)\n", ev.Subject, ev.Payload["retries"], ev.Payload["error"])
+		fmt.Printf("%s: gave up after %v retries (%v)\n", ev.Subject, ev.Payload()["retries"], ev.Payload()["error"])
 		return nil
 	})
 

@@ -93,20 +93,38 @@ func (s *Subject) check(k storage.Kind, prop string) error {
 }
 
 // listeners returns the handlers of the event a write of kind k will emit
-// (none for extended properties or Muted), and refuses the write with
-// ErrCascadeDepth when that emit would exceed the cascade limit.
-func (s *Subject) listeners(ctx context.Context, k storage.Kind, o callOptions, eventType string) (*table, []*Handler, error) {
+// (none for extended properties or Muted) and ctx's cascade depth, and
+// refuses the write with ErrCascadeDepth when that emit would exceed the
+// cascade limit.
+func (s *Subject) listeners(ctx context.Context, k storage.Kind, o *callOptions, eventType string) (*table, []*Handler, int, error) {
 	if k != storage.Default || o.muted {
-		return nil, nil, nil
+		return nil, nil, 0, nil
 	}
 	t := s.app.table.Load()
 	hs := t.match(eventType)
-	if t.wants(hs) {
-		if _, err := s.app.checkDepth(ctx, eventType, s); err != nil {
-			return nil, nil, err
-		}
+	if !t.wants(hs) {
+		return t, hs, 0, nil
 	}
-	return t, hs, nil
+	depth, err := s.app.checkDepth(ctx, eventType, s)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return t, hs, depth, nil
+}
+
+// emitProperty dispatches a built-in property event (lazy: lazyChanged or
+// lazyDeleted) to hs, already admitted by listeners at cascade depth depth.
+// Its payload map is built only if a handler asks for it.
+func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, depth int, lazy lazyKind, prop string, old, nv any, extra Extra) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	typ := PropertyChanged
+	if lazy == lazyDeleted {
+		typ = PropertyDeleted
+	}
+	ev := &Event{Type: typ, Subject: s, PropertyName: prop, OldValue: old, NewValue: nv, Extra: extra, app: s.app, lazy: lazy}
+	return s.app.deliver(ctx, t, hs, ev, depth)
 }
 
 // afterDirect brings the handle's cache (if loaded) in line with a NoCache
@@ -211,7 +229,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	if err != nil {
 		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 	}
-	t, hs, err := s.listeners(ctx, k, o, PropertyChanged)
+	t, hs, depth, err := s.listeners(ctx, k, &o, PropertyChanged)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -251,8 +269,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		s.mu.Unlock()
 	}
 	if t.wants(hs) && !storage.Equal(nv, old) {
-		p := Payload{KeyPropertyName: prop, KeyOldValue: old, KeyValue: nv}
-		if err := s.app.dispatch(ctx, t, hs, PropertyChanged, s, p, o.extra, nil); err != nil {
+		if err := s.emitProperty(ctx, t, hs, depth, lazyChanged, prop, old, nv, o.extra); err != nil {
 			return nv, old, err
 		}
 	}
@@ -402,7 +419,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 		return err
 	}
 	o := deleteOpts(s.base, opts)
-	t, hs, err := s.listeners(ctx, k, o, PropertyDeleted)
+	t, hs, depth, err := s.listeners(ctx, k, &o, PropertyDeleted)
 	if err != nil {
 		return err
 	}
@@ -436,8 +453,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 		s.mu.Unlock()
 	}
 	if t.wants(hs) {
-		p := Payload{KeyPropertyName: prop, KeyOldValue: old}
-		return s.app.dispatch(ctx, t, hs, PropertyDeleted, s, p, o.extra, nil)
+		return s.emitProperty(ctx, t, hs, depth, lazyDeleted, prop, old, nil, o.extra)
 	}
 	return nil
 }
@@ -483,10 +499,13 @@ func (s *Subject) Flush(ctx context.Context) error {
 	}
 	t := s.app.table.Load()
 	hsProp, hsSubj := t.match(PropertyDeleted), t.match(SubjectDeleted)
+	depth := 0
 	if t.wants(hsProp) || t.wants(hsSubj) {
-		if _, err := s.app.checkDepth(ctx, SubjectDeleted, s); err != nil {
+		d, err := s.app.checkDepth(ctx, SubjectDeleted, s)
+		if err != nil {
 			return err
 		}
+		depth = d
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -514,7 +533,7 @@ func (s *Subject) Flush(ctx context.Context) error {
 
 	ctx = context.WithoutCancel(ctx) // from here on, finish
 	for _, p := range all {
-		if err := s.app.dispatch(ctx, t, hsProp, PropertyDeleted, s, Payload{KeyPropertyName: p.name, KeyOldValue: p.v}, nil, nil); err != nil {
+		if err := s.emitProperty(ctx, t, hsProp, depth, lazyDeleted, p.name, p.v, nil, nil); err != nil {
 			return err
 		}
 	}
@@ -525,5 +544,9 @@ func (s *Subject) Flush(ctx context.Context) error {
 	s.loaded = false
 	s.props, s.ext = propCache{}, propCache{}
 	s.mu.Unlock()
-	return s.app.dispatch(ctx, t, hsSubj, SubjectDeleted, s, Payload{"props": props, "ext_props": ext}, nil, nil)
+	if !t.wants(hsSubj) {
+		return nil
+	}
+	ev := &Event{Type: SubjectDeleted, Subject: s, payload: Payload{"props": props, "ext_props": ext}, app: s.app}
+	return s.app.deliver(ctx, t, hsSubj, ev, depth)
 }

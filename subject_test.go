@@ -84,8 +84,8 @@ func TestChangeEventOnlyWhenChanged(t *testing.T) {
 		if ev.PropertyName != w.name || !storage.Equal(ev.OldValue, w.old) || !storage.Equal(ev.NewValue, w.new) {
 			t.Errorf("event %d = %s %v->%v, want %s %v->%v", i, ev.PropertyName, ev.OldValue, ev.NewValue, w.name, w.old, w.new)
 		}
-		if ev.Payload[krules.KeyPropertyName] != w.name {
-			t.Errorf("event %d payload = %v", i, ev.Payload)
+		if ev.Payload()[krules.KeyPropertyName] != w.name {
+			t.Errorf("event %d payload = %v", i, ev.Payload())
 		}
 	}
 	if ok, _ := s.Has(ctx, "y"); !ok {
@@ -386,7 +386,7 @@ func TestFlush(t *testing.T) {
 	if !reflect.DeepEqual(sawInCache, []any{int64(1), int64(1), int64(1), int64(1)}) {
 		t.Fatalf("handlers must still see the data during flush: %v", sawInCache)
 	}
-	last := evs[len(evs)-1].Payload
+	last := evs[len(evs)-1].Payload()
 	if !reflect.DeepEqual(last["props"], map[string]any{"a": int64(1), "b": int64(2), "c": int64(4)}) ||
 		!reflect.DeepEqual(last["ext_props"], map[string]any{"e": int64(3)}) {
 		t.Fatalf("subject-deleted payload = %v", last)
@@ -402,7 +402,7 @@ func TestFlush(t *testing.T) {
 	app.Subject("empty").Flush(ctx)
 	evs = rec.snapshot()
 	if len(evs) != 1 || evs[0].Type != krules.SubjectDeleted ||
-		len(evs[0].Payload["props"].(map[string]any)) != 0 || len(evs[0].Payload["ext_props"].(map[string]any)) != 0 {
+		len(evs[0].Payload()["props"].(map[string]any)) != 0 || len(evs[0].Payload()["ext_props"].(map[string]any)) != 0 {
 		t.Fatalf("empty flush events = %v", evs)
 	}
 }

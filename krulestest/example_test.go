@@ -40,7 +40,7 @@ func ExampleNewEvent() {
 	ctx := context.Background()
 	app := krules.New()
 	bigOrder := func(_ context.Context, ev *krules.Event) bool {
-		amount, _ := ev.Payload["amount"].(int)
+		amount, _ := ev.Payload()["amount"].(int)
 		return amount > 1000
 	}
 	small, _ := krulestest.NewEvent(ctx, "order.created", app.Subject("o-1"), krules.Payload{"amount": 500})

@@ -39,7 +39,7 @@ func TestRecorderOrderAndCopies(t *testing.T) {
 	ctx := t.Context()
 	app := krulestest.New(t)
 	app.On("order.created").Do(func(ctx context.Context, ev *krules.Event) error {
-		ev.Payload["touched"] = true // later changes must not show in the record
+		ev.Payload()["touched"] = true // later changes must not show in the record
 		_, _, err := ev.Subject.Set(ctx, "status", "pending", krules.WithExtra(krules.Extra{"by": "test"}))
 		return err
 	})

@@ -14,7 +14,7 @@ import (
 func registerOrderFlow(app *krules.App) {
 	app.On("order.created").Named("on_order_created").Do(func(ctx context.Context, ev *krules.Event) error {
 		order := ev.Subject
-		if _, _, err := order.Set(ctx, "amount", ev.Payload["amount"]); err != nil {
+		if _, _, err := order.Set(ctx, "amount", ev.Payload()["amount"]); err != nil {
 			return err
 		}
 		if _, _, err := order.Set(ctx, "status", "pending"); err != nil {

@@ -112,7 +112,7 @@ func (r *Recorder) add(ev *krules.Event) {
 func snapshot(ev *krules.Event) Recorded {
 	rec := Recorded{
 		Type:         ev.Type,
-		Payload:      maps.Clone(ev.Payload),
+		Payload:      maps.Clone(ev.Payload()),
 		PropertyName: ev.PropertyName,
 		OldValue:     ev.OldValue,
 		NewValue:     ev.NewValue,

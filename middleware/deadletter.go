@@ -101,7 +101,7 @@ func DeadLetter(cfg DeadLetterConfig) krules.Middleware {
 		payload := krules.Payload{
 			DLOriginalEvent: ev.Type,
 			DLSubject:       subjectName(ev),
-			DLPayload:       maps.Clone(map[string]any(ev.Payload)),
+			DLPayload:       maps.Clone(map[string]any(ev.Payload())),
 			DLError:         err.Error(),
 			DLHandler:       handler,
 			DLAttempts:      attempts,

@@ -44,8 +44,8 @@ func (j *journal) dead() []krules.Payload {
 func watchDeadLetters(app *krules.App, j *journal) {
 	app.On(middleware.DefaultDeadLetterEvent).Named("dlq-watch").Do(func(_ context.Context, ev *krules.Event) error {
 		j.mu.Lock()
-		j.entries = append(j.entries, fmt.Sprintf("dead-letter(attempts=%v)", ev.Payload[middleware.DLAttempts]))
-		j.dl = append(j.dl, ev.Payload)
+		j.entries = append(j.entries, fmt.Sprintf("dead-letter(attempts=%v)", ev.Payload()[middleware.DLAttempts]))
+		j.dl = append(j.dl, ev.Payload())
 		j.mu.Unlock()
 		return nil
 	})
@@ -198,11 +198,11 @@ func TestDeadLetterOptions(t *testing.T) {
 		}))
 		var got []string
 		h.app.On("dlq.custom").Do(func(_ context.Context, ev *krules.Event) error {
-			got = append(got, ev.Payload[middleware.DLDeadLetter].(string))
+			got = append(got, ev.Payload()[middleware.DLDeadLetter].(string))
 			return nil
 		})
 		h.app.On("x").Do(func(_ context.Context, ev *krules.Event) error {
-			if ev.Payload["kind"] == "other" {
+			if ev.Payload()["kind"] == "other" {
 				return errors.New("other")
 			}
 			return errTransient

@@ -29,7 +29,7 @@
 //		}),
 //	)
 //	app.On("error.handler_failed").Do(func(ctx context.Context, ev *krules.Event) error {
-//		slog.Warn("dead letter", "event", ev.Payload["original_event"], "dlq", ev.Payload["dlq_subject"])
+//		slog.Warn("dead letter", "event", ev.Payload()["original_event"], "dlq", ev.Payload()["dlq_subject"])
 //		return nil
 //	})
 //

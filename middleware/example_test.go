@@ -175,7 +175,7 @@ func ExampleDeadLetter() {
 		return errors.New("carrier unavailable")
 	})
 	app.On("error.handler_failed").Do(func(ctx context.Context, ev *krules.Event) error {
-		p := ev.Payload
+		p := ev.Payload()
 		fmt.Printf("%s on %s failed in %s: %s (stored in %s)\n",
 			p["original_event"], p["subject"], p["handler"], p["error"], p["dlq_subject"])
 		return nil
@@ -216,7 +216,7 @@ func ExampleConcurrencyLimit() {
 	// refused instead of queued (FailFast).
 	app.Use(middleware.ConcurrencyLimit(middleware.LimitConfig{Max: 1, FailFast: true}))
 	app.On("export").Named("export").Do(func(ctx context.Context, ev *krules.Event) error {
-		if ev.Payload["nested"] == nil {
+		if ev.Payload()["nested"] == nil {
 			// A cascade back into the same handler keeps its slot: no deadlock.
 			return ev.Emit(ctx, "export", krules.Payload{"nested": true})
 		}
@@ -235,7 +235,7 @@ func ExampleRateLimit() {
 	// One notification per second per handler, bursts of 2; refuse the rest.
 	app.Use(middleware.RateLimit(middleware.RateLimitConfig{Rate: 1, Burst: 2, FailFast: true}))
 	app.On("alert.*").Named("notify").Do(func(_ context.Context, ev *krules.Event) error {
-		fmt.Println("notify", ev.Payload["n"])
+		fmt.Println("notify", ev.Payload()["n"])
 		return nil
 	})
 	for n := range 3 {
@@ -288,7 +288,7 @@ func ExampleResilient() {
 		return errors.New("smtp timeout")
 	})
 	app.On("error.handler_failed").Do(func(_ context.Context, ev *krules.Event) error {
-		fmt.Printf("dead letter: %s after %v attempts: %s\n", ev.Payload["original_event"], ev.Payload["attempts"], ev.Payload["error"])
+		fmt.Printf("dead letter: %s after %v attempts: %s\n", ev.Payload()["original_event"], ev.Payload()["attempts"], ev.Payload()["error"])
 		return nil
 	})
 	app.Emit(ctx, "invoice.send", app.Subject("inv-1"), nil) // 3 attempts, circuit opens

@@ -68,7 +68,7 @@ func Logging(cfg LoggingConfig) krules.Middleware {
 				slog.String("handler", krules.HandlerName(ctx)),
 				slog.Duration("duration", d))
 			if cfg.Payload {
-				attrs = append(attrs, slog.Any("payload", ev.Payload))
+				attrs = append(attrs, slog.Any("payload", ev.Payload()))
 			}
 			switch {
 			case !done:
@@ -171,10 +171,10 @@ func Debug(cfg DebugConfig) krules.Middleware {
 	return func(ctx context.Context, ev *krules.Event, next krules.Next) error {
 		var b bytes.Buffer
 		fmt.Fprintf(&b, "\n=== Event: %s ===\nSubject: %s\nHandler: %s\n", ev.Type, subjectName(ev), krules.HandlerName(ctx))
-		if js, err := json.MarshalIndent(ev.Payload, "", "  "); err == nil {
+		if js, err := json.MarshalIndent(ev.Payload(), "", "  "); err == nil {
 			fmt.Fprintf(&b, "Payload: %s\n", js)
 		} else {
-			fmt.Fprintf(&b, "Payload: %v\n", ev.Payload)
+			fmt.Fprintf(&b, "Payload: %v\n", ev.Payload())
 		}
 		write(b.Bytes())
 		start := now()

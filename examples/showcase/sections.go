@@ -220,20 +220,20 @@ func (nb *notebook) filters(ctx context.Context) error {
 
 	// Handler with a filter.
 	app.On("order.created").
-		When(func(_ context.Context, ev *krules.Event) bool { return amount(ev.Payload) > 1000 }).
+		When(func(_ context.Context, ev *krules.Event) bool { return amount(ev.Payload()) > 1000 }).
 		Named("handle_large_order").
 		Do(func(ctx context.Context, ev *krules.Event) error {
-			o.printf("[Handler] Large order: $%v\n", ev.Payload["amount"])
+			o.printf("[Handler] Large order: $%v\n", ev.Payload()["amount"])
 			// ev.Emit uses the current subject.
-			return ev.Emit(ctx, "order.requires_approval", ev.Payload)
+			return ev.Emit(ctx, "order.requires_approval", ev.Payload())
 		})
 	// Multiple filters (AND, in order).
 	app.On("user.action").
-		When(func(_ context.Context, ev *krules.Event) bool { return ev.Payload["action"] == "purchase" }).
-		When(func(_ context.Context, ev *krules.Event) bool { return amount(ev.Payload) > 500 }).
+		When(func(_ context.Context, ev *krules.Event) bool { return ev.Payload()["action"] == "purchase" }).
+		When(func(_ context.Context, ev *krules.Event) bool { return amount(ev.Payload()) > 500 }).
 		Named("handle_large_purchase").
 		Do(func(_ context.Context, ev *krules.Event) error {
-			o.printf("[Handler] Large purchase: $%v\n", ev.Payload["amount"])
+			o.printf("[Handler] Large purchase: $%v\n", ev.Payload()["amount"])
 			return nil
 		})
 
@@ -443,7 +443,7 @@ func (nb *notebook) completeExample(ctx context.Context) error {
 	// Order created.
 	app.On("order.created").Named("on_order_created").Do(func(ctx context.Context, ev *krules.Event) error {
 		order := ev.Subject
-		amount := ev.Payload["amount"]
+		amount := ev.Payload()["amount"]
 		// amount before status: setting status runs the whole validation
 		// cascade at once (dispatch is depth-first), and it reads amount.
 		// The notebook sets status first, so its validate_order would find

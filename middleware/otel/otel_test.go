@@ -266,7 +266,7 @@ func TestWithResilient(t *testing.T) {
 	tp, exp := newTracing(t)
 	app := quietApp(nil)
 	app.Use(krotel.Middleware(krotel.Config{TracerProvider: tp, Attributes: func(_ context.Context, ev *krules.Event) []attribute.KeyValue {
-		return []attribute.KeyValue{attribute.Int("payload.size", len(ev.Payload))}
+		return []attribute.KeyValue{attribute.Int("payload.size", len(ev.Payload()))}
 	}}), middleware.Resilient(middleware.ResilientConfig{Retry: middleware.RetryConfig{MaxAttempts: 1}}))
 	app.On("job").Named("job").Do(func(context.Context, *krules.Event) error { return errors.New("nope") })
 	app.On(middleware.DefaultDeadLetterEvent).Named("dlq").Do(func(context.Context, *krules.Event) error { return nil })

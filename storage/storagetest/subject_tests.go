@@ -86,7 +86,7 @@ func newAppSuite(t *testing.T, newBackend func(t *testing.T) storage.Backend) *a
 		if ev.Subject != nil {
 			r.Subject = ev.Subject.Name()
 		}
-		p, _ := storage.Normalize(map[string]any(ev.Payload))
+		p, _ := storage.Normalize(map[string]any(ev.Payload()))
 		r.Payload, _ = p.(map[string]any)
 		a.events = append(a.events, r)
 		return nil

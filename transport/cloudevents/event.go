@@ -363,7 +363,7 @@ func FromKrules(ctx context.Context, ev *krules.Event, source string) (*event.Ev
 			o.DataSchema = s
 		}
 	}
-	e, err := NewEvent(ctx, ev.Type, ev.Subject.Name(), ev.Payload, o)
+	e, err := NewEvent(ctx, ev.Type, ev.Subject.Name(), ev.Payload(), o)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ func ExampleReceiver() {
 	app := krules.New()
 	app.On("order.created").Do(func(ctx context.Context, ev *krules.Event) error {
 		e, _ := cloudevents.FromContext(ctx)
-		fmt.Println(ev.Type, ev.Subject.Name(), ev.Payload["amount"], e.Source())
+		fmt.Println(ev.Type, ev.Subject.Name(), ev.Payload()["amount"], e.Source())
 		return nil
 	})
 	srv := httptest.NewServer(cloudevents.NewReceiver(app, cloudevents.ReceiverConfig{}))

@@ -46,7 +46,7 @@ func FuzzReceiver(f *testing.F) {
 		rcv.ServeHTTP(rec, req)
 		switch rec.Code {
 		case http.StatusAccepted:
-			if len(handled) != 1 || handled[0].Type == "" || handled[0].Subject.Name() == "" || handled[0].Payload == nil {
+			if len(handled) != 1 || handled[0].Type == "" || handled[0].Subject.Name() == "" || handled[0].Payload() == nil {
 				t.Fatalf("202 but handlers saw %v", handled)
 			}
 		case http.StatusBadRequest, http.StatusRequestEntityTooLarge:

@@ -34,7 +34,7 @@ type got struct {
 }
 
 func (s *seen) handler(ctx context.Context, ev *krules.Event) error {
-	g := got{typ: ev.Type, subject: ev.Subject.Name(), payload: ev.Payload, origin: cloudevents.OriginID(ctx)}
+	g := got{typ: ev.Type, subject: ev.Subject.Name(), payload: ev.Payload(), origin: cloudevents.OriginID(ctx)}
 	if v, ok := ev.Meta(cloudevents.MetaCloudEvent); ok {
 		g.ce, _ = v.(*event.Event)
 	}

@@ -60,9 +60,9 @@ func workerProcess() error {
 	idem := os.Getenv(envIdempotent) == "1"
 	app := krules.New(krules.WithStorage(backend))
 	app.On("e2e.event").Do(func(ctx context.Context, ev *krules.Event) error {
-		seq, ok := ev.Payload["seq"].(int64)
+		seq, ok := ev.Payload()["seq"].(int64)
 		if !ok {
-			return fmt.Errorf("payload seq %v", ev.Payload["seq"])
+			return fmt.Errorf("payload seq %v", ev.Payload()["seq"])
 		}
 		var opts []krules.SetOption
 		if !idem {

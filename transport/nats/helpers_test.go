@@ -137,7 +137,7 @@ func (r *recorder) wait(t testing.TB, d time.Duration) {
 }
 
 func seqOf(ev *krules.Event) int64 {
-	s, _ := ev.Payload["seq"].(int64)
+	s, _ := ev.Payload()["seq"].(int64)
 	return s
 }
 

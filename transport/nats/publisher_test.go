@@ -66,8 +66,8 @@ func TestPublisherMiddlewareAndForward(t *testing.T) {
 		Source() string
 		Extensions() map[string]any
 	})
-	if ev.Type != "order.created" || ev.Subject.Name() != "o-1" || ev.Payload["n"] != int64(1) || e.Source() != "producer" || e.Extensions()["region"] != "eu" {
-		t.Fatalf("arrived %v payload %v ext %v", ev, ev.Payload, e.Extensions())
+	if ev.Type != "order.created" || ev.Subject.Name() != "o-1" || ev.Payload()["n"] != int64(1) || e.Source() != "producer" || e.Extensions()["region"] != "eu" {
+		t.Fatalf("arrived %v payload %v ext %v", ev, ev.Payload(), e.Extensions())
 	}
 	if local.Load() != 0 {
 		t.Fatalf("direct: %d local handler runs", local.Load())

@@ -57,7 +57,7 @@ func run(stream, prefix string, log *slog.Logger) error {
 		if _, _, err := ev.Subject.Set(ctx, "orders", krules.Inc(1)); err != nil {
 			return err
 		}
-		_, _, err := ev.Subject.Set(ctx, "total", krules.Inc(ev.Payload["amount"]))
+		_, _, err := ev.Subject.Set(ctx, "total", krules.Inc(ev.Payload()["amount"]))
 		return err
 	})
 	// Property changes are events too: a derived flag, in the same commit.
