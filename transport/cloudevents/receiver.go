@@ -10,12 +10,15 @@ import (
 	"mime"
 	"net/http"
 	"net/textproto"
+	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/cloudevents/sdk-go/v2/binding"
 	"github.com/cloudevents/sdk-go/v2/binding/format"
 	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/google/uuid"
 	"github.com/krules-go/krules"
 )
 
@@ -127,32 +130,65 @@ var noneAttrs = map[string]bool{"datacontenttype": true, "dataschema": true, "ti
 func decodeRequest(ctx context.Context, h http.Header, body []byte) (*event.Event, int, error) {
 	ct := h.Get("Content-Type")
 	mt, _, _ := mime.ParseMediaType(ct)
+	plainJSON := mt == "" || mt == "application/json"
 	switch {
 	case mt == "application/cloudevents-batch+json":
 		return nil, http.StatusBadRequest, errors.New("batched CloudEvents are not supported: send one event per request")
 	case mt == "application/cloudevents+json":
 		return decodeStructured(body)
 	case hasCEHeader(h):
+		if plainJSON && looksStructured(body, true) {
+			// Python KRules' receiver reads such a body as the event and
+			// ignores the headers; the HTTP binding reads the body as the
+			// data. Neither reading is safe to guess.
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: ce- headers together with a structured CloudEvent body (\"specversion\" and \"type\" members): send either structured mode (the event as the body, no ce- headers) or binary mode (the data as the body)", ErrMalformed)
+		}
 		return decodeBinary(ctx, h, body)
-	case (mt == "" || mt == "application/json") && looksStructured(body):
+	case plainJSON:
 		// A structured event posted as application/json (or without a
 		// Content-Type), as Python KRules clients do.
+		if len(bytes.TrimSpace(body)) == 0 {
+			return nil, http.StatusBadRequest, fmt.Errorf("not a CloudEvent: empty body and no ce- headers")
+		}
+		if err := checkJSON(body, "structured CloudEvent"); err != nil {
+			return nil, http.StatusBadRequest, err
+		}
+		if !looksStructured(body, false) {
+			return nil, http.StatusBadRequest, fmt.Errorf("not a CloudEvent: no ce- headers, and the body is not a JSON object with a \"specversion\" or \"type\" member")
+		}
 		return decodeStructured(body)
 	}
-	return nil, http.StatusBadRequest, fmt.Errorf("not a CloudEvent: content type %q, no ce- headers, and the body is not a JSON object with a \"specversion\" member", ct)
+	return nil, http.StatusBadRequest, fmt.Errorf("not a CloudEvent: content type %q, and no ce- headers", ct)
 }
 
 // looksStructured reports whether body is a JSON object with a
-// "specversion" member at the top level.
-func looksStructured(body []byte) bool {
+// "specversion" or a "type" member at the top level (both when both is
+// set).
+func looksStructured(body []byte, both bool) bool {
 	var top map[string]json.RawMessage
 	if json.Unmarshal(body, &top) != nil {
 		return false
 	}
-	_, ok := top["specversion"]
-	return ok
+	_, sv := top["specversion"]
+	_, ty := top["type"]
+	if both {
+		return sv && ty
+	}
+	return sv || ty
 }
 
+// contextAttrs are the top-level members of a structured event that are not
+// extensions (spec 1.0 and 0.3).
+var contextAttrs = map[string]bool{
+	"specversion": true, "id": true, "source": true, "type": true, "subject": true, "time": true,
+	"datacontenttype": true, "dataschema": true, "data": true, "data_base64": true,
+	"schemaurl": true, "datacontentencoding": true,
+}
+
+// decodeStructured reads a structured-mode event after mapping what Python
+// KRules clients send onto the spec (see Receiver): no "specversion" means
+// "1.0", no "id" gets a new UUID, extension names are normalised, null
+// extensions dropped and non-string ones sent as their JSON text.
 func decodeStructured(body []byte) (*event.Event, int, error) {
 	if err := checkJSON(body, "structured CloudEvent"); err != nil {
 		return nil, http.StatusBadRequest, err
@@ -161,19 +197,83 @@ func decodeStructured(body []byte) (*event.Event, int, error) {
 	if err := json.Unmarshal(body, &top); err != nil {
 		return nil, http.StatusBadRequest, fmt.Errorf("%w: structured CloudEvent: not a JSON object", ErrMalformed)
 	}
-	raw, ok := top["specversion"]
-	if !ok {
-		return nil, http.StatusBadRequest, fmt.Errorf("%w: structured CloudEvent without \"specversion\"", ErrMalformed)
+	changed := false
+	if raw, ok := top["specversion"]; ok {
+		var sv string
+		if json.Unmarshal(raw, &sv) != nil {
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: specversion %s is not a string (supported: \"1.0\", \"0.3\")", ErrMalformed, cutRaw(raw))
+		}
+		if !supportedSpecVersion(sv) {
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: unsupported specversion %s (supported: \"1.0\", \"0.3\")", ErrMalformed, cutQuote(sv))
+		}
+	} else {
+		top["specversion"] = json.RawMessage(`"1.0"`)
+		changed = true
 	}
-	var sv string
-	if json.Unmarshal(raw, &sv) != nil || !supportedSpecVersion(sv) {
-		return nil, http.StatusBadRequest, fmt.Errorf("%w: unsupported specversion %s (supported: \"1.0\", \"0.3\")", ErrMalformed, cutQuote(string(raw)))
+	if _, ok := top["id"]; !ok {
+		top["id"], _ = json.Marshal(uuid.NewString())
+		changed = true
+	}
+	names := make([]string, 0, len(top))
+	for k := range top {
+		if !contextAttrs[k] {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	from := make(map[string]string) // normalised extension name -> member it came from
+	for _, k := range names {
+		raw := top[k]
+		n := NormalizeExtensionName(k)
+		switch {
+		case n == "":
+			delete(top, k)
+			changed = true
+			continue
+		case contextAttrs[n]:
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: extension %s normalises to the context attribute %q", ErrMalformed, cutQuote(k), n)
+		}
+		if prev, dup := from[n]; dup {
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: extensions %s and %s both map to the attribute %q", ErrMalformed, cutQuote(prev), cutQuote(k), n)
+		}
+		from[n] = k
+		var v any
+		_ = json.Unmarshal(raw, &v) // checked by checkJSON
+		switch v.(type) {
+		case nil:
+			delete(top, k)
+			changed = true
+			continue
+		case string:
+		default:
+			raw, _ = json.Marshal(string(compactJSON(raw)))
+			changed = true
+		}
+		if n != k {
+			delete(top, k)
+			changed = true
+		}
+		top[n] = raw
+	}
+	if changed {
+		var err error
+		if body, err = json.Marshal(top); err != nil {
+			return nil, http.StatusBadRequest, fmt.Errorf("%w: structured CloudEvent: %v", ErrMalformed, err)
+		}
 	}
 	var e event.Event
 	if err := format.JSON.Unmarshal(body, &e); err != nil {
 		return nil, http.StatusBadRequest, fmt.Errorf("%w: invalid CloudEvent: %v", ErrMalformed, err)
 	}
 	return &e, 0, nil
+}
+
+func compactJSON(raw []byte) []byte {
+	var b bytes.Buffer
+	if json.Compact(&b, raw) != nil {
+		return raw
+	}
+	return b.Bytes()
 }
 
 // decodeBinary reads a binary-mode event after mapping what the Python
@@ -230,4 +330,17 @@ func writeError(w http.ResponseWriter, code int, format string, args ...any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": fmt.Sprintf(format, args...), "status": code})
+}
+
+// cutRaw returns JSON text for an error message, cut after 64 bytes.
+func cutRaw(raw []byte) string {
+	const max = 64
+	if len(raw) <= max {
+		return string(raw)
+	}
+	i := max
+	for i > 0 && !utf8.RuneStart(raw[i]) {
+		i--
+	}
+	return fmt.Sprintf("%s... (%d bytes)", raw[:i], len(raw))
 }
