@@ -37,17 +37,58 @@ type ReceiverConfig struct {
 // Receiver is the HTTP ingress: an http.Handler that accepts one CloudEvent
 // per POST, in binary mode (ce-* headers, data in the body) or structured
 // mode (Content-Type application/cloudevents+json), and emits it into the
-// App (see Deliver) before answering.
+// App (see Deliver) before answering. It answers on whatever path it is
+// mounted at. Serve it with NewServer (or an http.Server with the same
+// timeouts): a bare http.Server has none.
 //
 // Responses (JSON bodies):
 //
 //	202 {"status":"accepted","id":"<event id>"}   handlers ran (their errors go to the App's error handler)
-//	400 {"error":"...","status":400}               not a CloudEvent, batch mode, bad JSON, missing
-//	                                               id/type/source/specversion/subject, data not a JSON
-//	                                               object, non-JSON datacontenttype, invalid subject
+//	400 {"error":"...","status":400}               see below; the error names the problem
 //	405                                            method other than POST
 //	413                                            body larger than MaxBodyBytes
 //	500                                            the App refused the emit (e.g. cascade limit)
+//
+// 400 means: not a CloudEvent, batch mode, invalid JSON, a missing
+// type/source/subject (or, in binary mode, id/specversion), an unsupported
+// specversion (only "1.0" and "0.3"), a bad time, data that is not a JSON
+// object (or absent/null), a non-JSON datacontenttype, an invalid event
+// type or subject name (empty, invalid UTF-8, NUL), a ce- header given more
+// than once, two extension names that normalise to the same name or one
+// that normalises to a context attribute, ce- headers together with a
+// structured body, and data the value model cannot hold — invalid UTF-8,
+// \u escapes of unpaired surrogates, a repeated object key (in the data or
+// the event), NaN/Infinity tokens, NUL in a string. Nothing is altered
+// (encoding/json would replace invalid UTF-8 with U+FFFD and keep the last
+// of repeated keys): the Receiver refuses what a direct Set refuses. No
+// handler runs for a refused request.
+//
+// # Accepted beyond the CloudEvents spec
+//
+// For Python KRules senders (krules_cloudevents, and the clients of
+// krules_fastapi_env) the Receiver also accepts, and only this:
+//
+//   - Structured mode without application/cloudevents+json: with no ce-
+//     header, a body that is a JSON object with a "specversion" or "type"
+//     member is read as a structured event when the Content-Type is
+//     application/json (any parameters) or absent.
+//   - In structured mode, a missing "specversion" means "1.0", and a missing
+//     "id" is given a new random UUID (answered in the 202 body; a retry of
+//     such an event gets another id, so receivers cannot de-duplicate it).
+//   - In binary mode, the header value "None" (Python's str(None)) of the
+//     optional attributes ce-datacontenttype, ce-dataschema and ce-time
+//     means the attribute is absent. An extension's "None" stays the string
+//     "None" (it cannot be told from one).
+//   - Extension names outside [a-z0-9]+, in either mode (ce-tenant_id,
+//     "TenantID"), are mapped with NormalizeExtensionName, as the
+//     Dispatcher sends them: ce-tenant_id becomes the extension tenantid.
+//     A name that normalises to "" is dropped.
+//   - In structured mode, a null extension is absent, and an extension
+//     whose value is not a string (number, bool, object, array) is kept as
+//     its compact JSON text ({"a": 1} becomes the string `{"a":1}`).
+//
+// Binary-mode extension values are header text: the Python emitter's str()
+// of non-string values ("True", "5", "{'a': 1}") arrives as that text.
 //
 // The handlers run in the request goroutine with a context that keeps the
 // request's values but is not cancelled when the client goes away, so a
@@ -237,14 +278,12 @@ func decodeStructured(body []byte) (*event.Event, int, error) {
 			return nil, http.StatusBadRequest, fmt.Errorf("%w: extensions %s and %s both map to the attribute %q", ErrMalformed, cutQuote(prev), cutQuote(k), n)
 		}
 		from[n] = k
-		var v any
-		_ = json.Unmarshal(raw, &v) // checked by checkJSON
-		switch v.(type) {
-		case nil:
+		switch raw = bytes.TrimSpace(raw); raw[0] { // valid JSON: checked by checkJSON
+		case 'n': // null
 			delete(top, k)
 			changed = true
 			continue
-		case string:
+		case '"':
 		default:
 			raw, _ = json.Marshal(string(compactJSON(raw)))
 			changed = true
