@@ -37,12 +37,12 @@
 //
 // A Dispatcher POSTs events as CloudEvents, in structured mode by default
 // (what the Python KRules receiver reads; DispatcherConfig.Encoding Binary
-// for ce-* headers). Installed as middleware, it sends every event whose
+// for ce-* headers). Installed on an App (middleware, plus an outbound hook
+// for the events no local handler takes), it sends every event whose
 // metadata names a dispatch_url:
 //
 //	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Source: "orders"})
-//	app.Use(d.Middleware())
-//	d.Route(app, "order.approved") // a handler, so the middleware runs for this type
+//	d.Install(app) // after app.Use(middleware.Retry(...)), if any
 //	app.Emit(ctx, "order.approved", app.Subject("order-1"), krules.Payload{"by": "ann"},
 //		krules.WithMeta(cloudevents.MetaDispatchURL, "http://billing/"),
 //		krules.WithMeta(cloudevents.MetaDispatchPolicy, "direct"))
@@ -71,9 +71,11 @@
 // of the event it emits, where the otel middleware of the receiving App
 // finds them and continues the trace.
 //
-// Retries: install the Dispatcher's middleware inside middleware.Retry
-// (app.Use(middleware.Retry(...), d.Middleware())); a failed send is then
-// really sent again on the next attempt.
+// Retries: install the Dispatcher inside middleware.Retry
+// (app.Use(middleware.Retry(...)) before d.Install(app)); a failed send of
+// an event with local handlers is then really sent again on the next
+// attempt. The outbound hook, which sends the events no local handler
+// took, runs without middleware (see Install).
 //
 // # Event ids
 //

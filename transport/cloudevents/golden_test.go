@@ -623,8 +623,7 @@ func TestGoldenDispatcherToPythonReceiver(t *testing.T) {
 					}
 				}
 				opts := append([]krules.EmitOption{krules.WithMeta(cloudevents.MetaDispatchURL, out.srv.URL)}, c.opts...)
-				d.Route(app, c.typ)
-				app.Use(d.Middleware())
+				d.Install(app) // no local handler: the outbound hook sends
 				if err := app.Emit(ctx, c.typ, app.Subject(c.subject), c.payload, opts...); err != nil {
 					t.Fatal(err)
 				}
