@@ -91,6 +91,13 @@ func TestAcceptedBeyondSpec(t *testing.T) {
 			t.Errorf("extensions %#v, want %#v", got, want)
 		}
 	})
+	t.Run("structured data_base64 of a JSON object", func(t *testing.T) {
+		// Spec behaviour (the original drops data_base64 and gives {}).
+		rec, evs := serve(t, hreq{headers: jsonCT, body: `{"specversion":"1.0","id":"1","type":"t","source":"s","subject":"x","datacontenttype":"application/json","data_base64":"eyJhIjoxfQ=="}`})
+		if rec.Code != http.StatusAccepted || len(evs) != 1 || evs[0].payload["a"] != int64(1) {
+			t.Fatalf("%d %s %v", rec.Code, rec.Body, evs)
+		}
+	})
 	t.Run("binary None attributes", func(t *testing.T) {
 		rec, evs := serve(t, hreq{headers: bin(nil, [2]string{"ce-datacontenttype", "None"}, [2]string{"ce-dataschema", "None"},
 			[2]string{"ce-time", "None"}, [2]string{"ce-nothing", "None"}), body: `{"a":1}`})
