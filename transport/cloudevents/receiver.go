@@ -38,8 +38,9 @@ type ReceiverConfig struct {
 // per POST, in binary mode (ce-* headers, data in the body) or structured
 // mode (Content-Type application/cloudevents+json), and emits it into the
 // App (see Deliver) before answering. It answers on whatever path it is
-// mounted at. Serve it with NewServer (or an http.Server with the same
-// timeouts): a bare http.Server has none.
+// mounted at. Serve it with Serve or ListenAndServe (or an http.Server
+// from NewServer): they set the timeouts and header limit a bare
+// http.Server lacks, and Serve drains in-flight requests on shutdown.
 //
 // Responses (JSON bodies):
 //
