@@ -387,7 +387,8 @@ func (s *Subject) ExtProps(ctx context.Context) (map[string]any, error) {
 
 // Dict exports the subject as in Python KRules:
 // {"name": <subject name>, <property>: <value>, ..., "ext": {<extended>}}.
-// As there, a property called "name" or "ext" overwrites those keys.
+// As there, a property called "name" replaces the subject name, and the "ext"
+// key always holds the extended properties.
 func (s *Subject) Dict(ctx context.Context) (map[string]any, error) {
 	props, ext, done, err := s.view(ctx)
 	if err != nil {

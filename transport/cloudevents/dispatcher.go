@@ -79,7 +79,8 @@ type DispatcherConfig struct {
 }
 
 // Dispatcher is the HTTP egress: it POSTs KRules events as CloudEvents, in
-// structured mode unless DispatcherConfig.Encoding says Binary. Use Send directly, or Middleware to send every event whose
+// structured mode unless DispatcherConfig.Encoding says Binary. Use Send or
+// Dispatch directly, or Install it on an App to send every event whose
 // metadata names a MetaDispatchURL. Safe for concurrent use.
 type Dispatcher struct {
 	cfg DispatcherConfig
@@ -182,8 +183,9 @@ const metaState = "_krules_dispatch_state"
 // failure of the last attempt is what Retry reports. The middleware of the
 // other handlers of the event does not send again after a failure.
 //
-// Middleware only runs for events that have a matching handler; register
-// one with Route for events that have none locally.
+// Middleware only runs for events that have a matching handler: use
+// Install, whose outbound hook sends the others, or register a handler with
+// Route.
 func (d *Dispatcher) Middleware() krules.Middleware {
 	return func(ctx context.Context, ev *krules.Event, next krules.Next) error {
 		target, ok := ev.Meta(MetaDispatchURL)
@@ -282,9 +284,46 @@ func (d *Dispatcher) policy(ctx context.Context, ev *krules.Event) Policy {
 	return p
 }
 
+// Install registers the Dispatcher on app: Middleware (app.Use), and an
+// outbound hook (app.Outbound, named "cloudevents.dispatch") that sends
+// every event carrying MetaDispatchURL that no local handler took — none
+// matched, or their filters refused it — so no dummy handler (Route) is
+// needed. The hook runs after the local handlers, sends at most once per
+// event (never an event the middleware already sent or failed to send),
+// and follows the policy ("never" sends nothing). Its failures go to the
+// App's error handler and MetaDispatchError like the middleware's, but
+// middleware.Retry does not wrap hooks: to retry those sends too, give the
+// Dispatcher a Client that retries. Call Install after app.Use of any
+// middleware that must wrap the Dispatcher's (middleware.Retry).
+func (d *Dispatcher) Install(app *krules.App) {
+	app.Use(d.Middleware())
+	app.Outbound("cloudevents.dispatch", d.outbound)
+}
+
+// outbound is the hook of Install.
+func (d *Dispatcher) outbound(ctx context.Context, ev *krules.Event) error {
+	target, ok := ev.Meta(MetaDispatchURL)
+	if !ok || target == nil {
+		return nil
+	}
+	if v, ok := ev.Meta(metaState); ok && v != nil {
+		return nil // the middleware ran for this event: sent, or reported
+	}
+	st := &dispatchState{policy: d.policy(ctx, ev)}
+	ev.SetMeta(metaState, st)
+	if st.policy == PolicyNever {
+		st.sent = true
+		return nil
+	}
+	err := d.dispatchMeta(ctx, ev, target, false)
+	st.sent, st.failed = err == nil, err != nil
+	return err
+}
+
 // Route registers on app a handler that does nothing, for events whose type
 // matches patterns, so that the egress middleware runs for them even when
 // no other local handler matches (middleware only wraps matching handlers).
+// Install makes it unnecessary: its outbound hook sends such events.
 func (d *Dispatcher) Route(app *krules.App, patterns ...string) *krules.Handler {
 	return app.On(patterns...).Named("cloudevents.route").Do(func(context.Context, *krules.Event) error { return nil })
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,30 +169,143 @@ func TestPolicyDirectVsBoth(t *testing.T) {
 		{policy: "never", runs: 3, sends: 0},
 		{policy: "bogus", runs: 0, sends: 1},
 	} {
-		out := newSink(t, http.StatusAccepted)
-		app := krules.New()
-		d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{DefaultPolicy: c.deflt})
-		app.Use(d.Middleware())
-		var mu sync.Mutex
-		runs := 0
-		for range 3 {
-			app.On("order.*").Do(func(context.Context, *krules.Event) error {
-				mu.Lock()
-				runs++
-				mu.Unlock()
-				return nil
-			})
+		for _, install := range []bool{false, true} {
+			out := newSink(t, http.StatusAccepted)
+			app := krules.New()
+			d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{DefaultPolicy: c.deflt})
+			if install {
+				d.Install(app)
+			} else {
+				app.Use(d.Middleware())
+			}
+			var mu sync.Mutex
+			runs := 0
+			for range 3 {
+				app.On("order.*").Do(func(context.Context, *krules.Event) error {
+					mu.Lock()
+					runs++
+					mu.Unlock()
+					return nil
+				})
+			}
+			opts := []krules.EmitOption{krules.WithMeta(cloudevents.MetaDispatchURL, out.srv.URL)}
+			if c.policy != nil {
+				opts = append(opts, krules.WithMeta(cloudevents.MetaDispatchPolicy, c.policy))
+			}
+			if err := app.Emit(context.Background(), "order.created", app.Subject("o-1"), nil, opts...); err != nil {
+				t.Fatal(err)
+			}
+			if runs != c.runs || len(out.all()) != c.sends {
+				t.Errorf("install %v, policy %v (default %q): %d handler runs, %d sends; want %d, %d", install, c.policy, c.deflt, runs, len(out.all()), c.runs, c.sends)
+			}
 		}
-		opts := []krules.EmitOption{krules.WithMeta(cloudevents.MetaDispatchURL, out.srv.URL)}
-		if c.policy != nil {
-			opts = append(opts, krules.WithMeta(cloudevents.MetaDispatchPolicy, c.policy))
-		}
-		if err := app.Emit(context.Background(), "order.created", app.Subject("o-1"), nil, opts...); err != nil {
-			t.Fatal(err)
-		}
-		if runs != c.runs || len(out.all()) != c.sends {
-			t.Errorf("policy %v (default %q): %d handler runs, %d sends; want %d, %d", c.policy, c.deflt, runs, len(out.all()), c.runs, c.sends)
-		}
+	}
+}
+
+// TestInstallSendsWithoutLocalHandlers: with Install, an event that no local
+// handler takes (none matches, or their filters refuse it) is sent once by
+// the outbound hook, by policy; without it (Middleware alone) it is not
+// sent at all.
+func TestInstallSendsWithoutLocalHandlers(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		name    string
+		setup   func(app *krules.App)
+		policy  cloudevents.Policy
+		sends   int
+		install bool
+	}{
+		{name: "no handler", setup: func(*krules.App) {}, policy: cloudevents.PolicyDirect, sends: 1, install: true},
+		{name: "no handler, both", setup: func(*krules.App) {}, policy: cloudevents.PolicyBoth, sends: 1, install: true},
+		{name: "no handler, never", setup: func(*krules.App) {}, policy: cloudevents.PolicyNever, sends: 0, install: true},
+		{name: "handlers for other types", setup: func(app *krules.App) {
+			app.On("other.*").Do(func(context.Context, *krules.Event) error { return nil })
+		}, policy: cloudevents.PolicyDirect, sends: 1, install: true},
+		{name: "filtered out", setup: func(app *krules.App) {
+			app.On("*").When(func(context.Context, *krules.Event) bool { return false }).Do(func(context.Context, *krules.Event) error { return nil })
+		}, policy: cloudevents.PolicyDirect, sends: 1, install: true},
+		{name: "middleware only, no handler", setup: func(*krules.App) {}, policy: cloudevents.PolicyDirect, sends: 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := newSink(t, http.StatusAccepted)
+			errs := &errSink{}
+			app := krules.New(krules.WithErrorHandler(errs.handle))
+			d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Source: "svc"})
+			if c.install {
+				d.Install(app)
+			} else {
+				app.Use(d.Middleware())
+			}
+			c.setup(app)
+			if _, _, err := app.Subject("o-1").SetExt(ctx, "tenant_id", "acme", krules.NoCache()); err != nil {
+				t.Fatal(err)
+			}
+			err := app.Emit(ctx, "order.created", app.Subject("o-1"), krules.Payload{"a": 1},
+				krules.WithMeta(cloudevents.MetaDispatchURL, out.srv.URL), krules.WithMeta(cloudevents.MetaDispatchPolicy, c.policy))
+			if err != nil {
+				t.Fatal(err)
+			}
+			reqs := out.all()
+			if len(reqs) != c.sends || len(errs.all()) != 0 {
+				t.Fatalf("%d sends, errors %v; want %d, none", len(reqs), errs.all(), c.sends)
+			}
+			if c.sends == 1 && (!strings.Contains(reqs[0].body, `"tenantid":"acme"`) || !strings.Contains(reqs[0].body, `"data":{"a":1}`)) {
+				t.Errorf("body %s", reqs[0].body)
+			}
+		})
+	}
+}
+
+// TestInstallSendsOnce: handlers that match and an outbound hook: one send,
+// by the middleware; a property event of a Set is sent by the hook.
+func TestInstallSendsOnce(t *testing.T) {
+	ctx := context.Background()
+	out := newSink(t, http.StatusAccepted)
+	app := krules.New()
+	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{})
+	d.Install(app)
+	var runs atomic.Int32
+	for range 2 {
+		app.On("order.*").Do(func(context.Context, *krules.Event) error { runs.Add(1); return nil })
+	}
+	if err := app.Emit(ctx, "order.created", app.Subject("o-1"), nil,
+		krules.WithMeta(cloudevents.MetaDispatchURL, out.srv.URL), krules.WithMeta(cloudevents.MetaDispatchPolicy, "both")); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(out.all()); n != 1 || runs.Load() != 2 {
+		t.Fatalf("%d sends, %d runs; want 1, 2", n, runs.Load())
+	}
+	// Events without a dispatch_url are not sent.
+	if _, _, err := app.Subject("o-1").Set(ctx, "status", "new"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(out.all()); n != 1 {
+		t.Fatalf("%d sends after an event without dispatch_url", n)
+	}
+}
+
+// TestInstallHookFailureReported: a failed send of the hook goes to the
+// error handler and MetaDispatchError.
+func TestInstallHookFailureReported(t *testing.T) {
+	out := newSink(t, http.StatusServiceUnavailable)
+	errs := &errSink{}
+	app := krules.New(krules.WithErrorHandler(errs.handle))
+	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{})
+	d.Install(app)
+	var metaErr any
+	app.Outbound("probe", func(_ context.Context, ev *krules.Event) error {
+		metaErr, _ = ev.Meta(cloudevents.MetaDispatchError)
+		return nil
+	})
+	if err := app.Emit(context.Background(), "x", app.Subject("s"), nil, krules.WithMeta(cloudevents.MetaDispatchURL, out.srv.URL)); err != nil {
+		t.Fatal(err)
+	}
+	var se *cloudevents.StatusError
+	if all := errs.all(); len(all) != 1 || !errors.As(all[0], &se) || se.Code != http.StatusServiceUnavailable {
+		t.Fatalf("errors %v, want one *StatusError 503", errs.all())
+	}
+	if s, _ := metaErr.(string); !strings.Contains(s, "503") {
+		t.Errorf("MetaDispatchError = %v", metaErr)
 	}
 }
 

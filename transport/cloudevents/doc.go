@@ -6,8 +6,10 @@
 // # Ingress
 //
 // A Receiver is an http.Handler that accepts one CloudEvent per POST, in
-// binary mode (ce-* headers) or structured mode (application/cloudevents+json),
-// and emits it into the App:
+// binary mode (ce-* headers) or structured mode (the event as a JSON
+// body), and emits it into the App. Serve it with Serve or ListenAndServe
+// (or an http.Server from NewServer), which set the timeouts and header
+// limit a bare http.Server lacks and shut down gracefully when ctx is done:
 //
 //	app := krules.New(krules.WithStorage(backend))
 //	app.On("order.created").Do(func(ctx context.Context, ev *krules.Event) error {
@@ -16,34 +18,41 @@
 //		_ = e
 //		return err
 //	})
-//	http.Handle("/", cloudevents.NewReceiver(app, cloudevents.ReceiverConfig{}))
+//	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+//	defer stop()
+//	err := cloudevents.ListenAndServe(ctx, ":8080",
+//		cloudevents.NewReceiver(app, cloudevents.ReceiverConfig{}), cloudevents.ServerConfig{})
 //
 // The CloudEvent subject names the KRules subject and is required; the data
 // (a JSON object, or nothing) becomes the payload. The event is available
 // to the handlers as metadata MetaCloudEvent and, for the whole chain of
 // events the handlers emit with their ctx, through FromContext and
 // OriginID. The answer is 202 once the handlers are done, 400 with a JSON
-// error body for anything malformed, 413 above ReceiverConfig.MaxBodyBytes
-// (see Receiver for the full list).
+// error body naming the problem for anything malformed, 413 above
+// ReceiverConfig.MaxBodyBytes (see Receiver for the full list, and for
+// what is accepted beyond the spec for Python KRules senders). A runnable
+// server is in examples/http-receiver.
 //
 // # Egress
 //
-// A Dispatcher POSTs events as binary-mode CloudEvents. Installed as
-// middleware, it sends every event whose metadata names a dispatch_url:
+// A Dispatcher POSTs events as CloudEvents, in structured mode by default
+// (what the Python KRules receiver reads; DispatcherConfig.Encoding Binary
+// for ce-* headers). Installed on an App (middleware, plus an outbound hook
+// for the events no local handler takes), it sends every event whose
+// metadata names a dispatch_url:
 //
 //	d := cloudevents.NewDispatcher(cloudevents.DispatcherConfig{Source: "orders"})
-//	app.Use(d.Middleware())
-//	d.Route(app, "order.approved") // a handler, so the middleware runs for this type
+//	d.Install(app) // after app.Use(middleware.Retry(...)), if any
 //	app.Emit(ctx, "order.approved", app.Subject("order-1"), krules.Payload{"by": "ann"},
 //		krules.WithMeta(cloudevents.MetaDispatchURL, "http://billing/"),
 //		krules.WithMeta(cloudevents.MetaDispatchPolicy, "direct"))
 //
-// The request carries ce-id (see Event ids below), ce-type, ce-source, ce-subject,
-// ce-time, ce-originid (the originid of the incoming event of the chain,
-// else its id, else the new id), ce-propertyname for property events, and
+// The event carries id (see Event ids below), type, source, subject,
+// time, originid (the originid of the incoming event of the chain,
+// else its id, else the new id), propertyname for property events, and
 // one extension per extended property of the subject, its name normalised
 // to [a-z0-9]+ (NormalizeExtensionName; "_krules*" properties are internal
-// and never sent). The body is the payload as JSON. The dispatch_url is a
+// and never sent). The data is the payload as JSON. The dispatch_url is a
 // string or a function of subject name and event type.
 //
 // Policy "direct" (the default) sends the event and runs none of its local
@@ -62,9 +71,11 @@
 // of the event it emits, where the otel middleware of the receiving App
 // finds them and continues the trace.
 //
-// Retries: install the Dispatcher's middleware inside middleware.Retry
-// (app.Use(middleware.Retry(...), d.Middleware())); a failed send is then
-// really sent again on the next attempt.
+// Retries: install the Dispatcher inside middleware.Retry
+// (app.Use(middleware.Retry(...)) before d.Install(app)); a failed send of
+// an event with local handlers is then really sent again on the next
+// attempt. The outbound hook, which sends the events no local handler
+// took, runs without middleware (see Install).
 //
 // # Event ids
 //

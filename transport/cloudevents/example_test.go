@@ -3,6 +3,7 @@ package cloudevents_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -43,4 +44,40 @@ func ExampleReceiver() {
 func ExampleNormalizeExtensionName() {
 	fmt.Println(cloudevents.NormalizeExtensionName("Tenant_ID"))
 	// Output: tenantid
+}
+
+// Serve runs a Receiver behind an http.Server with safe timeouts, until its
+// ctx is done, and then drains in-flight requests.
+func ExampleServe() {
+	app := krules.New()
+	app.On("order.created").Do(func(ctx context.Context, ev *krules.Event) error {
+		fmt.Println("handled", ev.Type, ev.Subject.Name())
+		return nil
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // or ListenAndServe(ctx, ":8080", ...)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background()) // e.g. signal.NotifyContext
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- cloudevents.Serve(ctx, ln, cloudevents.NewReceiver(app, cloudevents.ReceiverConfig{}), cloudevents.ServerConfig{})
+	}()
+
+	resp, err := http.Post("http://"+ln.Addr().String()+"/", "application/cloudevents+json",
+		strings.NewReader(`{"specversion":"1.0","id":"1","type":"order.created","source":"shop","subject":"order-1"}`))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	resp.Body.Close()
+	fmt.Println(resp.StatusCode)
+	stop()
+	fmt.Println("stopped:", <-done)
+	// Output:
+	// handled order.created order-1
+	// 202
+	// stopped: <nil>
 }

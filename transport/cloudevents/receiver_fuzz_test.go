@@ -22,6 +22,9 @@ func FuzzReceiver(f *testing.F) {
 	f.Add([]byte(`{"specversion":"1.0","type":"t"}`), "application/cloudevents+json", "", "", "", "")
 	f.Add([]byte(`[1,2]`), "application/json", "1.0", "t", "s", "x")
 	f.Add([]byte(`{"specversion":"0.3","id":"1","type":"t","source":"s","subject":"x","data":"aGk=","datacontentencoding":"base64"}`), "application/cloudevents+json", "", "", "", "")
+	f.Add([]byte(`{"type":"t","source":"s","subject":"x","tenant_id":{"a":[1]},"n":null,"Big":1e400}`), "application/json", "", "", "", "")
+	f.Add([]byte(`{"specversion":"1.0","type":"t","source":"s","subject":"x","data":{"a":1}}`), "application/json", "1.0", "t", "s", "x")
+	f.Add([]byte(`{"specversion":"1.0","type":"t","source":"s","subject":"x","data_base64":"eyJhIjoxfQ=="}`), "", "", "", "", "")
 	f.Fuzz(func(t *testing.T, body []byte, contentType, specversion, typ, source, subject string) {
 		app := krules.New()
 		var handled []*krules.Event

@@ -31,10 +31,11 @@ type got struct {
 	ce           *event.Event
 	fromCtx      *event.Event
 	origin       string
+	extra        krules.Extra
 }
 
 func (s *seen) handler(ctx context.Context, ev *krules.Event) error {
-	g := got{typ: ev.Type, subject: ev.Subject.Name(), payload: ev.Payload(), origin: cloudevents.OriginID(ctx)}
+	g := got{typ: ev.Type, subject: ev.Subject.Name(), payload: ev.Payload(), origin: cloudevents.OriginID(ctx), extra: ev.Extra}
 	if v, ok := ev.Meta(cloudevents.MetaCloudEvent); ok {
 		g.ce, _ = v.(*event.Event)
 	}
@@ -197,7 +198,7 @@ func TestBadRequests(t *testing.T) {
 		{name: "structured missing source", headers: structuredCT, body: structured("source", nil), code: 400, errHas: "source"},
 		{name: "structured missing subject", headers: structuredCT, body: structured("subject", nil), code: 400, errHas: "subject"},
 		{name: "structured empty subject", headers: structuredCT, body: structured("", map[string]any{"subject": ""}), code: 400, errHas: "subject"},
-		{name: "structured missing specversion", headers: structuredCT, body: structured("specversion", nil), code: 400, errHas: "specversion"},
+		{name: "structured specversion not a string", headers: structuredCT, body: structured("", map[string]any{"specversion": 1}), code: 400, errHas: "specversion 1 is not a string"},
 		{name: "structured bad JSON", headers: structuredCT, body: `{"specversion":"1.0",`, code: 400, errHas: "invalid JSON"},
 		{name: "structured data not an object", headers: structuredCT, body: structured("", map[string]any{"data": "text"}), code: 400, errHas: "JSON object"},
 		{name: "structured non-JSON datacontenttype", headers: structuredCT, body: structured("", map[string]any{"datacontenttype": "application/xml", "data": "<a/>"}), code: 400, errHas: "datacontenttype"},
