@@ -64,7 +64,7 @@ func main() {
 	flag.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "listen `address` of /metrics and /healthz")
 	flag.StringVar(&cfg.natsURL, "nats", "", "NATS server `URL`; empty: standalone, events emitted in-process")
 	flag.StringVar(&cfg.stream, "stream", "obs-demo", "JetStream stream `name` (with -nats)")
-	flag.Float64Var(&cfg.rate, "rate", 2, "orders generated per `second`")
+	flag.Float64Var(&cfg.rate, "rate", 2, "generate `n` orders per second")
 	flag.DurationVar(&cfg.duration, "duration", 0, "stop after this `duration` (0: until interrupted)")
 	flag.BoolVar(&cfg.traces, "traces", true, "print the spans to stdout")
 	flag.Parse()
