@@ -259,6 +259,17 @@ func (o *observed) begin(ctx context.Context, op, subject string, k *storage.Key
 	return ctx, c
 }
 
+// finish is deferred by every operation: it ends the call with *err, or,
+// when the wrapped backend panics, with the panic as an error (outcome
+// error) before the panic keeps unwinding.
+func (c call) finish(err *error) {
+	if r := recover(); r != nil {
+		c.end(fmt.Errorf("panic: %v", r))
+		panic(r)
+	}
+	c.end(*err)
+}
+
 func (c call) end(err error) {
 	outcome := Outcome(err)
 	if m := c.o.metrics; m != nil {
@@ -289,43 +300,43 @@ func Outcome(err error) string {
 
 func (o *observed) Load(ctx context.Context, subject string) (snap storage.Snapshot, err error) {
 	ctx, c := o.begin(ctx, OpLoad, subject, nil)
-	defer func() { c.end(err) }()
+	defer c.finish(&err)
 	return o.inner.Load(ctx, subject)
 }
 
 func (o *observed) Store(ctx context.Context, subject string, b storage.Batch) (err error) {
 	ctx, c := o.begin(ctx, OpStore, subject, nil)
-	defer func() { c.end(err) }()
+	defer c.finish(&err)
 	return o.inner.Store(ctx, subject, b)
 }
 
 func (o *observed) Set(ctx context.Context, subject string, k storage.Key, m storage.Mutation) (nv, old any, err error) {
 	ctx, c := o.begin(ctx, OpSet, subject, &k)
-	defer func() { c.end(err) }()
+	defer c.finish(&err)
 	return o.inner.Set(ctx, subject, k, m)
 }
 
 func (o *observed) Get(ctx context.Context, subject string, k storage.Key) (v any, err error) {
 	ctx, c := o.begin(ctx, OpGet, subject, &k)
-	defer func() { c.end(err) }()
+	defer c.finish(&err)
 	return o.inner.Get(ctx, subject, k)
 }
 
 func (o *observed) Delete(ctx context.Context, subject string, k storage.Key) (old any, err error) {
 	ctx, c := o.begin(ctx, OpDelete, subject, &k)
-	defer func() { c.end(err) }()
+	defer c.finish(&err)
 	return o.inner.Delete(ctx, subject, k)
 }
 
 func (o *observed) Flush(ctx context.Context, subject string) (err error) {
 	ctx, c := o.begin(ctx, OpFlush, subject, nil)
-	defer func() { c.end(err) }()
+	defer c.finish(&err)
 	return o.inner.Flush(ctx, subject)
 }
 
 func (o *observed) ExtProps(ctx context.Context, subject string) (ps []storage.Property, err error) {
 	ctx, c := o.begin(ctx, OpExtProps, subject, nil)
-	defer func() { c.end(err) }()
+	defer c.finish(&err)
 	return o.inner.ExtProps(ctx, subject)
 }
 
@@ -358,7 +369,7 @@ func (o *observedLister) List(ctx context.Context, prefix string) iter.Seq2[stri
 			c.span.SetAttributes(AttrPrefix.String(prefix))
 		}
 		var err error
-		defer func() { c.end(err) }()
+		defer func() { c.end(err) }() // a panic in the caller's loop is not the backend's
 		for name, e := range o.lister.List(ctx, prefix) {
 			if e != nil {
 				err = e
