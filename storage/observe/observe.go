@@ -38,9 +38,12 @@
 // Error, an exception event); not_found leaves the status Unset, as a
 // missing property is an answer, not a failure.
 //
-// Cost: with the default (no-op) global tracer provider and no Metrics a
-// call costs a few allocations more than the bare backend; with both on,
-// the span dominates. Spans of an App's cached reads are only those that
+// Cost, measured with BenchmarkGet on the memory backend (go test -bench
+// -count 10, benchstat medians, a heavily loaded 2-core machine, ±50 %):
+// a bare Get 0.27 µs, 0 allocations; with metrics only 1.2 µs, 0
+// allocations; with the no-op tracer 1.3 µs, 2 allocations (112 B); with
+// metrics and an SDK tracer that records the span 16 µs, 9 allocations
+// (1.8 KiB): the span dominates, the metrics are cheap. Spans of an App's cached reads are only those that
 // reach the store: a Subject's write cache keeps most reads away from it.
 package observe
 
@@ -201,7 +204,7 @@ type Config struct {
 // when b does, Close when b has a Close method (Close() error or Close()),
 // and Unwrap, which returns b. It is safe for concurrent use when b is.
 func Wrap(b storage.Backend, cfg Config) storage.Backend {
-	o := &observed{inner: b, metrics: cfg.Metrics, name: cfg.Backend}
+	o := &observed{inner: b, name: cfg.Backend}
 	if o.name == "" {
 		o.name = DefaultBackendName
 	}
@@ -212,17 +215,55 @@ func Wrap(b storage.Backend, cfg Config) storage.Backend {
 		}
 		o.tracer = tp.Tracer(ScopeName)
 	}
+	// Everything that does not depend on the call is built once: span
+	// names, start options, and the metric series of each operation and
+	// outcome.
+	for i, op := range opNames {
+		o.spanName[i] = "krules.storage " + op
+		o.startOpts[i] = []trace.SpanStartOption{
+			trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(AttrOperation.String(op), AttrBackend.String(o.name)),
+		}
+		if m := cfg.Metrics; m != nil {
+			o.metrics = true
+			for j, outcome := range outcomes {
+				o.dur[i][j] = m.duration.WithLabelValues(o.name, op, outcome)
+				o.total[i][j] = m.total.WithLabelValues(o.name, op, outcome)
+			}
+		}
+	}
 	if l, ok := b.(storage.Lister); ok {
 		return &observedLister{observed: o, lister: l}
 	}
 	return o
 }
 
+// Operation indexes, in the order of opNames.
+const (
+	iLoad = iota
+	iSet
+	iStore
+	iGet
+	iDelete
+	iFlush
+	iExtProps
+	iList
+	numOps
+)
+
+var opNames = [numOps]string{OpLoad, OpSet, OpStore, OpGet, OpDelete, OpFlush, OpExtProps, OpList}
+
+var outcomes = [3]string{OutcomeOK, OutcomeNotFound, OutcomeError}
+
 type observed struct {
-	inner   storage.Backend
-	name    string
-	metrics *Metrics
-	tracer  trace.Tracer // nil: no spans
+	inner     storage.Backend
+	name      string
+	tracer    trace.Tracer // nil: no spans
+	spanName  [numOps]string
+	startOpts [numOps][]trace.SpanStartOption
+	metrics   bool
+	dur       [numOps][3]prometheus.Observer
+	total     [numOps][3]prometheus.Counter
 }
 
 type observedLister struct {
@@ -238,23 +279,26 @@ var (
 // call is one observed operation.
 type call struct {
 	o     *observed
-	op    string
+	op    int
 	start time.Time
 	span  trace.Span
 }
 
-func (o *observed) begin(ctx context.Context, op, subject string, k *storage.Key) (context.Context, call) {
+// begin starts the span of an operation: the operation and backend are
+// given at start (samplers see them), the subject and property only when
+// the span records.
+func (o *observed) begin(ctx context.Context, op int, subject string, k *storage.Key) (context.Context, call) {
 	c := call{o: o, op: op, start: time.Now()}
 	if o.tracer != nil {
-		attrs := make([]attribute.KeyValue, 0, 5)
-		attrs = append(attrs, AttrOperation.String(op), AttrBackend.String(o.name))
-		if subject != "" {
-			attrs = append(attrs, AttrSubject.String(subject))
+		ctx, c.span = o.tracer.Start(ctx, o.spanName[op], o.startOpts[op]...)
+		if c.span.IsRecording() {
+			if subject != "" {
+				c.span.SetAttributes(AttrSubject.String(subject))
+			}
+			if k != nil {
+				c.span.SetAttributes(AttrProperty.String(k.Name), AttrKind.String(k.Kind.String()))
+			}
 		}
-		if k != nil {
-			attrs = append(attrs, AttrProperty.String(k.Name), AttrKind.String(k.Kind.String()))
-		}
-		ctx, c.span = o.tracer.Start(ctx, "krules.storage "+op, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 	}
 	return ctx, c
 }
@@ -271,10 +315,11 @@ func (c call) finish(err *error) {
 }
 
 func (c call) end(err error) {
-	outcome := Outcome(err)
-	if m := c.o.metrics; m != nil {
-		m.duration.WithLabelValues(c.o.name, c.op, outcome).Observe(time.Since(c.start).Seconds())
-		m.total.WithLabelValues(c.o.name, c.op, outcome).Inc()
+	oi := outcomeIndex(err)
+	outcome := outcomes[oi]
+	if c.o.metrics {
+		c.o.dur[c.op][oi].Observe(time.Since(c.start).Seconds())
+		c.o.total[c.op][oi].Inc()
 	}
 	if c.span != nil {
 		c.span.SetAttributes(AttrOutcome.String(outcome))
@@ -288,54 +333,56 @@ func (c call) end(err error) {
 
 // Outcome classifies a backend error into an outcome label value: ok for
 // nil, not_found for storage.ErrNotFound, error for anything else.
-func Outcome(err error) string {
+func Outcome(err error) string { return outcomes[outcomeIndex(err)] }
+
+func outcomeIndex(err error) int {
 	switch {
 	case err == nil:
-		return OutcomeOK
+		return 0
 	case errors.Is(err, storage.ErrNotFound):
-		return OutcomeNotFound
+		return 1
 	}
-	return OutcomeError
+	return 2
 }
 
 func (o *observed) Load(ctx context.Context, subject string) (snap storage.Snapshot, err error) {
-	ctx, c := o.begin(ctx, OpLoad, subject, nil)
+	ctx, c := o.begin(ctx, iLoad, subject, nil)
 	defer c.finish(&err)
 	return o.inner.Load(ctx, subject)
 }
 
 func (o *observed) Store(ctx context.Context, subject string, b storage.Batch) (err error) {
-	ctx, c := o.begin(ctx, OpStore, subject, nil)
+	ctx, c := o.begin(ctx, iStore, subject, nil)
 	defer c.finish(&err)
 	return o.inner.Store(ctx, subject, b)
 }
 
 func (o *observed) Set(ctx context.Context, subject string, k storage.Key, m storage.Mutation) (nv, old any, err error) {
-	ctx, c := o.begin(ctx, OpSet, subject, &k)
+	ctx, c := o.begin(ctx, iSet, subject, &k)
 	defer c.finish(&err)
 	return o.inner.Set(ctx, subject, k, m)
 }
 
 func (o *observed) Get(ctx context.Context, subject string, k storage.Key) (v any, err error) {
-	ctx, c := o.begin(ctx, OpGet, subject, &k)
+	ctx, c := o.begin(ctx, iGet, subject, &k)
 	defer c.finish(&err)
 	return o.inner.Get(ctx, subject, k)
 }
 
 func (o *observed) Delete(ctx context.Context, subject string, k storage.Key) (old any, err error) {
-	ctx, c := o.begin(ctx, OpDelete, subject, &k)
+	ctx, c := o.begin(ctx, iDelete, subject, &k)
 	defer c.finish(&err)
 	return o.inner.Delete(ctx, subject, k)
 }
 
 func (o *observed) Flush(ctx context.Context, subject string) (err error) {
-	ctx, c := o.begin(ctx, OpFlush, subject, nil)
+	ctx, c := o.begin(ctx, iFlush, subject, nil)
 	defer c.finish(&err)
 	return o.inner.Flush(ctx, subject)
 }
 
 func (o *observed) ExtProps(ctx context.Context, subject string) (ps []storage.Property, err error) {
-	ctx, c := o.begin(ctx, OpExtProps, subject, nil)
+	ctx, c := o.begin(ctx, iExtProps, subject, nil)
 	defer c.finish(&err)
 	return o.inner.ExtProps(ctx, subject)
 }
@@ -364,8 +411,8 @@ func (o *observed) Close() error {
 // outcome error.
 func (o *observedLister) List(ctx context.Context, prefix string) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
-		ctx, c := o.begin(ctx, OpList, "", nil)
-		if c.span != nil {
+		ctx, c := o.begin(ctx, iList, "", nil)
+		if c.span != nil && c.span.IsRecording() {
 			c.span.SetAttributes(AttrPrefix.String(prefix))
 		}
 		var err error
