@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/krules-go/krules"
+	krotel "github.com/krules-go/krules/middleware/otel"
 	knats "github.com/krules-go/krules/transport/nats"
 )
 
@@ -31,6 +32,7 @@ func TestWorkerCollectorAndPublishSpans(t *testing.T) {
 	tjs := knats.TracePublishes(js, knats.TraceConfig{TracerProvider: tp})
 
 	app := krules.New()
+	app.Use(krotel.Middleware(krotel.Config{TracerProvider: tp}))
 	app.On("order.*").Do(func(_ context.Context, ev *krules.Event) error {
 		if ev.Type == "order.bad" {
 			return errors.New("refused")
@@ -143,6 +145,25 @@ krules_nats_worker_redelivered_total{group="g1",stream="S"} 1
 	}
 	if got := attrsOf(dead[0])["cloudevents.event_type"]; got != "order.bad" {
 		t.Errorf("dead-letter span event type %q, want order.bad", got)
+	}
+	// The worker's handler span of the first event: a "process" operation
+	// of NATS with the event's CloudEvents attributes.
+	var handler *tracetest.SpanStub
+	for _, s := range exp.GetSpans() {
+		if s.Name == "krules.handler order.ok" && attrsOf(s)["cloudevents.event_id"] == okID {
+			handler = &s
+		}
+	}
+	if handler == nil {
+		t.Fatal("no handler span for the first event")
+	}
+	for k, v := range map[attribute.Key]string{
+		"messaging.system": "nats", "messaging.operation.type": "process", "messaging.destination.name": stream,
+		"messaging.message.id": okID, "cloudevents.event_source": "shop", "cloudevents.event_subject": "order-1",
+	} {
+		if got := attrsOf(*handler)[k]; got != v {
+			t.Errorf("handler span %s = %q, want %q", k, got, v)
+		}
 	}
 }
 
