@@ -194,6 +194,18 @@ krules_http_dispatch_requests_total{code="503",outcome="error"} 1
 			if s.Status.Code != codes.Unset {
 				t.Errorf("ok send: status %v", s.Status)
 			}
+			// The event carries the producer span as its trace context.
+			var wire string
+			if enc == cloudevents.Structured {
+				var e map[string]any
+				_ = json.Unmarshal([]byte(got[0].body), &e)
+				wire, _ = e["traceparent"].(string)
+			} else {
+				wire = got[0].header.Get("Ce-Traceparent")
+			}
+			if want := "00-" + s.SpanContext.TraceID().String() + "-" + s.SpanContext.SpanID().String() + "-01"; wire != want {
+				t.Errorf("traceparent on the wire %q, want the producer span %q", wire, want)
+			}
 			if spans[1].Status.Code != codes.Error || spanAttrs(spans[1])["error.type"] != "503" {
 				t.Errorf("503 send: status %v, error.type %q", spans[1].Status, spanAttrs(spans[1])["error.type"])
 			}
@@ -239,4 +251,36 @@ func TestHandlerSpanHasCloudEventAttributes(t *testing.T) {
 			t.Errorf("attribute %s = %q, want %q", k, a[k], v)
 		}
 	}
+}
+
+func TestInjectStructured(t *testing.T) {
+	tp := sdktrace.NewTracerProvider()
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	ctx, span := tp.Tracer("t").Start(context.Background(), "p")
+	defer span.End()
+	in := []byte(`{"id":"1","traceparent":"00-0123456789abcdef0123456789abcdef-0123456789abcdef-01","tracestate":"a=b","data":{"x":[1,2]}}`)
+	out, ok := cloudevents.InjectStructured(ctx, in)
+	if !ok {
+		t.Fatal("not injected")
+	}
+	var e map[string]any
+	if err := json.Unmarshal(out, &e); err != nil {
+		t.Fatal(err)
+	}
+	want := "00-" + span.SpanContext().TraceID().String() + "-" + span.SpanContext().SpanID().String() + "-01"
+	if e["traceparent"] != want || e["tracestate"] != nil || e["id"] != "1" || !jsonEqual(e["data"], map[string]any{"x": []any{1.0, 2.0}}) {
+		t.Errorf("injected event %s", out)
+	}
+	if got, ok := cloudevents.InjectStructured(context.Background(), in); ok || string(got) != string(in) {
+		t.Errorf("without a span: %s, %v", got, ok)
+	}
+	if got, ok := cloudevents.InjectStructured(ctx, []byte(`[1]`)); ok || string(got) != "[1]" {
+		t.Errorf("not an object: %s, %v", got, ok)
+	}
+}
+
+func jsonEqual(a, b any) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
 }

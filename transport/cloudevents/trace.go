@@ -2,6 +2,7 @@ package cloudevents
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	gotel "go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -90,10 +92,13 @@ type TraceConfig struct {
 //		Client: &http.Client{Timeout: cloudevents.DefaultDispatchTimeout, Transport: cloudevents.TraceTransport(nil, cloudevents.TraceConfig{})},
 //	})
 //
-// The event keeps the trace context it was built with (the handler span
-// of middleware/otel, sent as the traceparent extension): the producer span
-// is a child of that span and a sibling of the receiver's span. The
-// returned RoundTripper is safe for concurrent use when rt is.
+// When the span records, the request's CloudEvent gets the producer
+// span as its trace context (the traceparent and tracestate extensions:
+// ce-traceparent in binary mode, InjectStructured in structured mode), so
+// the receiver's spans (middleware/otel) are children of the producer span,
+// itself a child of the sending handler's span. The caller's request is
+// not modified. The returned RoundTripper is safe for concurrent use when
+// rt is.
 func TraceTransport(rt http.RoundTripper, cfg TraceConfig) http.RoundTripper {
 	if rt == nil {
 		rt = http.DefaultTransport
@@ -127,34 +132,61 @@ func (t *traceTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		AttrServerAddress.String(r.URL.Hostname()),
 	}
 	id, typ, subj, src := r.Header.Get("Ce-Id"), r.Header.Get("Ce-Type"), r.Header.Get("Ce-Subject"), r.Header.Get("Ce-Source")
+	binary := id != ""
+	var body []byte    // the structured event, read whole
+	var rest io.Reader // a body too large to look into
+	structured := false
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/cloudevents+json" && r.Body != nil && r.Body != http.NoBody {
-		body, err := io.ReadAll(io.LimitReader(r.Body, maxTracedBody+1))
+		var err error
+		body, err = io.ReadAll(io.LimitReader(r.Body, maxTracedBody+1))
 		if err == nil && len(body) <= maxTracedBody {
 			_ = r.Body.Close()
+			structured = true
 			var head struct{ ID, Type, Subject, Source string }
 			if json.Unmarshal(body, &head) == nil {
 				id, typ, subj, src = head.ID, head.Type, head.Subject, head.Source
 			}
-			r2 := r.Clone(r.Context())
-			r2.Body = io.NopCloser(bytes.NewReader(body))
-			r2.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-			r2.ContentLength = int64(len(body))
-			r = r2
 		} else {
 			// Too large (or unreadable) to look into: send what was read
 			// followed by the rest, without event attributes.
-			r2 := r.Clone(r.Context())
-			r2.Body = struct {
-				io.Reader
-				io.Closer
-			}{io.MultiReader(bytes.NewReader(body), r.Body), r.Body}
-			r = r2
+			rest = io.MultiReader(bytes.NewReader(body), r.Body)
 		}
 	}
 	attrs = append(attrs, EventAttributes(id, typ, subj, src)...)
 	ctx, span := t.tracer.Start(r.Context(), "send "+r.URL.Host, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
 	defer span.End()
-	resp, err := t.next.RoundTrip(r.WithContext(ctx))
+	out := r.Clone(ctx) // headers deep-copied: the caller's request is not changed
+	if span.IsRecording() && id != "" {
+		// The event carries the producer span as its trace context, so the
+		// receiver's spans are its children.
+		switch {
+		case structured:
+			if b, ok := InjectStructured(ctx, body); ok {
+				body = b
+			}
+		case binary:
+			tp, ts := traceContext(ctx)
+			out.Header.Set("Ce-Traceparent", tp)
+			if ts != "" {
+				out.Header.Set("Ce-Tracestate", ts)
+			} else {
+				out.Header.Del("Ce-Tracestate")
+			}
+		}
+	}
+	switch {
+	case structured:
+		b := body
+		out.Body = io.NopCloser(bytes.NewReader(b))
+		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+		out.ContentLength = int64(len(b))
+	case rest != nil:
+		out.Body = struct {
+			io.Reader
+			io.Closer
+		}{rest, r.Body}
+	}
+	resp, err := t.next.RoundTrip(out)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
@@ -168,6 +200,42 @@ func (t *traceTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		span.SetAttributes(AttrErrorType.String(code))
 	}
 	return resp, nil
+}
+
+// traceContext returns the W3C traceparent and tracestate of ctx's span.
+func traceContext(ctx context.Context) (traceparent, tracestate string) {
+	c := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, c)
+	return c[MetaTraceParent], c[MetaTraceState]
+}
+
+// InjectStructured returns a copy of data, a CloudEvent in structured JSON
+// mode, whose traceparent and tracestate extensions are those of the span
+// in ctx (tracestate removed when the span has none): a producer span
+// becomes the parent of the consumer's spans. It returns data unchanged
+// and false when ctx has no valid span or data is not a JSON object. The
+// members are re-encoded in sorted order; their values are kept byte for
+// byte.
+func InjectStructured(ctx context.Context, data []byte) ([]byte, bool) {
+	tp, ts := traceContext(ctx)
+	if tp == "" {
+		return data, false
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(data, &top); err != nil || top == nil {
+		return data, false
+	}
+	top[ExtTraceParent], _ = json.Marshal(tp)
+	if ts != "" {
+		top[ExtTraceState], _ = json.Marshal(ts)
+	} else {
+		delete(top, ExtTraceState)
+	}
+	out, err := json.Marshal(top)
+	if err != nil {
+		return data, false
+	}
+	return out, true
 }
 
 // errorType is the error.type of a transport error: its Go type.

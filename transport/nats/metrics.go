@@ -215,9 +215,13 @@ type TraceConfig struct {
 //	js = nats.TracePublishes(js, nats.TraceConfig{})
 //	pub, _ := nats.NewPublisher(ctx, js, nats.PublisherConfig{Stream: "orders"})
 //
-// The message keeps the trace context of the event (its traceparent
-// extension, the handler span of middleware/otel): the producer span is a
-// child of that span and a sibling of the worker's span.
+// When the span records, an event published with PublishMsg to a
+// partition gets the producer span as its trace context (a copy of the
+// message with the traceparent/tracestate extensions rewritten,
+// cloudevents.InjectStructured), so the worker's handler spans
+// (middleware/otel) are children of the publish, itself a child of the
+// publishing handler's span. Dead letters and async publishes keep the
+// trace context they have.
 func TracePublishes(js jetstream.JetStream, cfg TraceConfig) jetstream.JetStream {
 	tp := cfg.TracerProvider
 	if tp == nil {
@@ -249,6 +253,27 @@ func (t *tracedJS) start(ctx context.Context, subject string, h natsgo.Header, d
 	return t.tracer.Start(ctx, "publish "+stream, opts...)
 }
 
+// withProducer returns msg, or a copy whose CloudEvent carries the producer
+// span as its trace context (cloudevents.InjectStructured), so the worker's
+// spans are children of the publish. Only events published to a partition
+// of a stream are rewritten: a dead letter keeps the trace of the event.
+func withProducer(ctx context.Context, span trace.Span, msg *natsgo.Msg) *natsgo.Msg {
+	if !span.IsRecording() || msg.Header == nil || msg.Header.Get("Content-Type") != ContentType || !strings.Contains(msg.Subject, ".p.") {
+		return msg
+	}
+	data, ok := cloudevents.InjectStructured(ctx, msg.Data)
+	if !ok {
+		return msg
+	}
+	out := natsgo.NewMsg(msg.Subject)
+	out.Reply = msg.Reply
+	for k, v := range msg.Header {
+		out.Header[k] = append([]string(nil), v...)
+	}
+	out.Data = data
+	return out
+}
+
 func endSpan(span trace.Span, err error) {
 	if err != nil {
 		span.RecordError(err)
@@ -259,7 +284,7 @@ func endSpan(span trace.Span, err error) {
 
 func (t *tracedJS) PublishMsg(ctx context.Context, msg *natsgo.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	ctx, span := t.start(ctx, msg.Subject, msg.Header, msg.Data)
-	ack, err := t.JetStream.PublishMsg(ctx, msg, opts...)
+	ack, err := t.JetStream.PublishMsg(ctx, withProducer(ctx, span, msg), opts...)
 	endSpan(span, err)
 	return ack, err
 }
@@ -272,6 +297,8 @@ func (t *tracedJS) Publish(ctx context.Context, subject string, data []byte, opt
 }
 
 func (t *tracedJS) PublishMsgAsync(msg *natsgo.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	// No ctx: the span (a root) is recorded after the call, and the
+	// message keeps the trace context it has.
 	start := time.Now()
 	f, err := t.JetStream.PublishMsgAsync(msg, opts...)
 	t.asyncSpan(start, msg.Subject, msg.Header, msg.Data, err)

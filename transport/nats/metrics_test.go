@@ -157,6 +157,19 @@ krules_nats_worker_redelivered_total{group="g1",stream="S"} 1
 	if handler == nil {
 		t.Fatal("no handler span for the first event")
 	}
+	// Its parent is the publish span (remote): the message carried it.
+	var okPublish *tracetest.SpanStub
+	for _, p := range publishes {
+		if attrsOf(p)["messaging.message.id"] == okID {
+			okPublish = &p
+		}
+	}
+	if okPublish == nil {
+		t.Fatal("no publish span for the first event")
+	}
+	if handler.Parent.SpanID() != okPublish.SpanContext.SpanID() || !handler.Parent.IsRemote() {
+		t.Errorf("handler span parent %v (remote %v), want the publish span %v", handler.Parent.SpanID(), handler.Parent.IsRemote(), okPublish.SpanContext.SpanID())
+	}
 	for k, v := range map[attribute.Key]string{
 		"messaging.system": "nats", "messaging.operation.type": "process", "messaging.destination.name": stream,
 		"messaging.message.id": okID, "cloudevents.event_source": "shop", "cloudevents.event_subject": "order-1",
