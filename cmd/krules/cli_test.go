@@ -118,13 +118,24 @@ func exercise(t *testing.T, u, p string, ordered bool) {
 	user := p + "user-1"
 	run(t, u, 0, "subject", "set", user, "name", `"John"`)
 	r := run(t, u, 0, "subject", "set", user, "age", "30")
-	if want := user + " age = 30 (was null)\n"; r.stdout != want {
+	if want := user + " age = 30 (was not set)\n"; r.stdout != want {
 		t.Fatalf("set output %q, want %q", r.stdout, want)
 	}
 	r = run(t, u, 0, "subject", "set", "-o", "json", user, "age", "-31.5")
-	if got, want := decode(t, r.stdout), map[string]any{"subject": user, "property": "age", "kind": "default", "value": -31.5, "old_value": 30.0}; !reflect.DeepEqual(got, want) {
+	if got, want := decode(t, r.stdout), map[string]any{"subject": user, "property": "age", "kind": "default", "value": -31.5, "old_value": 30.0, "old_exists": true}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("set -o json = %v, want %v", got, want)
 	}
+	// A stored null is told apart from a missing property.
+	run(t, u, 0, "subject", "set", user, "nothing", "null")
+	if r := run(t, u, 0, "subject", "set", user, "nothing", "1"); r.stdout != user+" nothing = 1 (was null)\n" {
+		t.Fatalf("set over a stored null: %q", r.stdout)
+	}
+	if r := run(t, u, 0, "subject", "set", "-o", "json", p+"fresh", "n", "1"); !reflect.DeepEqual(decode(t, r.stdout),
+		map[string]any{"subject": p + "fresh", "property": "n", "kind": "default", "value": 1.0, "old_value": nil, "old_exists": false}) {
+		t.Fatalf("set -o json of a new property = %q", r.stdout)
+	}
+	run(t, u, 0, "subject", "flush", p+"fresh")
+	run(t, u, 0, "subject", "delete", user, "nothing")
 	run(t, u, 0, "subject", "set", "--ext", user, "source", `{"via":"cli","n":[1,2]}`)
 	run(t, u, 0, "subject", "set", p+"user-2", "tags", `["a","b"]`)
 	run(t, u, 0, "subject", "set", p+"device-1", "on", "true")
@@ -238,11 +249,34 @@ func TestCLIBoltPersistsBetweenRuns(t *testing.T) {
 	}
 }
 
-func TestCLIMemoryDefault(t *testing.T) {
-	// memory:// is the default: nothing survives between runs.
-	run(t, "", 0, "subject", "set", "a", "n", "1")
-	run(t, "", 1, "subject", "get", "a", "n")
-	run(t, "", 0, "subject", "list")
+func TestCLINoStorageIsAUsageError(t *testing.T) {
+	// Without --storage and KRULES_STORAGE the command refuses to work on a
+	// memory:// store that nothing survives.
+	for _, args := range [][]string{{"subject", "set", "a", "n", "1"}, {"subject", "get", "a", "n"}, {"subject", "list"}} {
+		r := run(t, "", 2, args...)
+		if !strings.Contains(r.stderr, "--storage") || !strings.Contains(r.stderr, "KRULES_STORAGE") {
+			t.Errorf("krules %v: stderr %q", args, r.stderr)
+		}
+	}
+	// memory:// when asked for: nothing survives between runs.
+	run(t, "memory://", 0, "subject", "set", "a", "n", "1")
+	run(t, "memory://", 1, "subject", "get", "a", "n")
+	run(t, "", 0, "subject", "list", "--storage", "memory://")
+}
+
+func TestCLIHelpShowsEachDefaultOnce(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"subject", "--help"}, {"subject", "get", "--help"}, {"events", "tail", "--help"}, {"events", "dead", "--help"}, {"events", "replay", "--help"}} {
+		r := run(t, "", 0, args...)
+		for _, line := range strings.Split(r.stdout, "\n") {
+			if strings.Count(line, "default") > 1 {
+				t.Errorf("krules %v: line %q states its default twice", args, line)
+			}
+		}
+	}
+	r := run(t, "", 0, "subject", "dump", "--help")
+	if strings.Contains(r.stdout, "in insertion order") || !strings.Contains(r.stdout, "by name on Redis") {
+		t.Errorf("dump help: %q", r.stdout)
+	}
 }
 
 func TestCLIBadStorageURL(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/krules-go/krules/storage/storageurl"
@@ -23,14 +24,45 @@ type globals struct {
 const defaultTimeout = 30 * time.Second
 
 func (g *globals) register(fs *flag.FlagSet, parent *globals) {
-	defStorage, defOutput, defTimeout := storageurl.URLFromEnv(), "table", defaultTimeout
+	// The storage default is resolved by storageURL, after parsing, so that
+	// the help shows it once (as text) and a missing store is an error.
+	defStorage, defOutput, defTimeout := "", "table", defaultTimeout
 	if parent != nil {
 		defStorage, defOutput, defTimeout = parent.storage, parent.output, parent.timeout
 	}
-	fs.StringVar(&g.storage, "storage", defStorage, "storage `URL` (default $KRULES_STORAGE, else memory://)")
+	fs.StringVar(&g.storage, "storage", defStorage, "storage `URL` (default $KRULES_STORAGE; required when that is not set)")
 	fs.StringVar(&g.output, "o", defOutput, "output `format`: table or json")
 	fs.StringVar(&g.output, "output", defOutput, "output `format`: table or json (same as -o)")
 	fs.DurationVar(&g.timeout, "timeout", defTimeout, "give up after this `duration` (connect included)")
+}
+
+// errNoStorage: neither --storage nor the environment names a store.
+var errNoStorage = errors.New("no store given: pass --storage URL or set KRULES_STORAGE (memory:// keeps nothing after the command; say --storage memory:// to use it anyway)")
+
+// storageURL returns the store to open: --storage, else the one the
+// environment selects (KRULES_STORAGE, or the Python-style settings, see
+// storage/storageurl.EnvURL). When none of those variables is set it is a
+// usage error instead of the in-memory default, where nothing would
+// survive the command.
+func (g *globals) storageURL(getenv func(string) string) (string, error) {
+	if g.storage != "" {
+		return g.storage, nil
+	}
+	// The variables that select a store (the others only tune one).
+	set := false
+	for _, k := range []string{storageurl.EnvVar, storageurl.EnvProvider, storageurl.EnvRedisHost, storageurl.EnvLegacyRedisURL} {
+		if strings.TrimSpace(getenv(k)) != "" {
+			set = true
+		}
+	}
+	u, err := storageurl.EnvURL(getenv)
+	switch {
+	case err != nil:
+		return "", &exitError{exitUsage, err}
+	case !set:
+		return "", &exitError{exitUsage, errNoStorage}
+	}
+	return u, nil
 }
 
 func (g *globals) check() error {

@@ -9,9 +9,14 @@
 //	krules subject delete user-1 name
 //	krules subject flush user-1
 //	krules subject list user-
+//	krules events tail --nats nats://127.0.0.1:4222 --stream orders 'order.*'
+//	krules events dead --stream orders
+//	krules events replay --stream orders --seq 3
 //
-// The store is named by --storage URL (default: $KRULES_STORAGE, else
-// memory://), see package storage/storageurl for the schemes: memory://,
+// The store is named by --storage URL (default: $KRULES_STORAGE, or the
+// Python-style settings; with none of them set the command fails with exit
+// code 2 rather than work on a memory:// store that nothing survives), see
+// package storage/storageurl for the schemes: memory://,
 // bolt:///path.db, redis://host:port/db?prefix=..., rediss://...,
 // postgres://user@host/db?table=... Flags go before the positional
 // arguments: everything after the first positional argument is positional, so
@@ -25,6 +30,13 @@
 // Writes go through the krules App (atomic NoCache calls), so they follow the
 // same rules as a program: values are validated and normalised, and a set
 // that changes nothing is still a success.
+//
+// The events commands read a krules NATS JetStream stream (package
+// transport/nats): tail prints its events live through an ephemeral ordered
+// consumer that acknowledges nothing (worker groups are not disturbed);
+// dead lists the dead letters (stream "<stream>_dead") with their reason
+// and error; replay publishes dead letters back to their partition and
+// deletes them. --nats defaults to $NATS_URL, else nats://127.0.0.1:4222.
 //
 // Output is a human-readable table by default; -o json prints JSON.
 // --timeout (default 30s) bounds the whole command, connecting included; an
@@ -99,9 +111,10 @@ const rootUsage = `Usage: krules [--storage URL] [-o table|json] <command> ...
 
 Commands:
   subject    read and write subjects (get, set, delete, dump, flush, list)
+  events     watch a NATS event stream (tail), list and replay dead letters
 
-Run "krules subject --help" for details. The storage URL defaults to
-$KRULES_STORAGE, else memory://.
+Run "krules subject --help" or "krules events --help" for details. The storage URL defaults to
+$KRULES_STORAGE; without it --storage is required.
 Exit codes: 0 ok, 1 not found, 2 usage or bad input, 3 other failure.
 `
 
@@ -119,6 +132,11 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch rest[0] {
 	case "subject", "subjects":
 		return subjectCmd(ctx, &g, rest[1:], stdout, stderr)
+	case "events":
+		if err := g.check(); err != nil {
+			return err
+		}
+		return eventsCmd(ctx, &g, rest[1:], stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, rootUsage)
 		return errHelp

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -50,8 +51,10 @@ var commands = map[string]*command{
   krules subject set user-1 name '"John"'
   krules subject set user-1 tags '["a","b"]'
   krules subject set user-1 score -5
-Prints the new and the old value. The write is atomic; a change event is emitted
-as by any krules program (no handlers run in the CLI).`,
+Prints the new and the old value: "(was not set)" when the property did not
+exist, "(was null)" when it held null; -o json tells them apart with
+"old_exists". The write is atomic; a change event is emitted as by any krules
+program (no handlers run in the CLI).`,
 	},
 	"delete": {
 		args: "SUBJECT PROPERTY", ext: true, nargs: [2]int{2, 2}, run: cmdDelete,
@@ -59,7 +62,9 @@ as by any krules program (no handlers run in the CLI).`,
 	},
 	"dump": {
 		args: "SUBJECT", nargs: [2]int{1, 1}, run: cmdDump,
-		summary: `Print every property of a subject, default then extended, in insertion order.
+		summary: `Print every property of a subject, default then extended, in the order the
+store returns them: insertion order on memory and bolt, by name on Redis,
+PostgreSQL and SQLite.
 With -o json, print the subject's Dict: {"name": SUBJECT, PROPERTY: VALUE, ..., "ext": {...}}.
 Exit 1 when the subject has no properties.`,
 	},
@@ -141,10 +146,15 @@ func subjectCmd(ctx context.Context, parent *globals, args []string, stdout, std
 		c.value = v
 	}
 
+	u, err := c.g.storageURL(os.Getenv)
+	if err != nil {
+		return err
+	}
+	c.g.storage = u
 	ctx, cancel := context.WithTimeout(ctx, c.g.timeout)
 	defer cancel()
 	c.ctx = ctx
-	store, err := storageurl.Open(ctx, c.g.storage)
+	store, err := storageurl.Open(ctx, u)
 	if err != nil {
 		if errors.Is(err, storageurl.ErrBadURL) {
 			return &exitError{exitUsage, err}
@@ -220,20 +230,31 @@ func cmdGet(c *call) error {
 
 func cmdSet(c *call) error {
 	s, prop, value := c.subject(), c.args[1], c.value
+	// An update function sees whether the property existed, in the same
+	// atomic write (the last call is the one applied).
+	var existed bool
+	op := krules.UpdateAny(func(_ any, exists bool) (any, error) {
+		existed = exists
+		return value, nil
+	})
 	var nv, ov any
 	var err error
 	if c.ext {
-		nv, ov, err = s.SetExt(c.ctx, prop, value, krules.NoCache())
+		nv, ov, err = s.SetExt(c.ctx, prop, op, krules.NoCache())
 	} else {
-		nv, ov, err = s.Set(c.ctx, prop, value, krules.NoCache())
+		nv, ov, err = s.Set(c.ctx, prop, op, krules.NoCache())
 	}
 	if err != nil {
 		return err
 	}
 	if c.g.output == "json" {
-		return c.json(map[string]any{"subject": c.args[0], "property": prop, "kind": c.kind(), "value": nv, "old_value": ov})
+		return c.json(map[string]any{"subject": c.args[0], "property": prop, "kind": c.kind(), "value": nv, "old_value": ov, "old_exists": existed})
 	}
-	_, err = fmt.Fprintf(c.stdout, "%s %s = %s (was %s)\n", c.args[0], prop, text(nv), text(ov))
+	was := "not set"
+	if existed {
+		was = text(ov)
+	}
+	_, err = fmt.Fprintf(c.stdout, "%s %s = %s (was %s)\n", c.args[0], prop, text(nv), was)
 	return err
 }
 

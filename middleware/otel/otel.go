@@ -1,6 +1,11 @@
 // Package otel traces krules handlers with OpenTelemetry: one span per
 // handler invocation, named "krules.handler <event type>", with the
-// attributes event.type, subject.name and krules.handler, the handler's
+// attributes of the OpenTelemetry semantic conventions for CloudEvents
+// (cloudevents.event_type, cloudevents.event_subject, and for an event
+// that arrived as a CloudEvent, through transport/cloudevents or
+// transport/nats, cloudevents.event_id, cloudevents.event_source and the
+// messaging attributes of a "process" operation) and krules.handler, the
+// handler's
 // error recorded (status Error, an exception event), and panics recorded
 // before they keep unwinding.
 //
@@ -40,11 +45,25 @@ import (
 // ScopeName is the instrumentation scope (tracer name) of the spans.
 const ScopeName = "github.com/krules-go/krules/middleware/otel"
 
-// Span attribute keys.
+// Span attribute keys. The event keys follow the OpenTelemetry semantic
+// conventions for CloudEvents, as the transports' producer spans do
+// (transport/cloudevents.TraceTransport, transport/nats.TracePublishes);
+// krules.* is only for krules' own notions.
 const (
-	AttrEventType   = attribute.Key("event.type")
-	AttrSubjectName = attribute.Key("subject.name")
+	AttrEventType   = attribute.Key("cloudevents.event_type")
+	AttrSubjectName = attribute.Key("cloudevents.event_subject")
+	AttrEventID     = attribute.Key("cloudevents.event_id")
+	AttrEventSource = attribute.Key("cloudevents.event_source")
 	AttrHandler     = attribute.Key("krules.handler")
+
+	// Messaging attributes of the handler spans of an event that arrived
+	// as a CloudEvent: messaging.operation.type "process" and
+	// messaging.message.id (the event id); for the NATS worker also
+	// messaging.system "nats" and messaging.destination.name (the stream).
+	AttrMessagingSystem          = attribute.Key("messaging.system")
+	AttrMessagingOperationType   = attribute.Key("messaging.operation.type")
+	AttrMessagingDestinationName = attribute.Key("messaging.destination.name")
+	AttrMessagingMessageID       = attribute.Key("messaging.message.id")
 )
 
 // Metadata keys written by Inject with the default (W3C) propagator.
@@ -101,6 +120,20 @@ func Middleware(cfg Config) krules.Middleware {
 			AttrSubjectName.String(subjectName(ev)),
 			AttrHandler.String(krules.HandlerName(ctx)),
 		}
+		if in, ok := ev.Meta(metaCloudEvent); ok {
+			// The incoming CloudEvent (transport/cloudevents.MetaCloudEvent,
+			// a *event.Event of the CloudEvents SDK).
+			if e, ok := in.(interface {
+				ID() string
+				Source() string
+			}); ok {
+				attrs = append(attrs, AttrEventID.String(e.ID()), AttrEventSource.String(e.Source()),
+					AttrMessagingOperationType.String("process"), AttrMessagingMessageID.String(e.ID()))
+				if stream, ok := ev.Meta(metaNATSStream); ok {
+					attrs = append(attrs, AttrMessagingSystem.String("nats"), AttrMessagingDestinationName.String(fmt.Sprint(stream)))
+				}
+			}
+		}
 		if cfg.Attributes != nil {
 			attrs = append(attrs, cfg.Attributes(ctx, ev)...)
 		}
@@ -136,6 +169,13 @@ func Middleware(cfg Config) krules.Middleware {
 // every metadata key starting with "_", it is internal: transports never
 // send it.
 const metaLocal = "_krules_otel_local"
+
+// metaCloudEvent is transport/cloudevents.MetaCloudEvent (not imported, to
+// keep this package free of the transports).
+const metaCloudEvent = "cloudevent"
+
+// metaNATSStream is transport/nats.MetaStream, set by the NATS worker.
+const metaNATSStream = "nats_stream"
 
 func subjectName(ev *krules.Event) string {
 	if ev.Subject == nil {
