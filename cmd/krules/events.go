@@ -259,7 +259,7 @@ func printTail(w io.Writer, output string, e *event.Event, seq uint64, ts time.T
 	if output == "json" {
 		rec := tailRecord{
 			Time: ts.UTC().Format(time.RFC3339Nano), StreamSeq: seq, ID: e.ID(), Type: e.Type(),
-			Subject: e.Subject(), Source: e.Source(), Data: ev.Payload,
+			Subject: e.Subject(), Source: e.Source(), Data: ev.Payload(),
 		}
 		if ev.PropertyName != "" {
 			rec.Property, rec.OldValue, rec.Value = ev.PropertyName, ev.OldValue, ev.NewValue
@@ -271,7 +271,7 @@ func printTail(w io.Writer, output string, e *event.Event, seq uint64, ts time.T
 		_, err = fmt.Fprintf(w, "%s\n", b)
 		return err
 	}
-	detail := text(map[string]any(ev.Payload))
+	detail := text(map[string]any(ev.Payload()))
 	if ev.PropertyName != "" {
 		switch ev.Type {
 		case krules.PropertyDeleted:
