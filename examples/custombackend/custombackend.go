@@ -60,8 +60,8 @@ func (b *Backend) Capabilities() storage.Capabilities {
 // ---- step 2: values and files ----
 
 // doc is one subject's file: its name and the two property maps, in the
-// value model of package storage (storage.Marshal and storage.Unmarshal
-// keep int64 apart from float64, which encoding/json alone would not).
+// value model of package storage (storage.Unmarshal reads an integral
+// number as an int64, where encoding/json alone would give a float64).
 type doc struct {
 	name       string
 	props, ext map[string]any

@@ -41,8 +41,10 @@
 // What a backend returns must have exactly those types again: int64(3)
 // written must come back as int64(3), not float64(3), and []any{} not nil.
 // [storage.Marshal] and [storage.Unmarshal] encode and decode that model as
-// JSON keeping int64 and float64 apart (2.0 is written as 2.0); use them, or
-// your store's native types if they keep the distinction. Names arrive
+// JSON with the model's number rule (an integral number within the int64
+// range is an int64, any other number a float64), where encoding/json alone
+// would return every number as a float64; use them, or your store's native
+// types if they give the same types back. Names arrive
 // validated (non-empty UTF-8 without NUL) but may hold any other character:
 // '/', ':', '*', quotes, spaces. Take them literally (this backend names
 // files by a hash of the subject and keeps the name inside; a SQL backend
@@ -101,7 +103,7 @@
 //	}
 //
 // A failure names the rule that broke ("Store/DeletesThenPuts",
-// "Values/RoundTrip/int64", "Concurrency/FuncExactTotal") and `go test
+// "Values/RoundTrip/max_int64", "Concurrency/FuncExactTotal") and `go test
 // -run 'TestConformance/Values'` reruns one group. For a backend on a
 // server, take its URL from an environment variable and skip the test when
 // it is unset, so the package still tests without the server.
