@@ -2,7 +2,7 @@
 // doing the same work, in one run, and prints a table or (-json) a JSON array
 // of {"name","ns_per_op","allocs_per_op","baseline","baseline_ns_per_op","ratio"}.
 //
-// Rows of the memory and bolt backends always run; Redis, PostgreSQL and NATS
+// Rows of the memory, bolt and sqlite backends always run; Redis, PostgreSQL and NATS
 // rows run when KRULES_REDIS_URL, KRULES_POSTGRES_URL and KRULES_NATS_URL are
 // set. Each measurement is the median of -count runs (testing.Benchmark);
 // ratio = ns_per_op / baseline_ns_per_op measured in the same run.

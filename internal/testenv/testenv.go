@@ -2,6 +2,11 @@
 // run against. A test asks for a URL; when the variable is unset the test is
 // skipped with a message, unless KRULES_REQUIRE_SERVICES=1, in which case a
 // missing or unreachable service fails the test (CI sets it).
+//
+// Skip messages name the variable that enables the test. Plain `go test`
+// hides them for a passing package; the README's test command pipes
+// `go test -json` into internal/cmd/testsummary, which prints them below
+// each package.
 package testenv
 
 import (

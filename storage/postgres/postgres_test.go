@@ -4,6 +4,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/postgres"
 	"github.com/krules-go/krules/storage/storagetest"
@@ -18,13 +19,18 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// TestContention runs 2 OS processes × 16 goroutines × 300 updates (update
-// functions and OpInc) on one subject that does not exist at the start.
+// TestContention runs 2 OS processes × 16 goroutines × 300 updates (100
+// under the race detector; the totals are exact either way) of update
+// functions and OpInc on one subject that does not exist at the start.
 func TestContention(t *testing.T) {
+	updates := 300
+	if testenv.Race {
+		updates = 100
+	}
 	storagetest.Contention(t, storagetest.ContentionConfig{
 		Procs:      2,
 		Goroutines: 16,
-		Updates:    300,
+		Updates:    updates,
 		Open: func(t testing.TB, namespace string) storage.Backend {
 			pool := testPool(t)
 			// Only the parent drops the table: a child that finishes first

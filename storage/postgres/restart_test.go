@@ -3,9 +3,6 @@ package postgres_test
 import (
 	"context"
 	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -15,31 +12,19 @@ import (
 	"github.com/krules-go/krules/storage/postgres"
 )
 
-// TestRestart restarts the PostgreSQL server while writers are running and
-// checks that calls fail with an error (never hang past their ctx deadline),
-// that the pool recovers once the server is back, and that every write
-// acknowledged as committed survived.
+// TestRestart restarts a PostgreSQL server (immediate mode, as after a
+// crash) while writers are running and checks that calls fail with an error
+// (never hang past their ctx deadline), that the pool recovers once the
+// server is back, and that every write acknowledged as committed survived.
 //
-// It is OPT-IN: set KRULES_PG_RESTART_TEST=1. It restarts the local cluster
-// with `pg_ctlcluster --skip-systemctl-redirect <version> main restart`
-// (or KRULES_PG_RESTART_CMD, run with sh -c, e.g. to restart a private
-// cluster that KRULES_POSTGRES_URL points to), which breaks every
-// other test using the same server at that moment, so it must not run
-// while other packages' tests run in parallel. It needs the right to run
-// pg_ctlcluster (root or the postgres user). A safe way to run it is
-// against a private cluster:
-//
-//	su postgres -c "/usr/lib/postgresql/15/bin/initdb -D /tmp/pgr/data -A trust"
-//	PGCTL="/usr/lib/postgresql/15/bin/pg_ctl -D /tmp/pgr/data -o '-p 5499 -k /tmp/pgr' -l /tmp/pgr/log -w"
-//	su postgres -c "$PGCTL start" && createdb -h 127.0.0.1 -p 5499 -U postgres test
-//	KRULES_PG_RESTART_TEST=1 KRULES_PG_RESTART_CMD="su postgres -c \"$PGCTL -m immediate restart\"" \
-//	KRULES_POSTGRES_URL=postgres://postgres@127.0.0.1:5499/test go test -run TestRestart ./storage/postgres/
+// The server is a private cluster the test creates and removes (see
+// startPrivateCluster), never the shared server of KRULES_POSTGRES_URL: it
+// needs the PostgreSQL server binaries (initdb, pg_ctl), and is skipped
+// without them unless KRULES_REQUIRE_SERVICES=1.
 func TestRestart(t *testing.T) {
-	if os.Getenv("KRULES_PG_RESTART_TEST") != "1" {
-		t.Skip("set KRULES_PG_RESTART_TEST=1 to restart the local PostgreSQL server (disturbs other tests using it)")
-	}
-	url := testenv.PostgresURL(t)
-	restart := restartCommand(t)
+	cluster := startPrivateCluster(t)
+	url := cluster.URL()
+	restart := cluster.RestartCommand()
 	ctx := t.Context()
 
 	// Open's pool: durable (synchronous_commit as configured on the server).
@@ -168,18 +153,4 @@ func TestRestart(t *testing.T) {
 		t.Errorf("final counter %#v; want between %d acknowledged writes (max returned %d) and %d attempts",
 			final, st.ok, st.maxNew, st.ok+st.failed)
 	}
-}
-
-// restartCommand returns KRULES_PG_RESTART_CMD (run by sh -c), or
-// pg_ctlcluster for the only cluster version in /etc/postgresql.
-func restartCommand(t *testing.T) *exec.Cmd {
-	t.Helper()
-	if c := os.Getenv("KRULES_PG_RESTART_CMD"); c != "" {
-		return exec.CommandContext(t.Context(), "sh", "-c", c)
-	}
-	versions, err := filepath.Glob("/etc/postgresql/*")
-	if err != nil || len(versions) != 1 {
-		t.Fatalf("cannot pick the cluster to restart from /etc/postgresql (%v, %v); set KRULES_PG_RESTART_CMD", versions, err)
-	}
-	return exec.CommandContext(t.Context(), "pg_ctlcluster", "--skip-systemctl-redirect", filepath.Base(versions[0]), "main", "restart")
 }

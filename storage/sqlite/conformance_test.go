@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/sqlite"
 	"github.com/krules-go/krules/storage/storagetest"
@@ -33,17 +34,22 @@ func TestConformance(t *testing.T) {
 // processes of TestContention (they inherit the environment).
 const contentionDirEnv = "KRULES_SQLITE_TEST_CONTENTION_DIR"
 
-// TestContention: 2 processes × 8 goroutines × 200 updates of one subject in
-// one file, with update functions and with Inc, beside writers of other
+// TestContention: 2 processes × 8 goroutines × 200 updates (100 under the
+// race detector; the totals are exact either way) of one subject in one
+// file, with update functions and with Inc, beside writers of other
 // properties.
 func TestContention(t *testing.T) {
+	updates := 200
+	if testenv.Race {
+		updates = 100
+	}
 	if os.Getenv(contentionDirEnv) == "" {
 		// Parent: the directory outlives the children and is removed at the end.
 		t.Setenv(contentionDirEnv, t.TempDir())
 	}
 	dir := os.Getenv(contentionDirEnv)
 	storagetest.Contention(t, storagetest.ContentionConfig{
-		Procs: 2, Goroutines: 8, Updates: 200,
+		Procs: 2, Goroutines: 8, Updates: updates,
 		Open: func(t testing.TB, namespace string) storage.Backend {
 			return open(t, filepath.Join(dir, namespace+".db"), sqlite.Config{})
 		},

@@ -1,6 +1,8 @@
 // Package storagetest is the conformance suite of krules storage backends,
 // in the style of testing/slogtest: a backend proves that it implements the
 // [storage.Backend] contract by running the suite from its own tests.
+// examples/custombackend is a walk-through: a complete small backend and
+// the tests that prove it with this package.
 //
 // # Conformance: Run
 //
@@ -41,7 +43,8 @@
 //   - a cancelled context (context.Canceled, nothing written);
 //   - exact totals from 32 goroutines × 500 atomic updates, by update
 //     function and by OpInc, while other properties of the same subject
-//     are written (testing.Short() lowers the count to 50);
+//     are written (100 updates under the race detector, 50 with
+//     testing.Short());
 //   - storage.Lister, when implemented;
 //   - through a krules App on the backend: the Subject write cache and
 //     Store, NoCache, delete-then-set before Store, Flush events, extended

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
 )
 
@@ -298,12 +299,19 @@ func testCancelled(t *testing.T, s *suite) {
 }
 
 // concurrency returns the goroutine and update counts of the concurrent
-// tests: 32 × 500, or 32 × 50 with -short.
+// tests: 32 × 500; 32 × 100 under the race detector, which checks the same
+// exact totals and finds data races with any count but makes every update
+// an order of magnitude slower; 32 × 50 with -short. The update count is at
+// least 5 (some tests run a fifth of it).
 func concurrency() (goroutines, updates int) {
-	if testing.Short() {
-		return 32, 50 / slowBackend
+	updates = 500
+	switch {
+	case testing.Short():
+		updates = 50
+	case testenv.Race:
+		updates = 100
 	}
-	return 32, 500 / slowBackend
+	return 32, max(updates/slowBackend, 5)
 }
 
 // slowBackend divides the concurrent workloads; the package's own tests

@@ -32,7 +32,7 @@ import (
 // map[string]any), not merely be [storage.Equal]. Under concurrency an
 // update that fails with [storage.ErrConflict] wrote nothing by contract and
 // is retried by the suite; the number of conflicts is logged.
-// testing.Short() scales the concurrent workloads down.
+// testing.Short() and the race detector scale the concurrent workloads down.
 func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 	t.Helper()
 	for _, tc := range storageTests {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
 )
 
@@ -183,8 +184,11 @@ func testStoreEmpty(t *testing.T, s *suite) {
 func testStoreAtomic(t *testing.T, s *suite) {
 	subj := s.subject("store-atomic")
 	rounds := 300
-	if testing.Short() {
+	switch {
+	case testing.Short():
 		rounds = 50
+	case testenv.Race:
+		rounds = 100
 	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
