@@ -247,6 +247,8 @@ type table struct {
 	globs    map[string][]*Handler // literal prefix of a glob -> handlers
 	matchAll []*Handler            // handlers with a "*" pattern
 	cache    *matchCache           // only when there are globs
+	changed  []*Handler            // the matches of PropertyChanged
+	deleted  []*Handler            // the matches of PropertyDeleted
 }
 
 func newTable(handlers []*Handler, mws []Middleware, outbound []*Handler) *table {
@@ -283,6 +285,20 @@ func (t *table) build() {
 	if len(t.globs) > 0 {
 		t.cache = &matchCache{seed: maphash.MakeSeed()}
 	}
+	t.changed, t.deleted = t.lookup(PropertyChanged), t.lookup(PropertyDeleted)
+}
+
+// builtin returns the handlers of a built-in property event type
+// (PropertyChanged or PropertyDeleted), computed once per table.
+func (t *table) builtin(eventType string) []*Handler {
+	t.once.Do(t.build)
+	switch eventType {
+	case PropertyChanged:
+		return t.changed
+	case PropertyDeleted:
+		return t.deleted
+	}
+	return t.match(eventType)
 }
 
 func seenBefore(ps []*pattern, same func(*pattern) bool) bool {
@@ -307,7 +323,18 @@ func (t *table) match(eventType string) []*Handler {
 	if e := slot.Load(); e != nil && e.typ == eventType {
 		return e.hs
 	}
-	var globbed []*Handler
+	hs := t.lookup(eventType)
+	slot.Store(&cacheEntry{typ: eventType, hs: hs})
+	return hs
+}
+
+// lookup computes the handlers of an event type from the index (built).
+func (t *table) lookup(eventType string) []*Handler {
+	if len(t.globs) == 0 {
+		return t.merge(t.exact[eventType], nil)
+	}
+	var buf [8]*Handler // merge never keeps globbed: it can live on the stack
+	globbed := buf[:0]
 	for i := 0; i <= len(eventType); i++ {
 		for _, h := range t.globs[eventType[:i]] {
 			for _, p := range h.patterns {
@@ -318,9 +345,7 @@ func (t *table) match(eventType string) []*Handler {
 			}
 		}
 	}
-	hs := t.merge(t.exact[eventType], globbed)
-	slot.Store(&cacheEntry{typ: eventType, hs: hs})
-	return hs
+	return t.merge(t.exact[eventType], globbed)
 }
 
 // merge combines the exact and glob matches with the "*" handlers, in

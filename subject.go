@@ -86,6 +86,9 @@ func (s *Subject) check(k storage.Kind, prop string) error {
 	if s.nameErr != nil {
 		return fmt.Errorf("krules: %w", s.nameErr)
 	}
+	if prop != "" && validString(prop) {
+		return nil
+	}
 	if err := storage.ValidateName(what(k), prop); err != nil {
 		return fmt.Errorf("krules: subject %q: %w", s.name, err)
 	}
@@ -101,7 +104,7 @@ func (s *Subject) listeners(ctx context.Context, k storage.Kind, o *callOptions,
 		return nil, nil, 0, nil
 	}
 	t := s.app.table.Load()
-	hs := t.match(eventType)
+	hs := t.builtin(eventType)
 	if !t.wants(hs) {
 		return t, hs, 0, nil
 	}
@@ -250,8 +253,9 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 			return nil, nil, err
 		}
 		c := s.cache(k)
+		i := c.find(prop)
 		var exists bool
-		old, exists = c.get(prop)
+		old, exists = c.at(i)
 		if mut.Op == nil && mut.Func == nil {
 			nv = mut.Value // a plain value, already normalised
 		} else {
@@ -265,7 +269,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 				return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 			}
 		}
-		c.put(prop, nv, true)
+		c.putAt(i, prop, nv, true)
 		s.mu.Unlock()
 	}
 	if t.wants(hs) && !storage.Equal(nv, old) {
@@ -372,7 +376,7 @@ func (s *Subject) Keys(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	defer done()
-	return append([]string{}, props.names...), nil
+	return props.names(), nil
 }
 
 // ExtProps returns a copy of the extended properties.
@@ -498,7 +502,7 @@ func (s *Subject) Flush(ctx context.Context) error {
 		return fmt.Errorf("krules: %w", s.nameErr)
 	}
 	t := s.app.table.Load()
-	hsProp, hsSubj := t.match(PropertyDeleted), t.match(SubjectDeleted)
+	hsProp, hsSubj := t.builtin(PropertyDeleted), t.match(SubjectDeleted)
 	depth := 0
 	if t.wants(hsProp) || t.wants(hsSubj) {
 		d, err := s.app.checkDepth(ctx, SubjectDeleted, s)
@@ -521,11 +525,11 @@ func (s *Subject) Flush(ctx context.Context) error {
 	}
 	var all []kv
 	if t.wants(hsProp) {
-		for _, n := range s.props.names {
-			all = append(all, kv{n, storage.Clone(s.props.m[n].v)})
+		for n, v := range s.props.all() {
+			all = append(all, kv{n, storage.Clone(v)})
 		}
-		for _, n := range s.ext.names {
-			all = append(all, kv{n, storage.Clone(s.ext.m[n].v)})
+		for n, v := range s.ext.all() {
+			all = append(all, kv{n, storage.Clone(v)})
 		}
 	}
 	props, ext := s.props.toMap(), s.ext.toMap()
