@@ -17,7 +17,8 @@ import (
 // access reloads. Another handle on the same name sees the changes only
 // after Store. With NoCache (per call, or per handle via App.Subject) Set,
 // Get and Delete go straight to the store atomically, and patch the cache if
-// this handle has one.
+// this handle has one. On a WriteOnly handle (App.Subject with WriteOnly)
+// cached Sets of plain values skip the first load (see WriteOnly).
 //
 // Events fire on the calling goroutine after the write: Set emits
 // PropertyChanged when the value changed (storage.Equal), Delete emits
@@ -69,8 +70,18 @@ func (s *Subject) loadLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("krules: load subject %q: %w", s.name, err)
 	}
+	// A WriteOnly handle may hold writes made without a load: they go on
+	// top of the loaded subject, still pending.
+	blind := [2]propCache{s.props, s.ext}
 	s.props = newPropCache(snap.Props)
 	s.ext = newPropCache(snap.Ext)
+	for j, c := range []*propCache{&s.props, &s.ext} {
+		for i := range blind[j].ents {
+			if e := &blind[j].ents[i]; e.state == stDirty {
+				c.put(e.name, e.v, true)
+			}
+		}
+	}
 	s.loaded = true
 	return nil
 }
@@ -142,6 +153,10 @@ func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.loaded {
+		if write {
+			// A WriteOnly handle's unloaded write of prop is superseded.
+			s.cache(k).remove(prop, false)
+		}
 		return
 	}
 	if !s.props.hasPending() && !s.ext.hasPending() {
@@ -248,9 +263,11 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		s.afterDirect(k, prop, nv, true, true)
 	} else {
 		s.mu.Lock()
-		if err := s.loadLocked(ctx); err != nil {
-			s.mu.Unlock()
-			return nil, nil, err
+		if !s.loaded && !(o.writeOnly && mut.Op == nil && mut.Func == nil) {
+			if err := s.loadLocked(ctx); err != nil {
+				s.mu.Unlock()
+				return nil, nil, err
+			}
 		}
 		c := s.cache(k)
 		i := c.find(prop)
@@ -463,15 +480,16 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 }
 
 // Store writes the handle's cached changes to the store in one atomic batch
-// and drops the cache (the next access reloads). Without a cache it does
-// nothing. If the store fails, the cache is kept and the error returned.
+// and drops the cache (the next access reloads). Without a cache (or
+// unsaved WriteOnly writes) it does nothing. If the store fails, the cache
+// is kept and the error returned.
 func (s *Subject) Store(ctx context.Context) error {
 	if s.nameErr != nil {
 		return fmt.Errorf("krules: %w", s.nameErr)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.loaded {
+	if !s.loaded && !s.props.hasPending() && !s.ext.hasPending() {
 		return nil
 	}
 	var b storage.Batch
