@@ -493,6 +493,9 @@ func (s *Subject) Store(ctx context.Context) error {
 		return nil
 	}
 	var b storage.Batch
+	if n := s.props.pending + s.ext.pending; n > 0 {
+		b.Puts = make([]storage.Write, 0, n)
+	}
 	s.props.batch(storage.Default, &b)
 	s.ext.batch(storage.Extended, &b)
 	if !b.Empty() {
