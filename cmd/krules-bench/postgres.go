@@ -220,7 +220,7 @@ func postgresSetup() ([]Row, func(), error) {
 			Name: "postgres/store-100",
 			Run: func(b *testing.B) {
 				for i := 0; b.Loop(); i++ {
-					s := app.Subject("k-store-100-" + strconv.Itoa(i%64), krules.WriteOnly())
+					s := app.Subject("k-store-100-"+strconv.Itoa(i%64), krules.WriteOnly())
 					for j, p := range props {
 						if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
 							b.Fatal(err)

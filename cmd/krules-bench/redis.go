@@ -262,7 +262,7 @@ func redisSetup() ([]Row, func(), error) {
 			Name: "redis/store-100",
 			Run: func(b *testing.B) {
 				for i := 0; b.Loop(); i++ {
-					s := app.Subject("k-store-100-" + strconv.Itoa(i), krules.WriteOnly())
+					s := app.Subject("k-store-100-"+strconv.Itoa(i), krules.WriteOnly())
 					for j, p := range props {
 						if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
 							b.Fatal(err)
