@@ -153,7 +153,7 @@ func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.loaded {
-		if write {
+		if write && len(s.cache(k).ents) > 0 {
 			// A WriteOnly handle's unloaded write of prop is superseded.
 			s.cache(k).remove(prop, false)
 		}

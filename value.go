@@ -228,9 +228,18 @@ func (o Op) mutation() (storage.Mutation, error) {
 }
 
 // validString reports whether s is a storable string (valid UTF-8, no NUL
-// byte), in one pass for ASCII.
+// byte). ASCII is checked eight bytes at a time.
 func validString(s string) bool {
-	for i := 0; i < len(s); i++ {
+	const hi, lo = 0x8080808080808080, 0x0101010101010101
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if w&hi != 0 || (w-lo)&^w&hi != 0 { // a non-ASCII or a zero byte
+			return utf8.ValidString(s[i:]) && strings.IndexByte(s[i:], 0) < 0
+		}
+	}
+	for ; i < len(s); i++ {
 		if c := s[i]; c == 0 || c >= utf8.RuneSelf {
 			return utf8.ValidString(s[i:]) && strings.IndexByte(s[i:], 0) < 0
 		}
