@@ -318,7 +318,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 		if s.loaded {
 			if v, ok := s.cache(k).get(prop); ok {
 				s.mu.Unlock()
-				return storage.Clone(v), nil
+				return cloneValue(v), nil
 			}
 		}
 		s.mu.Unlock()
@@ -574,4 +574,13 @@ func (s *Subject) Flush(ctx context.Context) error {
 	}
 	ev := &Event{Type: SubjectDeleted, Subject: s, payload: Payload{"props": props, "ext_props": ext}, app: s.app}
 	return s.app.deliver(ctx, t, hsSubj, ev, depth)
+}
+
+// cloneValue is storage.Clone with the scalar case (no copy) inlined.
+func cloneValue(v any) any {
+	switch v.(type) {
+	case map[string]any, []any:
+		return storage.Clone(v)
+	}
+	return v
 }
