@@ -113,7 +113,8 @@ func (a *App) Logger() *slog.Logger { return a.logger }
 
 // Subject returns a new handle on the named subject. Handles are cheap; each
 // has its own write cache (see Subject). opts (SubjectOption: NoCache,
-// Muted) become the defaults of every call made through the handle. An
+// Muted) become the defaults of every call made through the handle;
+// WriteOnly makes cached writes skip the load (see WriteOnly). An
 // invalid name is reported by every method of the handle (ErrInvalidName).
 func (a *App) Subject(name string, opts ...SubjectOption) *Subject {
 	s := &Subject{app: a, name: name}

@@ -245,8 +245,11 @@ type table struct {
 	once     sync.Once
 	exact    map[string][]*Handler // literal pattern -> handlers (registration order)
 	globs    map[string][]*Handler // literal prefix of a glob -> handlers
+	lens     []int                 // the distinct lengths of the globs' prefixes, ascending
 	matchAll []*Handler            // handlers with a "*" pattern
 	cache    *matchCache           // only when there are globs
+	changed  []*Handler            // the matches of PropertyChanged
+	deleted  []*Handler            // the matches of PropertyDeleted
 }
 
 func newTable(handlers []*Handler, mws []Middleware, outbound []*Handler) *table {
@@ -282,7 +285,26 @@ func (t *table) build() {
 	}
 	if len(t.globs) > 0 {
 		t.cache = &matchCache{seed: maphash.MakeSeed()}
+		for prefix := range t.globs {
+			t.lens = append(t.lens, len(prefix))
+		}
+		slices.Sort(t.lens)
+		t.lens = slices.Compact(t.lens)
 	}
+	t.changed, t.deleted = t.lookup(PropertyChanged), t.lookup(PropertyDeleted)
+}
+
+// builtin returns the handlers of a built-in property event type
+// (PropertyChanged or PropertyDeleted), computed once per table.
+func (t *table) builtin(eventType string) []*Handler {
+	t.once.Do(t.build)
+	switch eventType {
+	case PropertyChanged:
+		return t.changed
+	case PropertyDeleted:
+		return t.deleted
+	}
+	return t.match(eventType)
 }
 
 func seenBefore(ps []*pattern, same func(*pattern) bool) bool {
@@ -303,12 +325,39 @@ func (t *table) match(eventType string) []*Handler {
 	if t.cache == nil {
 		return t.merge(t.exact[eventType], nil)
 	}
-	slot := t.cache.slot(eventType)
-	if e := slot.Load(); e != nil && e.typ == eventType {
-		return e.hs
+	h := maphash.String(t.cache.seed, eventType)
+	s1, s2 := t.cache.slot(h), t.cache.slot(h>>32)
+	e1 := s1.Load()
+	if e1 != nil && e1.typ == eventType {
+		return e1.hs
 	}
-	var globbed []*Handler
-	for i := 0; i <= len(eventType); i++ {
+	e2 := s2.Load()
+	if e2 != nil && e2.typ == eventType {
+		return e2.hs
+	}
+	hs := t.lookup(eventType)
+	// Two candidate slots: take a free one, else evict one of the two
+	// (picked by a hash bit, so the cache keeps a share of a working set
+	// larger than itself instead of thrashing).
+	victim := s1
+	if e1 != nil && (e2 == nil || h&(1<<20) != 0) {
+		victim = s2
+	}
+	victim.Store(&cacheEntry{typ: eventType, hs: hs})
+	return hs
+}
+
+// lookup computes the handlers of an event type from the index (built).
+func (t *table) lookup(eventType string) []*Handler {
+	if len(t.globs) == 0 {
+		return t.merge(t.exact[eventType], nil)
+	}
+	var buf [8]*Handler // merge never keeps globbed: it can live on the stack
+	globbed := buf[:0]
+	for _, i := range t.lens {
+		if i > len(eventType) {
+			break
+		}
 		for _, h := range t.globs[eventType[:i]] {
 			for _, p := range h.patterns {
 				if !p.literal && p.src != "*" && p.match(eventType) {
@@ -318,9 +367,7 @@ func (t *table) match(eventType string) []*Handler {
 			}
 		}
 	}
-	hs := t.merge(t.exact[eventType], globbed)
-	slot.Store(&cacheEntry{typ: eventType, hs: hs})
-	return hs
+	return t.merge(t.exact[eventType], globbed)
 }
 
 // merge combines the exact and glob matches with the "*" handlers, in
@@ -346,9 +393,10 @@ func (t *table) merge(exact, globbed []*Handler) []*Handler {
 // matchCacheSlots is the size of a table's match cache (a power of two).
 const matchCacheSlots = 8192
 
-// matchCache is a direct-mapped, lock-free cache of event type -> handlers:
-// a new type evicts whatever type shared its slot, so the cache never stops
-// admitting and its size is bounded (64 KiB of slots per table with globs).
+// matchCache is a lock-free cache of event type -> handlers: each type has
+// two candidate slots (from one hash); a new type takes a free one or
+// evicts one of the two, so the cache never stops admitting and its size is
+// bounded (64 KiB of slots per table with globs).
 type matchCache struct {
 	seed  maphash.Seed
 	slots [matchCacheSlots]atomic.Pointer[cacheEntry]
@@ -359,8 +407,8 @@ type cacheEntry struct {
 	hs  []*Handler
 }
 
-func (c *matchCache) slot(eventType string) *atomic.Pointer[cacheEntry] {
-	return &c.slots[maphash.String(c.seed, eventType)&(matchCacheSlots-1)]
+func (c *matchCache) slot(h uint64) *atomic.Pointer[cacheEntry] {
+	return &c.slots[h&(matchCacheSlots-1)]
 }
 
 // Emit dispatches an event about subject to every matching handler, one

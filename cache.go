@@ -1,114 +1,192 @@
 package krules
 
-import "github.com/krules-go/krules/storage"
+import (
+	"iter"
+
+	"github.com/krules-go/krules/storage"
+)
 
 // entry states of a propCache.
 const (
 	stClean   uint8 = iota // as loaded (or as written by Store / NoCache)
 	stDirty                // to put on Store
 	stDeleted              // tombstone: to delete on Store
+	stHole                 // unused slot (removed, or moved to the end)
 )
 
-// entry is one property of a propCache: its value and whether Store must
-// write it. One map entry per property, so a cached write is one lookup and
-// one assignment.
+// entry is one property of a propCache: its name, value and whether Store
+// must write it.
 type entry struct {
+	name  string
 	v     any
 	state uint8
 }
 
-// propCache is one kind's part of a Subject's write cache: the properties
-// in insertion order plus the changes Store must write.
+// propCache is one kind's part of a Subject's write cache. The entries are
+// kept in insertion order in a slice, and a map gives each name's index, so
+// a write to a cached property is one map lookup and a store into the
+// slice; a new property adds one map insertion.
 type propCache struct {
-	names   []string // live (not deleted) properties, insertion order
-	m       map[string]entry
+	idx     map[string]int32
+	ents    []entry
+	live    int // entries in state stClean or stDirty
 	pending int // entries in state stDirty or stDeleted
+	holes   int // entries in state stHole
 }
 
 func newPropCache(props []storage.Property) propCache {
-	c := propCache{names: make([]string, 0, len(props)), m: make(map[string]entry, len(props))}
+	c := propCache{idx: make(map[string]int32, len(props)), ents: make([]entry, 0, len(props))}
 	for _, p := range props {
-		if _, dup := c.m[p.Name]; !dup {
-			c.names = append(c.names, p.Name)
+		if i, dup := c.idx[p.Name]; dup {
+			c.ents[i].v = p.Value
+			continue
 		}
-		c.m[p.Name] = entry{v: p.Value}
+		c.idx[p.Name] = int32(len(c.ents))
+		c.ents = append(c.ents, entry{name: p.Name, v: p.Value})
+		c.live++
 	}
 	return c
 }
 
-func (c *propCache) get(name string) (any, bool) {
-	e, ok := c.m[name]
-	if !ok || e.state == stDeleted {
-		return nil, false
+// find returns the index of name's entry (live or tombstone), or -1.
+func (c *propCache) find(name string) int {
+	if i, ok := c.idx[name]; ok {
+		return int(i)
 	}
-	return e.v, true
+	return -1
 }
 
+// at returns the value at index i (from find) and whether it is live.
+func (c *propCache) at(i int) (any, bool) {
+	if i < 0 || c.ents[i].state == stDeleted {
+		return nil, false
+	}
+	return c.ents[i].v, true
+}
+
+func (c *propCache) get(name string) (any, bool) { return c.at(c.find(name)) }
+
 // put stores a value; dirty says whether Store must write it.
-func (c *propCache) put(name string, v any, dirty bool) {
-	e, ok := c.m[name]
-	if !ok || e.state == stDeleted {
-		c.names = append(c.names, name)
-	}
-	if ok && e.state != stClean {
-		c.pending--
-	}
+func (c *propCache) put(name string, v any, dirty bool) { c.putAt(c.find(name), name, v, dirty) }
+
+// putAt stores a value for name, whose index (from find) is i.
+func (c *propCache) putAt(i int, name string, v any, dirty bool) {
 	st := stClean
 	if dirty {
 		st = stDirty
 		c.pending++
 	}
-	if c.m == nil {
-		c.m = make(map[string]entry)
+	if i >= 0 {
+		e := &c.ents[i]
+		if e.state != stDeleted {
+			if e.state == stDirty {
+				c.pending--
+			}
+			e.v, e.state = v, st
+			return
+		}
+		// A property added back after a delete goes to the end, as new.
+		c.pending--
+		*e = entry{state: stHole}
+		c.holes++
 	}
-	c.m[name] = entry{v: v, state: st}
+	if c.idx == nil {
+		c.idx = make(map[string]int32)
+	}
+	c.idx[name] = int32(len(c.ents))
+	c.ents = append(c.ents, entry{name: name, v: v, state: st})
+	c.live++
+	c.compact()
 }
 
 // remove drops a value; pending says whether Store must delete it.
 func (c *propCache) remove(name string, pending bool) {
-	e, ok := c.m[name]
-	if ok && e.state != stDeleted {
-		for i, n := range c.names {
-			if n == name {
-				c.names = append(c.names[:i:i], c.names[i+1:]...)
-				break
+	i := c.find(name)
+	if i < 0 {
+		if pending {
+			if c.idx == nil {
+				c.idx = make(map[string]int32)
 			}
+			c.idx[name] = int32(len(c.ents))
+			c.ents = append(c.ents, entry{name: name, state: stDeleted})
+			c.pending++
 		}
+		return
 	}
-	if ok && e.state != stClean {
+	e := &c.ents[i]
+	if e.state != stDeleted {
+		c.live--
+	}
+	if e.state != stClean {
 		c.pending--
 	}
 	if pending {
-		if c.m == nil {
-			c.m = make(map[string]entry)
-		}
-		c.m[name] = entry{state: stDeleted}
+		*e = entry{name: name, state: stDeleted}
 		c.pending++
-	} else if ok {
-		delete(c.m, name)
+		return
 	}
+	*e = entry{state: stHole}
+	c.holes++
+	delete(c.idx, name)
+	c.compact()
+}
+
+// compact drops the holes once they are most of the entries.
+func (c *propCache) compact() {
+	if c.holes < 16 || c.holes < len(c.ents)/2 {
+		return
+	}
+	out := c.ents[:0]
+	for _, e := range c.ents {
+		if e.state != stHole {
+			c.idx[e.name] = int32(len(out))
+			out = append(out, e)
+		}
+	}
+	clear(c.ents[len(out):])
+	c.ents, c.holes = out, 0
+}
+
+// all yields the live properties in insertion order.
+func (c *propCache) all() iter.Seq2[string, any] {
+	return func(yield func(string, any) bool) {
+		for i := range c.ents {
+			if e := &c.ents[i]; e.state == stClean || e.state == stDirty {
+				if !yield(e.name, e.v) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// names returns the live property names in insertion order.
+func (c *propCache) names() []string {
+	out := make([]string, 0, c.live)
+	for n := range c.all() {
+		out = append(out, n)
+	}
+	return out
 }
 
 func (c *propCache) batch(kind storage.Kind, b *storage.Batch) {
 	if c.pending == 0 {
 		return
 	}
-	for name, e := range c.m {
-		if e.state == stDeleted {
-			b.Deletes = append(b.Deletes, storage.Key{Kind: kind, Name: name})
-		}
-	}
-	for _, name := range c.names {
-		if e := c.m[name]; e.state == stDirty {
-			b.Puts = append(b.Puts, storage.Write{Key: storage.Key{Kind: kind, Name: name}, Value: e.v})
+	for i := range c.ents {
+		switch e := &c.ents[i]; e.state {
+		case stDeleted:
+			b.Deletes = append(b.Deletes, storage.Key{Kind: kind, Name: e.name})
+		case stDirty:
+			b.Puts = append(b.Puts, storage.Write{Key: storage.Key{Kind: kind, Name: e.name}, Value: e.v})
 		}
 	}
 }
 
 func (c *propCache) toMap() map[string]any {
-	m := make(map[string]any, len(c.names))
-	for _, n := range c.names {
-		m[n] = storage.Clone(c.m[n].v)
+	m := make(map[string]any, c.live)
+	for n, v := range c.all() {
+		m[n] = storage.Clone(v)
 	}
 	return m
 }
@@ -118,6 +196,6 @@ func (c *propCache) hasPending() bool { return c.pending > 0 }
 
 // isPending reports whether name has an unsaved change (put or delete).
 func (c *propCache) isPending(name string) bool {
-	e, ok := c.m[name]
-	return ok && e.state != stClean
+	i := c.find(name)
+	return i >= 0 && (c.ents[i].state == stDirty || c.ents[i].state == stDeleted)
 }

@@ -45,6 +45,13 @@
 //	hits := app.Subject("page-1", krules.NoCache())
 //	hits.Set(ctx, "views", krules.Inc(1)) // one atomic round trip on Redis/PostgreSQL
 //
+// A WriteOnly handle skips the first load for plain-value Sets, so writing
+// properties without reading them costs only the Store:
+//
+//	imp := app.Subject("sensor-7", krules.WriteOnly(), krules.Muted())
+//	imp.Set(ctx, "reading", 42)
+//	err := imp.Store(ctx) // one round trip, no load
+//
 // Flush deletes a subject, emitting PropertyDeleted for every property and
 // then SubjectDeleted.
 //
@@ -67,6 +74,10 @@
 //		return nil
 //	})
 //	app.Emit(ctx, "order.created", app.Subject("order-1"), krules.Payload{"amount": 1500})
+//
+// Event.Payload() is the emitted map; for the built-in property events it is
+// built only when a handler calls it (PropertyName, OldValue and NewValue
+// carry the same data for free).
 //
 // Dispatch is synchronous and depth first: handlers of one event run one
 // after another in registration order in the emitting goroutine, and an emit

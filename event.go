@@ -202,12 +202,11 @@ type Event struct {
 	ctx depthCtx // the handlers' context: the emitter's plus the cascade depth
 
 	// payload is the emitted payload; for built-in property events (and a
-	// nil emitted payload) it is built on the first Payload call, under once.
+	// nil emitted payload) it is built on the first Payload call, under mu.
 	payload Payload
 	lazy    lazyKind
-	once    sync.Once
 
-	mu   sync.Mutex
+	mu   sync.Mutex // guards meta, and payload when lazy != lazyNone
 	meta map[string]any
 }
 
@@ -232,11 +231,11 @@ func (e *Event) Payload() Payload {
 	if e.lazy == lazyNone {
 		return e.payload
 	}
-	e.once.Do(e.buildPayload)
-	return e.payload
-}
-
-func (e *Event) buildPayload() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.payload != nil {
+		return e.payload
+	}
 	switch e.lazy {
 	case lazyChanged:
 		e.payload = Payload{KeyPropertyName: e.PropertyName, KeyOldValue: e.OldValue, KeyValue: e.NewValue}
@@ -245,6 +244,7 @@ func (e *Event) buildPayload() {
 	default:
 		e.payload = Payload{}
 	}
+	return e.payload
 }
 
 // Meta returns the metadata value for key (set with WithMeta at emit time,

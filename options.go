@@ -13,6 +13,7 @@ package krules
 //	WithExtra         x                              x              x
 //	Default                          x
 //	WithMeta                                                        x
+//	WriteOnly                                                               x
 //
 // The interfaces have unexported methods: only the options of this package
 // implement them. Options are small values resolved by a type switch, so
@@ -38,7 +39,7 @@ type DeleteOption interface{ deleteOption() }
 type EmitOption interface{ emitOption() }
 
 // SubjectOption is an option of App.Subject, applied to every call made
-// through the handle: NoCache, Muted.
+// through the handle: NoCache, Muted, WriteOnly.
 type SubjectOption interface{ subjectOption() }
 
 // MutedOption is the option returned by Muted. It is a SetOption, a
@@ -83,6 +84,28 @@ func (ExtraOption) setOption()    {}
 func (ExtraOption) deleteOption() {}
 func (ExtraOption) emitOption()   {}
 
+// WriteOnlyOption is the option returned by WriteOnly. It is a
+// SubjectOption.
+type WriteOnlyOption struct{}
+
+// WriteOnly makes App.Subject return a handle whose cached Set and SetExt of
+// a plain value do not load the subject from the store first: the write
+// goes to the handle's cache and Store writes it, as on any handle, so
+// setting N properties and storing costs one store round trip instead of a
+// load plus a store. Use it to write properties without reading them
+// (imports, projections).
+//
+// The stored value is not known, so such a Set returns as old value the
+// one this handle wrote before, else nil, and (unless Muted) emits
+// PropertyChanged unless the new value Equals that old value: OldValue is
+// nil for the first write of a property. Everything that needs the stored
+// subject (Get, Has, Keys, Dict, ExtProps, Delete, Flush, Ops and update
+// functions) loads it as usual, with the handle's unsaved writes on top.
+// NoCache calls are unchanged.
+func WriteOnly() WriteOnlyOption { return WriteOnlyOption{} }
+
+func (WriteOnlyOption) subjectOption() {}
+
 // DefaultOption is the option returned by Default. It is a GetOption.
 type DefaultOption struct{ v any }
 
@@ -110,11 +133,12 @@ func (MetaOption) emitOption() {}
 // caller's stack: options are applied by a type switch, never through a
 // function value, so it never escapes.
 type callOptions struct {
-	muted   bool
-	noCache bool
-	hasDef  bool
-	extra   Extra
-	def     any
+	muted     bool
+	noCache   bool
+	hasDef    bool
+	writeOnly bool
+	extra     Extra
+	def       any
 }
 
 // add applies one option; an unknown value (an outside type embedding one
@@ -125,6 +149,8 @@ func (o *callOptions) add(opt any) {
 		o.muted = true
 	case NoCacheOption:
 		o.noCache = true
+	case WriteOnlyOption:
+		o.writeOnly = true
 	case ExtraOption:
 		o.extra = x.extra
 	case DefaultOption:

@@ -17,7 +17,8 @@ import (
 // access reloads. Another handle on the same name sees the changes only
 // after Store. With NoCache (per call, or per handle via App.Subject) Set,
 // Get and Delete go straight to the store atomically, and patch the cache if
-// this handle has one.
+// this handle has one. On a WriteOnly handle (App.Subject with WriteOnly)
+// cached Sets of plain values skip the first load (see WriteOnly).
 //
 // Events fire on the calling goroutine after the write: Set emits
 // PropertyChanged when the value changed (storage.Equal), Delete emits
@@ -69,8 +70,18 @@ func (s *Subject) loadLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("krules: load subject %q: %w", s.name, err)
 	}
+	// A WriteOnly handle may hold writes made without a load: they go on
+	// top of the loaded subject, still pending.
+	blind := [2]propCache{s.props, s.ext}
 	s.props = newPropCache(snap.Props)
 	s.ext = newPropCache(snap.Ext)
+	for j, c := range []*propCache{&s.props, &s.ext} {
+		for i := range blind[j].ents {
+			if e := &blind[j].ents[i]; e.state == stDirty {
+				c.put(e.name, e.v, true)
+			}
+		}
+	}
 	s.loaded = true
 	return nil
 }
@@ -85,6 +96,9 @@ func what(k storage.Kind) string {
 func (s *Subject) check(k storage.Kind, prop string) error {
 	if s.nameErr != nil {
 		return fmt.Errorf("krules: %w", s.nameErr)
+	}
+	if prop != "" && validString(prop) {
+		return nil
 	}
 	if err := storage.ValidateName(what(k), prop); err != nil {
 		return fmt.Errorf("krules: subject %q: %w", s.name, err)
@@ -101,7 +115,7 @@ func (s *Subject) listeners(ctx context.Context, k storage.Kind, o *callOptions,
 		return nil, nil, 0, nil
 	}
 	t := s.app.table.Load()
-	hs := t.match(eventType)
+	hs := t.builtin(eventType)
 	if !t.wants(hs) {
 		return t, hs, 0, nil
 	}
@@ -139,6 +153,10 @@ func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.loaded {
+		if write && len(s.cache(k).ents) > 0 {
+			// A WriteOnly handle's unloaded write of prop is superseded.
+			s.cache(k).remove(prop, false)
+		}
 		return
 	}
 	if !s.props.hasPending() && !s.ext.hasPending() {
@@ -245,13 +263,16 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		s.afterDirect(k, prop, nv, true, true)
 	} else {
 		s.mu.Lock()
-		if err := s.loadLocked(ctx); err != nil {
-			s.mu.Unlock()
-			return nil, nil, err
+		if !s.loaded && !(o.writeOnly && mut.Op == nil && mut.Func == nil) {
+			if err := s.loadLocked(ctx); err != nil {
+				s.mu.Unlock()
+				return nil, nil, err
+			}
 		}
 		c := s.cache(k)
+		i := c.find(prop)
 		var exists bool
-		old, exists = c.get(prop)
+		old, exists = c.at(i)
 		if mut.Op == nil && mut.Func == nil {
 			nv = mut.Value // a plain value, already normalised
 		} else {
@@ -265,7 +286,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 				return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 			}
 		}
-		c.put(prop, nv, true)
+		c.putAt(i, prop, nv, true)
 		s.mu.Unlock()
 	}
 	if t.wants(hs) && !storage.Equal(nv, old) {
@@ -297,7 +318,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 		if s.loaded {
 			if v, ok := s.cache(k).get(prop); ok {
 				s.mu.Unlock()
-				return storage.Clone(v), nil
+				return cloneValue(v), nil
 			}
 		}
 		s.mu.Unlock()
@@ -372,7 +393,7 @@ func (s *Subject) Keys(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	defer done()
-	return append([]string{}, props.names...), nil
+	return props.names(), nil
 }
 
 // ExtProps returns a copy of the extended properties.
@@ -460,18 +481,22 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 }
 
 // Store writes the handle's cached changes to the store in one atomic batch
-// and drops the cache (the next access reloads). Without a cache it does
-// nothing. If the store fails, the cache is kept and the error returned.
+// and drops the cache (the next access reloads). Without a cache (or
+// unsaved WriteOnly writes) it does nothing. If the store fails, the cache
+// is kept and the error returned.
 func (s *Subject) Store(ctx context.Context) error {
 	if s.nameErr != nil {
 		return fmt.Errorf("krules: %w", s.nameErr)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.loaded {
+	if !s.loaded && !s.props.hasPending() && !s.ext.hasPending() {
 		return nil
 	}
 	var b storage.Batch
+	if n := s.props.pending + s.ext.pending; n > 0 {
+		b.Puts = make([]storage.Write, 0, n)
+	}
 	s.props.batch(storage.Default, &b)
 	s.ext.batch(storage.Extended, &b)
 	if !b.Empty() {
@@ -499,7 +524,7 @@ func (s *Subject) Flush(ctx context.Context) error {
 		return fmt.Errorf("krules: %w", s.nameErr)
 	}
 	t := s.app.table.Load()
-	hsProp, hsSubj := t.match(PropertyDeleted), t.match(SubjectDeleted)
+	hsProp, hsSubj := t.builtin(PropertyDeleted), t.match(SubjectDeleted)
 	depth := 0
 	if t.wants(hsProp) || t.wants(hsSubj) {
 		d, err := s.app.checkDepth(ctx, SubjectDeleted, s)
@@ -522,11 +547,11 @@ func (s *Subject) Flush(ctx context.Context) error {
 	}
 	var all []kv
 	if t.wants(hsProp) {
-		for _, n := range s.props.names {
-			all = append(all, kv{n, storage.Clone(s.props.m[n].v)})
+		for n, v := range s.props.all() {
+			all = append(all, kv{n, storage.Clone(v)})
 		}
-		for _, n := range s.ext.names {
-			all = append(all, kv{n, storage.Clone(s.ext.m[n].v)})
+		for n, v := range s.ext.all() {
+			all = append(all, kv{n, storage.Clone(v)})
 		}
 	}
 	props, ext := s.props.toMap(), s.ext.toMap()
@@ -550,4 +575,13 @@ func (s *Subject) Flush(ctx context.Context) error {
 	}
 	ev := &Event{Type: SubjectDeleted, Subject: s, payload: Payload{"props": props, "ext_props": ext}, app: s.app}
 	return s.app.deliver(ctx, t, hsSubj, ev, depth)
+}
+
+// cloneValue is storage.Clone with the scalar case (no copy) inlined.
+func cloneValue(v any) any {
+	switch v.(type) {
+	case map[string]any, []any:
+		return storage.Clone(v)
+	}
+	return v
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/krules-go/krules/storage"
 )
@@ -180,9 +182,21 @@ func convErr(v any, t reflect.Type) error {
 	return fmt.Errorf("%w: cannot convert %v (%T) to %v", ErrInvalidValue, v, v, t)
 }
 
-// mutation turns a value given to Set into a storage.Mutation.
+// mutation turns a value given to Set into a storage.Mutation. A value
+// already in canonical form (nil, bool, int64, a valid string, a finite
+// non-integral float64) is kept as given: no copy, no re-boxing.
 func mutation(value any) (storage.Mutation, error) {
 	switch v := value.(type) {
+	case nil, bool, int64:
+		return storage.Mutation{Value: value}, nil
+	case string:
+		if validString(v) {
+			return storage.Mutation{Value: value}, nil
+		}
+	case float64:
+		if v != math.Trunc(v) && !math.IsNaN(v) {
+			return storage.Mutation{Value: value}, nil
+		}
 	case Op:
 		return v.mutation()
 	case *Op:
@@ -211,4 +225,24 @@ func (o Op) mutation() (storage.Mutation, error) {
 		return storage.Mutation{Func: o.fn}, nil
 	}
 	return storage.Mutation{}, fmt.Errorf("%w: zero Op (use Inc, Append, Max, Min, Update or UpdateAny)", ErrInvalidValue)
+}
+
+// validString reports whether s is a storable string (valid UTF-8, no NUL
+// byte). ASCII is checked eight bytes at a time.
+func validString(s string) bool {
+	const hi, lo = 0x8080808080808080, 0x0101010101010101
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if w&hi != 0 || (w-lo)&^w&hi != 0 { // a non-ASCII or a zero byte
+			return utf8.ValidString(s[i:]) && strings.IndexByte(s[i:], 0) < 0
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; c == 0 || c >= utf8.RuneSelf {
+			return utf8.ValidString(s[i:]) && strings.IndexByte(s[i:], 0) < 0
+		}
+	}
+	return true
 }

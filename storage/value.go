@@ -45,13 +45,21 @@ func normFloat32(f float32) (any, error) {
 }
 
 func normString(s string) (any, error) {
-	if !utf8.ValidString(s) {
-		return nil, invalid("string %q is not valid UTF-8", s)
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return nil, invalid("string %q contains a NUL byte", s)
+	if err := checkString(s); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// checkString is normString without the result (which costs an allocation).
+func checkString(s string) error {
+	if !utf8.ValidString(s) {
+		return invalid("string %q is not valid UTF-8", s)
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return invalid("string %q contains a NUL byte", s)
+	}
+	return nil
 }
 
 func normalize(v any, depth int) (any, error) {
@@ -61,14 +69,15 @@ func normalize(v any, depth int) (any, error) {
 	switch x := v.(type) {
 	case nil:
 		return nil, nil
-	case bool:
-		return x, nil
+	case bool, int64:
+		return v, nil // already canonical: keep v's box, do not allocate another
 	case string:
-		return normString(x)
+		if err := checkString(x); err != nil {
+			return nil, err
+		}
+		return v, nil
 	case int:
 		return int64(x), nil
-	case int64:
-		return x, nil
 	case int32:
 		return int64(x), nil
 	case int16:
@@ -110,7 +119,7 @@ func normalize(v any, depth int) (any, error) {
 		}
 		out := make(map[string]any, len(x))
 		for k, e := range x {
-			if _, err := normString(k); err != nil {
+			if err := checkString(k); err != nil {
 				return nil, fmt.Errorf("map key: %w", err)
 			}
 			n, err := normalize(e, depth+1)
@@ -139,7 +148,7 @@ func normalize(v any, depth int) (any, error) {
 		}
 		out := make(map[string]any, len(x))
 		for k, e := range x {
-			if _, err := normString(k); err != nil {
+			if err := checkString(k); err != nil {
 				return nil, fmt.Errorf("map key: %w", err)
 			}
 			n, err := normString(e)

@@ -19,7 +19,8 @@ import (
 // on the same table layout (one row per subject, JSONB properties), through
 // the same pool. They run when KRULES_POSTGRES_URL is set, on a table of
 // their own that is dropped afterwards. The -c16 rows run 16 goroutines on
-// ONE subject and property (row-lock contention).
+// ONE subject and property (row-lock contention). store-100 is 100 cached
+// Sets on a fresh WriteOnly handle (no load before the writes) plus Store.
 func init() {
 	register(Group{
 		Name:    "postgres",
@@ -219,7 +220,7 @@ func postgresSetup() ([]Row, func(), error) {
 			Name: "postgres/store-100",
 			Run: func(b *testing.B) {
 				for i := 0; b.Loop(); i++ {
-					s := app.Subject("k-store-100-" + strconv.Itoa(i%64))
+					s := app.Subject("k-store-100-"+strconv.Itoa(i%64), krules.WriteOnly())
 					for j, p := range props {
 						if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
 							b.Fatal(err)

@@ -21,9 +21,9 @@ import (
 // p<name>, JSON values), each side with its own client built from
 // KRULES_REDIS_URL with the same options. set, get, update and inc go
 // through NoCache Subjects (every call reaches Redis); store-100 is 100
-// cached Sets on a fresh handle plus Store, load-100 a fresh handle's first
-// read. The -backend rows measure the same two at the storage.Backend level,
-// without the Subject's load-before-write. The -c16 rows run 16 goroutines
+// cached Sets on a fresh WriteOnly handle (no load before the writes) plus
+// Store, load-100 a fresh handle's first read. The -backend rows measure
+// the same two at the storage.Backend level. The -c16 rows run 16 goroutines
 // on ONE subject and property. Every key lives under a prefix of this run,
 // removed afterwards.
 func init() {
@@ -262,7 +262,7 @@ func redisSetup() ([]Row, func(), error) {
 			Name: "redis/store-100",
 			Run: func(b *testing.B) {
 				for i := 0; b.Loop(); i++ {
-					s := app.Subject("k-store-100-" + strconv.Itoa(i))
+					s := app.Subject("k-store-100-"+strconv.Itoa(i), krules.WriteOnly())
 					for j, p := range props {
 						if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
 							b.Fatal(err)

@@ -182,9 +182,10 @@ func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage
 	defer s.mu.Unlock()
 	ps := s.set(k.Kind)
 	old, exists := ps.get(k.Name)
-	var arg any
-	if exists {
-		// Update functions get their own copy: they may mutate it.
+	arg := old
+	if exists && m.Func != nil {
+		// Update functions get their own copy: they may mutate it. Plain
+		// values ignore arg and built-in ops do not alias it.
 		arg = storage.Clone(old)
 	}
 	nv, err := m.Apply(arg, exists)
