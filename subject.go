@@ -280,7 +280,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 		if s.loaded {
 			if v, ok := s.cache(k).get(prop); ok {
 				s.mu.Unlock()
-				return storage.Clone(v), nil
+				return s.readable(k, prop, v)
 			}
 		}
 		s.mu.Unlock()
@@ -316,7 +316,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 		}
 		return nil, s.notFound(k, prop)
 	}
-	return storage.Clone(v), nil
+	return s.readable(k, prop, v)
 }
 
 // Has reports whether a default property exists (in the handle's cache,

@@ -1,6 +1,9 @@
 package storage
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors shared by every backend. Backends wrap them with %w and add
 // the subject and property to the message; test them with errors.Is.
@@ -17,6 +20,12 @@ var (
 	// documentation), or a built-in operation applied to a stored value of the
 	// wrong type. Nothing was written.
 	ErrInvalidValue = errors.New("invalid value")
+
+	// ErrOverflow reports an [OpInc] of a stored integer by an integer whose
+	// exact sum is outside the int64 range, on every backend and in every
+	// mode (cached, NoCache, server-side scripts). It wraps ErrInvalidValue.
+	// Nothing was written.
+	ErrOverflow = fmt.Errorf("%w: integer overflow (the sum is outside the int64 range)", ErrInvalidValue)
 
 	// ErrInvalidName reports an empty subject or property name, or one that is
 	// not valid UTF-8 or contains a NUL byte. Nothing was written.

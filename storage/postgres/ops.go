@@ -67,15 +67,13 @@ func notFound(subject, prop string) error {
 }
 
 // decode turns JSONB text into the value model; nil (SQL NULL) is missing.
+// Text outside the model becomes a storage.Invalid (tolerant loads); it never
+// fails.
 func decode(raw []byte) (v any, exists bool, err error) {
 	if raw == nil {
 		return nil, false, nil
 	}
-	v, err = storage.Unmarshal(raw)
-	if err != nil {
-		return nil, false, err
-	}
-	return v, true, nil
+	return storage.UnmarshalProperty(raw), true, nil
 }
 
 // decodeObject turns a JSONB object into properties sorted by name.
@@ -138,12 +136,12 @@ func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, 
 	if err != nil {
 		return nil, wrap(ctx, "get", subject, k.Name, err)
 	}
-	v, exists, err := decode(raw)
-	if err != nil {
-		return nil, wrap(ctx, "get", subject, k.Name, err)
-	}
+	v, exists, _ := decode(raw)
 	if !exists {
 		return nil, notFound(subject, k.Name)
+	}
+	if v, err = storage.StoredValue(v); err != nil {
+		return nil, fmt.Errorf("postgres: get property %q of subject %q: %w", k.Name, subject, err)
 	}
 	return v, nil
 }

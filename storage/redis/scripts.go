@@ -111,7 +111,10 @@ return out
 // Reply: {'ok', old, new} where old is nil for a missing property and new is
 // the stored text (nil for 'append', whose result the caller computes from
 // old), or {'type', description} when the stored value has the wrong type
-// (nothing written), or {'range', x} when a float result overflows.
+// (nothing written), {'invalid', description} when the stored number is
+// outside the value model (beyond the float64 range: nothing written), or
+// {'range', x} when a float result overflows, or {'overflow'} when an
+// integer sum leaves the int64 range (nothing written).
 //
 // Numbers are handled as text: integer + integer goes through HINCRBY, exact
 // over the whole int64 range; max and min of two integers compare the
@@ -156,6 +159,10 @@ local function isint(s) return string.find(s, '^%-?%d+$') ~= nil end
 if not string.find(cur, '^%-?%d') or not tonumber(cur) then
   return {'type', kind(cur)}
 end
+local n = tonumber(cur)
+if n == math.huge or n == -math.huge then
+  return {'invalid', 'a number beyond the float64 range'}
+end
 
 if op == 'inc' then
   if isint(cur) and isint(arg) then
@@ -163,7 +170,9 @@ if op == 'inc' then
     if type(r) == 'number' then
       return {'ok', cur, redis.call('HGET', key, field)}
     end
-    -- not an int64 (or overflow): fall back to double arithmetic
+    -- both int64 and the sum is not: refused, nothing written
+    if string.find(r.err, 'overflow', 1, true) then return {'overflow'} end
+    -- not an int64: fall back to double arithmetic
   end
   local x = tonumber(cur) + tonumber(arg)
   if x ~= x or x == math.huge or x == -math.huge then return {'range', ''} end

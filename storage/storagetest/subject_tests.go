@@ -26,6 +26,7 @@ var subjectTests = []struct {
 	{"Subject/ExtendedNeverEmit", testSubjectExtNoEvents},
 	{"Subject/ValuesAfterReload", testSubjectValuesAfterReload},
 	{"Subject/BadInputWritesNothing", testSubjectBadInput},
+	{"Subject/IncOverflow", testSubjectIncOverflow},
 	{"Subject/Names", testSubjectNamesApp},
 	{"Subject/NoCacheExactUnderConcurrency", testSubjectConcurrent},
 }
