@@ -223,7 +223,7 @@ func ValidateKey(subject string, k *Key) error {
 		return nil
 	}
 	if !k.Kind.Valid() {
-		return fmt.Errorf("property %q of subject %q: %w: unknown property kind %v", k.Name, subject, ErrInvalidName, k.Kind)
+		return fmt.Errorf("property %q of subject %q: %w: unknown property kind %v", cut(k.Name), subject, ErrInvalidName, k.Kind)
 	}
 	if err := ValidateName("property", k.Name); err != nil {
 		return fmt.Errorf("subject %q: %w", subject, err)
@@ -231,12 +231,27 @@ func ValidateKey(subject string, k *Key) error {
 	return nil
 }
 
-// ValidateName checks a subject or property name: non-empty, valid UTF-8 and
-// free of NUL bytes (which PostgreSQL cannot store). what names the thing in
-// the error ("subject", "property").
+// MaxNameLen is the longest subject, property or event-type name, in bytes,
+// that krules accepts on every path (the API, the HTTP Receiver, the NATS
+// worker, the CLI); a longer one is refused with ErrInvalidName by
+// [ValidateName]. 1 KiB stays well below the smallest limit of a store: a
+// PostgreSQL btree index entry (the subject_name primary key) holds at most
+// about 2.7 KB, a bbolt key 32 KiB; Redis and the memory store have none.
+// Names already stored by another program are loaded whatever their
+// length, but a call naming one is refused.
+const MaxNameLen = 1024
+
+// ValidateName checks a subject, property or event-type name: non-empty, at
+// most [MaxNameLen] bytes, valid UTF-8 and free of NUL bytes (which
+// PostgreSQL cannot store). what names the thing in the error ("subject",
+// "property", "event type"). Errors wrap ErrInvalidName and quote at most
+// the first 64 bytes of the name, followed by "…(N bytes)".
 func ValidateName(what, name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: empty %s name", ErrInvalidName, what)
+	}
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("%w: %s name %q is longer than %d bytes", ErrInvalidName, what, cut(name), MaxNameLen)
 	}
 	return checkChars(what, name)
 }

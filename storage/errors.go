@@ -27,8 +27,9 @@ var (
 	// Nothing was written.
 	ErrOverflow = fmt.Errorf("%w: integer overflow (the sum is outside the int64 range)", ErrInvalidValue)
 
-	// ErrInvalidName reports an empty subject or property name, or one that is
-	// not valid UTF-8 or contains a NUL byte. Nothing was written.
+	// ErrInvalidName reports an empty subject, property or event-type name,
+	// or one that is longer than MaxNameLen bytes, is not valid UTF-8 or
+	// contains a NUL byte. Nothing was written.
 	ErrInvalidName = errors.New("invalid name")
 
 	// ErrClosed reports a call on a backend after Close.

@@ -113,3 +113,33 @@ func ExampleInvalid() {
 	// ok: 1
 	// {"$invalid":"NaN","error":"invalid value: NaN is not a JSON number"}
 }
+
+func TestValidateNameLimit(t *testing.T) {
+	ok := strings.Repeat("a", storage.MaxNameLen-2) + "é"
+	if err := storage.ValidateName("subject", ok); err != nil {
+		t.Fatalf("a name of MaxNameLen bytes: %v", err)
+	}
+	long := strings.Repeat("é", 20000) // 40 KB
+	for _, name := range []string{ok + "x", long} {
+		err := storage.ValidateName("property", name)
+		if !errors.Is(err, storage.ErrInvalidName) {
+			t.Fatalf("a name of %d bytes: %v, want ErrInvalidName", len(name), err)
+		}
+		if len(err.Error()) > 200 {
+			t.Errorf("error of %d bytes for a name of %d: %.100q", len(err.Error()), len(name), err)
+		}
+	}
+	want := `invalid name: property name "` + strings.Repeat("é", 32) + `…(40000 bytes)" is longer than 1024 bytes`
+	if err := storage.ValidateName("property", long); err.Error() != want {
+		t.Errorf("error = %q, want %q", err, want)
+	}
+	// Cut never splits a UTF-8 sequence.
+	odd := "x" + strings.Repeat("é", 2000) + "\x00"
+	if err := storage.ValidateName("subject", odd); !errors.Is(err, storage.ErrInvalidName) || !strings.Contains(err.Error(), `"x`+strings.Repeat("é", 31)+`…(4002 bytes)"`) {
+		t.Errorf("error = %v", err)
+	}
+	key := storage.Key{Kind: storage.Default, Name: ok + "x"}
+	if err := storage.ValidateKey("s", &key); !errors.Is(err, storage.ErrInvalidName) {
+		t.Errorf("ValidateKey of a long property: %v", err)
+	}
+}

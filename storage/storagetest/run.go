@@ -105,6 +105,7 @@ var storageTests = []suiteTest{
 	{"Values/NoAliasing", testNoAliasing},
 	{"Names/Subjects", testSubjectNames},
 	{"Names/Properties", testPropertyNames},
+	{"Names/MaxNameLen", testNamesMaxLen},
 	{"Context/Cancelled", testCancelled},
 	{"Concurrency/FuncExactTotal", testConcurrentFunc},
 	{"Concurrency/OpIncExactTotal", testConcurrentOpInc},

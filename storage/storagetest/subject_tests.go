@@ -28,6 +28,7 @@ var subjectTests = []struct {
 	{"Subject/BadInputWritesNothing", testSubjectBadInput},
 	{"Subject/IncOverflow", testSubjectIncOverflow},
 	{"Subject/Names", testSubjectNamesApp},
+	{"Subject/NameLimit", testSubjectNameLimit},
 	{"Subject/NoCacheExactUnderConcurrency", testSubjectConcurrent},
 }
 
