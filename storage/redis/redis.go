@@ -94,6 +94,8 @@ var (
 )
 
 // New returns a Backend on a client the caller owns: Close does not close it.
+// Unless [SetLogger] was called, the first New or Open keeps go-redis's own
+// log lines off stderr (see SetLogger).
 // Any go-redis client works (Client, ClusterClient, Ring, FailoverClient).
 //
 // Enable ContextTimeoutEnabled in the client's options so that a context
@@ -101,6 +103,7 @@ var (
 // read and write timeouts (3s by default) and ignores the deadline while
 // blocked on a socket.
 func New(client goredis.UniversalClient, cfg Config) *Backend {
+	installDefaultLogger()
 	return &Backend{client: client, cfg: cfg.withDefaults()}
 }
 
@@ -114,6 +117,7 @@ func Open(ctx context.Context, url string, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("redis: open: %w", err)
 	}
 	opts.ContextTimeoutEnabled = true
+	installDefaultLogger() // before the first dial
 	client := goredis.NewClient(opts)
 	if err := client.Ping(ctx).Err(); err != nil {
 		client.Close()
