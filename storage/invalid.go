@@ -21,7 +21,9 @@ import (
 // can be overwritten with a plain value and deleted; [Backend.Set] and
 // [Backend.Delete] then return the Invalid as the old value. An update
 // function or a built-in operation on it fails with Invalid.Err and writes
-// nothing ([Mutation.Apply] checks this). Flush removes it. A backend's
+// nothing ([Mutation.Apply] checks this; the server-side operations of
+// Redis and PostgreSQL check the stored text, except that they append to a
+// stored list holding an integer beyond the float64 range). Flush removes it. A backend's
 // Store never rewrites a property the batch does not name, so it stays as
 // stored until it is overwritten or deleted.
 //

@@ -378,6 +378,10 @@ func (b *Backend) setStatement(ctx context.Context, subject string, k storage.Ke
 				// condition and Op.Apply agree on the types).
 				return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
 			}
+			if op.Kind == storage.OpAppend && oldRaw != nil {
+				// A list the statement leaves to Go (see arrOK).
+				return b.setFunc(ctx, subject, k, storage.Mutation{Op: op})
+			}
 		}
 		return nil, nil, errRetry
 	}

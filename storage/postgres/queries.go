@@ -64,7 +64,10 @@ const (
 	// numOK refuses a stored number beyond the float64 range (numeric holds
 	// it; Go loads it as a storage.Invalid): nothing is written.
 	numOK = `(` + absent + ` OR (` + isNum + ` AND abs(v::numeric) <= 1.7976931348623157e308))`
-	arrOK = `(` + absent + ` OR jsonb_typeof(v) = 'array')`
+	// arrOK leaves a stored list with more than 512 brackets to Go (it may
+	// nest deeper than the value model allows): nothing is written, and
+	// setStatement appends in a transaction instead.
+	arrOK = `(` + absent + ` OR (jsonb_typeof(v) = 'array' AND length(v::text) - length(replace(replace(v::text, '[', ''), '{', '')) <= 512))`
 )
 
 // incOK is the condition of Inc (see setTemplate's {OK}).

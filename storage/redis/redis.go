@@ -435,6 +435,8 @@ func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *
 		}
 		return nil, nil, propErr(op.Kind.String(), subject, k,
 			fmt.Errorf("%w: stored value is %s, not a %s", storage.ErrInvalidValue, what, want))
+	case "check":
+		return b.update(ctx, subject, k, storage.Mutation{Op: op})
 	case "invalid":
 		what := ""
 		if len(reply) > 1 {

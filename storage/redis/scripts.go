@@ -113,8 +113,12 @@ return out
 // old), or {'type', description} when the stored value has the wrong type
 // (nothing written), {'invalid', description} when the stored number is
 // outside the value model (beyond the float64 range: nothing written), or
-// {'range', x} when a float result overflows, or {'overflow'} when an
-// integer sum leaves the int64 range (nothing written).
+// {'range', x} when a float result overflows, {'overflow'} when an
+// integer sum leaves the int64 range (nothing written), or {'check'} when an
+// append's stored text holds 'N', 'I', the escape of NUL or more than 512
+// brackets, so that it may be outside the value model (NaN, Infinity, NUL,
+// nesting too deep): nothing is written, and the caller appends with read
+// and compare-and-set, which refuses such a value.
 //
 // Numbers are handled as text: integer + integer goes through HINCRBY, exact
 // over the whole int64 range; max and min of two integers compare the
@@ -142,6 +146,12 @@ end
 
 if op == 'append' then
   if string.sub(cur, 1, 1) ~= '[' then return {'type', kind(cur)} end
+  -- NaN, Infinity, a NUL or nesting deeper than 512 may be in the stored
+  -- list (text another program wrote): the caller decides in Go instead
+  if string.find(cur, '[NI]') or string.find(cur, '\\u0000', 1, true)
+    or select(2, string.gsub(cur, '[%[{]', '')) > 512 then
+    return {'check'}
+  end
   if arg == '[]' then return {'ok', cur} end
   local new
   if string.find(cur, '^%[%s*%]%s*$') then

@@ -115,8 +115,14 @@ func testInvalidBackend(t *testing.T, s *suite, put rawPutFunc) {
 				t.Errorf("update function on the invalid property: (err %v, called %v), want ErrInvalidValue and not called", err, called)
 			}
 			inc, _ := storage.NewOp(storage.OpInc, 1)
-			if _, _, err := s.b.Set(s.ctx, subj, bad, storage.Mutation{Op: inc}); !errors.Is(err, storage.ErrInvalidValue) {
-				t.Errorf("Inc of the invalid property: err = %v, want ErrInvalidValue", err)
+			app, _ := storage.NewOp(storage.OpAppend, []any{1})
+			for _, op := range []*storage.Op{inc, app} {
+				if _, _, err := s.b.Set(s.ctx, subj, bad, storage.Mutation{Op: op}); !errors.Is(err, storage.ErrInvalidValue) {
+					t.Errorf("%v of the invalid property: err = %v, want ErrInvalidValue", op.Kind, err)
+				}
+			}
+			if after := invalidIn(t, "Load.Props after the refused ops", s.load(subj).Props, "bad"); squeeze(after.Raw) != squeeze(inv.Raw) {
+				t.Errorf("a refused op changed the invalid property: %.60q, then %.60q", inv.Raw, after.Raw)
 			}
 
 			// A Store that does not name it leaves its stored text alone.

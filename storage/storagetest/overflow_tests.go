@@ -72,3 +72,28 @@ func testSubjectIncOverflow(t *testing.T, a *appSuite) {
 	a.expectValue(name, pkey("n"), int64(math.MaxInt64))
 	subjGet(t, ctx, a.app.Subject(name), "n", int64(math.MaxInt64))
 }
+
+// testAppendBracketsAndLetters: Append to lists whose text a server-side
+// script cannot vouch for (capital N and I, many brackets) still appends
+// exactly.
+func testAppendBracketsAndLetters(t *testing.T, s *suite) {
+	subj := s.subject("append")
+	many := make([]any, 600)
+	for i := range many {
+		many[i] = []any{int64(i)}
+	}
+	for name, list := range map[string][]any{
+		"letters":  {"No", "Infinity", "NaN", map[string]any{"I": "N"}},
+		"brackets": many,
+	} {
+		k := pkey(name)
+		s.set(k.Name+"-"+subj, k, list)
+		op, _ := storage.NewOp(storage.OpAppend, []any{"x", int64(1)})
+		want := append(append([]any{}, s.norm(list).([]any)...), "x", int64(1))
+		nv, old, err := s.b.Set(s.ctx, k.Name+"-"+subj, k, storage.Mutation{Op: op})
+		if err != nil || !sameTypeEqual(nv, want) || !sameTypeEqual(old, s.norm(list)) {
+			t.Errorf("%s: Append = (%.80s, %.80s, %v), want the list with \"x\", 1", name, describe(nv), describe(old), err)
+		}
+		s.expectValue(k.Name+"-"+subj, k, want)
+	}
+}

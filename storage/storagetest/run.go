@@ -101,6 +101,7 @@ var storageTests = []suiteTest{
 	{"Op/IncExactUpTo2^53", testIncExact},
 	{"Op/IncFloats", testIncFloats},
 	{"Op/IncOverflow", testIncOverflow},
+	{"Op/AppendTextChecks", testAppendBracketsAndLetters},
 	{"Values/RoundTrip", testRoundTrip},
 	{"Values/NoAliasing", testNoAliasing},
 	{"Names/Subjects", testSubjectNames},
