@@ -273,7 +273,8 @@ func (o *objectWriter) bytes() []byte {
 // new value in PostgreSQL (numeric arithmetic, so integers stay exact far
 // beyond 2^53), writes it, and returns the old value; no lock is held across
 // Go code. A stored value of the wrong type for an operation yields an error
-// wrapping [storage.ErrInvalidValue] and nothing is written.
+// wrapping [storage.ErrInvalidValue], an integer Inc whose sum leaves the
+// int64 range one wrapping [storage.ErrOverflow]; nothing is written.
 //
 // An update function ([storage.Mutation].Func) runs in a READ COMMITTED
 // transaction that first creates the row if it is missing (INSERT ... ON
