@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/krules-go/krules/storage"
 )
 
 // HandlerFunc handles an event. A returned error (or a panic) is passed to
@@ -429,8 +431,8 @@ func (a *App) Emit(ctx context.Context, eventType string, subject *Subject, payl
 }
 
 func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payload Payload, extra Extra, meta map[string]any) error {
-	if eventType == "" {
-		return fmt.Errorf("krules: emit: %w: empty event type", ErrInvalidName)
+	if eventType == "" || len(eventType) > storage.MaxNameLen || !validString(eventType) {
+		return fmt.Errorf("krules: emit: %w", storage.ValidateName("event type", eventType))
 	}
 	if subject == nil {
 		return fmt.Errorf("krules: emit %q: %w: nil subject", eventType, ErrInvalidName)

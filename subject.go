@@ -97,7 +97,7 @@ func (s *Subject) check(k storage.Kind, prop string) error {
 	if s.nameErr != nil {
 		return fmt.Errorf("krules: %w", s.nameErr)
 	}
-	if prop != "" && validString(prop) {
+	if prop != "" && len(prop) <= storage.MaxNameLen && validString(prop) {
 		return nil
 	}
 	if err := storage.ValidateName(what(k), prop); err != nil {
@@ -318,7 +318,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 		if s.loaded {
 			if v, ok := s.cache(k).get(prop); ok {
 				s.mu.Unlock()
-				return cloneValue(v), nil
+				return s.readable(k, prop, v)
 			}
 		}
 		s.mu.Unlock()
@@ -354,7 +354,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 		}
 		return nil, s.notFound(k, prop)
 	}
-	return storage.Clone(v), nil
+	return s.readable(k, prop, v)
 }
 
 // Has reports whether a default property exists (in the handle's cache,

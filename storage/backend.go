@@ -94,6 +94,9 @@ func (m Mutation) Apply(old any, exists bool) (v any, err error) {
 	case m.Op != nil:
 		return m.Op.Apply(old, exists)
 	case m.Func != nil:
+		if inv, ok := old.(Invalid); ok {
+			return nil, fmt.Errorf("stored value: %w", inv.Err)
+		}
 		defer func() {
 			if r := recover(); r != nil {
 				err = fmt.Errorf("update function panicked: %v", r)
@@ -129,6 +132,14 @@ type Capabilities struct {
 // backend are normalised. Every backend returns values in the normalised form.
 // Errors other than the sentinels of this package should be wrapped with the
 // subject and property name in the message.
+//
+// Loads are tolerant: a stored property outside the value model (written by
+// another program) comes back from Load, ExtProps, and as the old value of
+// Set and Delete, as an [Invalid] in its place; Get of it fails with an error
+// wrapping ErrInvalidValue; update functions and operations on it fail and
+// write nothing; Store leaves it alone unless the batch names it. Backends
+// decode stored text with [UnmarshalProperty] or [UnmarshalObject], which
+// do this.
 type Backend interface {
 	// Load returns every property of the subject. An unknown subject yields an
 	// empty Snapshot and no error.
@@ -171,24 +182,30 @@ type Lister interface {
 }
 
 // UnmarshalObject decodes a stored JSON object (a column or document holding
-// all properties of one kind) into properties sorted by name. Empty input is
-// no properties. Input that is not a JSON object in the value model is an
-// error (wrapping ErrInvalidValue where the value model refuses it).
+// all properties of one kind, as the PostgreSQL and SQLite backends keep
+// them) into properties sorted by name. Empty input is no properties.
+//
+// Loads are tolerant: a member whose value is outside the value model (NaN
+// or ±Infinity as Python's json.dumps writes them, a string or key holding
+// NUL, nesting deeper than the limit, a number beyond the float64 range), or
+// whose name holds a NUL, is kept as an [Invalid] value in its place, and
+// the other members load. Each member value's nesting counts from the value
+// itself, as for a property stored alone. Input that is not one JSON object
+// is an error.
 func UnmarshalObject(raw []byte) ([]Property, error) {
 	if len(raw) == 0 {
 		return []Property{}, nil
 	}
-	v, err := Unmarshal(raw)
+	d := decoders.Get().(*decoder)
+	d.data, d.pos, d.python = raw, 0, true
+	out, err := d.members()
+	d.reset()
+	decoders.Put(d)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("stored value %.40q: %w", raw, err)
 	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return nil, fmt.Errorf("stored value %.40q is not a JSON object", raw)
-	}
-	out := make([]Property, 0, len(m))
-	for name, val := range m {
-		out = append(out, Property{Name: name, Value: val})
+	if out == nil {
+		out = []Property{}
 	}
 	slices.SortFunc(out, func(a, b Property) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
@@ -206,7 +223,7 @@ func ValidateKey(subject string, k *Key) error {
 		return nil
 	}
 	if !k.Kind.Valid() {
-		return fmt.Errorf("property %q of subject %q: %w: unknown property kind %v", k.Name, subject, ErrInvalidName, k.Kind)
+		return fmt.Errorf("property %q of subject %q: %w: unknown property kind %v", cut(k.Name), subject, ErrInvalidName, k.Kind)
 	}
 	if err := ValidateName("property", k.Name); err != nil {
 		return fmt.Errorf("subject %q: %w", subject, err)
@@ -214,20 +231,38 @@ func ValidateKey(subject string, k *Key) error {
 	return nil
 }
 
-// ValidateName checks a subject or property name: non-empty, valid UTF-8 and
-// free of NUL bytes (which PostgreSQL cannot store). what names the thing in
-// the error ("subject", "property").
+// MaxNameLen is the longest subject, property or event-type name, in bytes,
+// that krules accepts on every path (the API, the HTTP Receiver, the NATS
+// worker, the CLI); a longer one is refused with ErrInvalidName by
+// [ValidateName]. 1 KiB stays well below the smallest limit of a store: a
+// PostgreSQL btree index entry (the subject_name primary key) holds at most
+// about 2.7 KB, a bbolt key 32 KiB; Redis and the memory store have none.
+// Names already stored by another program are loaded whatever their
+// length, but a call naming one is refused.
+const MaxNameLen = 1024
+
+// ValidateName checks a subject, property or event-type name: non-empty, at
+// most [MaxNameLen] bytes, valid UTF-8 and free of NUL bytes (which
+// PostgreSQL cannot store). what names the thing in the error ("subject",
+// "property", "event type"). Errors wrap ErrInvalidName and quote at most
+// the first 64 bytes of the name, followed by "…(N bytes)".
 func ValidateName(what, name string) error {
-	switch {
-	case name == "":
+	if name == "" {
 		return fmt.Errorf("%w: empty %s name", ErrInvalidName, what)
-	case !utf8.ValidString(name):
-		return fmt.Errorf("%w: %s name %q is not valid UTF-8", ErrInvalidName, what, name)
 	}
-	for i := 0; i < len(name); i++ {
-		if name[i] == 0 {
-			return fmt.Errorf("%w: %s name %q contains a NUL byte", ErrInvalidName, what, name)
-		}
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("%w: %s name %q is longer than %d bytes", ErrInvalidName, what, cut(name), MaxNameLen)
+	}
+	return checkChars(what, name)
+}
+
+// checkChars refuses invalid UTF-8 and NUL bytes in a name.
+func checkChars(what, name string) error {
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("%w: %s name %q is not valid UTF-8", ErrInvalidName, what, cut(name))
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return fmt.Errorf("%w: %s name %q contains a NUL byte", ErrInvalidName, what, cut(name))
 	}
 	return nil
 }

@@ -32,6 +32,11 @@
 // [Equal] is the equality used for change detection: deep, and numeric across
 // int64 and float64 (1 equals 1.0). bool and numbers are distinct.
 //
+// Another program may store text outside the model (Python's json.dumps
+// writes NaN and Infinity by default). Loads are tolerant: such a property
+// loads as an [Invalid] value in its place, the others load as usual, and
+// reading it reports an error wrapping [ErrInvalidValue]; see [Invalid].
+//
 // [Marshal] writes the compact JSON text stored by the Redis, PostgreSQL and
 // bolt backends (the layout of Python KRules); [Unmarshal] reads it back into
 // the model.

@@ -1,6 +1,9 @@
 package storage
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors shared by every backend. Backends wrap them with %w and add
 // the subject and property to the message; test them with errors.Is.
@@ -18,8 +21,15 @@ var (
 	// wrong type. Nothing was written.
 	ErrInvalidValue = errors.New("invalid value")
 
-	// ErrInvalidName reports an empty subject or property name, or one that is
-	// not valid UTF-8 or contains a NUL byte. Nothing was written.
+	// ErrOverflow reports an [OpInc] of a stored integer by an integer whose
+	// exact sum is outside the int64 range, on every backend and in every
+	// mode (cached, NoCache, server-side scripts). It wraps ErrInvalidValue.
+	// Nothing was written.
+	ErrOverflow = fmt.Errorf("%w: integer overflow (the sum is outside the int64 range)", ErrInvalidValue)
+
+	// ErrInvalidName reports an empty subject, property or event-type name,
+	// or one that is longer than MaxNameLen bytes, is not valid UTF-8 or
+	// contains a NUL byte. Nothing was written.
 	ErrInvalidName = errors.New("invalid name")
 
 	// ErrClosed reports a call on a backend after Close.

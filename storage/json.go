@@ -50,6 +50,8 @@ func Marshal(v any) ([]byte, error) {
 		}
 	case string:
 		return appendString(make([]byte, 0, len(x)+2), x), nil
+	case Invalid:
+		return nil, invalid("a stored invalid value (storage.Invalid) cannot be written")
 	case []any, map[string]any:
 		e := encoders.Get().(*encoder)
 		ok := e.value(v, 0)
@@ -70,6 +72,9 @@ func Marshal(v any) ([]byte, error) {
 // model, and those the hand-written encoder leaves to it (NaN and ±Inf, for
 // the error; nesting deeper than maxEncodeDepth, for cycle detection).
 func marshalReflect(v any) ([]byte, error) {
+	if holdsInvalid(v, 0) {
+		return nil, invalid("a stored invalid value (storage.Invalid) cannot be written")
+	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
@@ -78,6 +83,31 @@ func marshalReflect(v any) ([]byte, error) {
 	}
 	b := buf.Bytes()
 	return b[:len(b)-1], nil // drop Encode's newline
+}
+
+// holdsInvalid reports whether v holds an Invalid in its lists and objects
+// (down to maxEncodeDepth; deeper, encoding/json reports the cycle).
+func holdsInvalid(v any, depth int) bool {
+	if depth > maxEncodeDepth {
+		return false
+	}
+	switch x := v.(type) {
+	case Invalid:
+		return true
+	case []any:
+		for _, e := range x {
+			if holdsInvalid(e, depth+1) {
+				return true
+			}
+		}
+	case map[string]any:
+		for _, e := range x {
+			if holdsInvalid(e, depth+1) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // maxEncodeDepth is where the hand-written encoder hands over to
@@ -270,17 +300,7 @@ func appendString(dst []byte, s string) []byte {
 // [Normalize] accepts. Unmarshal never retains data; it is safe for
 // concurrent use.
 func Unmarshal(data []byte) (any, error) {
-	var v any
-	var err error
-	if d := (decoder{data: data}); d.skipSpace() < len(data) && (data[d.pos] == '[' || data[d.pos] == '{') {
-		pd := decoders.Get().(*decoder)
-		pd.data, pd.pos = data, d.pos
-		v, err = pd.document()
-		pd.reset()
-		decoders.Put(pd)
-	} else {
-		v, err = d.document()
-	}
+	v, err := unmarshal(data, false)
 	if err != nil {
 		return nil, err
 	}
@@ -288,6 +308,21 @@ func Unmarshal(data []byte) (any, error) {
 		return nil, p.err
 	}
 	return v, nil
+}
+
+// unmarshal reads one JSON document; a value the model refuses comes back
+// as a *poison.
+func unmarshal(data []byte, python bool) (any, error) {
+	if d := (decoder{data: data}); d.skipSpace() < len(data) && (data[d.pos] == '[' || data[d.pos] == '{') {
+		pd := decoders.Get().(*decoder)
+		pd.data, pd.pos, pd.python = data, d.pos, python
+		v, err := pd.document()
+		pd.reset()
+		decoders.Put(pd)
+		return v, err
+	}
+	d := decoder{data: data, python: python}
+	return d.document()
 }
 
 // maxNesting is encoding/json's nesting limit: deeper text is a syntax
@@ -298,10 +333,14 @@ const maxNesting = 10000
 // of the lists and objects being read, so that each gets one allocation of
 // its final size; decoders are pooled.
 type decoder struct {
-	data  []byte
-	pos   int
-	elems []any      // stack of list elements
-	pairs []keyValue // stack of object members
+	data []byte
+	pos  int
+	// python makes NaN, Infinity and -Infinity (which Python's json.dumps
+	// writes by default) values the model refuses instead of syntax errors,
+	// so that a tolerant load can skip them (see UnmarshalObject).
+	python bool
+	elems  []any      // stack of list elements
+	pairs  []keyValue // stack of object members
 }
 
 type keyValue struct {
@@ -313,6 +352,7 @@ var decoders = sync.Pool{New: func() any { return new(decoder) }}
 
 func (d *decoder) reset() {
 	d.data = nil
+	d.python = false
 	clear(d.elems)
 	d.elems = d.elems[:0]
 	clear(d.pairs)
@@ -403,6 +443,17 @@ func (d *decoder) value(depth int) (any, error) {
 		if !d.literal("null") {
 			return nil, d.syntax("in literal null")
 		}
+	case d.python && (c == 'N' || c == 'I' || (c == '-' && d.pos+1 < len(d.data) && d.data[d.pos+1] == 'I')):
+		lit := "NaN"
+		if c == 'I' {
+			lit = "Infinity"
+		} else if c == '-' {
+			lit = "-Infinity"
+		}
+		if !d.literal(lit) {
+			return nil, d.syntax("looking for beginning of value")
+		}
+		return &poison{invalid("%s is not a JSON number", lit)}, nil
 	case c == '-' || (c >= '0' && c <= '9'):
 		var err error
 		if v, err = d.number(); err != nil {
@@ -755,4 +806,70 @@ func hex4(b []byte) (rune, bool) {
 		r = r<<4 | rune(c)
 	}
 	return r, true
+}
+
+// members reads a JSON object member by member (UnmarshalObject). Each
+// member's value is read as a document of its own (nesting counts from the
+// value, as for a property stored alone); one the model refuses becomes an
+// [Invalid] holding the member's text, and so does a member whose name holds
+// a NUL. Of repeated names the last one wins. A syntax error anywhere fails
+// the whole object.
+func (d *decoder) members() ([]Property, error) {
+	if d.skipSpace() == len(d.data) || d.data[d.pos] != '{' {
+		return nil, fmt.Errorf("decode JSON object: %w", d.syntax("looking for beginning of object"))
+	}
+	d.pos++
+	var out []Property
+	var index map[string]int
+	if d.skipSpace() < len(d.data) && d.data[d.pos] == '}' {
+		d.pos++
+	} else {
+		for {
+			if d.skipSpace() == len(d.data) || d.data[d.pos] != '"' {
+				return nil, fmt.Errorf("decode JSON object: %w", d.syntax("looking for beginning of object key string"))
+			}
+			k, nul, err := d.str()
+			if err != nil {
+				return nil, fmt.Errorf("decode JSON object: %w", err)
+			}
+			if d.skipSpace() == len(d.data) || d.data[d.pos] != ':' {
+				return nil, fmt.Errorf("decode JSON object: %w", d.syntax("after object key"))
+			}
+			d.pos++
+			start := d.skipSpace()
+			v, err := d.value(0)
+			if err != nil {
+				return nil, fmt.Errorf("decode JSON object: member %q: %w", cut(k), err)
+			}
+			switch p, bad := v.(*poison); {
+			case bad:
+				v = Invalid{Raw: string(d.data[start:d.pos]), Err: p.err}
+			case nul:
+				v = Invalid{Raw: string(d.data[start:d.pos]), Err: invalid("property name %q contains a NUL byte", cut(k))}
+			}
+			if i, dup := index[k]; dup {
+				out[i].Value = v
+			} else {
+				if index == nil {
+					index = make(map[string]int)
+				}
+				index[k] = len(out)
+				out = append(out, Property{Name: k, Value: v})
+			}
+			if d.skipSpace() == len(d.data) {
+				return nil, fmt.Errorf("decode JSON object: %w", errUnexpectedEnd)
+			}
+			if c := d.data[d.pos]; c == '}' {
+				d.pos++
+				break
+			} else if c != ',' {
+				return nil, fmt.Errorf("decode JSON object: %w", d.syntax("after object key:value pair"))
+			}
+			d.pos++
+		}
+	}
+	if d.skipSpace() < len(d.data) {
+		return nil, fmt.Errorf("decode JSON object: %w", d.syntax("after top-level value"))
+	}
+	return out, nil
 }

@@ -11,7 +11,13 @@ type OpKind uint8
 // Built-in operations. Each applies to the stored value of one property.
 const (
 	// OpInc adds Arg (a number) to the stored number; a missing or null
-	// property counts as 0.
+	// property counts as 0. When the stored value and Arg are both integers
+	// (int64 in the value model) the sum is exact, and one outside the int64
+	// range fails with an error wrapping ErrOverflow (so ErrInvalidValue),
+	// nothing written. When either is a float64 the sum is a float64 (IEEE
+	// arithmetic; PostgreSQL adds exactly in numeric and the result is read
+	// back as the nearest float64); a sum beyond the float64 range fails with
+	// ErrInvalidValue, nothing written.
 	OpInc OpKind = iota + 1
 	// OpAppend appends the elements of Arg ([]any) to the stored array; a
 	// missing or null property counts as the empty array.
@@ -95,6 +101,9 @@ func (o *Op) Apply(old any, exists bool) (any, error) {
 	default:
 		return nil, invalid("unknown operation %v", o.Kind)
 	}
+	if inv, ok := old.(Invalid); ok && exists {
+		return nil, fmt.Errorf("stored value: %w", inv.Err)
+	}
 	if !exists || old == nil {
 		switch o.Kind {
 		case OpInc, OpMax, OpMin:
@@ -136,7 +145,7 @@ func numOp(k OpKind, a, b any) (any, error) {
 			if (s > ai) == (bi > 0) {
 				return s, nil
 			}
-			// overflow: fall back to float arithmetic
+			return nil, fmt.Errorf("inc %d by %d: %w", ai, bi, ErrOverflow)
 		case OpMax:
 			return max(ai, bi), nil
 		case OpMin:

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/krules-go/krules/storage"
@@ -94,10 +95,12 @@ func TestOpApply(t *testing.T) {
 		{name: "inc tenths", kind: storage.OpInc, arg: 0.2, old: 0.1, want: tenth + fifth}, // variables: float64 arithmetic, not exact constants
 		{name: "inc at 2^53", kind: storage.OpInc, arg: 1, old: big - 1, want: big},
 		{name: "inc beyond 2^53 stays exact in int64", kind: storage.OpInc, arg: 1, old: big, want: big + 1},
-		{name: "inc overflow falls back to float", kind: storage.OpInc, arg: 1, old: int64(math.MaxInt64), want: float64(math.MaxInt64) + 1},
-		// -2^63-1 rounds to -2^63 in float64, which is an int64 again: beyond
-		// int64, Inc is as precise as float64 (exactness is promised up to 2^53).
-		{name: "inc negative overflow", kind: storage.OpInc, arg: -1, old: int64(math.MinInt64), want: int64(math.MinInt64)},
+		// An integer sum outside int64 is refused (ErrOverflow), on every backend.
+		{name: "inc overflow", kind: storage.OpInc, arg: 1, old: int64(math.MaxInt64), bad: true},
+		{name: "inc negative overflow", kind: storage.OpInc, arg: -1, old: int64(math.MinInt64), bad: true},
+		{name: "inc overflow by a large arg", kind: storage.OpInc, arg: int64(math.MaxInt64), old: int64(1), bad: true},
+		{name: "inc to int64 max", kind: storage.OpInc, arg: int64(math.MaxInt64 - 1), old: int64(1), want: int64(math.MaxInt64)},
+		{name: "inc int by float beyond int64", kind: storage.OpInc, arg: 1e19, old: int64(math.MaxInt64), want: float64(math.MaxInt64) + 1e19},
 		{name: "inc on float beyond int64", kind: storage.OpInc, arg: 1, old: 1e20, want: 1e20},
 		{name: "inc string", kind: storage.OpInc, arg: 1, old: "1", bad: true},
 		{name: "inc bool", kind: storage.OpInc, arg: 1, old: true, bad: true},
@@ -142,6 +145,9 @@ func TestOpApply(t *testing.T) {
 		if c.bad {
 			if !errors.Is(err, storage.ErrInvalidValue) {
 				t.Errorf("%s: %v(%#v) on %#v = (%#v, %v), want an error wrapping ErrInvalidValue", c.name, c.kind, op.Arg, c.old, got, err)
+			}
+			if overflow := strings.Contains(c.name, "overflow"); errors.Is(err, storage.ErrOverflow) != overflow {
+				t.Errorf("%s: err = %v; wrapping ErrOverflow: %v, want %v", c.name, err, !overflow, overflow)
 			}
 			continue
 		}

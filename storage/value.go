@@ -100,6 +100,8 @@ func normalize(v any, depth int) (any, error) {
 		return normFloat32(x)
 	case json.Number:
 		return parseNumber(string(x))
+	case Invalid:
+		return nil, invalid("a stored invalid value (storage.Invalid) cannot be written")
 	case []any:
 		if x == nil {
 			return nil, nil

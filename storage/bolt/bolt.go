@@ -225,25 +225,16 @@ func corrupt(subject string, err error) error {
 	return fmt.Errorf("bolt: subject %q: %w", subject, err)
 }
 
-func unmarshal(subject, prop string, val []byte) (any, error) {
-	v, err := storage.Unmarshal(val)
-	if err != nil {
-		return nil, fmt.Errorf("bolt: property %q of subject %q: %w", prop, subject, err)
-	}
-	return v, nil
-}
+// unmarshal decodes a stored value tolerantly: text outside the value model
+// becomes a storage.Invalid (see storage.Invalid).
+func unmarshal(val []byte) any { return storage.UnmarshalProperty(val) }
 
-func props(subject string, es []entry) ([]storage.Property, error) {
+func props(es []entry) []storage.Property {
 	out := make([]storage.Property, len(es))
 	for i, e := range es {
-		name := string(e.name)
-		v, err := unmarshal(subject, name, e.val)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = storage.Property{Name: name, Value: v}
+		out[i] = storage.LoadedProperty(string(e.name), e.val)
 	}
-	return out, nil
+	return out
 }
 
 // Load implements storage.Backend: one read transaction, one key.
@@ -257,11 +248,8 @@ func (b *Backend) Load(ctx context.Context, subject string) (storage.Snapshot, e
 		if err != nil {
 			return corrupt(subject, err)
 		}
-		if snap.Props, err = props(subject, r.sets[0]); err != nil {
-			return err
-		}
-		snap.Ext, err = props(subject, r.sets[1])
-		return err
+		snap.Props, snap.Ext = props(r.sets[0]), props(r.sets[1])
+		return nil
 	})
 	if err != nil {
 		return storage.Snapshot{}, err
@@ -280,8 +268,8 @@ func (b *Backend) ExtProps(ctx context.Context, subject string) ([]storage.Prope
 		if err != nil {
 			return corrupt(subject, err)
 		}
-		out, err = props(subject, r.sets[1])
-		return err
+		out = props(r.sets[1])
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -312,8 +300,10 @@ func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, 
 		if i < 0 {
 			return notFound(subject, k)
 		}
-		v, err = unmarshal(subject, k.Name, r.sets[s][i].val)
-		return err
+		if v, err = storage.StoredValue(unmarshal(r.sets[s][i].val)); err != nil {
+			return fmt.Errorf("bolt: %s property %q of subject %q: %w", k.Kind, k.Name, subject, err)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -352,9 +342,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		i := r.find(s, k.Name)
 		var old any
 		if i >= 0 {
-			if old, err = unmarshal(subject, k.Name, r.sets[s][i].val); err != nil {
-				return err
-			}
+			old = unmarshal(r.sets[s][i].val)
 		}
 		enc := plain
 		nv := m.Value
@@ -407,9 +395,7 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 		if i < 0 {
 			return notFound(subject, k)
 		}
-		if old, err = unmarshal(subject, k.Name, r.sets[s][i].val); err != nil {
-			return err
-		}
+		old = unmarshal(r.sets[s][i].val)
 		r.del(s, k.Name)
 		if err := bk.Put(key, r.encode()); err != nil {
 			return fmt.Errorf("bolt: delete %q of subject %q: %w", k.Name, subject, err)

@@ -16,13 +16,21 @@ import (
 // machine. Durability keeps its own fsync'd tests (TestRestartInNewProcess,
 // TestSIGKILLMidStoreLoop, TestDurableConcurrentIncrements).
 func TestConformance(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
-		b, err := bolt.Open(filepath.Join(t.TempDir(), "conformance.db"), bolt.Config{NoSync: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close() })
-		return b
+	storagetest.RunConfig(t, storagetest.Config{
+		New: func(t *testing.T) storage.Backend {
+			b, err := bolt.Open(filepath.Join(t.TempDir(), "conformance.db"), bolt.Config{NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { b.Close() })
+			return b
+		},
+		RawPut: func(t *testing.T, b storage.Backend, subject string, k storage.Key, raw string) bool {
+			if err := bolt.RawPut(b.(*bolt.Backend), subject, k, raw); err != nil {
+				t.Fatal(err)
+			}
+			return true
+		},
 	})
 }
 

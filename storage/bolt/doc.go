@@ -67,7 +67,8 @@
 //     Config.NoSync when losing the last writes on an OS crash is acceptable.
 //   - An update function runs while the database's write lock is held; keep
 //     it short and never call the backend from inside it.
-//   - Subject names are limited to 32 KiB (bbolt's key size limit).
+//   - Subject and property names are limited to storage.MaxNameLen (1 KiB),
+//     as on every backend (bbolt itself allows keys up to 32 KiB).
 //   - The file never shrinks: space freed by deletes is reused, not returned
 //     to the OS (use `bbolt compact` offline).
 package bolt

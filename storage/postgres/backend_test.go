@@ -454,7 +454,7 @@ func TestOpsInSQL(t *testing.T) {
 		{"inc-int", []step{{mustOp(t, storage.OpInc, 5), int64(5), nil}, {mustOp(t, storage.OpInc, -7), int64(-2), int64(5)}}},
 		{"inc-float-to-int", []step{{mustOp(t, storage.OpInc, 1.5), 1.5, nil}, {mustOp(t, storage.OpInc, 1.5), int64(3), 1.5}}},
 		{"inc-beyond-2^53", []step{{storage.Mutation{Value: int64(1) << 62}, int64(1) << 62, nil}, {mustOp(t, storage.OpInc, 1), int64(1)<<62 + 1, int64(1) << 62}}},
-		{"inc-overflow-to-float", []step{{storage.Mutation{Value: int64(math.MaxInt64)}, int64(math.MaxInt64), nil}, {mustOp(t, storage.OpInc, 1), float64(math.MaxInt64) + 1, int64(math.MaxInt64)}}},
+		{"inc-int-by-float-beyond-int64", []step{{storage.Mutation{Value: int64(math.MaxInt64)}, int64(math.MaxInt64), nil}, {mustOp(t, storage.OpInc, 1e19), float64(math.MaxInt64) + 1e19, int64(math.MaxInt64)}}},
 		{"inc-null", []step{{storage.Mutation{Value: nil}, nil, nil}, {mustOp(t, storage.OpInc, 2), int64(2), nil}}},
 		{"max", []step{{mustOp(t, storage.OpMax, 3), int64(3), nil}, {mustOp(t, storage.OpMax, 2.5), int64(3), int64(3)}, {mustOp(t, storage.OpMax, 7.5), 7.5, int64(3)}}},
 		{"min", []step{{mustOp(t, storage.OpMin, 3), int64(3), nil}, {mustOp(t, storage.OpMin, 4), int64(3), int64(3)}, {mustOp(t, storage.OpMin, -1.25), -1.25, int64(3)}}},
@@ -484,6 +484,8 @@ func TestOpsInSQL(t *testing.T) {
 		{true, mustOp(t, storage.OpInc, 1)},
 		{int64(4), mustOp(t, storage.OpAppend, []any{int64(1)})},
 		{"x", mustOp(t, storage.OpAppend, []any{int64(1)})},
+		{int64(math.MaxInt64), mustOp(t, storage.OpInc, 1)},
+		{int64(math.MinInt64), mustOp(t, storage.OpInc, -1)},
 	} {
 		if _, _, err := b.Set(ctx, "wrong", ekey("v"), storage.Mutation{Value: c.stored}); err != nil {
 			t.Fatal(err)

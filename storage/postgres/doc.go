@@ -63,7 +63,10 @@
 //     value in SQL (numeric arithmetic: integers stay exact beyond 2^53),
 //     writes it and returns the old value. No lock is held across Go code.
 //     A stored value of the wrong type (Inc of a string) is refused with
-//     [storage.ErrInvalidValue] and nothing is written.
+//     [storage.ErrInvalidValue], an integer Inc whose sum leaves the int64
+//     range with [storage.ErrOverflow]; nothing is written. A stored list
+//     with more than 512 brackets is appended to in an update transaction
+//     (it may nest deeper than the value model allows).
 //   - Set with an update function runs it inside a READ COMMITTED
 //     transaction that creates the row if missing and then locks it, so
 //     concurrent updaters never lose an update, not even on the subject's

@@ -67,15 +67,13 @@ func notFound(subject, prop string) error {
 }
 
 // decode turns JSONB text into the value model; nil (SQL NULL) is missing.
+// Text outside the model becomes a storage.Invalid (tolerant loads); it never
+// fails.
 func decode(raw []byte) (v any, exists bool, err error) {
 	if raw == nil {
 		return nil, false, nil
 	}
-	v, err = storage.Unmarshal(raw)
-	if err != nil {
-		return nil, false, err
-	}
-	return v, true, nil
+	return storage.UnmarshalProperty(raw), true, nil
 }
 
 // decodeObject turns a JSONB object into properties sorted by name.
@@ -138,12 +136,12 @@ func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, 
 	if err != nil {
 		return nil, wrap(ctx, "get", subject, k.Name, err)
 	}
-	v, exists, err := decode(raw)
-	if err != nil {
-		return nil, wrap(ctx, "get", subject, k.Name, err)
-	}
+	v, exists, _ := decode(raw)
 	if !exists {
 		return nil, notFound(subject, k.Name)
+	}
+	if v, err = storage.StoredValue(v); err != nil {
+		return nil, fmt.Errorf("postgres: get property %q of subject %q: %w", k.Name, subject, err)
 	}
 	return v, nil
 }
@@ -275,7 +273,8 @@ func (o *objectWriter) bytes() []byte {
 // new value in PostgreSQL (numeric arithmetic, so integers stay exact far
 // beyond 2^53), writes it, and returns the old value; no lock is held across
 // Go code. A stored value of the wrong type for an operation yields an error
-// wrapping [storage.ErrInvalidValue] and nothing is written.
+// wrapping [storage.ErrInvalidValue], an integer Inc whose sum leaves the
+// int64 range one wrapping [storage.ErrOverflow]; nothing is written.
 //
 // An update function ([storage.Mutation].Func) runs in a READ COMMITTED
 // transaction that first creates the row if it is missing (INSERT ... ON
@@ -379,6 +378,10 @@ func (b *Backend) setStatement(ctx context.Context, subject string, k storage.Ke
 				// The stored value has the wrong type (the statement's
 				// condition and Op.Apply agree on the types).
 				return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
+			}
+			if op.Kind == storage.OpAppend && oldRaw != nil {
+				// A list the statement leaves to Go (see arrOK).
+				return b.setFunc(ctx, subject, k, storage.Mutation{Op: op})
 			}
 		}
 		return nil, nil, errRetry

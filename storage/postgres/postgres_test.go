@@ -1,8 +1,11 @@
 package postgres_test
 
 import (
+	"errors"
 	"os"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
@@ -13,9 +16,12 @@ import (
 // TestConformance runs the storage conformance suite, each subtest on a
 // table of its own.
 func TestConformance(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
-		b, _ := newBackend(t)
-		return b
+	storagetest.RunConfig(t, storagetest.Config{
+		New: func(t *testing.T) storage.Backend {
+			b, _ := newBackend(t)
+			return b
+		},
+		RawPut: rawPut,
 	})
 }
 
@@ -46,4 +52,26 @@ func TestContention(t *testing.T) {
 			return b
 		},
 	})
+}
+
+// rawPut plants a property's JSON text as another writer (Python KRules)
+// would: merged into the JSONB column. JSONB itself refuses NaN, ±Infinity
+// and \u0000 (22P02, 22P05): then it reports false.
+func rawPut(t *testing.T, b storage.Backend, subject string, k storage.Key, raw string) bool {
+	pb := b.(*postgres.Backend)
+	col, other := "properties", "ext_properties"
+	if k.Kind == storage.Extended {
+		col, other = other, col
+	}
+	_, err := pb.Pool().Exec(t.Context(), `INSERT INTO `+pb.Table()+` AS s (subject_name, `+col+`, `+other+`)
+		VALUES ($1::text, jsonb_build_object($2::text, $3::jsonb), '{}')
+		ON CONFLICT (subject_name) DO UPDATE SET `+col+` = s.`+col+` || EXCLUDED.`+col, subject, k.Name, raw)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "22P02" || pe.Code == "22P05") {
+		return false
+	}
+	if err != nil {
+		t.Fatalf("raw put %q: %v", raw, err)
+	}
+	return true
 }

@@ -61,12 +61,29 @@ const (
 	maxExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN ` + isNum + ` THEN (CASE WHEN v::numeric >= ` + argNum + ` THEN v ELSE ` + arg + ` END) END`
 	minExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN ` + isNum + ` THEN (CASE WHEN v::numeric <= ` + argNum + ` THEN v ELSE ` + arg + ` END) END`
 	appExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN jsonb_typeof(v) = 'array' THEN v || ` + arg + ` END`
-	numOK   = `(` + absent + ` OR ` + isNum + `)`
+	// numOK refuses a stored number beyond the float64 range (numeric holds
+	// it; Go loads it as a storage.Invalid): nothing is written.
+	numOK = `(` + absent + ` OR (` + isNum + ` AND abs(v::numeric) <= 1.7976931348623157e308))`
+	// arrOK leaves a stored list with more than 512 brackets to Go (it may
+	// nest deeper than the value model allows): nothing is written, and
+	// setStatement appends in a transaction instead.
+	arrOK = `(` + absent + ` OR (jsonb_typeof(v) = 'array' AND length(v::text) - length(replace(replace(v::text, '[', ''), '{', '')) <= 512))`
+)
+
+// incOK is the condition of Inc (see setTemplate's {OK}).
+const (
+	int64V   = `(v::numeric = trunc(v::numeric) AND v::numeric BETWEEN -9223372036854775808 AND 9223372036854775807)`
+	int64Arg = `(` + argNum + ` = trunc(` + argNum + `) AND ` + argNum + ` BETWEEN -9223372036854775808 AND 9223372036854775807)`
+	sumNum   = `(v::numeric + ` + argNum + `)`
+	int64Sum = `(` + sumNum + ` = trunc(` + sumNum + `) AND ` + sumNum + ` BETWEEN -9223372036854775808 AND 9223372036854775807)`
 	// incOK also refuses a sum beyond float64 (numeric has no such limit, but
 	// every reader decodes numbers as float64): nothing is written, and
 	// Op.Apply then reports ErrInvalidValue as on every other backend.
-	incOK = `(` + absent + ` OR (` + isNum + ` AND abs(v::numeric + ` + argNum + `) <= 1.7976931348623157e308))`
-	arrOK = `(` + absent + ` OR jsonb_typeof(v) = 'array')`
+	//
+	// It also refuses an integer sum of two integers outside the int64 range
+	// (Op.Apply reports storage.ErrOverflow), as every backend does.
+	incOK = `(` + absent + ` OR (` + isNum + ` AND abs(v::numeric + ` + argNum + `) <= 1.7976931348623157e308 AND NOT (` +
+		int64V + ` AND ` + int64Arg + ` AND NOT ` + int64Sum + `)))`
 )
 
 // delTemplate removes one property in one statement and returns its old

@@ -11,8 +11,16 @@ import (
 
 func TestConformance(t *testing.T) {
 	testenv.RedisURL(t)
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
-		return open(t, redis.Config{})
+	storagetest.RunConfig(t, storagetest.Config{
+		New: func(t *testing.T) storage.Backend { return open(t, redis.Config{}) },
+		// Plants the text as Python KRules writes it: HSET of the field.
+		RawPut: func(t *testing.T, b storage.Backend, subject string, k storage.Key, raw string) bool {
+			rb := b.(*redis.Backend)
+			if err := rb.Client().HSet(t.Context(), rb.Key(subject), string(rune(k.Kind))+k.Name, raw).Err(); err != nil {
+				t.Fatal(err)
+			}
+			return true
+		},
 	})
 }
 

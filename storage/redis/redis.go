@@ -94,6 +94,8 @@ var (
 )
 
 // New returns a Backend on a client the caller owns: Close does not close it.
+// Unless [SetLogger] was called, the first New or Open keeps go-redis's own
+// log lines off stderr (see SetLogger).
 // Any go-redis client works (Client, ClusterClient, Ring, FailoverClient).
 //
 // Enable ContextTimeoutEnabled in the client's options so that a context
@@ -101,6 +103,7 @@ var (
 // read and write timeouts (3s by default) and ignores the deadline while
 // blocked on a socket.
 func New(client goredis.UniversalClient, cfg Config) *Backend {
+	installDefaultLogger()
 	return &Backend{client: client, cfg: cfg.withDefaults()}
 }
 
@@ -114,6 +117,7 @@ func Open(ctx context.Context, url string, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("redis: open: %w", err)
 	}
 	opts.ContextTimeoutEnabled = true
+	installDefaultLogger() // before the first dial
 	client := goredis.NewClient(opts)
 	if err := client.Ping(ctx).Err(); err != nil {
 		client.Close()
@@ -175,14 +179,9 @@ func propErr(op, subject string, k storage.Key, err error) error {
 }
 
 // decode reads a stored value (storage.Marshal's text, or Python KRules'
-// json.dumps text) into the value model.
-func decode(text string) (any, error) {
-	v, err := storage.Unmarshal([]byte(text))
-	if err != nil {
-		return nil, fmt.Errorf("stored value %.60q: %w", text, err)
-	}
-	return v, nil
-}
+// json.dumps text) into the value model. Text outside the model becomes a
+// storage.Invalid (tolerant loads, see storage.Invalid); it never fails.
+func decode(text string) any { return storage.UnmarshalProperty([]byte(text)) }
 
 // Load implements storage.Backend with one HGETALL. Redis keeps no insertion
 // order for large hashes, so properties come sorted by name. Fields that are
@@ -204,11 +203,7 @@ func (b *Backend) Load(ctx context.Context, subject string) (storage.Snapshot, e
 		if !kind.Valid() || name == "" {
 			continue // not a property field of this layout
 		}
-		v, err := decode(text)
-		if err != nil {
-			return storage.Snapshot{}, propErr("load", subject, storage.Key{Kind: kind, Name: name}, err)
-		}
-		p := storage.Property{Name: name, Value: v}
+		p := storage.LoadedProperty(name, []byte(text))
 		if kind == storage.Default {
 			snap.Props = append(snap.Props, p)
 		} else {
@@ -289,7 +284,7 @@ func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, 
 		}
 		return nil, propErr("get", subject, k, err)
 	}
-	v, err := decode(text)
+	v, err := storage.StoredValue(decode(text))
 	if err != nil {
 		return nil, propErr("get", subject, k, err)
 	}
@@ -311,11 +306,7 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 		return nil, propErr("delete", subject, k, err)
 	}
 	text, _ := res.(string)
-	old, err := decode(text)
-	if err != nil {
-		return nil, propErr("delete", subject, k, err)
-	}
-	return old, nil
+	return decode(text), nil
 }
 
 // Flush implements storage.Backend with one DEL.
@@ -345,12 +336,7 @@ func (b *Backend) ExtProps(ctx context.Context, subject string) ([]storage.Prope
 	for i := 0; i+1 < len(flat); i += 2 {
 		f, _ := flat[i].(string)
 		text, _ := flat[i+1].(string)
-		name := strings.TrimPrefix(f, "e")
-		v, err := decode(text)
-		if err != nil {
-			return nil, propErr("read", subject, storage.Key{Kind: storage.Extended, Name: name}, err)
-		}
-		out = append(out, storage.Property{Name: name, Value: v})
+		out = append(out, storage.LoadedProperty(strings.TrimPrefix(f, "e"), []byte(text)))
 	}
 	sortProps(out)
 	return out, nil
@@ -368,7 +354,8 @@ func (b *Backend) Capabilities() storage.Capabilities {
 //     value atomically.
 //   - A built-in operation (Inc, Append, Max, Min) runs in one script call
 //     on the server, without retries. Integer Inc is exact over the whole
-//     int64 range (HINCRBY), Max and Min of integers compare exactly, other
+//     int64 range (HINCRBY); a sum outside it fails with storage.ErrOverflow,
+//     nothing written; Max and Min of integers compare exactly, other
 //     arithmetic uses IEEE doubles (integers exact up to 2^53). A stored
 //     value of the wrong type gives an error wrapping storage.ErrInvalidValue.
 //   - An update function runs optimistically: read the field, call the
@@ -407,10 +394,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	}
 	var old any
 	if s, ok := res.(string); ok {
-		if old, err = decode(s); err != nil {
-			// The new value is written; only the old one is unreadable.
-			return m.Value, nil, propErr("set", subject, k, err)
-		}
+		old = decode(s)
 	}
 	return m.Value, old, nil
 }
@@ -451,6 +435,16 @@ func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *
 		}
 		return nil, nil, propErr(op.Kind.String(), subject, k,
 			fmt.Errorf("%w: stored value is %s, not a %s", storage.ErrInvalidValue, what, want))
+	case "check":
+		return b.update(ctx, subject, k, storage.Mutation{Op: op})
+	case "invalid":
+		what := ""
+		if len(reply) > 1 {
+			what, _ = reply[1].(string)
+		}
+		return nil, nil, propErr(op.Kind.String(), subject, k, fmt.Errorf("%w: stored value is %s", storage.ErrInvalidValue, what))
+	case "overflow":
+		return nil, nil, propErr(op.Kind.String(), subject, k, storage.ErrOverflow)
 	case "range":
 		return nil, nil, propErr(op.Kind.String(), subject, k, fmt.Errorf("%w: result out of the float64 range", storage.ErrInvalidValue))
 	default:
@@ -461,15 +455,13 @@ func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *
 	if len(reply) > 1 {
 		if s, ok := reply[1].(string); ok {
 			exists = true
-			if old, err = decode(s); err != nil {
-				return nil, nil, propErr(op.Kind.String(), subject, k, err)
-			}
+			old = decode(s)
 		}
 	}
 	var nv any
 	if len(reply) > 2 {
 		s, _ := reply[2].(string)
-		nv, err = decode(s)
+		nv, err = storage.StoredValue(decode(s))
 	} else {
 		// append: the server spliced the texts; compute the same list here.
 		nv, err = op.Apply(storage.Clone(old), exists)
@@ -582,9 +574,7 @@ func (b *Backend) read(ctx context.Context, key, f string) (string, bool, error)
 // encodes the result.
 func apply(m storage.Mutation, cur string, exists bool) (old, nv any, text string, err error) {
 	if exists {
-		if old, err = decode(cur); err != nil {
-			return nil, nil, "", err
-		}
+		old = decode(cur)
 	}
 	nv, err = m.Apply(storage.Clone(old), exists)
 	if err != nil {

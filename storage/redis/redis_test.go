@@ -296,6 +296,7 @@ func TestOps(t *testing.T) {
 		{"inc to 2^53", maxSafe - 1, false, op(storage.OpInc, 1)},
 		{"inc past 2^53", maxSafe, false, op(storage.OpInc, 1)},
 		{"inc near int64 max", int64(math.MaxInt64 - 10), false, op(storage.OpInc, 10)},
+		{"inc int by float beyond int64", int64(math.MaxInt64), false, op(storage.OpInc, 1e19)},
 		{"inc int64 overflow", int64(math.MaxInt64), false, op(storage.OpInc, 1)},
 		{"inc negative overflow", int64(math.MinInt64), false, op(storage.OpInc, -1)},
 		{"inc big float", 1e300, false, op(storage.OpInc, 1e300)},
@@ -327,8 +328,16 @@ func TestOps(t *testing.T) {
 			}
 			wantNew, wantOld, wantErr := ref.Set(ctx, subject, P("v"), storage.Mutation{Op: c.op})
 			gotNew, gotOld, err := b.Set(ctx, subject, P("v"), storage.Mutation{Op: c.op})
-			if (err != nil) != (wantErr != nil) {
+			if (err != nil) != (wantErr != nil) || errors.Is(err, storage.ErrOverflow) != errors.Is(wantErr, storage.ErrOverflow) {
 				t.Fatalf("err = %v, reference err = %v", err, wantErr)
+			}
+			if err != nil { // refused: nothing written
+				stored, gerr := b.Get(ctx, subject, P("v"))
+				if gerr != nil {
+					t.Fatal(gerr)
+				}
+				sameValue(t, "stored after the refused op", stored, c.initial)
+				return
 			}
 			sameValue(t, "new", gotNew, wantNew)
 			sameValue(t, "old", gotOld, wantOld)

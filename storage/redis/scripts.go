@@ -111,7 +111,14 @@ return out
 // Reply: {'ok', old, new} where old is nil for a missing property and new is
 // the stored text (nil for 'append', whose result the caller computes from
 // old), or {'type', description} when the stored value has the wrong type
-// (nothing written), or {'range', x} when a float result overflows.
+// (nothing written), {'invalid', description} when the stored number is
+// outside the value model (beyond the float64 range: nothing written), or
+// {'range', x} when a float result overflows, {'overflow'} when an
+// integer sum leaves the int64 range (nothing written), or {'check'} when an
+// append's stored text holds 'N', 'I', the escape of NUL or more than 512
+// brackets, so that it may be outside the value model (NaN, Infinity, NUL,
+// nesting too deep): nothing is written, and the caller appends with read
+// and compare-and-set, which refuses such a value.
 //
 // Numbers are handled as text: integer + integer goes through HINCRBY, exact
 // over the whole int64 range; max and min of two integers compare the
@@ -139,6 +146,12 @@ end
 
 if op == 'append' then
   if string.sub(cur, 1, 1) ~= '[' then return {'type', kind(cur)} end
+  -- NaN, Infinity, a NUL or nesting deeper than 512 may be in the stored
+  -- list (text another program wrote): the caller decides in Go instead
+  if string.find(cur, '[NI]') or string.find(cur, '\\u0000', 1, true)
+    or select(2, string.gsub(cur, '[%[{]', '')) > 512 then
+    return {'check'}
+  end
   if arg == '[]' then return {'ok', cur} end
   local new
   if string.find(cur, '^%[%s*%]%s*$') then
@@ -156,6 +169,10 @@ local function isint(s) return string.find(s, '^%-?%d+$') ~= nil end
 if not string.find(cur, '^%-?%d') or not tonumber(cur) then
   return {'type', kind(cur)}
 end
+local n = tonumber(cur)
+if n == math.huge or n == -math.huge then
+  return {'invalid', 'a number beyond the float64 range'}
+end
 
 if op == 'inc' then
   if isint(cur) and isint(arg) then
@@ -163,7 +180,9 @@ if op == 'inc' then
     if type(r) == 'number' then
       return {'ok', cur, redis.call('HGET', key, field)}
     end
-    -- not an int64 (or overflow): fall back to double arithmetic
+    -- both int64 and the sum is not: refused, nothing written
+    if string.find(r.err, 'overflow', 1, true) then return {'overflow'} end
+    -- not an int64: fall back to double arithmetic
   end
   local x = tonumber(cur) + tonumber(arg)
   if x ~= x or x == math.huge or x == -math.huge then return {'range', ''} end

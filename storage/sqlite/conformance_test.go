@@ -2,8 +2,10 @@ package sqlite_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/krules-go/krules/internal/testenv"
@@ -25,8 +27,11 @@ func open(t testing.TB, path string, cfg sqlite.Config) *sqlite.Backend {
 
 // TestConformance runs the storage contract on a fresh file per subtest.
 func TestConformance(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
-		return open(t, filepath.Join(t.TempDir(), "conformance.db"), sqlite.Config{})
+	storagetest.RunConfig(t, storagetest.Config{
+		New: func(t *testing.T) storage.Backend {
+			return open(t, filepath.Join(t.TempDir(), "conformance.db"), sqlite.Config{})
+		},
+		RawPut: rawPut,
 	})
 }
 
@@ -54,4 +59,34 @@ func TestContention(t *testing.T) {
 			return open(t, filepath.Join(dir, namespace+".db"), sqlite.Config{})
 		},
 	})
+}
+
+// rawPut plants a property's JSON text as another writer could: spliced
+// into the row's JSON column text as is (SQLite's JSON functions would
+// rewrite NaN and Infinity).
+func rawPut(t *testing.T, b storage.Backend, subject string, k storage.Key, raw string) bool {
+	db := b.(*sqlite.Backend).DB()
+	col := "properties"
+	if k.Kind == storage.Extended {
+		col = "ext_properties"
+	}
+	ctx := t.Context()
+	if _, err := db.ExecContext(ctx, `INSERT INTO subjects (subject_name) VALUES (?1) ON CONFLICT (subject_name) DO NOTHING`, subject); err != nil {
+		t.Fatal(err)
+	}
+	var cur string
+	if err := db.QueryRowContext(ctx, `SELECT `+col+` FROM subjects WHERE subject_name = ?1`, subject).Scan(&cur); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := json.Marshal(k.Name)
+	i := strings.IndexByte(cur, '{') + 1
+	sep := ","
+	if strings.HasPrefix(strings.TrimSpace(cur[i:]), "}") {
+		sep = ""
+	}
+	text := cur[:i] + string(key) + ":" + raw + sep + cur[i:]
+	if _, err := db.ExecContext(ctx, `UPDATE subjects SET `+col+` = ?2 WHERE subject_name = ?1`, subject, text); err != nil {
+		t.Fatal(err)
+	}
+	return true
 }

@@ -14,20 +14,139 @@ import (
 // colQueries are the statements on one JSON column (properties or
 // ext_properties). Parameters: ?1 subject, ?2 JSON path of the property
 // (see jsonPath), ?3 the value's JSON text, ?4 the property name.
+//
+// SQLite's JSON functions read JSON5 too, and rewrite what is not RFC 8259
+// JSON (NaN becomes null, Infinity 9e999) in every value of the column they
+// touch. A column holding such text, written by another program, is
+// therefore never given to them: get returns the whole column instead of the
+// property when the column is not RFC 8259 JSON (json_valid), put and remove
+// change nothing then, and the property is found or written in Go instead
+// (see lookup and rewrite), which keeps the other values' text.
 type colQueries struct {
-	get    string // ?1, ?2
-	put    string // ?1 subject, ?2 path, ?3 value, ?4 name
-	remove string // ?1, ?2
+	get     string // ?1, ?2 -> json_valid(column), the property's text (or the whole column)
+	put     string // ?1 subject, ?2 path, ?3 value, ?4 name
+	remove  string // ?1, ?2
+	raw     string // ?1 -> the column's text
+	replace string // ?1, ?2 the column's new text
 }
 
 func buildColQueries(table, col string) colQueries {
 	r := strings.NewReplacer("{T}", table, "{C}", col)
 	return colQueries{
-		get: r.Replace(`SELECT {C} -> ?2 FROM {T} WHERE subject_name = ?1`),
+		get: r.Replace(`SELECT json_valid({C}), CASE WHEN json_valid({C}) THEN {C} -> ?2 ELSE {C} END FROM {T} WHERE subject_name = ?1`),
 		put: r.Replace(`INSERT INTO {T} (subject_name, {C}) VALUES (?1, json_object(?4, json(?3)))
-	ON CONFLICT (subject_name) DO UPDATE SET {C} = json_set({C}, ?2, json(?3)), updated_at = CURRENT_TIMESTAMP`),
-		remove: r.Replace(`UPDATE {T} SET {C} = json_remove({C}, ?2), updated_at = CURRENT_TIMESTAMP WHERE subject_name = ?1`),
+	ON CONFLICT (subject_name) DO UPDATE SET {C} = json_set({C}, ?2, json(?3)), updated_at = CURRENT_TIMESTAMP
+	WHERE json_valid({C})`),
+		remove:  r.Replace(`UPDATE {T} SET {C} = json_remove({C}, ?2), updated_at = CURRENT_TIMESTAMP WHERE subject_name = ?1 AND json_valid({C})`),
+		raw:     r.Replace(`SELECT {C} FROM {T} WHERE subject_name = ?1`),
+		replace: r.Replace(`UPDATE {T} SET {C} = ?2, updated_at = CURRENT_TIMESTAMP WHERE subject_name = ?1`),
 	}
+}
+
+// querier is a *sql.DB or a *sql.Tx.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// lookup reads one property (exists false when missing). Its value is
+// decoded tolerantly (a storage.Invalid for text outside the value model).
+func lookup(ctx context.Context, db querier, q *colQueries, subject, name string) (v any, exists bool, err error) {
+	var valid int64
+	var text sql.NullString
+	err = db.QueryRowContext(ctx, q.get, subject, jsonPath(name)).Scan(&valid, &text)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if valid != 0 {
+		return decode(text)
+	}
+	props, err := storage.UnmarshalObject([]byte(text.String))
+	if err != nil {
+		return nil, false, err
+	}
+	for _, p := range props {
+		if p.Name == name {
+			return p.Value, true, nil
+		}
+	}
+	return nil, false, nil
+}
+
+// putProp writes one property's JSON text in the transaction.
+func putProp(ctx context.Context, tx *sql.Tx, q *colQueries, subject, name, text string) error {
+	res, err := tx.ExecContext(ctx, q.put, subject, jsonPath(name), text, name)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n > 0 {
+		return err
+	}
+	return rewrite(ctx, tx, q, subject, name, &text) // the column is not RFC 8259 JSON
+}
+
+// removeProp removes one property in the transaction (a missing one is
+// ignored).
+func removeProp(ctx context.Context, tx *sql.Tx, q *colQueries, subject, name string) error {
+	res, err := tx.ExecContext(ctx, q.remove, subject, jsonPath(name))
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n > 0 {
+		return err
+	}
+	return rewrite(ctx, tx, q, subject, name, nil) // no row, or not RFC 8259 JSON
+}
+
+// rewrite writes the column anew with property name set to *text (removed
+// when text is nil), in Go: every other value keeps its meaning, and a value
+// outside the value model keeps its stored text.
+func rewrite(ctx context.Context, tx *sql.Tx, q *colQueries, subject, name string, text *string) error {
+	var col string
+	err := tx.QueryRowContext(ctx, q.raw, subject).Scan(&col)
+	if errors.Is(err, sql.ErrNoRows) && text == nil {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	props, err := storage.UnmarshalObject([]byte(col))
+	if err != nil {
+		return err
+	}
+	out := make([]byte, 0, len(col)+64)
+	out = append(out, '{')
+	member := func(k string, v []byte) {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		key, _ := storage.Marshal(k) // a string always encodes
+		out = append(out, key...)
+		out = append(out, ':')
+		out = append(out, v...)
+	}
+	for _, p := range props {
+		if p.Name == name {
+			continue
+		}
+		if inv, ok := p.Value.(storage.Invalid); ok {
+			member(p.Name, []byte(inv.Raw))
+			continue
+		}
+		enc, err := storage.Marshal(p.Value)
+		if err != nil {
+			return err
+		}
+		member(p.Name, enc)
+	}
+	if text != nil {
+		member(name, []byte(*text))
+	}
+	out = append(out, '}')
+	_, err = tx.ExecContext(ctx, q.replace, subject, string(out))
+	return err
 }
 
 // tableQueries are the statements on whole rows.
@@ -104,16 +223,13 @@ func notFound(subject, prop string) error {
 }
 
 // decode turns a property's JSON text into the value model; an invalid
-// NullString (SQL NULL) is a missing property.
+// NullString (SQL NULL) is a missing property. Text outside the model
+// becomes a storage.Invalid (tolerant loads); it never fails.
 func decode(raw sql.NullString) (v any, exists bool, err error) {
 	if !raw.Valid {
 		return nil, false, nil
 	}
-	v, err = storage.Unmarshal([]byte(raw.String))
-	if err != nil {
-		return nil, false, err
-	}
-	return v, true, nil
+	return storage.UnmarshalProperty([]byte(raw.String)), true, nil
 }
 
 // decodeObject turns a JSON column into properties sorted by name.
@@ -170,32 +286,17 @@ func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, 
 	if err := b.check(subject, &k); err != nil {
 		return nil, err
 	}
-	var raw sql.NullString
-	err := b.db.QueryRowContext(ctx, b.queries(k.Kind).get, subject, jsonPath(k.Name)).Scan(&raw)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, notFound(subject, k.Name)
-	}
-	if err != nil {
-		return nil, wrap("get", subject, k.Name, err)
-	}
-	v, exists, err := decode(raw)
+	v, exists, err := lookup(ctx, b.db, b.queries(k.Kind), subject, k.Name)
 	if err != nil {
 		return nil, wrap("get", subject, k.Name, err)
 	}
 	if !exists {
 		return nil, notFound(subject, k.Name)
 	}
-	return v, nil
-}
-
-// readOld reads one property inside a write transaction.
-func readOld(ctx context.Context, tx *sql.Tx, q *colQueries, subject, path string) (sql.NullString, error) {
-	var raw sql.NullString
-	err := tx.QueryRowContext(ctx, q.get, subject, path).Scan(&raw)
-	if errors.Is(err, sql.ErrNoRows) {
-		return sql.NullString{}, nil
+	if v, err = storage.StoredValue(v); err != nil {
+		return nil, wrap("get", subject, k.Name, err)
 	}
-	return raw, err
+	return v, nil
 }
 
 // Set implements [storage.Backend]. Every Set is one IMMEDIATE transaction
@@ -222,16 +323,10 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		data = string(text)
 	}
 	q := b.queries(k.Kind)
-	path := jsonPath(k.Name)
 	var applyErr error
 	err = b.write(ctx, func(tx *sql.Tx) error {
-		raw, err := readOld(ctx, tx, q, subject, path)
+		old, exists, err := lookup(ctx, tx, q, subject, k.Name)
 		if err != nil {
-			return err
-		}
-		old, exists, err := decode(raw)
-		if err != nil {
-			applyErr = err
 			return err
 		}
 		nv := m.Value
@@ -252,7 +347,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 			}
 			text = string(enc)
 		}
-		if _, err := tx.ExecContext(ctx, q.put, subject, path, text, k.Name); err != nil {
+		if err := putProp(ctx, tx, q, subject, k.Name, text); err != nil {
 			return err
 		}
 		newValue, oldValue = nv, old
@@ -275,22 +370,17 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 		return nil, err
 	}
 	q := b.queries(k.Kind)
-	path := jsonPath(k.Name)
 	var old any
 	errMissing := errors.New("missing")
 	err := b.write(ctx, func(tx *sql.Tx) error {
-		raw, err := readOld(ctx, tx, q, subject, path)
-		if err != nil {
-			return err
-		}
-		v, exists, err := decode(raw)
+		v, exists, err := lookup(ctx, tx, q, subject, k.Name)
 		if err != nil {
 			return err
 		}
 		if !exists {
 			return errMissing
 		}
-		if _, err := tx.ExecContext(ctx, q.remove, subject, path); err != nil {
+		if err := removeProp(ctx, tx, q, subject, k.Name); err != nil {
 			return err
 		}
 		old = v
@@ -349,12 +439,12 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 	}
 	err := b.write(ctx, func(tx *sql.Tx) error {
 		for _, k := range batch.Deletes {
-			if _, err := tx.ExecContext(ctx, b.queries(k.Kind).remove, subject, jsonPath(k.Name)); err != nil {
+			if err := removeProp(ctx, tx, b.queries(k.Kind), subject, k.Name); err != nil {
 				return err
 			}
 		}
 		for i, w := range batch.Puts {
-			if _, err := tx.ExecContext(ctx, b.queries(w.Kind).put, subject, jsonPath(w.Name), texts[i], w.Name); err != nil {
+			if err := putProp(ctx, tx, b.queries(w.Kind), subject, w.Name, texts[i]); err != nil {
 				return err
 			}
 		}

@@ -35,12 +35,43 @@ import (
 // testing.Short() and the race detector scale the concurrent workloads down.
 func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 	t.Helper()
+	RunConfig(t, Config{New: newBackend})
+}
+
+// Config is the full form of the arguments of [Run].
+type Config struct {
+	// New returns a fresh, empty backend for one subtest, as the newBackend
+	// argument of Run. Required.
+	New func(t *testing.T) storage.Backend
+
+	// RawPut, when set, writes raw as the stored text of property k of
+	// subject on b (a backend New returned), bypassing the value model, as
+	// Python KRules or another program could. It reports false when the
+	// store itself cannot hold that text (PostgreSQL's JSONB refuses NaN and
+	// \u0000), and fails t on any other error. The property does not exist
+	// when RawPut is called; the subject may. With RawPut the "Invalid/..."
+	// subtests check the tolerant loads of storage.Invalid on the backend;
+	// without it they are not run (a backend that can hold only what Go
+	// wrote, like storage/memory, needs none).
+	RawPut func(t *testing.T, b storage.Backend, subject string, k storage.Key, raw string) bool
+}
+
+// RunConfig runs the conformance suite as [Run] does, with the options of
+// cfg.
+func RunConfig(t *testing.T, cfg Config) {
+	t.Helper()
+	if cfg.New == nil {
+		t.Fatal("storagetest: Config.New is nil")
+	}
 	for _, tc := range storageTests {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.fn(t, newSuite(t, newBackend))
+			tc.fn(t, newSuite(t, cfg.New))
 		})
 	}
-	runSubjectTests(t, newBackend)
+	runSubjectTests(t, cfg.New)
+	if cfg.RawPut != nil {
+		runInvalidTests(t, cfg)
+	}
 }
 
 type suiteTest struct {
@@ -69,10 +100,13 @@ var storageTests = []suiteTest{
 	{"Op/Table", testOps},
 	{"Op/IncExactUpTo2^53", testIncExact},
 	{"Op/IncFloats", testIncFloats},
+	{"Op/IncOverflow", testIncOverflow},
+	{"Op/AppendTextChecks", testAppendBracketsAndLetters},
 	{"Values/RoundTrip", testRoundTrip},
 	{"Values/NoAliasing", testNoAliasing},
 	{"Names/Subjects", testSubjectNames},
 	{"Names/Properties", testPropertyNames},
+	{"Names/MaxNameLen", testNamesMaxLen},
 	{"Context/Cancelled", testCancelled},
 	{"Concurrency/FuncExactTotal", testConcurrentFunc},
 	{"Concurrency/OpIncExactTotal", testConcurrentOpInc},

@@ -26,7 +26,9 @@ var subjectTests = []struct {
 	{"Subject/ExtendedNeverEmit", testSubjectExtNoEvents},
 	{"Subject/ValuesAfterReload", testSubjectValuesAfterReload},
 	{"Subject/BadInputWritesNothing", testSubjectBadInput},
+	{"Subject/IncOverflow", testSubjectIncOverflow},
 	{"Subject/Names", testSubjectNamesApp},
+	{"Subject/NameLimit", testSubjectNameLimit},
 	{"Subject/NoCacheExactUnderConcurrency", testSubjectConcurrent},
 }
 
