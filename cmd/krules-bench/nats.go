@@ -212,6 +212,7 @@ func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration
 	defer func() {
 		_ = nb.js.DeleteStream(ctx, name)
 		_ = nb.js.DeleteStream(ctx, knats.DeadLetterStream(name))
+		_ = nb.js.DeleteKeyValue(ctx, knats.LeaseBucket(name, knats.DefaultGroup))
 	}()
 	p, err := knats.NewPublisher(ctx, nb.js, knats.PublisherConfig{Stream: name})
 	if err != nil {
@@ -245,8 +246,7 @@ func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = w.Run(runCtx) }()
 	}
-	time.Sleep(200 * time.Millisecond) // let the workers' pulls reach the server
-	_ = ws
+	waitSpread(b, ws, 32)
 	evs := benchEvents(b, r.n)
 	start := time.Now()
 	b.StartTimer()
@@ -342,6 +342,25 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 	r.violations = 0
 	r.mu.Unlock()
 	return elapsed
+}
+
+// waitSpread waits until the workers own all partitions between them, each
+// some (the group has settled after the joins).
+func waitSpread(b *testing.B, ws []*knats.Worker, parts int) {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		total, each := 0, true
+		for _, w := range ws {
+			n := len(w.Owned())
+			total += n
+			each = each && n > 0
+		}
+		if total == parts && each {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.Fatal("workers did not take all partitions within a minute")
 }
 
 func waitDone(b *testing.B, finished chan struct{}) {
