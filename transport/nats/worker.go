@@ -93,26 +93,29 @@ type WorkerConfig struct {
 	// Default DefaultGroup.
 	Group string
 	// AckWait is how long a delivered event may stay unacknowledged before
-	// the server gives it to another worker. A running handler extends it
-	// (the worker sends in-progress heartbeats every AckWait/3), so it
-	// bounds how long a dead worker holds its partitions. It is a setting
-	// of the group's consumers: every worker of a group must use the same
-	// value (else NewWorker fails with ErrConsumerMismatch). Default
-	// DefaultAckWait.
+	// the server delivers it again, and the TTL of the group's partition
+	// leases (renewed every AckWait/3). The worker's heartbeats extend it
+	// for the events it holds, so it bounds how long a dead worker holds
+	// its partitions: they are taken over about AckWait after its last
+	// renewal and resume about AckWait after its last heartbeat. It is a
+	// setting of the group's consumers and lease bucket: every worker of a
+	// group must use the same value (else NewWorker fails with
+	// ErrConsumerMismatch). Default DefaultAckWait.
 	AckWait time.Duration
-	// MaxDeliver is how many deliveries an event gets; on the last one a
-	// failure sends it to the dead-letter subject (and an event delivered
-	// more often than that without ever finishing goes there too). Every
-	// delivery counts, not only failed ones: an event a worker gives back
-	// at shutdown (received but not started, or still running at the
-	// ShutdownTimeout) or holds when it dies is delivered again, and that
-	// delivery counts as well. Leave room for the rolling restarts and
+	// MaxDeliver is how many deliveries (tries) an event gets; on the last
+	// one a failure sends it to the dead-letter subject (and an event
+	// delivered more often than that without ever finishing goes there
+	// too). A retry in the event's lane counts as a delivery, and so does
+	// every delivery by the server, not only failed ones: an event a worker
+	// gives back (shutdown, rebalance) or holds when it dies is delivered
+	// again, and that delivery counts as well. Leave room for the rolling restarts and
 	// crashes an event may meet besides its own failures. Default
 	// DefaultMaxDeliver (10).
 	MaxDeliver int
-	// Backoff is the delay before redelivering an event whose handlers
-	// failed, indexed by the failed delivery (1st failure: Backoff[0]); the
-	// last value repeats. Default DefaultBackoff.
+	// Backoff is the delay before retrying an event whose handlers failed
+	// (in its lane: later events of its subject wait), indexed by the
+	// failed try (1st failure: Backoff[0]); the last value repeats.
+	// Default DefaultBackoff.
 	Backoff []time.Duration
 	// Idempotent turns on exactly-once effects for writes made through the
 	// event's subject in cache mode (see the package doc). Default false.
