@@ -3,11 +3,15 @@ package nats_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/storage/memory"
 	"github.com/krules-go/krules/transport/cloudevents"
 	knats "github.com/krules-go/krules/transport/nats"
 )
@@ -146,5 +150,63 @@ func waitOwnedAll(t *testing.T, n int, ws ...*knats.Worker) {
 			t.Fatalf("partitions not spread over the %d workers: %v", len(ws), got)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Fencing through the idempotency record: a worker that finds the subject's
+// record written under a newer lease epoch of its partition than its own
+// takes itself for a stale owner — it runs no handler, commits and acks
+// nothing, and gives the partition up.
+func TestIdempotentStaleLeaseEpochFences(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	ctx := context.Background()
+	mem := memory.New()
+	ran := make(chan struct{}, 1)
+	app := krules.New(krules.WithStorage(mem))
+	app.On("tick").Do(func(ctx context.Context, ev *krules.Event) error {
+		ran <- struct{}{}
+		return nil
+	})
+	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream, Idempotent: true, AckWait: 2 * time.Second})
+	kv, err := js.KeyValue(ctx, knats.LeaseBucket(stream, knats.DefaultGroup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Created
+	// A record as a newer owner (epoch far above any revision of the
+	// bucket) would have written it.
+	rec := map[string]any{stream + "/" + knats.DefaultGroup: map[string]any{
+		"leases": strconv.FormatInt(created.UnixNano(), 36), "lease": int64(1 << 40), "seq": int64(0), "epoch": "other", "ids": []any{},
+	}}
+	if _, _, err := app.Subject("x").SetExt(ctx, knats.AppliedKey, rec, krules.NoCache()); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, w)
+	waitOwnedAll(t, 1, w)
+	if _, err := publisher(t, js, stream).Publish(ctx, "tick", "x", nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(w.Owned()) != 0 { // the worker gives the partition up
+		if time.Now().After(deadline) {
+			t.Fatalf("stale worker still owns %v", w.Owned())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case <-ran:
+		t.Fatal("a stale owner ran the handler")
+	case <-time.After(500 * time.Millisecond):
+	}
+	if n, err := remaining(ctx, js, stream); err != nil || n != 1 {
+		t.Fatalf("remaining %d (%v), want the event still unacknowledged", n, err)
+	}
+	if st := w.Stats(); st.Handled != 0 || st.Duplicates != 0 {
+		t.Fatalf("stats %+v", st)
 	}
 }
