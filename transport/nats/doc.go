@@ -250,5 +250,10 @@
 // resume by themselves after a reconnect, and acks issued while
 // disconnected are sent when the connection is back (or the event is
 // redelivered after AckWait). Run returns an error only when the connection
-// is closed for good or a consumer is deleted.
+// is closed for good or a consumer is deleted. A restart of the NATS server
+// (it writes its state on shutdown) loses nothing and keeps the order; a
+// server that crashes (SIGKILL, power loss) may forget the acks of its last
+// moments and deliver events again that were already handled — after
+// later ones of their subject: at least once, which the idempotency option
+// recognises (their sequence is not beyond the recorded one).
 package nats
