@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,17 +22,28 @@ import (
 	knats "github.com/krules-go/krules/transport/nats"
 )
 
-// NATS rows: events per second end to end through JetStream. One op is one
-// event: published (async, one connection) as a CloudEvent over 100
-// subjects, consumed, handled, acked; the clock stops when the last event is
-// handled. The krules side is a transport/nats Worker (32 partitions,
-// per-subject order, 1 or 3 workers in this process, each on its own NATS
-// connection) whose handler does one Redis Inc (NoCache) on the event's
-// subject. The baseline is raw jetstream doing the same messages: a plain
-// stream, one durable consumer without ordering (MaxAckPending 1000) shared
-// by as many consumers as there are workers, each message answered with one
-// HINCRBY and an ack. Stream creation and worker start are outside the
-// clock. Needs KRULES_NATS_URL and KRULES_REDIS_URL.
+// NATS rows: ordered krules workers against a raw JetStream pull consumer
+// on the same workload, in the same run.
+//
+// One op is one run of natsEvents events (20,000; -nats-quick: 2,000) over
+// 200 subjects, published in rounds (event i of every subject, then event
+// i+1, ...) on one connection with async publishes; the clock runs from the
+// first publish to the last event handled. Every event's handler does one
+// Redis-backed NoCache Inc on its subject (krules) or one HINCRBY (raw); the
+// order is checked per subject (a run with an order violation or a lost
+// event fails). Stream, consumers and workers are set up outside the clock.
+//
+//   - nats/ordered-1-worker, nats/ordered-3-workers: transport/nats Workers
+//     (stream of 32 partitions, default WorkerConfig), 1 or 3 Worker
+//     instances in this process, each with its own App and NATS connection
+//     (not separate processes: the end-to-end tests of transport/nats run
+//     real worker processes).
+//   - baseline nats/raw-consumer-1, -3: a plain stream, one durable pull
+//     consumer (MaxAckPending 1000, explicit fire-and-forget acks) read by 1
+//     or 3 goroutines with their own connection; no ordering.
+//
+// Besides ns/op, each run prints events/s and p50/p99 publish→handled
+// latency to stderr. Needs KRULES_NATS_URL and KRULES_REDIS_URL.
 func init() {
 	register(Group{
 		Name:    "nats",
@@ -39,7 +52,16 @@ func init() {
 	})
 }
 
-const natsBenchSubjects = 100
+var natsQuick = flag.Bool("nats-quick", false, "nats rows: 2,000 events per run instead of 20,000")
+
+const natsBenchSubjects = 200
+
+func natsEvents() int {
+	if *natsQuick {
+		return 2000
+	}
+	return 20000
+}
 
 func natsSetup() ([]Row, func(), error) {
 	ctx := context.Background()
@@ -71,8 +93,8 @@ func natsSetup() ([]Row, func(), error) {
 	}
 	b := &natsBench{url: natsURL, js: js, backend: backend}
 	rows := []Row{
-		{Name: "nats/events-1-worker", Run: func(tb *testing.B) { b.krules(tb, 1) }, Baseline: "jetstream+redis/pub-consume-hincrby-1", Base: func(tb *testing.B) { b.raw(tb, 1) }},
-		{Name: "nats/events-3-workers", Run: func(tb *testing.B) { b.krules(tb, 3) }, Baseline: "jetstream+redis/pub-consume-hincrby-3", Base: func(tb *testing.B) { b.raw(tb, 3) }},
+		{Name: "nats/ordered-1-worker", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-1-worker", b.krules, 1) }, Baseline: "nats/raw-consumer-1", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-1", b.raw, 1) }},
+		{Name: "nats/ordered-3-workers", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-3-workers", b.krules, 3) }, Baseline: "nats/raw-consumer-3", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-3", b.raw, 3) }},
 	}
 	return rows, cleanup, nil
 }
@@ -88,38 +110,117 @@ func (nb *natsBench) streamName() string {
 	return fmt.Sprintf("krbench_%d_%d", os.Getpid(), nb.seq.Add(1))
 }
 
-// events builds the n CloudEvents of one run.
-func benchEvents(b *testing.B, n int) [][]byte {
-	out := make([][]byte, n)
+// natsRun is the state of one run: publish times, handled times, order.
+type natsRun struct {
+	n         int
+	published []atomic.Int64 // unix nanos, by event index
+	handled   []atomic.Int64
+	count     atomic.Int64
+	finished  chan struct{}
+
+	mu         sync.Mutex
+	last       map[string]int64 // subject -> last seq handled
+	violations int
+	repeats    int
+}
+
+func newNatsRun(n int) *natsRun {
+	return &natsRun{n: n, published: make([]atomic.Int64, n), handled: make([]atomic.Int64, n), finished: make(chan struct{}), last: map[string]int64{}}
+}
+
+// event i: subject i % subjects, per-subject seq i / subjects + 1.
+func benchSubject(i int) string { return fmt.Sprintf("bench-%03d", i%natsBenchSubjects) }
+
+// saw records the handling of event i (of subject subj, per-subject seq).
+func (r *natsRun) saw(i int, subj string, seq int64) {
+	r.mu.Lock()
+	switch last := r.last[subj]; {
+	case seq == last+1:
+		r.last[subj] = seq
+	case seq <= last:
+		r.repeats++ // a redelivery of an event already handled
+		if seq < last {
+			r.violations++
+		}
+	default:
+		r.violations++
+		r.last[subj] = seq
+	}
+	r.mu.Unlock()
+	if r.handled[i].CompareAndSwap(0, time.Now().UnixNano()) && int(r.count.Add(1)) == r.n {
+		close(r.finished)
+	}
+}
+
+func (r *natsRun) check(b *testing.B) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.violations > 0 {
+		b.Fatalf("%d per-subject order violations", r.violations)
+	}
+	per := int64(r.n / natsBenchSubjects)
+	for s := range natsBenchSubjects {
+		if got := r.last[benchSubject(s)]; got != per {
+			b.Fatalf("subject %s: last seq %d, want %d", benchSubject(s), got, per)
+		}
+	}
+}
+
+func (r *natsRun) latencies() (p50, p99 time.Duration) {
+	ls := make([]int64, r.n)
+	for i := range ls {
+		ls[i] = r.handled[i].Load() - r.published[i].Load()
+	}
+	slices.Sort(ls)
+	return time.Duration(ls[len(ls)/2]), time.Duration(ls[len(ls)*99/100])
+}
+
+// loop runs b.N runs of run (one op = one run of natsEvents events) and
+// prints each run's rate and latencies.
+func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsRun, int) time.Duration, workers int) {
+	b.StopTimer()
+	for range b.N {
+		r := newNatsRun(natsEvents())
+		elapsed := run(b, r, workers)
+		r.check(b)
+		p50, p99 := r.latencies()
+		fmt.Fprintf(os.Stderr, "    %-24s %6d events in %7.3fs = %7.0f events/s  p50 %8s  p99 %8s  (out of order or repeated %d)\n",
+			name, r.n, elapsed.Seconds(), float64(r.n)/elapsed.Seconds(), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), r.repeats)
+	}
+}
+
+// benchEvents builds the n CloudEvents of one run.
+func benchEvents(b *testing.B, n int) []*event.Event {
+	out := make([]*event.Event, n)
 	for i := range out {
-		e, err := cloudevents.NewEvent(context.Background(), "bench.event", fmt.Sprintf("bench-%d", i%natsBenchSubjects), krules.Payload{"i": i}, cloudevents.EventOptions{Source: "krules-bench"})
+		e, err := cloudevents.NewEvent(context.Background(), "bench.event", benchSubject(i),
+			krules.Payload{"i": i, "seq": i/natsBenchSubjects + 1}, cloudevents.EventOptions{Source: "krules-bench"})
 		if err != nil {
 			b.Fatal(err)
 		}
-		if out[i], err = e.MarshalJSON(); err != nil {
-			b.Fatal(err)
-		}
+		out[i] = e
 	}
 	return out
 }
 
-func (nb *natsBench) krules(b *testing.B, workers int) {
-	b.StopTimer()
+func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration {
 	ctx := context.Background()
 	name := nb.streamName()
 	if _, err := knats.EnsureStream(ctx, nb.js, knats.StreamConfig{Name: name, Partitions: 32}); err != nil {
 		b.Fatal(err)
 	}
-	defer nb.js.DeleteStream(ctx, name)
+	defer func() {
+		_ = nb.js.DeleteStream(ctx, name)
+		_ = nb.js.DeleteStream(ctx, knats.DeadLetterStream(name))
+		_ = nb.js.DeleteKeyValue(ctx, knats.LeaseBucket(name, knats.DefaultGroup))
+	}()
 	p, err := knats.NewPublisher(ctx, nb.js, knats.PublisherConfig{Stream: name})
 	if err != nil {
 		b.Fatal(err)
 	}
-	var handled atomic.Int64
-	finished := make(chan struct{})
-	n := int64(b.N)
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
+	var ws []*knats.Worker
 	for range workers {
 		nc, err := knats.Connect(nb.url, natsgo.RetryOnFailedConnect(false))
 		if err != nil {
@@ -132,37 +233,38 @@ func (nb *natsBench) krules(b *testing.B, workers int) {
 			if _, _, err := ev.Subject.Set(ctx, "n", krules.Inc(1), krules.NoCache()); err != nil {
 				return err
 			}
-			if handled.Add(1) == n {
-				close(finished)
-			}
+			i, _ := ev.Payload["i"].(int64)
+			seq, _ := ev.Payload["seq"].(int64)
+			r.saw(int(i), ev.Subject.Name(), seq)
 			return nil
 		})
 		w, err := knats.NewWorker(ctx, js, app, knats.WorkerConfig{Stream: name})
 		if err != nil {
 			b.Fatal(err)
 		}
+		ws = append(ws, w)
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = w.Run(runCtx) }()
 	}
-	evs := benchEvents(b, b.N)
+	waitSpread(b, ws, 32)
+	evs := benchEvents(b, r.n)
+	start := time.Now()
 	b.StartTimer()
-	for _, data := range evs {
-		e := new(cloudeventsEvent)
-		if err := e.UnmarshalJSON(data); err != nil {
-			b.Fatal(err)
-		}
+	for i, e := range evs {
+		r.published[i].Store(time.Now().UnixNano())
 		if _, err := p.PublishEventAsync(ctx, name, e); err != nil {
 			b.Fatal(err)
 		}
 	}
-	waitDone(b, finished)
+	waitDone(b, r.finished)
 	b.StopTimer()
+	elapsed := time.Since(start)
 	stop()
 	wg.Wait()
+	return elapsed
 }
 
-func (nb *natsBench) raw(b *testing.B, consumers int) {
-	b.StopTimer()
+func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration {
 	ctx := context.Background()
 	name := nb.streamName()
 	if _, err := nb.js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{name + ".>"}}); err != nil {
@@ -174,9 +276,6 @@ func (nb *natsBench) raw(b *testing.B, consumers int) {
 		b.Fatal(err)
 	}
 	rc := nb.backend.Client()
-	var handled atomic.Int64
-	finished := make(chan struct{})
-	n := int64(b.N)
 	var wg sync.WaitGroup
 	var its []jetstream.MessagesContext
 	for range consumers {
@@ -203,31 +302,65 @@ func (nb *natsBench) raw(b *testing.B, consumers int) {
 				if err != nil {
 					return
 				}
-				var e cloudeventsEvent
+				var e event.Event
 				if err := e.UnmarshalJSON(m.Data()); err != nil {
 					continue
 				}
+				var pl struct{ I, Seq int64 }
+				_ = e.DataAs(&pl)
 				rc.HIncrBy(ctx, nb.backend.Key(e.Subject()), "pn", 1)
 				_ = m.Ack()
-				if handled.Add(1) == n {
-					close(finished)
-				}
+				r.saw(int(pl.I), e.Subject(), pl.Seq)
 			}
 		}()
 	}
-	evs := benchEvents(b, b.N)
-	b.StartTimer()
-	for i, data := range evs {
-		if _, err := nb.js.PublishAsync(fmt.Sprintf("%s.%d", name, i%natsBenchSubjects), data); err != nil {
+	evs := benchEvents(b, r.n)
+	data := make([][]byte, len(evs))
+	for i, e := range evs {
+		var err error
+		if data[i], err = e.MarshalJSON(); err != nil {
 			b.Fatal(err)
 		}
 	}
-	waitDone(b, finished)
+	start := time.Now()
+	b.StartTimer()
+	for i, d := range data {
+		r.published[i].Store(time.Now().UnixNano())
+		if _, err := nb.js.PublishAsync(fmt.Sprintf("%s.%d", name, i%natsBenchSubjects), d); err != nil {
+			b.Fatal(err)
+		}
+	}
+	waitDone(b, r.finished)
 	b.StopTimer()
+	elapsed := time.Since(start)
 	for _, it := range its {
 		it.Stop()
 	}
 	wg.Wait()
+	// Raw has no ordering: its order violations are not failures.
+	r.mu.Lock()
+	r.violations = 0
+	r.mu.Unlock()
+	return elapsed
+}
+
+// waitSpread waits until the workers own all partitions between them, each
+// some (the group has settled after the joins).
+func waitSpread(b *testing.B, ws []*knats.Worker, parts int) {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		total, each := 0, true
+		for _, w := range ws {
+			n := len(w.Owned())
+			total += n
+			each = each && n > 0
+		}
+		if total == parts && each {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.Fatal("workers did not take all partitions within a minute")
 }
 
 func waitDone(b *testing.B, finished chan struct{}) {
@@ -237,5 +370,3 @@ func waitDone(b *testing.B, finished chan struct{}) {
 		b.Fatal(errors.New("events not handled within 5 minutes"))
 	}
 }
-
-type cloudeventsEvent = event.Event

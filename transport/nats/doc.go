@@ -54,39 +54,84 @@
 // are in one partition, in publish order.
 //
 // Every partition has one durable pull consumer per worker group
-// ("<group>-p<k>") with MaxAckPending = 1 and explicit acks. The server
-// therefore hands out at most one unacknowledged message of a partition at
-// a time, to the whole group: while an event is being handled by any
-// worker, the next event of that partition (and so of that subject) is not
-// delivered to anyone. Every worker pulls from every partition, so the
-// group shares the partitions dynamically — there is no ownership to
-// assign or rebalance, and up to N events (of N different partitions) are
-// handled in parallel. Different subjects in the same partition do wait for
-// each other; choose N well above the number of workers.
+// ("<group>-p<k>", MaxAckPending 1000, explicit acks), and exactly one
+// worker of the group pulls it at a time: its owner.
+//
+// # Ownership: partition leases
+//
+// The workers of a group coordinate in a NATS KV bucket,
+// LeaseBucket(stream, group) = "<stream>_leases_<group>" (created by
+// NewWorker; TTL = AckWait; it needs nothing newer than nats-server 2.9).
+// Every running worker keeps a member key "m.<id>" there, and the owner of
+// partition k keeps the lease key "p.<k>", both renewed every AckWait/3. A
+// key that is not renewed expires with the TTL. Every worker computes the
+// same assignment from the live members (rendezvous hashing: a join or a
+// leave moves only the partitions of that member) and takes the leases of
+// its share that are free; a partition that is no longer its share it
+// releases: it stops pulling, lets the events it received run to the end
+// (an event waiting for a retry delay is handed back at once), hands back
+// (nak, in stream order) what it did not finish, and marks the lease free.
+// The revision of the lease key when taken is the owner's epoch: it grows
+// with every new owner.
+//
+// Fencing: a worker counts its lease as valid for AckWait - AckWait/5 from
+// the moment it sent its last successful renewal; the server cannot expire
+// the key before that. Past it, the worker acts on nothing of the partition
+// (no handler start, no commit, no ack) until a renewal tells: it succeeded
+// (the key never expired, so nobody else took it) or found the key changed
+// (the lease is lost for good: the worker stops pulling and leaves the
+// events to the new owner). With the idempotency option, the epoch is also
+// written into the subject's idempotency record, and a worker that finds a
+// newer epoch there stops at once.
+//
+// A new owner does not trust the server's delivery order: until the server
+// counts no more events of the partition as delivered and unacknowledged
+// than the new owner holds — that is, until everything a previous owner had
+// left (acked late, handed back, or expired after AckWait and redelivered)
+// is settled or in its hands — it holds what it receives, then sorts it by
+// stream sequence. The same happens when an owner sees a gap in the
+// delivery sequence (a delivery lost in flight at a reconnect): nothing of
+// the partition goes on until the missing event is back. After a crash the
+// partitions of the dead worker are therefore taken over about AckWait
+// after its last renewal (key expiry) and resume once its unacknowledged
+// events were redelivered (AckWait after its last heartbeat).
+//
+// # Pipelining: lanes
+//
+// An owner pulls continuously (up to 250 events requested ahead, at most
+// 1000 unacknowledged per partition) and runs each subject's events in a
+// lane: one after the other, in stream order; different subjects run in
+// parallel (WorkerConfig.Concurrency, default 64, over all the partitions
+// the worker owns). Acks are sent without waiting for a confirmation. A
+// failed event holds its lane: it is retried there after the Backoff delay
+// and dead-lettered on its MaxDeliver-th failure, and no later event of
+// its subject starts before it finished. One ticker per worker sends the
+// in-progress heartbeats (every AckWait/3) of all the events it holds,
+// running or waiting in their lanes.
 //
 // Why it stays correct:
 //
-//   - Failure: a failed event is nak'ed with a delay; it stays pending (the
-//     server counts a delayed nak against MaxAckPending) and is delivered
-//     again before anything after it in its partition.
-//   - Worker death: the dead worker's event stays unacknowledged until
-//     AckWait expires; only then does the server deliver it — again before
-//     any later event of its partition — to a live worker. A handler that
-//     runs long keeps its lease by in-progress heartbeats every AckWait/3
-//     (one ticker per worker for all the events it is handling).
-//   - Shutdown: Run stops pulling, naks events it received but did not start,
-//     so others take them at once, and acks or naks the ones in flight. A
-//     handler still running at WorkerConfig.ShutdownTimeout is given up: its
-//     context is cancelled, its heartbeats stop, nothing of it is committed,
-//     and Run returns ErrShutdownTimeout without waiting for it; the server
-//     hands its event to another worker after AckWait.
+//   - Failure: retried in its lane; the events behind it wait.
+//   - Worker death: its events stay unacknowledged; its leases expire after
+//     AckWait; the new owners hold the partition until those events were
+//     redelivered, then run them first.
+//   - Shutdown: Run stops pulling, lets the received events run to the end
+//     (up to WorkerConfig.ShutdownTimeout; events waiting for a retry delay
+//     are handed back), hands back what is left in stream order, releases
+//     its leases and leaves. A handler still running at the deadline is
+//     given up: its context is cancelled, nothing of it is committed or
+//     acked, and Run returns ErrShutdownTimeout without waiting for it.
+//   - Connection loss: the worker acts on nothing past its lease's validity
+//     and goes on only if a renewal shows the lease is still its own.
 //
-// The one way to break the order is a lease lost while the worker still
-// runs: a worker cut off from NATS (or stalled) for longer than AckWait
-// while its handler keeps going. The event is then handled twice, possibly
-// concurrently, and the next event may start before the stale handler
-// finishes. Keep AckWait comfortably above the longest network outage you
-// want to ride out without that risk.
+// What it does not cover: a worker frozen (stopped, swapping) longer than
+// its lease while a pull request of it is still at the server may receive
+// events after another worker took over; and handler effects that do not
+// go through the worker's commit (NoCache writes, other subjects, external
+// calls) of events that were running when a lease was lost happen again
+// when the new owner runs those events (at least once). A lost lease is
+// rare (renewals every AckWait/3, validity 4/5 AckWait); keep AckWait well
+// above the renewal latency you expect under load.
 //
 // AckWait belongs to the group's consumers: every worker of a group must
 // use the same one. NewWorker refuses (ErrConsumerMismatch) a worker whose
@@ -114,21 +159,16 @@
 // not a JSON object) is dead-lettered at once with reason malformed and the
 // parse error; it never reaches the App and never blocks its partition.
 //
-// MaxDeliver counts deliveries, not failures: the server keeps one delivery
-// count per event, and an event given back at a graceful shutdown (nak'ed
-// because it was received but not started, or still running at the
-// ShutdownTimeout) or held by a worker that died is delivered again, and
-// that delivery counts too. An event that meets rolling restarts or
-// crashes while it also fails therefore reaches the dead letters after
-// fewer than MaxDeliver failures of its own, and even a healthy event
-// given back MaxDeliver times is dead-lettered (reason max-deliveries)
-// without being handled again. Set MaxDeliver with room for the restarts
-// an event may meet (the default, 10, allows several), and restart
-// workers one at a time.
-//
-// Acks are sent without waiting for a confirmation: the next event of a
-// partition is delivered only after the server processed the ack, and a
-// lost ack makes the event come again after AckWait either way.
+// MaxDeliver counts deliveries: the server's delivery count of the event
+// plus the retries of the current owner. An event given back at a graceful
+// shutdown or a rebalance (nak), or held by a worker that died, is
+// delivered again, and that delivery counts too (the retries of the
+// previous owner do not carry over). An event that meets crashes while it
+// also fails can reach the dead letters after fewer than MaxDeliver
+// failures of its own, and an event given back more than MaxDeliver times
+// is dead-lettered (reason max-deliveries) without being handled again.
+// Set MaxDeliver with room for the restarts an event may meet (the
+// default, 10, allows several).
 //
 // # Retention
 //
@@ -170,10 +210,12 @@
 //
 // With Idempotent, the worker keeps in the event subject's extended
 // property "_krules_applied" a record {"<stream>/<group>": {epoch, seq,
-// ids}} (one entry per stream and worker group, so that several groups
-// consuming one stream each apply every event once): the stream
-// incarnation, the stream sequence of the last event applied to the
-// subject, and the ids of the last IdempotencyIDs CloudEvents applied. The
+// ids, leases, lease}} (one entry per stream and worker group, so that
+// several groups consuming one stream each apply every event once): the
+// stream incarnation, the stream sequence of the last event applied to the
+// subject, the ids of the last IdempotencyIDs CloudEvents applied, and the
+// lease bucket's incarnation and the epoch of the partition lease under
+// which it was written (a worker that finds a newer epoch stops: fencing). The
 // record is read (with the subject, into ev.Subject's cache) before the
 // handlers run and written into the same cache after they succeed, and one
 // Subject.Store commits handlers' writes and record in one atomic store
@@ -208,5 +250,10 @@
 // resume by themselves after a reconnect, and acks issued while
 // disconnected are sent when the connection is back (or the event is
 // redelivered after AckWait). Run returns an error only when the connection
-// is closed for good or a consumer is deleted.
+// is closed for good or a consumer is deleted. A restart of the NATS server
+// (it writes its state on shutdown) loses nothing and keeps the order; a
+// server that crashes (SIGKILL, power loss) may forget the acks of its last
+// moments and deliver events again that were already handled — after
+// later ones of their subject: at least once, which the idempotency option
+// recognises (their sequence is not beyond the recorded one).
 package nats

@@ -3,6 +3,7 @@ package nats_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,6 +52,7 @@ func newStreamRetention(t testing.TB, js jetstream.JetStream, partitions int, r 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		deleteLeaseBuckets(t, js, name)
 		for _, s := range []string{name, knats.DeadLetterStream(name)} {
 			if err := js.DeleteStream(context.Background(), s); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 				t.Errorf("delete stream %s: %v", s, err)
@@ -203,3 +205,21 @@ type (
 	natsOptions = natsgo.Options
 	natsConn    = natsgo.Conn
 )
+
+// deleteLeaseBuckets deletes the lease buckets of every group of a stream.
+func deleteLeaseBuckets(t testing.TB, js jetstream.JetStream, stream string) {
+	ctx := context.Background()
+	prefix := "KV_" + knats.LeaseBucket(stream, "")
+	names := js.StreamNames(ctx)
+	var buckets []string
+	for n := range names.Name() {
+		if strings.HasPrefix(n, prefix) {
+			buckets = append(buckets, strings.TrimPrefix(n, "KV_"))
+		}
+	}
+	for _, b := range buckets {
+		if err := js.DeleteKeyValue(ctx, b); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			t.Errorf("delete lease bucket %s: %v", b, err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package nats
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,6 +34,8 @@ const (
 	// returns without them.
 	ShutdownGrace         = time.Second
 	DefaultIdempotencyIDs = 16
+	// DefaultConcurrency is the default WorkerConfig.Concurrency.
+	DefaultConcurrency = 64
 )
 
 // DefaultBackoff is the default redelivery delay after the 1st, 2nd, 3rd...
@@ -90,26 +93,29 @@ type WorkerConfig struct {
 	// Default DefaultGroup.
 	Group string
 	// AckWait is how long a delivered event may stay unacknowledged before
-	// the server gives it to another worker. A running handler extends it
-	// (the worker sends in-progress heartbeats every AckWait/3), so it
-	// bounds how long a dead worker holds its partitions. It is a setting
-	// of the group's consumers: every worker of a group must use the same
-	// value (else NewWorker fails with ErrConsumerMismatch). Default
-	// DefaultAckWait.
+	// the server delivers it again, and the TTL of the group's partition
+	// leases (renewed every AckWait/3). The worker's heartbeats extend it
+	// for the events it holds, so it bounds how long a dead worker holds
+	// its partitions: they are taken over about AckWait after its last
+	// renewal and resume about AckWait after its last heartbeat. It is a
+	// setting of the group's consumers and lease bucket: every worker of a
+	// group must use the same value (else NewWorker fails with
+	// ErrConsumerMismatch). Default DefaultAckWait.
 	AckWait time.Duration
-	// MaxDeliver is how many deliveries an event gets; on the last one a
-	// failure sends it to the dead-letter subject (and an event delivered
-	// more often than that without ever finishing goes there too). Every
-	// delivery counts, not only failed ones: an event a worker gives back
-	// at shutdown (received but not started, or still running at the
-	// ShutdownTimeout) or holds when it dies is delivered again, and that
-	// delivery counts as well. Leave room for the rolling restarts and
+	// MaxDeliver is how many deliveries (tries) an event gets; on the last
+	// one a failure sends it to the dead-letter subject (and an event
+	// delivered more often than that without ever finishing goes there
+	// too). A retry in the event's lane counts as a delivery, and so does
+	// every delivery by the server, not only failed ones: an event a worker
+	// gives back (shutdown, rebalance) or holds when it dies is delivered
+	// again, and that delivery counts as well. Leave room for the rolling restarts and
 	// crashes an event may meet besides its own failures. Default
 	// DefaultMaxDeliver (10).
 	MaxDeliver int
-	// Backoff is the delay before redelivering an event whose handlers
-	// failed, indexed by the failed delivery (1st failure: Backoff[0]); the
-	// last value repeats. Default DefaultBackoff.
+	// Backoff is the delay before retrying an event whose handlers failed
+	// (in its lane: later events of its subject wait), indexed by the
+	// failed try (1st failure: Backoff[0]); the last value repeats.
+	// Default DefaultBackoff.
 	Backoff []time.Duration
 	// Idempotent turns on exactly-once effects for writes made through the
 	// event's subject in cache mode (see the package doc). Default false.
@@ -124,6 +130,10 @@ type WorkerConfig struct {
 	// Run returns ErrShutdownTimeout at most ShutdownGrace later, even if a
 	// handler ignores its context. Default DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// Concurrency bounds how many events this worker handles at the same
+	// time, over all the partitions it owns (events of one subject never
+	// run at the same time). Default DefaultConcurrency.
+	Concurrency int
 	// Logger for delivery problems. Default: the App's logger.
 	Logger *slog.Logger
 }
@@ -148,21 +158,31 @@ type Worker struct {
 	parts  int
 	epoch  string
 	consum []jetstream.Consumer
+	kv     jetstream.KeyValue
+	leases string // incarnation of the lease bucket (its creation time)
+	id     string
+	t0     time.Time
+	sem    chan struct{} // Concurrency slots
 
 	handled, failed, redelivered, duplicates, dead, ackErrs atomic.Uint64
 	running                                                 atomic.Bool
 
-	// inflight holds the deliveries being handled; one ticker (Run's
-	// heartbeat loop) sends their in-progress heartbeats.
-	mu       sync.Mutex
-	inflight map[jetstream.Msg]struct{}
+	// abandon is closed when Run returns past the shutdown deadline.
+	abandon chan struct{}
+
+	ownedMu sync.Mutex
+	owned   []int
+
+	// parts being run, for the heartbeats.
+	pmu    sync.Mutex
+	active map[*partition]struct{}
 }
 
 // NewWorker checks the stream, creates the group's durable consumers (or
 // checks that the existing ones have this worker's settings, else
-// ErrConsumerMismatch) and returns a Worker ready to Run. It installs on app a
-// middleware that lets the worker see handler errors and panics (they
-// still reach the App's error handler).
+// ErrConsumerMismatch) and its lease bucket (LeaseBucket), and returns a
+// Worker ready to Run. It installs on app a middleware that lets the worker
+// see handler errors and panics (they still reach the App's error handler).
 func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg WorkerConfig) (*Worker, error) {
 	if app == nil {
 		return nil, errors.New("krules/nats: NewWorker: nil App")
@@ -189,6 +209,9 @@ func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = app.Logger()
 	}
@@ -196,7 +219,11 @@ func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{js: js, app: app, cfg: cfg, log: cfg.Logger, parts: n, epoch: strconv.FormatInt(created.UnixNano(), 36)}
+	w := &Worker{
+		js: js, app: app, cfg: cfg, log: cfg.Logger, parts: n, epoch: strconv.FormatInt(created.UnixNano(), 36),
+		id: newMemberID(), t0: time.Now(), sem: make(chan struct{}, cfg.Concurrency),
+		abandon: make(chan struct{}), active: map[*partition]struct{}{},
+	}
 	for k := range n {
 		c, err := ensureConsumer(ctx, js, cfg.Stream, jetstream.ConsumerConfig{
 			Durable:       fmt.Sprintf("%s-p%d", cfg.Group, k),
@@ -206,20 +233,27 @@ func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       cfg.AckWait,
 			MaxDeliver:    -1, // the worker enforces MaxDeliver itself, dead-lettering
-			MaxAckPending: 1,  // one event of the partition in flight, group-wide
+			MaxAckPending: partitionMaxAckPending,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("krules/nats: stream %q, group %q: consumer for partition %d: %w", cfg.Stream, cfg.Group, k, err)
 		}
 		w.consum = append(w.consum, c)
 	}
+	var bucketCreated time.Time
+	if w.kv, bucketCreated, err = ensureLeaseBucket(ctx, js, cfg.Stream, cfg.Group, cfg.AckWait, 1); err != nil {
+		return nil, fmt.Errorf("krules/nats: stream %q, group %q: %w", cfg.Stream, cfg.Group, err)
+	}
+	w.leases = strconv.FormatInt(bucketCreated.UnixNano(), 36)
 	return w, nil
 }
 
 // ensureConsumer creates the durable consumer, or returns the existing one
 // when the settings the worker group relies on match; otherwise it fails
 // with ErrConsumerMismatch and leaves the consumer as it is (overwriting it
-// would change the lease of the group's running workers under them).
+// would change the lease of the group's running workers under them). A
+// consumer of the earlier layout (MaxAckPending 1, no partition leases) is
+// raised to the current MaxAckPending: stop the group's old workers first.
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, want jetstream.ConsumerConfig) (jetstream.Consumer, error) {
 	// Look first: servers before 2.10 treat a create as create-or-update.
 	c, err := js.Consumer(ctx, stream, want.Durable)
@@ -233,7 +267,16 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 	if err != nil {
 		return nil, err
 	}
-	if err := checkConsumer(c.CachedInfo().Config, want); err != nil {
+	have := c.CachedInfo().Config
+	if have.MaxAckPending == 1 && want.MaxAckPending != 1 {
+		up := have
+		up.MaxAckPending = want.MaxAckPending
+		if c, err = js.UpdateConsumer(ctx, stream, up); err != nil {
+			return nil, err
+		}
+		have = c.CachedInfo().Config
+	}
+	if err := checkConsumer(have, want); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -267,6 +310,18 @@ func checkConsumer(have, want jetstream.ConsumerConfig) error {
 // Partitions returns the stream's partition count.
 func (w *Worker) Partitions() int { return w.parts }
 
+// Owned returns the partitions whose lease this worker holds and pulls
+// (sorted; empty before Run and after it returned). For monitoring and
+// tests: ownership moves as workers join and leave. Safe for concurrent use.
+func (w *Worker) Owned() []int {
+	w.ownedMu.Lock()
+	defer w.ownedMu.Unlock()
+	return slices.Clone(w.owned)
+}
+
+// ID returns the worker's member id in its group's lease bucket.
+func (w *Worker) ID() string { return w.id }
+
 // Stats returns the worker's counters.
 func (w *Worker) Stats() Stats {
 	return Stats{
@@ -275,20 +330,21 @@ func (w *Worker) Stats() Stats {
 	}
 }
 
-// Run consumes until ctx is cancelled, then shuts down gracefully: it stops
-// taking events, hands events it had received but not started back to the
-// server (nak, so another worker takes them at once), waits for running
-// handlers up to ShutdownTimeout and returns nil.
+// Run joins the worker group and consumes the partitions it is given until
+// ctx is cancelled, then shuts down gracefully: it stops pulling, lets the
+// events it had received run to completion (events waiting for a retry
+// delay are handed back at once, in stream order, with a nak), waits up to
+// ShutdownTimeout, releases its partition leases, leaves the group and
+// returns nil.
 //
 // At the deadline it cancels the handlers' context and returns an error
 // wrapping ErrShutdownTimeout, at most ShutdownGrace later, whether or not
-// the handlers returned. Their events are neither committed nor acked: the
-// worker stops their in-progress heartbeats, so the server hands each of
-// them to another worker after AckWait (at once if the handler honours its
-// context: it is nak'ed). A handler that ignores its context keeps running
-// in the background after Run returned; when it finishes, its writes are
-// not committed through the event's subject and its event is nak'ed —
-// side effects it made by other means happen anyway (at least once).
+// the handlers returned. Their events are neither committed nor acked: they
+// are handed back (nak, in stream order) so that the next owner of the
+// partition gets them first. A handler that ignores its context keeps
+// running in the background after Run returned; when it finishes, its
+// writes are not committed through the event's subject and its event is not
+// acked — side effects it made by other means happen anyway (at least once).
 //
 // Run returns early with an error if the connection is closed or a
 // consumer disappears. Run may be called once.
@@ -303,23 +359,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	loopCtx, stopLoops := context.WithCancel(ctx)
 	defer stopLoops()
 
-	var wg sync.WaitGroup
-	var mu sync.Mutex // guards errs: an abandoned loop may still write
+	var mu sync.Mutex // guards errs
 	var errs []error
-	for _, c := range w.consum {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := w.consume(loopCtx, hctx, c); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-				stopLoops() // a fatal error stops the whole worker
-			}
-		}()
+	fatal := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+		stopLoops() // a fatal error stops the whole worker
 	}
+	forced := make(chan struct{})
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	go func() { defer close(done); w.coordinate(loopCtx, hctx, forced, fatal) }()
+	go w.renewLoop(loopCtx, done)
 	go w.heartbeats(hctx, done)
 
 	var timedOut bool
@@ -333,6 +384,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-t.C:
 			timedOut = true
 			hcancel() // also stops the heartbeats of the running events
+			close(forced)
 			grace := time.NewTimer(ShutdownGrace)
 			select {
 			case <-done:
@@ -343,6 +395,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			grace.Stop()
 		}
 	}
+	close(w.abandon)
 	mu.Lock()
 	err := errors.Join(errs...)
 	mu.Unlock()
@@ -352,96 +405,224 @@ func (w *Worker) Run(ctx context.Context) error {
 	return err
 }
 
-// consume runs one partition: fetch one event, handle it, ack it, repeat.
-func (w *Worker) consume(loopCtx, hctx context.Context, c jetstream.Consumer) error {
-	it, err := c.Messages(jetstream.PullMaxMessages(1))
-	if err != nil {
-		return fmt.Errorf("krules/nats: consumer %s: %w", c.CachedInfo().Name, err)
-	}
-	// On shutdown, stop pulling at once (even while a handler runs), so that
-	// an event given back with a nak cannot come back to this worker.
-	loopDone := make(chan struct{})
-	defer close(loopDone)
-	go func() {
-		select {
-		case <-loopCtx.Done():
-			it.Drain()
-		case <-loopDone:
-		}
-	}()
-	var fatal error
-	for {
-		m, err := it.Next()
-		if err != nil {
-			if loopCtx.Err() != nil && errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				break // drained
-			}
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, natsgo.ErrConnectionClosed) {
-				fatal = fmt.Errorf("krules/nats: consumer %s: %w", c.CachedInfo().Name, err)
-				break
-			}
-			w.log.Warn("krules/nats: fetch failed; retrying", "consumer", c.CachedInfo().Name, "error", err)
-			continue
-		}
-		if loopCtx.Err() != nil {
-			// Received but not started: give it back at once.
-			_ = m.Nak()
-			continue
-		}
-		w.handle(hctx, m)
-	}
-	it.Stop()
-	return fatal
+// item is an event received by a partition owner and not yet acked.
+type item struct {
+	m       jetstream.Msg // the latest delivery (a redelivery replaces it)
+	seq     uint64        // stream sequence
+	md      *jetstream.MsgMetadata
+	e       *event.Event
+	payload krules.Payload
+	bad     error // not a valid KRules CloudEvent
 }
 
-// handle processes one delivery. Every path ends in exactly one of: ack,
-// nak (with delay), or dead letter + ack.
-func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
+// lane runs the events of one subject of a partition, in order.
+type lane struct {
+	key  string
+	q    []*item
+	dead bool // abandoned: holds its events, runs nothing
+}
+
+// errAbandon: the event is not finished here (lease lost, shutdown): it is
+// neither acked nor nak'ed by its lane.
+var errAbandon = errors.New("abandoned")
+
+// dispatch puts a delivery into the lane of its subject.
+func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 	md, err := m.Metadata()
 	if err != nil {
 		w.log.Error("krules/nats: message without JetStream metadata; terminated", "subject", m.Subject(), "error", err)
 		_ = m.Term()
 		return
 	}
-	if md.NumDelivered > 1 {
-		w.redelivered.Add(1)
+	p.mu.Lock()
+	if p.dseq != 0 && md.Sequence.Consumer != p.dseq+1 {
+		// A delivery did not reach us (lost in flight at a reconnect, or
+		// sent to a previous owner's pull): it comes again after AckWait.
+		// Hold everything from here until it did (watchGate), so that
+		// nothing of its subject overtakes it.
+		p.gated = true
 	}
+	p.dseq = md.Sequence.Consumer
+	if it, ok := p.held[md.Sequence.Stream]; ok {
+		// A redelivery of an event we hold (its AckWait lapsed): keep one
+		// copy, acked through the latest delivery.
+		it.m = m
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	it := &item{m: m, seq: md.Sequence.Stream, md: md}
 	e := new(event.Event)
-	if err := json.Unmarshal(m.Data(), e); err != nil {
-		w.deadLetter(ctx, m, md, ReasonMalformed, fmt.Errorf("%w: %v", cloudevents.ErrMalformed, err))
+	switch err := json.Unmarshal(m.Data(), e); {
+	case err != nil:
+		it.bad = fmt.Errorf("%w: %v", cloudevents.ErrMalformed, err)
+	default:
+		if err := cloudevents.Check(e); err != nil {
+			it.bad = err
+		} else if it.payload, err = cloudevents.Payload(e); err != nil {
+			it.bad = err
+		}
+	}
+	it.e = e
+	p.mu.Lock()
+	p.held[it.seq] = it
+	if p.gated {
+		p.gate = append(p.gate, it)
+		p.mu.Unlock()
 		return
 	}
-	if err := cloudevents.Check(e); err != nil {
-		w.deadLetter(ctx, m, md, ReasonMalformed, err)
-		return
+	start := p.enqueueLocked(it)
+	p.mu.Unlock()
+	if start != nil {
+		go w.runLane(p, start)
 	}
-	payload, err := cloudevents.Payload(e)
-	if err != nil {
-		w.deadLetter(ctx, m, md, ReasonMalformed, err)
-		return
-	}
+}
 
-	w.track(m)
-	defer w.untrack(m)
+// enqueueLocked appends the item to the lane of its subject and returns the
+// lane if it is new (the caller starts it). p.mu is held.
+func (p *partition) enqueueLocked(it *item) *lane {
+	key := ""
+	if it.bad == nil {
+		key = "s:" + it.e.Subject()
+	}
+	l, ok := p.lanes[key]
+	if !ok {
+		l = &lane{key: key}
+		p.lanes[key] = l
+		p.wg.Add(1)
+	}
+	l.q = append(l.q, it) // a dead lane keeps it, unhandled
+	if ok {
+		return nil
+	}
+	return l
+}
 
+// openGate ends the start of a partition's ownership: once the server has
+// nothing of the partition delivered that this worker does not hold (every
+// event a previous owner left unacknowledged has been redelivered to us),
+// the events received so far go to their lanes in stream order.
+func (w *Worker) openGate(p *partition) {
+	p.mu.Lock()
+	gate := p.gate
+	p.gate, p.gated = nil, false
+	slices.SortFunc(gate, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
+	var start []*lane
+	for _, it := range gate {
+		if l := p.enqueueLocked(it); l != nil {
+			start = append(start, l)
+		}
+	}
+	p.mu.Unlock()
+	for _, l := range start {
+		go w.runLane(p, l)
+	}
+}
+
+// runLane handles the lane's events one after the other; it ends when the
+// lane is empty. An event that is abandoned stops the lane: the events after
+// it stay held (handed back, or left to the next owner), never overtaking it.
+func (w *Worker) runLane(p *partition, l *lane) {
+	defer p.wg.Done()
+	for {
+		p.mu.Lock()
+		if len(l.q) == 0 {
+			delete(p.lanes, l.key)
+			p.mu.Unlock()
+			return
+		}
+		it := l.q[0]
+		p.mu.Unlock()
+		if err := w.process(p, it); err != nil {
+			// Abandoned: the rest of the lane — and whatever of its
+			// subject comes later — stays held, unhandled (handed back,
+			// or left to the next owner).
+			p.mu.Lock()
+			l.dead = true
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Lock()
+		delete(p.held, it.seq)
+		l.q = l.q[1:]
+		p.mu.Unlock()
+	}
+}
+
+// process handles one event to its end: acked (handled, duplicate, dead
+// letter) or abandoned (errAbandon). A failure is retried here, in its lane,
+// after the Backoff delay, so nothing of its subject overtakes it.
+func (w *Worker) process(p *partition, it *item) error {
+	ctx := p.hctx
+	for attempt := uint64(0); ; attempt++ {
+		if !w.valid(p) || ctx.Err() != nil {
+			return errAbandon
+		}
+		deliveries := it.md.NumDelivered + attempt
+		if deliveries > 1 {
+			w.redelivered.Add(1)
+		}
+		select {
+		case w.sem <- struct{}{}:
+		case <-ctx.Done():
+			return errAbandon
+		}
+		err := w.handle(ctx, p, it, deliveries)
+		<-w.sem
+		if err == nil || errors.Is(err, errAbandon) {
+			return err
+		}
+		// Failed.
+		w.failed.Add(1)
+		if deliveries >= uint64(w.cfg.MaxDeliver) {
+			return w.deadLetter(ctx, p, it, deliveries, ReasonHandlerError, err)
+		}
+		i := min(int(deliveries)-1, len(w.cfg.Backoff)-1)
+		d := w.cfg.Backoff[max(i, 0)]
+		w.log.Warn("krules/nats: event failed; will be retried", "stream_seq", it.seq, "delivery", deliveries, "delay", d, "error", err)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-p.stop: // released or shutting down: hand it back instead of waiting
+			t.Stop()
+			return errAbandon
+		case <-ctx.Done():
+			t.Stop()
+			return errAbandon
+		}
+	}
+}
+
+// handle runs one delivery of an event: nil when it is finished (acked,
+// duplicate, dead-lettered), errAbandon when it must be left, any other
+// error when the handlers (or the commit) failed.
+func (w *Worker) handle(ctx context.Context, p *partition, it *item, deliveries uint64) error {
+	if it.bad != nil {
+		return w.deadLetter(ctx, p, it, deliveries, ReasonMalformed, it.bad)
+	}
+	e := it.e
 	s := w.app.Subject(e.Subject())
 	var rec map[string]any
 	if w.cfg.Idempotent {
-		var applied bool
-		rec, applied, err = w.applied(ctx, s, e, md.Sequence.Stream)
+		var applied, stale bool
+		var err error
+		rec, applied, stale, err = w.applied(ctx, s, e, it.seq, p.epoch)
 		if err != nil {
-			w.retry(ctx, m, md, fmt.Errorf("read idempotency record: %w", err))
-			return
+			return fmt.Errorf("read idempotency record: %w", err)
+		}
+		if stale {
+			// A newer owner of the partition applied events of this
+			// subject: our lease is gone.
+			p.lost.Store(true)
+			return errAbandon
 		}
 		if applied {
 			w.duplicates.Add(1)
-			w.ack(ctx, m, e)
-			return
+			return w.ack(p, it)
 		}
 	}
-	if md.NumDelivered > uint64(w.cfg.MaxDeliver) {
-		w.deadLetter(ctx, m, md, ReasonMaxDeliveries, fmt.Errorf("delivered %d times without an ack (max %d)", md.NumDelivered, w.cfg.MaxDeliver))
-		return
+	if deliveries > uint64(w.cfg.MaxDeliver) {
+		return w.deadLetter(ctx, p, it, deliveries, ReasonMaxDeliveries, fmt.Errorf("delivered %d times without an ack (max %d)", deliveries, w.cfg.MaxDeliver))
 	}
 
 	f := &failures{}
@@ -451,102 +632,118 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
 	opts := append([]krules.EmitOption{
 		krules.WithMeta(cloudevents.MetaCloudEvent, e),
 		krules.WithMeta(MetaStream, w.cfg.Stream),
-		krules.WithMeta(MetaSequence, md.Sequence.Stream),
-		krules.WithMeta(MetaDeliveries, md.NumDelivered),
+		krules.WithMeta(MetaSequence, it.seq),
+		krules.WithMeta(MetaDeliveries, deliveries),
 	}, cloudevents.TraceOptions(e)...) // traceparent/tracestate metadata
-	err = w.app.Emit(ectx, e.Type(), s, payload, opts...)
+	err := w.app.Emit(ectx, e.Type(), s, it.payload, opts...)
 	err = errors.Join(err, f.err())
-	if err == nil && ctx.Err() != nil {
-		// Past the shutdown deadline: Run has given the event up (its lease
-		// lapses, another worker may have it already); do not commit.
-		err = ctx.Err()
+	if ctx.Err() != nil || !w.valid(p) {
+		// Past the shutdown deadline, or the lease is gone: another worker
+		// may have the event already; commit nothing.
+		return errAbandon
 	}
 	if err == nil && w.cfg.Idempotent {
-		_, _, err = s.SetExt(ctx, AppliedKey, w.record(rec, e, md.Sequence.Stream))
+		_, _, err = s.SetExt(ctx, AppliedKey, w.record(rec, e, it.seq, p.epoch))
 	}
 	if err == nil {
+		if !w.valid(p) {
+			return errAbandon
+		}
 		// Commit the subject's cache: the handlers' cached writes and, with
 		// Idempotent, the record, in one atomic write.
 		err = s.Store(ctx)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			// Shutdown deadline: give the event back at once.
-			_ = m.Nak()
-			return
+			return errAbandon
 		}
-		w.retry(ctx, m, md, err)
-		return
+		return err
 	}
 	w.handled.Add(1)
 	if testHookBeforeAck != nil {
 		testHookBeforeAck()
 	}
-	w.ack(ctx, m, e)
+	return w.ack(p, it)
 }
 
 // testHookBeforeAck is set by tests (export_test.go) to stall a worker
 // between commit and ack.
 var testHookBeforeAck func()
 
-// ack acknowledges without waiting for the server's confirmation: the
-// partition's next event is delivered only once the server has processed
-// the ack (MaxAckPending 1), so waiting here would add a round trip per
-// event and guard nothing — an ack that is lost makes the event come again
-// after AckWait, confirmed or not. An ack that cannot be sent (connection
-// closed) counts in Stats.AckErrors.
-func (w *Worker) ack(_ context.Context, m jetstream.Msg, e *event.Event) {
+// ack acknowledges without waiting for the server's confirmation (a lost ack
+// makes the event come again after AckWait, to the partition's owner, which
+// recognises it if it still holds it, or with the idempotency option). A
+// worker that lost the partition's lease does not ack (errAbandon). An ack
+// that cannot be sent (connection closed) counts in Stats.AckErrors.
+func (w *Worker) ack(p *partition, it *item) error {
+	if !w.valid(p) {
+		return errAbandon
+	}
+	p.mu.Lock()
+	m := it.m
+	p.mu.Unlock()
 	if err := m.Ack(); err != nil {
 		w.ackErrs.Add(1)
-		w.log.Warn("krules/nats: ack not confirmed; the event may be delivered again", "event", e.Type(), "id", e.ID(), "subject", e.Subject(), "error", err)
+		w.log.Warn("krules/nats: ack failed; the event may be delivered again", "stream_seq", it.seq, "error", err)
 	}
-}
-
-func (w *Worker) retry(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, err error) {
-	w.failed.Add(1)
-	if md.NumDelivered >= uint64(w.cfg.MaxDeliver) {
-		w.deadLetter(ctx, m, md, ReasonHandlerError, err)
-		return
-	}
-	i := min(int(md.NumDelivered)-1, len(w.cfg.Backoff)-1)
-	d := w.cfg.Backoff[max(i, 0)]
-	w.log.Warn("krules/nats: event failed; will be redelivered", "stream_seq", md.Sequence.Stream, "delivery", md.NumDelivered, "delay", d, "error", err)
-	if nerr := m.NakWithDelay(d); nerr != nil {
-		w.log.Warn("krules/nats: nak failed; the event comes back after AckWait", "error", nerr)
-	}
+	return nil
 }
 
 // deadLetter publishes the message to the dead-letter subject with the
-// reason and error, then acks it. If the publish fails the message is
-// nak'ed with the first backoff delay so that nothing is lost.
-func (w *Worker) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, reason string, cause error) {
-	dl := natsgo.NewMsg(DeadLetterSubject(w.cfg.Stream))
-	for k, v := range m.Headers() {
-		if strings.HasPrefix(k, "Nats-") {
-			continue
+// reason and error, then acks it. If the publish fails the event is retried
+// in its lane after the first backoff delay (errAbandon if the lease or
+// the worker goes meanwhile) so that nothing is lost.
+func (w *Worker) deadLetter(ctx context.Context, p *partition, it *item, deliveries uint64, reason string, cause error) error {
+	for {
+		if !w.valid(p) {
+			return errAbandon
 		}
-		dl.Header[k] = slices.Clone(v)
-	}
-	text := truncateUTF8(strings.Join(strings.Fields(cause.Error()), " "), maxDeadErrorBytes)
-	dl.Header.Set(HeaderDeadReason, reason)
-	dl.Header.Set(HeaderDeadError, text)
-	dl.Header.Set(HeaderDeadSubject, m.Subject())
-	dl.Header.Set(HeaderDeadSequence, strconv.FormatUint(md.Sequence.Stream, 10))
-	dl.Header.Set(HeaderDeadDeliveries, strconv.FormatUint(md.NumDelivered, 10))
-	dl.Data = m.Data()
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.AckWait)
-	defer cancel()
-	// The msg id makes a repeated dead-lettering (crash before the ack) a no-op.
-	id := fmt.Sprintf("dead:%s:%d", w.cfg.Stream, md.Sequence.Stream)
-	if _, err := w.js.PublishMsg(pctx, dl, jetstream.WithMsgID(id)); err != nil {
-		w.log.Error("krules/nats: dead-letter publish failed; event will be redelivered", "stream_seq", md.Sequence.Stream, "reason", reason, "error", err)
-		_ = m.NakWithDelay(w.cfg.Backoff[0])
-		return
-	}
-	w.dead.Add(1)
-	w.log.Warn("krules/nats: event dead-lettered", "stream_seq", md.Sequence.Stream, "reason", reason, "error", text)
-	if err := m.DoubleAck(pctx); err != nil {
-		w.ackErrs.Add(1)
+		p.mu.Lock()
+		m := it.m
+		p.mu.Unlock()
+		dl := natsgo.NewMsg(DeadLetterSubject(w.cfg.Stream))
+		for k, v := range m.Headers() {
+			if strings.HasPrefix(k, "Nats-") {
+				continue
+			}
+			dl.Header[k] = slices.Clone(v)
+		}
+		text := truncateUTF8(strings.Join(strings.Fields(cause.Error()), " "), maxDeadErrorBytes)
+		dl.Header.Set(HeaderDeadReason, reason)
+		dl.Header.Set(HeaderDeadError, text)
+		dl.Header.Set(HeaderDeadSubject, m.Subject())
+		dl.Header.Set(HeaderDeadSequence, strconv.FormatUint(it.seq, 10))
+		dl.Header.Set(HeaderDeadDeliveries, strconv.FormatUint(deliveries, 10))
+		dl.Data = m.Data()
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.AckWait/3)
+		// The msg id makes a repeated dead-lettering (crash before the ack) a no-op.
+		id := fmt.Sprintf("dead:%s:%d", w.cfg.Stream, it.seq)
+		_, err := w.js.PublishMsg(pctx, dl, jetstream.WithMsgID(id))
+		if err == nil {
+			w.dead.Add(1)
+			w.log.Warn("krules/nats: event dead-lettered", "stream_seq", it.seq, "reason", reason, "error", text)
+			if !w.valid(p) {
+				cancel()
+				return errAbandon
+			}
+			if err := m.DoubleAck(pctx); err != nil {
+				w.ackErrs.Add(1)
+			}
+			cancel()
+			return nil
+		}
+		cancel()
+		w.log.Error("krules/nats: dead-letter publish failed; retrying", "stream_seq", it.seq, "reason", reason, "error", err)
+		t := time.NewTimer(w.cfg.Backoff[0])
+		select {
+		case <-t.C:
+		case <-p.stop:
+			t.Stop()
+			return errAbandon
+		case <-ctx.Done():
+			t.Stop()
+			return errAbandon
+		}
 	}
 }
 
@@ -565,13 +762,12 @@ func truncateUTF8(s string, n int) string {
 	return s[:n]
 }
 
-// heartbeats tells the server every AckWait/3 that the deliveries being
-// handled are still being worked on — one ticker for all of them —, until
-// done is closed or ctx (the handlers' context) is cancelled at the
-// shutdown deadline; then their leases lapse and the server hands them to
-// another worker after AckWait. The period follows the consumers' AckWait
-// (the lease the server applies; the same for all of them, see
-// ErrConsumerMismatch), not only this worker's configuration.
+// heartbeats tells the server every AckWait/3 that the events the worker
+// holds (running, waiting in their lane, or waiting for a retry) are still
+// being worked on — one ticker for all of them —, until done is closed or
+// ctx (the handlers' context) is cancelled at the shutdown deadline; then
+// their AckWait lapses. Events of a partition whose lease is no longer
+// valid get no heartbeat.
 func (w *Worker) heartbeats(ctx context.Context, done <-chan struct{}) {
 	ackWait := w.cfg.AckWait
 	if len(w.consum) > 0 {
@@ -594,16 +790,23 @@ func (w *Worker) heartbeats(ctx context.Context, done <-chan struct{}) {
 			return
 		case <-t.C:
 			batch = batch[:0]
-			w.mu.Lock()
-			for m := range w.inflight {
-				batch = append(batch, m)
+			w.pmu.Lock()
+			for p := range w.active {
+				if p.lost.Load() {
+					continue
+				}
+				p.mu.Lock()
+				for _, it := range p.held {
+					batch = append(batch, it.m)
+				}
+				p.mu.Unlock()
 			}
-			w.mu.Unlock()
+			w.pmu.Unlock()
 			for _, m := range batch {
 				if ctx.Err() != nil {
 					return
 				}
-				if err := m.InProgress(); err != nil {
+				if err := m.InProgress(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 					w.log.Warn("krules/nats: in-progress heartbeat failed", "subject", m.Subject(), "error", err)
 				}
 			}
@@ -611,48 +814,40 @@ func (w *Worker) heartbeats(ctx context.Context, done <-chan struct{}) {
 	}
 }
 
-func (w *Worker) track(m jetstream.Msg) {
-	w.mu.Lock()
-	if w.inflight == nil {
-		w.inflight = map[jetstream.Msg]struct{}{}
-	}
-	w.inflight[m] = struct{}{}
-	w.mu.Unlock()
-}
-
-func (w *Worker) untrack(m jetstream.Msg) {
-	w.mu.Lock()
-	delete(w.inflight, m)
-	w.mu.Unlock()
-}
-
 // applied reads the subject's idempotency record (loading the subject into
 // the handle's cache, which the handlers then use) and reports whether the
 // event was already applied: same stream incarnation and a sequence not
-// beyond the recorded one, or an id among the recent ones.
-func (w *Worker) applied(ctx context.Context, s *krules.Subject, e *event.Event, seq uint64) (map[string]any, bool, error) {
+// beyond the recorded one, or an id among the recent ones. stale reports
+// that the record was written under a newer lease of the partition than
+// lease (same lease bucket): this worker lost the partition.
+func (w *Worker) applied(ctx context.Context, s *krules.Subject, e *event.Event, seq, lease uint64) (all map[string]any, applied, stale bool, err error) {
 	v, err := s.GetExt(ctx, AppliedKey, krules.Default(nil))
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
-	all, _ := v.(map[string]any)
+	all, _ = v.(map[string]any)
 	rec, _ := all[w.recordKey()].(map[string]any)
 	if rec == nil {
-		return all, false, nil
+		return all, false, false, nil
+	}
+	if rec["leases"] == w.leases {
+		if l, ok := rec["lease"].(int64); ok && uint64(l) > lease {
+			return all, false, true, nil
+		}
 	}
 	if rec["epoch"] == w.epoch {
 		if last, ok := rec["seq"].(int64); ok && uint64(last) >= seq {
-			return all, true, nil
+			return all, true, false, nil
 		}
 	}
 	if ids, ok := rec["ids"].([]any); ok && slices.Contains(ids, any(e.ID())) {
-		return all, true, nil
+		return all, true, false, nil
 	}
-	return all, false, nil
+	return all, false, false, nil
 }
 
 // record returns the updated idempotency record of a subject.
-func (w *Worker) record(all map[string]any, e *event.Event, seq uint64) map[string]any {
+func (w *Worker) record(all map[string]any, e *event.Event, seq, lease uint64) map[string]any {
 	out := make(map[string]any, len(all)+1)
 	for k, v := range all {
 		out[k] = v
@@ -667,7 +862,7 @@ func (w *Worker) record(all map[string]any, e *event.Event, seq uint64) map[stri
 	if len(ids) > w.cfg.IdempotencyIDs {
 		ids = ids[len(ids)-w.cfg.IdempotencyIDs:]
 	}
-	out[w.recordKey()] = map[string]any{"epoch": w.epoch, "seq": int64(seq), "ids": ids}
+	out[w.recordKey()] = map[string]any{"epoch": w.epoch, "seq": int64(seq), "ids": ids, "leases": w.leases, "lease": int64(lease)}
 	return out
 }
 

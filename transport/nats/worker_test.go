@@ -40,10 +40,16 @@ func TestPublishAndHandleInOrder(t *testing.T) {
 		rec.add(record{subject: ev.Subject.Name(), seq: seqOf(ev), id: ce.ID(), meta: ev.Metadata(), deliv: d.(uint64)})
 		return nil
 	})
-	// Two workers of one group in the same process share the work.
+	// Two workers of one group in the same process share the work (once
+	// they have shared the partitions: events a worker receives while it
+	// hands a partition over may be delivered again to the other).
+	var ws []*knats.Worker
 	for range 2 {
-		startWorker(t, newWorker(t, js, app, knats.WorkerConfig{Stream: stream}))
+		w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream})
+		startWorker(t, w)
+		ws = append(ws, w)
 	}
+	waitOwnedAll(t, 4, ws...)
 	p := publisher(t, js, stream)
 	ctx := context.Background()
 	ids := map[string]bool{}

@@ -1,0 +1,696 @@
+package nats
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// LeaseBucket returns the name of the NATS KV bucket in which the workers of
+// a group keep their membership and partition leases: "<stream>_leases_<group>"
+// (TTL = the group's AckWait). NewWorker creates it; it is not deleted with
+// the stream.
+func LeaseBucket(stream, group string) string { return stream + "_leases_" + group }
+
+const (
+	memberPrefix = "m."
+	leasePrefix  = "p."
+	// leaseFree is the value of a lease released cleanly: nothing of the
+	// partition is held by anyone (every event it had received was acked,
+	// or handed back with a nak in stream order), so the next owner may
+	// pull at once.
+	leaseFree = "free"
+)
+
+// partitionMaxAckPending is the MaxAckPending of a partition's consumer: how
+// many events of the partition its owner may hold unacknowledged.
+const partitionMaxAckPending = 1000
+
+// fetchBatch is how many events an owner asks for per pull.
+const fetchBatch = 250
+
+func newMemberID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	host, _ := os.Hostname()
+	host = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, host)
+	if len(host) > 32 {
+		host = host[:32]
+	}
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
+// ensureLeaseBucket opens (or creates) the group's lease bucket and checks
+// its TTL.
+func ensureLeaseBucket(ctx context.Context, js jetstream.JetStream, stream, group string, ttl time.Duration, replicas int) (jetstream.KeyValue, time.Time, error) {
+	name := LeaseBucket(stream, group)
+	desc := fmt.Sprintf("krules-go leases of stream %s, group %s", stream, group)
+	kv, err := js.KeyValue(ctx, name)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: name, Description: desc, History: 1, TTL: ttl,
+			Storage: jetstream.FileStorage, Replicas: max(replicas, 1),
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			kv, err = js.KeyValue(ctx, name)
+		}
+	}
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("lease bucket %s: %w", name, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("lease bucket %s: %w", name, err)
+	}
+	if st.TTL() != ttl {
+		return nil, time.Time{}, fmt.Errorf("%w: lease bucket %s has TTL %s (this worker's AckWait: %s)", ErrConsumerMismatch, name, st.TTL(), ttl)
+	}
+	si, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return nil, time.Time{}, fmt.Errorf("lease bucket %s: unexpected status %T", name, st)
+	}
+	if si.StreamInfo().Config.Description != desc {
+		return nil, time.Time{}, fmt.Errorf("%w: bucket %s is not the lease bucket of stream %s, group %s", ErrConsumerMismatch, name, stream, group)
+	}
+	return kv, si.StreamInfo().Created, nil
+}
+
+// owner picks the member that should own partition k: rendezvous hashing
+// (highest hash of member and partition), so a join or leave moves only
+// the partitions of that member.
+func owner(members []string, k int) string {
+	var best string
+	var bestH uint64
+	for _, m := range members {
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(m))
+		_, _ = h.Write([]byte{'/'})
+		_, _ = h.Write([]byte(strconv.Itoa(k)))
+		if v := mix64(h.Sum64()); best == "" || v > bestH {
+			best, bestH = m, v
+		}
+	}
+	return best
+}
+
+// mix64 is the splitmix64 finalizer: FNV alone orders ids that differ only
+// in their last bytes badly.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// partition is a partition this worker holds the lease of.
+type partition struct {
+	k     int
+	key   string
+	c     jetstream.Consumer
+	hctx  context.Context // the handlers' context
+	epoch uint64          // the lease's revision when acquired: grows with every new owner
+
+	kvMu     sync.Mutex // serialises the lease's KV writes (renew, release)
+	rev      uint64     // revision of our last lease write
+	released bool
+
+	validUntil atomic.Int64 // monotonic nanos (since Worker.t0) until which the lease is surely ours
+	lost       atomic.Bool  // fenced: lease lost (or given up at the shutdown deadline)
+
+	stop     chan struct{} // closed: stop pulling, drain, hand back, release
+	stopOnce sync.Once
+	done     chan struct{} // closed when the partition is finished
+
+	mu    sync.Mutex
+	held  map[uint64]*item // every event received and not yet acked, by stream sequence
+	gated bool             // events go to gate, not to lanes, until openGate
+	gate  []*item
+	dseq  uint64 // consumer (delivery) sequence of the last delivery received
+	lanes map[string]*lane
+	wg    sync.WaitGroup // lanes
+}
+
+func (p *partition) requestStop() { p.stopOnce.Do(func() { close(p.stop) }) }
+
+func (p *partition) stopping() bool {
+	select {
+	case <-p.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// valid reports whether the worker may act (ack, commit, start a handler)
+// for the partition, waiting while the lease is in doubt: past its validity
+// (a renewal is late) the worker does nothing until a renewal tells — it
+// succeeded (the key never expired, so nobody else took the partition: go
+// on) or found the lease changed (lost for good: false). It also returns
+// false once the handlers' context is cancelled (shutdown deadline).
+func (w *Worker) valid(p *partition) bool {
+	for {
+		if p.lost.Load() {
+			return false
+		}
+		if w.mono() < p.validUntil.Load() {
+			return true
+		}
+		if p.hctx == nil || p.hctx.Err() != nil {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (w *Worker) mono() int64 { return int64(time.Since(w.t0)) }
+
+// leaseGuard is the part of the TTL a lease holder does not count on: it
+// stops acting that long before the server can expire its lease.
+func (w *Worker) leaseGuard() time.Duration { return w.cfg.AckWait / 5 }
+
+// coordinate keeps this worker's membership and leases and runs the
+// partitions it owns, until ctx is cancelled; then it stops them
+// (gracefully, then forced at the deadline) and leaves the group.
+func (w *Worker) coordinate(ctx, hctx context.Context, forced <-chan struct{}, fatal func(error)) {
+	owned := map[int]*partition{}
+	trigger := make(chan struct{}, 1)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	if watcher, err := w.kv.Watch(wctx, ">", jetstream.UpdatesOnly()); err == nil {
+		go func() {
+			defer func() { _ = watcher.Stop() }()
+			for {
+				select {
+				case <-wctx.Done():
+					return
+				case e, ok := <-watcher.Updates():
+					if !ok {
+						return
+					}
+					if e == nil {
+						continue
+					}
+					if strings.HasPrefix(e.Key(), memberPrefix) || e.Operation() != jetstream.KeyValuePut || string(e.Value()) == leaseFree {
+						select {
+						case trigger <- struct{}{}:
+						default:
+						}
+					}
+				}
+			}
+		}()
+	} else {
+		w.log.Warn("krules/nats: lease watch failed; rebalancing on the timer only", "error", err)
+	}
+	tick := time.NewTicker(w.cfg.AckWait / 3)
+	defer tick.Stop()
+	memberKey := memberPrefix + w.id
+	w.renewMember(ctx, memberKey)
+	for {
+		for k, p := range owned {
+			select {
+			case <-p.done:
+				delete(owned, k)
+			default:
+			}
+		}
+		if ctx.Err() == nil {
+			w.rebalance(ctx, hctx, owned, forced, fatal)
+		}
+		w.setOwned(owned)
+		select {
+		case <-ctx.Done():
+			w.shutdown(owned, forced)
+			w.setOwned(nil)
+			dctx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait)
+			_ = w.kv.Delete(dctx, memberKey)
+			cancel()
+			return
+		case <-tick.C:
+		case <-trigger:
+		}
+	}
+}
+
+func (w *Worker) setOwned(owned map[int]*partition) {
+	ks := make([]int, 0, len(owned))
+	for k, p := range owned {
+		if !p.stopping() && !p.lost.Load() {
+			ks = append(ks, k)
+		}
+	}
+	slices.Sort(ks)
+	w.ownedMu.Lock()
+	w.owned = ks
+	w.ownedMu.Unlock()
+}
+
+func (w *Worker) renewMember(ctx context.Context, key string) {
+	if ctx.Err() != nil {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, w.cfg.AckWait/3)
+	defer cancel()
+	if _, err := w.kv.Put(rctx, key, []byte(w.id)); err != nil {
+		w.log.Warn("krules/nats: membership renewal failed", "stream", w.cfg.Stream, "group", w.cfg.Group, "error", err)
+	}
+}
+
+// renewLeases extends the leases of the owned partitions (also of those
+// still draining). A lease found changed is lost: the partition is fenced.
+func (w *Worker) renewLeases(ctx context.Context, owned []*partition) {
+	var wg sync.WaitGroup
+	for _, p := range owned {
+		if p.lost.Load() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.renewLease(ctx, p)
+		}()
+	}
+	wg.Wait()
+}
+
+func (w *Worker) renewLease(ctx context.Context, p *partition) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.AckWait/3)
+	defer cancel()
+	p.kvMu.Lock()
+	defer p.kvMu.Unlock()
+	if p.released {
+		return
+	}
+	sent := w.mono()
+	rev, err := w.kv.Update(rctx, p.key, []byte(w.id), p.rev)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		// An earlier renewal may have been applied after we gave up
+		// waiting for it: the key still holds our id (nobody else writes
+		// it) under a newer revision. Then it is still ours.
+		if e, gerr := w.kv.Get(rctx, p.key); gerr == nil && string(e.Value()) == w.id && e.Revision() > p.rev {
+			p.rev = e.Revision()
+			sent = w.mono()
+			rev, err = w.kv.Update(rctx, p.key, []byte(w.id), p.rev)
+		}
+	}
+	switch {
+	case err == nil:
+		p.rev = rev
+		p.validUntil.Store(sent + int64(w.cfg.AckWait-w.leaseGuard()))
+	case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound):
+		p.lost.Store(true)
+		w.log.Warn("krules/nats: partition lease lost", "stream", w.cfg.Stream, "partition", p.k, "error", err)
+	default:
+		w.log.Warn("krules/nats: partition lease renewal failed", "stream", w.cfg.Stream, "partition", p.k, "error", err)
+	}
+}
+
+// rebalance computes this worker's fair share from the live members, starts
+// releasing what is no longer its share and tries to take what is.
+func (w *Worker) rebalance(ctx, hctx context.Context, owned map[int]*partition, forced <-chan struct{}, fatal func(error)) {
+	lctx, cancel := context.WithTimeout(ctx, w.cfg.AckWait/3)
+	defer cancel()
+	// ListKeys, not ListKeysFiltered: filtered listing needs a 2.10 server.
+	lister, err := w.kv.ListKeys(lctx)
+	if err != nil {
+		w.log.Warn("krules/nats: listing members failed", "error", err)
+		return
+	}
+	members := []string{w.id}
+	for k := range lister.Keys() {
+		if id, ok := strings.CutPrefix(k, memberPrefix); ok && id != w.id {
+			members = append(members, id)
+		}
+	}
+	var mu sync.Mutex // guards got
+	var got []*partition
+	var wg sync.WaitGroup
+	for k := range w.parts {
+		mine := owner(members, k) == w.id
+		p, have := owned[k]
+		switch {
+		case have && !mine:
+			p.requestStop()
+		case !have && mine:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				actx, cancel := context.WithTimeout(ctx, w.cfg.AckWait/3)
+				defer cancel()
+				if np := w.acquire(actx, k); np != nil {
+					np.hctx = hctx
+					mu.Lock()
+					got = append(got, np)
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for _, np := range got {
+		owned[np.k] = np
+		go w.runPartition(hctx, np, forced, fatal)
+	}
+}
+
+// acquire takes the lease of partition k if it is free (released or
+// expired) and returns the partition, or nil.
+func (w *Worker) acquire(ctx context.Context, k int) *partition {
+	key := leasePrefix + strconv.Itoa(k)
+	sent := w.mono()
+	var rev uint64
+	e, err := w.kv.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+		rev, err = w.kv.Create(ctx, key, []byte(w.id))
+	case err != nil:
+	case string(e.Value()) == leaseFree:
+		rev, err = w.kv.Update(ctx, key, []byte(w.id), e.Revision())
+	default:
+		return nil // held by another member until it releases it or it expires
+	}
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			w.log.Warn("krules/nats: taking a partition lease failed", "partition", k, "error", err)
+		}
+		return nil
+	}
+	p := &partition{
+		k: k, key: key, c: w.consum[k], epoch: rev, rev: rev,
+		stop: make(chan struct{}), done: make(chan struct{}),
+		held: map[uint64]*item{}, lanes: map[string]*lane{}, gated: true,
+	}
+	p.validUntil.Store(sent + int64(w.cfg.AckWait-w.leaseGuard()))
+	return p
+}
+
+// shutdown stops every owned partition and waits for them: up to
+// ShutdownTimeout for a graceful drain, then (forced is closed by Run) up
+// to ShutdownGrace.
+func (w *Worker) shutdown(owned map[int]*partition, forced <-chan struct{}) {
+	for _, p := range owned {
+		p.requestStop()
+	}
+	// renewLoop keeps renewing the leases while the partitions drain.
+	for _, p := range owned {
+		select {
+		case <-p.done:
+		case <-w.abandon:
+			return // Run returned without us
+		}
+	}
+}
+
+// renewLoop renews the membership (until ctx is cancelled) and the leases
+// of the running partitions every AckWait/3, on its own so that slow
+// rebalancing never delays a renewal, until stop is closed.
+func (w *Worker) renewLoop(ctx context.Context, stop <-chan struct{}) {
+	t := time.NewTicker(w.cfg.AckWait / 3)
+	defer t.Stop()
+	memberKey := memberPrefix + w.id
+	var ps []*partition
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		if ctx.Err() == nil {
+			go w.renewMember(ctx, memberKey)
+		}
+		ps = ps[:0]
+		w.pmu.Lock()
+		for p := range w.active {
+			ps = append(ps, p)
+		}
+		w.pmu.Unlock()
+		w.renewLeases(ctx, ps)
+	}
+}
+
+// runPartition pulls the partition while the lease is ours, feeds the lanes,
+// and at the end drains them, hands back what was not done and releases the
+// lease.
+func (w *Worker) runPartition(hctx context.Context, p *partition, forced <-chan struct{}, fatal func(error)) {
+	defer close(p.done)
+	w.pmu.Lock()
+	w.active[p] = struct{}{}
+	w.pmu.Unlock()
+	defer func() {
+		w.pmu.Lock()
+		delete(w.active, p)
+		w.pmu.Unlock()
+	}()
+	if w.waitQuiet(p) {
+		w.pull(p, fatal)
+	}
+	// Drain: lanes finish (or, on stop, give up what waits for a retry).
+	drained := make(chan struct{})
+	go func() { p.wg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-forced:
+		select {
+		case <-drained:
+		case <-time.After(ShutdownGrace / 2):
+		}
+	}
+	if !w.valid(p) {
+		return // someone else may own it: touch nothing
+	}
+	// Fence the lanes that did not finish; wait until our pull requests are
+	// gone, then hand the events not done back in stream order, so that
+	// the next owner gets them first, in order.
+	p.lost.Store(true)
+	w.waitNoPull(p, time.Now().Add(w.pullExpiry()+time.Second))
+	p.mu.Lock()
+	var rest []*item
+	for _, it := range p.held {
+		rest = append(rest, it)
+	}
+	p.mu.Unlock()
+	slices.SortFunc(rest, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
+	clean := w.nakInOrder(rest)
+	if nc := w.js.Conn(); nc != nil {
+		_ = nc.FlushTimeout(w.cfg.AckWait / 3)
+	}
+	// Clean only if the server holds nothing else of the partition as
+	// delivered (an event sent to a pull request we had already given up
+	// would be): then the next owner may pull at once.
+	clean = clean && w.waitPending(p, len(rest), time.Now().Add(time.Second))
+	rctx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
+	defer cancel()
+	p.kvMu.Lock()
+	defer p.kvMu.Unlock()
+	var err error
+	if clean {
+		_, err = w.kv.Update(rctx, p.key, []byte(leaseFree), p.rev)
+	} else {
+		// Released, but the next owner waits until the server redelivers.
+		err = w.kv.Delete(rctx, p.key, jetstream.LastRevision(p.rev))
+	}
+	if err != nil {
+		w.log.Warn("krules/nats: releasing a partition lease failed; it expires after AckWait", "partition", p.k, "error", err)
+	}
+	p.released = true
+}
+
+// waitNoPull waits (until deadline) until no pull request of the
+// partition's consumer is waiting at the server.
+func (w *Worker) waitNoPull(p *partition, deadline time.Time) {
+	for time.Now().Before(deadline) {
+		ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
+		info, err := p.c.Info(ictx)
+		cancel()
+		if err == nil && info.NumWaiting == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitPending waits (until deadline) until the consumer has at most n
+// events delivered and unacknowledged, and reports whether it got there.
+func (w *Worker) waitPending(p *partition, n int, deadline time.Time) bool {
+	for {
+		ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
+		info, err := p.c.Info(ictx)
+		cancel()
+		if err == nil && info.NumAckPending <= n && info.NumWaiting == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// nakInOrder hands events back (nak, no delay) in the given order; the last
+// nak is confirmed by the server, which processes the naks of one
+// connection in order, so on true all of them are queued for redelivery.
+func (w *Worker) nakInOrder(items []*item) bool {
+	if len(items) == 0 {
+		return true
+	}
+	nc := w.js.Conn()
+	for i, it := range items {
+		if i == len(items)-1 && nc != nil && it.m.Reply() != "" {
+			if _, err := nc.Request(it.m.Reply(), []byte("-NAK"), w.cfg.AckWait/3); err != nil {
+				w.log.Warn("krules/nats: nak not confirmed", "error", err)
+				return false
+			}
+			return true
+		}
+		if err := it.m.Nak(); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// waitQuiet waits, before the first pull, until no pull request of the
+// partition is waiting at the server (a previous owner's could still
+// receive events).
+func (w *Worker) waitQuiet(p *partition) bool {
+	for {
+		if p.stopping() || !w.valid(p) {
+			return false
+		}
+		ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
+		info, err := p.c.Info(ictx)
+		cancel()
+		if err == nil && info.NumWaiting == 0 {
+			return true
+		}
+		select {
+		case <-p.stop:
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// watchGate opens the partition's gate (openGate) as soon as the server
+// counts no more events of the partition delivered and unacknowledged than
+// this worker holds: then whatever a previous owner had left (acked late,
+// handed back, or expired and redelivered) is settled or in our hands, and
+// sorting by stream sequence restores the order.
+func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		p.mu.Lock()
+		gated, before := p.gated, len(p.held)
+		p.mu.Unlock()
+		if gated {
+			ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
+			info, err := p.c.Info(ictx)
+			cancel()
+			if err == nil && info.NumAckPending <= before {
+				w.openGate(p)
+			}
+		}
+		select {
+		case <-done:
+			return
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pull consumes the partition (a continuous pull, up to fetchBatch events
+// requested ahead) while the lease is valid and the partition is not
+// stopping; then it drains what was already received into the lanes.
+func (w *Worker) pull(p *partition, fatal func(error)) {
+	it, err := p.c.Messages(jetstream.PullMaxMessages(fetchBatch), jetstream.PullExpiry(w.pullExpiry()))
+	if err != nil {
+		fatal(fmt.Errorf("krules/nats: consumer %s: %w", p.c.CachedInfo().Name, err))
+		return
+	}
+	watchDone := make(chan struct{})
+	var gateWG sync.WaitGroup
+	gateWG.Add(1)
+	go func() { defer gateWG.Done(); w.watchGate(p, watchDone) }()
+	defer gateWG.Wait() // no gate opening once pull returned (the lanes drain then)
+	defer close(watchDone)
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.stop:
+				it.Drain()
+				return
+			case <-watchDone:
+				return
+			case <-t.C:
+				if p.lost.Load() {
+					it.Stop() // lease gone: touch nothing more
+					return
+				}
+			}
+		}
+	}()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				if p.stopping() || p.lost.Load() {
+					return
+				}
+				fatal(fmt.Errorf("krules/nats: consumer %s: %w", p.c.CachedInfo().Name, err))
+				return
+			}
+			if w.fetchFatal(p, err, fatal) {
+				it.Stop()
+				return
+			}
+			continue
+		}
+		w.dispatch(p, m)
+	}
+}
+
+// pullExpiry is the expiry of the pull requests (at least 1 s, the client's
+// minimum).
+func (w *Worker) pullExpiry() time.Duration {
+	return max(time.Second, min(w.cfg.AckWait/5, 5*time.Second))
+}
+
+func (w *Worker) fetchFatal(p *partition, err error, fatal func(error)) bool {
+	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, natsgo.ErrConnectionClosed) {
+		fatal(fmt.Errorf("krules/nats: consumer %s: %w", p.c.CachedInfo().Name, err))
+		return true
+	}
+	if errors.Is(err, jetstream.ErrNoHeartbeat) {
+		// The client re-pulls by itself; a busy server or network.
+		w.log.Debug("krules/nats: pull heartbeat missed", "consumer", p.c.CachedInfo().Name)
+		return false
+	}
+	w.log.Warn("krules/nats: fetch failed; retrying", "consumer", p.c.CachedInfo().Name, "error", err)
+	return false
+}
