@@ -454,6 +454,7 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg) {
 		krules.WithMeta(MetaSequence, md.Sequence.Stream),
 		krules.WithMeta(MetaDeliveries, md.NumDelivered),
 	}, cloudevents.TraceOptions(e)...) // traceparent/tracestate metadata
+	ectx, opts = feedEmit(ectx, e, opts) // change feed hook (feed.go): depth, Extra, version
 	err = w.app.Emit(ectx, e.Type(), s, payload, opts...)
 	err = errors.Join(err, f.err())
 	if err == nil && ctx.Err() != nil {
