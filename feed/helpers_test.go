@@ -14,6 +14,7 @@ import (
 	"github.com/krules-go/krules/feed"
 	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/postgres"
 	"github.com/krules-go/krules/storage/redis"
 	knats "github.com/krules-go/krules/transport/nats"
 )
@@ -160,4 +161,40 @@ func (s *seen) checkOrder(t testing.TB, perSubject int) {
 			}
 		}
 	}
+}
+
+// openPostgres opens a PostgreSQL backend in feed mode on tables of its
+// own (table "" : a new unique one), dropped at the end.
+func openPostgres(t testing.TB, table string) *postgres.Backend {
+	t.Helper()
+	if table == "" {
+		table = testenv.Unique("krfeed")
+	}
+	b, err := postgres.Open(context.Background(), testenv.PostgresURL(t), postgres.Config{Table: table, ChangeFeed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, n := range []string{table, table + "_feed", table + "_feed_seq"} {
+			_, _ = b.Pool().Exec(ctx, `DROP TABLE IF EXISTS "`+n+`"`)
+		}
+		b.Close()
+	})
+	return b
+}
+
+// feedBackend is a backend with a change feed.
+type feedBackend interface {
+	storage.Backend
+	storage.FeedStore
+}
+
+// backends are the shared stores the relay tests run on.
+var backends = []struct {
+	name string
+	open func(testing.TB) feedBackend
+}{
+	{"redis", func(t testing.TB) feedBackend { return openRedis(t, "") }},
+	{"postgres", func(t testing.TB) feedBackend { return openPostgres(t, "") }},
 }
