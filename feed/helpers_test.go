@@ -198,3 +198,7 @@ var backends = []struct {
 	{"redis", func(t testing.TB) feedBackend { return openRedis(t, "") }},
 	{"postgres", func(t testing.TB) feedBackend { return openPostgres(t, "") }},
 }
+
+func jetstreamOrdered() jetstream.OrderedConsumerConfig { return jetstream.OrderedConsumerConfig{} }
+
+func fetchWait(d time.Duration) jetstream.FetchOpt { return jetstream.FetchMaxWait(d) }
