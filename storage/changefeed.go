@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"sync/atomic"
 	"time"
 )
 
@@ -94,11 +95,28 @@ func ChangeFrom(ctx context.Context) *ChangeMeta {
 	return m
 }
 
-// NewChangeID returns a new random record id (32 hex digits).
+// idPrefix makes the ids of this process unique: 16 random hex digits.
+var (
+	idPrefix = func() string {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		return hex.EncodeToString(b[:])
+	}()
+	idCounter atomic.Uint64
+)
+
+// NewChangeID returns a new record id, unique across processes: 16 random
+// hex digits fixed per process and 16 hex digits of a counter (32 in all).
 func NewChangeID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	var b [32]byte
+	copy(b[:16], idPrefix)
+	n := idCounter.Add(1)
+	const digits = "0123456789abcdef"
+	for i := 31; i >= 16; i-- {
+		b[i] = digits[n&15]
+		n >>= 4
+	}
+	return string(b[:])
 }
 
 // ChangeFeeder is implemented by backends that can write change records.

@@ -74,8 +74,29 @@ func withFeed(s *script) *script {
 		s.src + "\nend\nlocal __result = __body()\n" + feedEpilogue)
 }
 
+// feedSetScript is the feed variant of setScript, written out (it is the
+// hot path): one HGET for both the returned old text and the record.
+var feedSetScript = newScript(`
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if old ~= ARGV[2] then
+  local seq = redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+  if old then
+    if ARGV[5] ~= '' then
+      redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old, '_m', ARGV[5])
+    else
+      redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old)
+    end
+  elseif ARGV[5] ~= '' then
+    redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_m', ARGV[5])
+  else
+    redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2])
+  end
+end
+return old
+`)
+
 var (
-	feedSetScript    = withFeed(setScript)
 	feedDeleteScript = withFeed(deleteScript)
 	feedCasScript    = withFeed(casScript)
 	feedOpScript     = withFeed(opScript)
