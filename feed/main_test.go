@@ -6,15 +6,24 @@ import (
 	"math/rand/v2"
 	"os"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/feed"
 	"github.com/krules-go/krules/storage/redis"
+	knats "github.com/krules-go/krules/transport/nats"
 )
 
 // TestMain runs the writer child of the crash test when
 // KRULES_FEED_CHILD is set (the test binary re-executed by TestCrash).
 func TestMain(m *testing.M) {
-	if os.Getenv("KRULES_FEED_CHILD") != "" {
+	switch os.Getenv("KRULES_FEED_CHILD") {
+	case "":
+	case "relay":
+		os.Exit(relayChild())
+	default:
 		os.Exit(crashChild())
 	}
 	os.Exit(m.Run())
@@ -48,3 +57,33 @@ func crashChild() int {
 		}
 	}
 }
+
+// relayChild runs a relay until it is killed.
+func relayChild() int {
+	ctx := context.Background()
+	b, err := redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{Prefix: os.Getenv("KRULES_FEED_PREFIX"), ChangeFeed: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	nc, err := knats.Connect(os.Getenv("KRULES_NATS_URL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 2
+	}
+	r, err := feed.NewRelay(ctx, b, js, feed.RelayConfig{Stream: os.Getenv("KRULES_FEED_STREAM"), LeaseTTL: relayChildTTL, Batch: 64})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	fmt.Println("ready")
+	_ = r.Run(ctx)
+	return 0
+}
+
+// relayChildTTL is the lease of the relays TestRelayKilled starts.
+const relayChildTTL = 600 * time.Millisecond
