@@ -3,6 +3,7 @@ package feed_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -109,6 +110,7 @@ type seen struct {
 	done  chan struct{}
 	extra map[string]krules.Extra
 	depth map[string]int
+	trace string // traceparent|tracestate metadata of the last event
 }
 
 func newSeen(want int) *seen {
@@ -126,6 +128,9 @@ func (s *seen) handler(ctx context.Context, ev *krules.Event) error {
 		s.extra[name+"/"+ev.PropertyName] = ev.Extra
 	}
 	s.depth[name+"/"+ev.PropertyName] = krules.CascadeDepth(ctx)
+	tp, _ := ev.Meta("traceparent")
+	ts, _ := ev.Meta("tracestate")
+	s.trace = fmt.Sprint(tp, "|", ts)
 	s.n++
 	if s.n == s.want {
 		close(s.done)

@@ -78,7 +78,11 @@ func testRelayOrder(t *testing.T, b feedBackend) {
 	r1, _ := startRelay(t, b, js, feed.RelayConfig{Stream: stream, LeaseTTL: 3 * time.Second})
 	r2, _ := startRelay(t, b, js, feed.RelayConfig{Stream: stream, LeaseTTL: 3 * time.Second})
 
-	writer := krules.New(krules.WithStorage(b), krules.WithChangeFeed(krules.FeedConfig{Policy: krules.FeedRemote}))
+	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	writer := krules.New(krules.WithStorage(b), krules.WithChangeFeed(krules.FeedConfig{
+		Policy: krules.FeedRemote,
+		Trace:  func(context.Context) (string, string) { return tp, "k=v" },
+	}))
 	local := 0
 	writer.On(krules.PropertyChanged).Do(func(context.Context, *krules.Event) error { local++; return nil })
 	if got := writeSubjects(t, writer, subjects); got != per {
@@ -88,6 +92,9 @@ func testRelayOrder(t *testing.T, b feedBackend) {
 	s.checkOrder(t, per)
 	if local != 0 {
 		t.Errorf("FeedRemote: the writer's handler ran %d times", local)
+	}
+	if s.trace != tp+"|k=v" {
+		t.Errorf("trace context at the worker %q, want %q", s.trace, tp+"|k=v")
 	}
 	if e := s.extra["subj-007/v"]; e == nil || fmt.Sprint(e["k"]) != "2" {
 		t.Errorf("Extra of the last Set of v: %v", e)
