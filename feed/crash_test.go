@@ -20,7 +20,7 @@ import (
 )
 
 // crashDuration bounds the writer-kill rounds of TestCrash.
-const crashDuration = 20 * time.Second
+const crashDuration = 10 * time.Second
 
 // TestCrash: a writer child process (Inc with NoCache, cached Sets with
 // Store) is SIGKILLed at a random moment, round after round, while a relay
@@ -29,11 +29,68 @@ const crashDuration = 20 * time.Second
 // and in order, the handler's last value of "n" is the stored one, and no
 // record is left in the feed.
 func TestCrash(t *testing.T) {
-	url := testenv.RedisURL(t)
+	t.Run("redis", func(t *testing.T) {
+		url := testenv.RedisURL(t)
+		prefix := testenv.Unique("krcrash") + ":"
+		b := openRedis(t, prefix)
+		testCrash(t, b, crashStore{
+			env: []string{"KRULES_REDIS_URL=" + url, "KRULES_FEED_PREFIX=" + prefix},
+			versions: func(ctx context.Context) (map[string]string, error) {
+				return b.Client().HGetAll(ctx, "f:"+prefix+"seq").Result()
+			},
+			stored: func(ctx context.Context, subject string) (string, error) {
+				return b.Client().HGet(ctx, "s:"+prefix+subject, "pn").Result()
+			},
+			pending: func(ctx context.Context) (int64, error) { return b.Client().XLen(ctx, b.FeedKey()).Result() },
+		})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		url := testenv.PostgresURL(t)
+		table := testenv.Unique("krcrash")
+		b := openPostgres(t, table)
+		pool := b.Pool()
+		testCrash(t, b, crashStore{
+			env: []string{"KRULES_POSTGRES_URL=" + url, "KRULES_FEED_TABLE=" + table},
+			versions: func(ctx context.Context) (map[string]string, error) {
+				rows, err := pool.Query(ctx, `SELECT subject_name, seq::text FROM "`+table+`_feed_seq"`)
+				if err != nil {
+					return nil, err
+				}
+				out := map[string]string{}
+				for rows.Next() {
+					var s, v string
+					if err := rows.Scan(&s, &v); err != nil {
+						return nil, err
+					}
+					out[s] = v
+				}
+				return out, rows.Err()
+			},
+			stored: func(ctx context.Context, subject string) (string, error) {
+				var v string
+				err := pool.QueryRow(ctx, `SELECT properties ->> 'n' FROM "`+table+`" WHERE subject_name = $1`, subject).Scan(&v)
+				return v, err
+			},
+			pending: func(ctx context.Context) (int64, error) {
+				var n int64
+				err := pool.QueryRow(ctx, `SELECT count(*) FROM "`+table+`_feed"`).Scan(&n)
+				return n, err
+			},
+		})
+	})
+}
+
+// crashStore is what testCrash needs to know of a store.
+type crashStore struct {
+	env      []string // for the writer child
+	versions func(context.Context) (map[string]string, error)
+	stored   func(ctx context.Context, subject string) (string, error)
+	pending  func(context.Context) (int64, error)
+}
+
+func testCrash(t *testing.T, b feedBackend, cs crashStore) {
 	js := connect(t)
 	stream := newStream(t, js)
-	prefix := testenv.Unique("krcrash") + ":"
-	b := openRedis(t, prefix)
 	const subjects = 20
 
 	type last struct {
@@ -68,7 +125,7 @@ func TestCrash(t *testing.T) {
 	rounds := 0
 	for start := time.Now(); time.Since(start) < crashDuration; rounds++ {
 		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), "KRULES_FEED_CHILD=1", "KRULES_REDIS_URL="+url, "KRULES_FEED_PREFIX="+prefix, "KRULES_FEED_SUBJECTS="+strconv.Itoa(subjects))
+		cmd.Env = append(append(os.Environ(), "KRULES_FEED_CHILD=1", "KRULES_FEED_SUBJECTS="+strconv.Itoa(subjects)), cs.env...)
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -93,7 +150,7 @@ func TestCrash(t *testing.T) {
 	t.Logf("%d writer processes killed", rounds)
 
 	ctx := context.Background()
-	want, err := b.Client().HGetAll(ctx, "f:"+prefix+"seq").Result()
+	want, err := cs.versions(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +193,7 @@ func TestCrash(t *testing.T) {
 				break
 			}
 		}
-		stored, err := b.Client().HGet(ctx, "s:"+prefix+name, "pn").Result()
+		stored, err := cs.stored(ctx, name)
 		if err != nil || fmt.Sprint(l.n) != stored {
 			t.Errorf("subject %s: last handled n = %v, stored %q (%v)", name, l.n, stored, err)
 		}
@@ -146,7 +203,7 @@ func TestCrash(t *testing.T) {
 	}
 	// The relay removes records just after JetStream's ack.
 	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		n, err := b.Client().XLen(ctx, b.FeedKey()).Result()
+		n, err := cs.pending(ctx)
 		if err == nil && n == 0 {
 			break
 		}

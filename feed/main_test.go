@@ -12,6 +12,8 @@ import (
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/feed"
+	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/postgres"
 	"github.com/krules-go/krules/storage/redis"
 	knats "github.com/krules-go/krules/transport/nats"
 )
@@ -33,7 +35,13 @@ func TestMain(m *testing.M) {
 // committed by Store, on KRULES_FEED_SUBJECTS subjects.
 func crashChild() int {
 	ctx := context.Background()
-	b, err := redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{Prefix: os.Getenv("KRULES_FEED_PREFIX"), ChangeFeed: true})
+	var b storage.Backend
+	var err error
+	if table := os.Getenv("KRULES_FEED_TABLE"); table != "" {
+		b, err = postgres.Open(ctx, os.Getenv("KRULES_POSTGRES_URL"), postgres.Config{Table: table, ChangeFeed: true})
+	} else {
+		b, err = redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{Prefix: os.Getenv("KRULES_FEED_PREFIX"), ChangeFeed: true})
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

@@ -20,7 +20,7 @@ import (
 )
 
 // relayKillDuration bounds the relay-kill rounds of TestRelayKilled.
-const relayKillDuration = 10 * time.Second
+const relayKillDuration = 8 * time.Second
 
 // TestRelayKilled: two relay child processes (one active, one standby)
 // while this process writes continuously; a relay is SIGKILLed at a random
