@@ -19,8 +19,16 @@ import (
 	knats "github.com/krules-go/krules/transport/nats"
 )
 
-// crashDuration bounds the writer-kill rounds of TestCrash.
-const crashDuration = 10 * time.Second
+// crashDuration bounds the writer-kill rounds of TestCrash (per backend).
+func crashDuration() time.Duration {
+	if raceEnabled {
+		return 4 * time.Second
+	}
+	return 10 * time.Second
+}
+
+// raceEnabled is set when the tests run with -race (race_test.go).
+var raceEnabled bool
 
 // TestCrash: a writer child process (Inc with NoCache, cached Sets with
 // Store) is SIGKILLed at a random moment, round after round, while a relay
@@ -123,7 +131,7 @@ func testCrash(t *testing.T, b feedBackend, cs crashStore) {
 		t.Fatal(err)
 	}
 	rounds := 0
-	for start := time.Now(); time.Since(start) < crashDuration; rounds++ {
+	for start := time.Now(); time.Since(start) < crashDuration(); rounds++ {
 		cmd := exec.Command(exe)
 		cmd.Env = append(append(os.Environ(), "KRULES_FEED_CHILD=1", "KRULES_FEED_SUBJECTS="+strconv.Itoa(subjects)), cs.env...)
 		out, err := cmd.StdoutPipe()

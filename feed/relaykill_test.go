@@ -20,7 +20,12 @@ import (
 )
 
 // relayKillDuration bounds the relay-kill rounds of TestRelayKilled.
-const relayKillDuration = 8 * time.Second
+func relayKillDuration() time.Duration {
+	if raceEnabled {
+		return 4 * time.Second
+	}
+	return 8 * time.Second
+}
 
 // TestRelayKilled: two relay child processes (one active, one standby)
 // while this process writes continuously; a relay is SIGKILLed at a random
@@ -98,7 +103,7 @@ func TestRelayKilled(t *testing.T) {
 		wdone <- nil
 	}()
 	kills := 0
-	for begin := time.Now(); time.Since(begin) < relayKillDuration; kills++ {
+	for begin := time.Now(); time.Since(begin) < relayKillDuration(); kills++ {
 		time.Sleep(time.Duration(100+rand.IntN(150)) * time.Millisecond)
 		i := rand.IntN(2)
 		kill(relays[i])
