@@ -275,10 +275,9 @@ type feedRecord struct {
 	N   []byte
 	S   []byte
 	M   []byte
-	has [3]bool
 }
 
-func (r feedRecord) json(w *strings.Builder) error {
+func (r feedRecord) json(w *strings.Builder) {
 	enc := func(v any) string {
 		b, _ := storage.Marshal(v)
 		return string(b)
@@ -300,7 +299,6 @@ func (r feedRecord) json(w *strings.Builder) error {
 		}
 	}
 	w.WriteString("}")
-	return nil
 }
 
 func recordsJSON(recs []feedRecord) string {
@@ -310,7 +308,7 @@ func recordsJSON(recs []feedRecord) string {
 		if i > 0 {
 			w.WriteByte(',')
 		}
-		_ = r.json(&w)
+		r.json(&w)
 	}
 	w.WriteByte(']')
 	return w.String()
