@@ -267,14 +267,14 @@ func metaJSON(m *storage.ChangeMeta) (data []byte, muted bool, err error) {
 
 // feedRecord is one element of feedInsert's array.
 type feedRecord struct {
-	ID  string
-	K   string // c, d, f
-	P   string
-	X   bool
-	O   []byte // JSON; nil: absent
-	N   []byte
-	S   []byte
-	M   []byte
+	ID string
+	K  string // c, d, f
+	P  string
+	X  bool
+	O  []byte // JSON; nil: absent
+	N  []byte
+	S  []byte
+	M  []byte
 }
 
 func (r feedRecord) json(w *strings.Builder) {
