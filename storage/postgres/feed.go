@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -45,9 +46,10 @@ type feedState struct {
 	sets                     map[string]string // set/op statement -> its feed variant
 	del, insert, read, ack   string
 
-	mu    sync.Mutex
-	conn  *pgx.Conn // LISTEN + advisory lock; nil when none
-	owner string    // lease owner holding the advisory lock on conn
+	mu       sync.Mutex
+	conn     *pgx.Conn   // LISTEN + advisory lock; nil when none
+	owner    string      // lease owner holding the advisory lock on conn
+	notified atomic.Bool // a NOTIFY came in (also while a query ran)
 }
 
 // ChangeFeed implements storage.ChangeFeeder: Config.ChangeFeed.
@@ -547,12 +549,16 @@ func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([
 	}
 	deadline := time.Now().Add(wait)
 	for {
+		f.notified.Store(false)
 		out, err := b.readRows(ctx, conn, max(n, 1))
 		if err != nil || len(out) > 0 {
 			if err != nil {
 				b.dropFeedConnLocked()
 			}
 			return out, err
+		}
+		if f.notified.Load() {
+			continue // a record committed while the query ran
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -697,6 +703,9 @@ func (b *Backend) feedConnLocked(ctx context.Context) (*pgx.Conn, error) {
 	cc.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.DeadlineContextWatcherHandler{Conn: pc.Conn()}
 	}
+	// A NOTIFY that arrives while a query runs is not returned by
+	// WaitForNotification: remember it.
+	cc.OnNotification = func(*pgconn.PgConn, *pgconn.Notification) { f.notified.Store(true) }
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: change feed connection: %w", err)
