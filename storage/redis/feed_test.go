@@ -134,3 +134,27 @@ func TestFeedReadBlocksAndLease(t *testing.T) {
 		t.Fatal("released lease not free")
 	}
 }
+
+// BenchmarkFeedSet: a NoCache-style backend Set of a changing value with the
+// feed off and on (the record written in the same script).
+func BenchmarkFeedSet(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		name := "off"
+		if on {
+			name = "on"
+		}
+		b.Run(name, func(b *testing.B) {
+			be := open(b, redis.Config{ChangeFeed: on})
+			if on {
+				b.Cleanup(func() { be.Client().Del(context.Background(), be.FeedKey(), "f:"+be.Key("")[2:]+"seq") })
+			}
+			ctx := context.Background()
+			k := storage.Key{Kind: storage.Default, Name: "n"}
+			for i := 0; b.Loop(); i++ {
+				if _, _, err := be.Set(ctx, "s", k, storage.Mutation{Value: int64(i)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
