@@ -11,7 +11,6 @@ import (
 	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/postgres"
-	"github.com/krules-go/krules/storage/storagetest"
 )
 
 // newFeedBackend returns a Backend in feed mode on tables of its own,
@@ -33,12 +32,6 @@ func newFeedBackend(t testing.TB) *postgres.Backend {
 
 func TestFeedRecords(t *testing.T) {
 	feedtest.Records(t, newFeedBackend(t), true)
-}
-
-// The data behaviour is the same with the feed on.
-func TestFeedConformance(t *testing.T) {
-	testenv.PostgresURL(t)
-	storagetest.Run(t, func(t *testing.T) storage.Backend { return newFeedBackend(t) })
 }
 
 func TestFeedBatchFuncAndMuted(t *testing.T) {
