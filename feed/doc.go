@@ -138,5 +138,10 @@
 //   - The Redis lease is a TTL lease: a relay stalled longer than its TTL
 //     while still running may publish alongside its successor (duplicates
 //     are dropped by JetStream, see above).
+//   - PostgreSQL: every record's transaction sends a NOTIFY, and PostgreSQL
+//     serialises the commits of notifying transactions on one lock; very
+//     high write concurrency on one database pays for it.
+//   - A Set that leaves a Redis value's text unchanged writes no record, as
+//     without the feed it emits no event; but the comparison is textual.
 //   - bbolt has no feed mode yet.
 package feed

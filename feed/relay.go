@@ -116,10 +116,11 @@ func (r *Relay) Stats() Stats {
 	return Stats{Published: r.published.Load(), DeadLettered: r.dead.Load(), Errors: r.errs.Load(), Takeovers: r.takeovers.Load()}
 }
 
-// Run relays until ctx is done, then gives the lease up and returns nil. A
-// store or NATS outage pauses it (with a growing pause, at most one
-// LeaseTTL/3) and it resumes by itself; Run returns an error only for a
-// record it cannot publish at all (a nil result never happens otherwise).
+// Run relays until ctx is done, then gives the lease up (if held) and
+// returns nil. Without the lease it stands by, trying every LeaseTTL/3. A
+// store or NATS outage pauses it (a growing pause, at most LeaseTTL/3,
+// counted in Stats.Errors and logged at level Warn) and it resumes by
+// itself. Run may be called once at a time per Relay.
 func (r *Relay) Run(ctx context.Context) error {
 	defer func() {
 		if r.active.Swap(false) {
