@@ -141,7 +141,5 @@
 //   - PostgreSQL: every record's transaction sends a NOTIFY, and PostgreSQL
 //     serialises the commits of notifying transactions on one lock; very
 //     high write concurrency on one database pays for it.
-//   - A Set that leaves a Redis value's text unchanged writes no record, as
-//     without the feed it emits no event; but the comparison is textual.
 //   - bbolt has no feed mode yet.
 package feed
