@@ -106,7 +106,7 @@ func testOrderAcrossProcesses(t *testing.T, b feedBackend, env []string) {
 		t.Errorf("%d versions out of order or with a gap", bad)
 	}
 	for i := 0; i < subjects; i++ {
-		if v, _ := rc.HGet(ctx, check, "m-"+pad3(i)).Int64(); v != rounds*writers {
+		if v, _ := rc.HGet(ctx, check, "m-"+pad3(i)).Int64(); v != int64(rounds*writers) {
 			t.Errorf("subject m-%s: last version %d, want %d", pad3(i), v, rounds*writers)
 			break
 		}
