@@ -23,6 +23,7 @@ type App struct {
 	logger       *slog.Logger
 	onError      ErrorHandler
 	cascadeLimit int
+	feed         feedState // change feed (changefeed.go)
 
 	regMu sync.Mutex // serialises writers of table
 	table atomic.Pointer[table]
@@ -102,6 +103,7 @@ func New(opts ...Option) *App {
 		a.onError = a.logError
 	}
 	a.table.Store(newTable(nil, nil, nil))
+	a.initFeed() // change feed hook (changefeed.go)
 	return a
 }
 

@@ -44,6 +44,8 @@ type Subject struct {
 	loaded bool
 	props  propCache
 	ext    propCache
+
+	feedPending map[string]*storage.ChangeMeta // change feed: metadata of cached writes (changefeed.go)
 }
 
 // Name returns the subject's name.
@@ -114,7 +116,10 @@ func (s *Subject) listeners(ctx context.Context, k storage.Kind, o *callOptions,
 	if k != storage.Default || o.muted {
 		return nil, nil, 0, nil
 	}
-	t := s.app.table.Load()
+	if err := s.feedCheck(ctx, k, o, eventType); err != nil { // change feed hook
+		return nil, nil, 0, err
+	}
+	t := s.app.eventTable() // change feed hook: no local handlers under FeedRemote
 	hs := t.builtin(eventType)
 	if !t.wants(hs) {
 		return t, hs, 0, nil
@@ -256,7 +261,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	}
 	var nv, old any
 	if o.noCache {
-		nv, old, err = s.app.backend.Set(ctx, s.name, storage.Key{Kind: k, Name: prop}, mut)
+		nv, old, err = s.app.backend.Set(s.feedCtx(ctx, &o), s.name, storage.Key{Kind: k, Name: prop}, mut)
 		if err != nil {
 			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
@@ -287,6 +292,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 			}
 		}
 		c.putAt(i, prop, nv, true)
+		s.noteFeed(ctx, k, prop, &o) // change feed hook
 		s.mu.Unlock()
 	}
 	if t.wants(hs) && !storage.Equal(nv, old) {
@@ -450,7 +456,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 	}
 	var old any
 	if o.noCache {
-		old, err = s.app.backend.Delete(ctx, s.name, storage.Key{Kind: k, Name: prop})
+		old, err = s.app.backend.Delete(s.feedCtx(ctx, &o), s.name, storage.Key{Kind: k, Name: prop})
 		if errors.Is(err, ErrNotFound) {
 			return s.notFound(k, prop)
 		}
@@ -472,6 +478,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 		}
 		old = v
 		c.remove(prop, true)
+		s.noteFeed(ctx, k, prop, &o) // change feed hook
 		s.mu.Unlock()
 	}
 	if t.wants(hs) {
@@ -500,10 +507,11 @@ func (s *Subject) Store(ctx context.Context) error {
 	s.props.batch(storage.Default, &b)
 	s.ext.batch(storage.Extended, &b)
 	if !b.Empty() {
-		if err := s.app.backend.Store(ctx, s.name, b); err != nil {
+		if err := s.app.backend.Store(s.storeCtx(ctx), s.name, b); err != nil { // change feed hook
 			return fmt.Errorf("krules: store subject %q: %w", s.name, err)
 		}
 	}
+	s.feedPending = nil // change feed hook
 	s.loaded = false
 	s.props, s.ext = propCache{}, propCache{}
 	return nil
@@ -523,8 +531,11 @@ func (s *Subject) Flush(ctx context.Context) error {
 	if s.nameErr != nil {
 		return fmt.Errorf("krules: %w", s.nameErr)
 	}
-	t := s.app.table.Load()
+	t := s.app.eventTable() // change feed hook: no local handlers under FeedRemote
 	hsProp, hsSubj := t.builtin(PropertyDeleted), t.match(SubjectDeleted)
+	if err := s.feedCheck(ctx, storage.Default, &callOptions{}, SubjectDeleted); err != nil { // change feed hook
+		return err
+	}
 	depth := 0
 	if t.wants(hsProp) || t.wants(hsSubj) {
 		d, err := s.app.checkDepth(ctx, SubjectDeleted, s)
@@ -563,7 +574,7 @@ func (s *Subject) Flush(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := s.app.backend.Flush(ctx, s.name); err != nil {
+	if err := s.app.backend.Flush(s.feedCtx(ctx, &callOptions{}), s.name); err != nil { // change feed hook
 		return fmt.Errorf("krules: flush subject %q: %w", s.name, err)
 	}
 	s.mu.Lock()

@@ -233,8 +233,8 @@ func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration
 			if _, _, err := ev.Subject.Set(ctx, "n", krules.Inc(1), krules.NoCache()); err != nil {
 				return err
 			}
-			i, _ := ev.Payload["i"].(int64)
-			seq, _ := ev.Payload["seq"].(int64)
+			i, _ := ev.Payload()["i"].(int64)
+			seq, _ := ev.Payload()["seq"].(int64)
 			r.saw(int(i), ev.Subject.Name(), seq)
 			return nil
 		})

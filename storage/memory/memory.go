@@ -24,11 +24,18 @@ import (
 type Backend struct {
 	mu       sync.RWMutex
 	subjects map[string]*subject
+	feed     *memFeed // change feed (feed.go); nil when off
 }
 
-// New returns an empty in-memory store.
-func New() *Backend {
-	return &Backend{subjects: make(map[string]*subject)}
+// New returns an empty in-memory store. Options: WithChangeFeed.
+func New(opts ...Option) *Backend {
+	b := &Backend{subjects: make(map[string]*subject)}
+	for _, o := range opts {
+		if o != nil {
+			o(b)
+		}
+	}
+	return b
 }
 
 var _ storage.Backend = (*Backend)(nil)
@@ -159,12 +166,14 @@ func (b *Backend) Store(ctx context.Context, name string, batch storage.Batch) e
 	}
 	s := b.lookup(name, true)
 	defer s.mu.Unlock()
+	before := b.feedBefore(s, batch) // change feed hook
 	for _, k := range batch.Deletes {
 		s.set(k.Kind).del(k.Name)
 	}
 	for _, w := range batch.Puts {
 		s.set(w.Kind).put(w.Name, storage.Clone(w.Value))
 	}
+	b.feedStore(ctx, name, s, before) // change feed hook
 	b.dropIfEmpty(name, s)
 	return nil
 }
@@ -194,6 +203,9 @@ func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage
 		return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
 	}
 	ps.put(k.Name, storage.Clone(nv))
+	if b.feed != nil && k.Kind == storage.Default && (!exists || !storage.Equal(old, nv)) { // change feed hook
+		b.feed.add(ctx, storage.Change{Type: storage.ChangePropertyChanged, Subject: name, Property: k.Name, Old: old, New: storage.Clone(nv)}, k.Name)
+	}
 	return nv, old, nil
 }
 
@@ -231,6 +243,9 @@ func (b *Backend) Delete(ctx context.Context, name string, k storage.Key) (any, 
 	}
 	defer s.mu.Unlock()
 	v, ok := s.set(k.Kind).del(k.Name)
+	if ok && b.feed != nil && k.Kind == storage.Default { // change feed hook
+		b.feed.add(ctx, storage.Change{Type: storage.ChangePropertyDeleted, Subject: name, Property: k.Name, Old: storage.Clone(v)}, k.Name)
+	}
 	b.dropIfEmpty(name, s)
 	if !ok {
 		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
@@ -259,15 +274,22 @@ func (b *Backend) Flush(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	b.mu.Lock()
-	s := b.subjects[name]
-	delete(b.subjects, name)
-	b.mu.Unlock()
-	if s != nil {
-		s.mu.Lock()
-		s.gone = true
-		s.mu.Unlock()
+	// The subject's lock is held while it leaves the map, so a concurrent
+	// write either comes before (and is flushed) or after (a new entry);
+	// the change feed records them in that order.
+	s := b.lookup(name, false)
+	if s == nil {
+		b.feedFlush(ctx, name, nil) // change feed hook
+		return nil
 	}
+	b.mu.Lock()
+	if b.subjects[name] == s {
+		delete(b.subjects, name)
+	}
+	b.mu.Unlock()
+	s.gone = true
+	b.feedFlush(ctx, name, s) // change feed hook
+	s.mu.Unlock()
 	return nil
 }
 

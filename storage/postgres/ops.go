@@ -155,7 +155,11 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	}
 	var raw []byte
 	var n int64
-	if err := b.pool.QueryRow(ctx, b.queries(k.Kind).del, subject, k.Name).Scan(&raw, &n); err != nil {
+	sql, args, err := b.feedDelete(ctx, k, b.queries(k.Kind).del, subject, k.Name) // change feed hook
+	if err != nil {
+		return nil, fmt.Errorf("postgres: delete property %q of subject %q: %w", k.Name, subject, err)
+	}
+	if err := b.pool.QueryRow(ctx, sql, args...).Scan(&raw, &n); err != nil {
 		return nil, wrap(ctx, "delete", subject, k.Name, err)
 	}
 	old, exists, err := decode(raw)
@@ -172,6 +176,9 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 func (b *Backend) Flush(ctx context.Context, subject string) error {
 	if err := b.check(subject, nil); err != nil {
 		return err
+	}
+	if b.cfg.ChangeFeed { // change feed hook
+		return b.feedFlush(ctx, subject)
 	}
 	if _, err := b.pool.Exec(ctx, b.tq.flush, subject); err != nil {
 		return wrap(ctx, "flush", subject, "", err)
@@ -221,9 +228,15 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 		delE = []string{}
 	}
 	var err error
-	if len(batch.Puts) == 0 {
+	switch {
+	case b.cfg.ChangeFeed && hasDefault(batch): // change feed hook
+		if len(batch.Puts) == 0 {
+			return b.feedStore(ctx, subject, batch, b.tq.storeDeletes, []any{subject, delP, delE})
+		}
+		return b.feedStore(ctx, subject, batch, b.tq.store, []any{subject, props.bytes(), ext.bytes(), delP, delE})
+	case len(batch.Puts) == 0:
 		_, err = b.pool.Exec(ctx, b.tq.storeDeletes, subject, delP, delE)
-	} else {
+	default:
 		_, err = b.pool.Exec(ctx, b.tq.store, subject, props.bytes(), ext.bytes(), delP, delE)
 	}
 	if err != nil {
@@ -365,7 +378,11 @@ func checkOpArg(op *storage.Op) error {
 func (b *Backend) setStatement(ctx context.Context, subject string, k storage.Key, sql string, arg []byte, op *storage.Op) (any, any, error) {
 	var oldRaw, newRaw []byte
 	var written bool
-	if err := b.pool.QueryRow(ctx, sql, subject, k.Name, arg).Scan(&oldRaw, &newRaw, &written); err != nil {
+	sql, args, err := b.feedSet(ctx, k, sql, subject, k.Name, arg) // change feed hook
+	if err != nil {
+		return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
+	}
+	if err := b.pool.QueryRow(ctx, sql, args...).Scan(&oldRaw, &newRaw, &written); err != nil {
 		return nil, nil, wrap(ctx, "set", subject, k.Name, err)
 	}
 	old, _, err := decode(oldRaw)
@@ -454,10 +471,12 @@ func (b *Backend) setFunc(ctx context.Context, subject string, k storage.Key, m 
 	}
 	batch = &pgx.Batch{}
 	batch.Queue(q.write, subject, k.Name, data)
+	if err := b.feedFunc(ctx, batch, subject, k, oldRaw, old, nv, data); err != nil { // change feed hook
+		return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
+	}
 	batch.Queue(`COMMIT`)
 	br = conn.SendBatch(ctx, batch)
-	_, err = br.Exec()
-	if err == nil {
+	for i := 0; i < batch.Len() && err == nil; i++ {
 		_, err = br.Exec()
 	}
 	if cerr := br.Close(); err == nil {

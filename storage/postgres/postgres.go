@@ -63,6 +63,14 @@ type Config struct {
 	// schema is managed elsewhere or the role lacks DDL privileges. When the
 	// table and its indexes already exist, New never runs DDL anyway.
 	NoCreate bool
+
+	// ChangeFeed turns on the change feed (see feed.go and package feed):
+	// every committed effective change of a default property, and every
+	// Flush, also writes a change record into the table Table+"_feed" in
+	// the same transaction; the subjects' versions live in
+	// Table+"_feed_seq". New creates both tables unless NoCreate is set.
+	// Default false.
+	ChangeFeed bool
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -104,6 +112,7 @@ type Backend struct {
 	q        [2]queries
 	tq       tableQueries
 	closed   atomic.Bool
+	feed     feedState // change feed (feed.go)
 }
 
 var (
@@ -133,7 +142,13 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Backend, error) 
 	b.q[0] = buildQueries(b.table, "properties")
 	b.q[1] = buildQueries(b.table, "ext_properties")
 	b.tq = buildTableQueries(b.table)
+	if err := b.initFeed(); err != nil { // change feed hook
+		return nil, err
+	}
 	if err := b.ensureSchema(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.ensureFeedSchema(ctx); err != nil { // change feed hook
 		return nil, err
 	}
 	return b, nil
@@ -202,6 +217,7 @@ func (b *Backend) Close() {
 	if b.closed.Swap(true) {
 		return
 	}
+	b.closeFeed() // change feed hook
 	if b.ownsPool {
 		b.pool.Close()
 	}

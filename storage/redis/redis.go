@@ -52,6 +52,14 @@ type Config struct {
 	// (50µs) and DefaultMaxBackoff (5ms).
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
+
+	// ChangeFeed turns on the change feed (see feed.go and package feed):
+	// every committed effective change of a default property, and every
+	// Flush, also appends a change record to the stream FeedKey() in the
+	// same script call. It needs standalone Redis, or on Redis Cluster a
+	// Prefix with a hash tag ("{myapp}:") so that every key is in one slot.
+	// Default false.
+	ChangeFeed bool
 }
 
 func (c Config) withDefaults() Config {
@@ -255,6 +263,8 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 	switch {
 	case dels == nil && puts == nil:
 		return nil
+	case b.cfg.ChangeFeed && hasDefault(batch): // change feed hook
+		return b.feedStore(ctx, subject, dels, puts)
 	case dels == nil:
 		err = b.client.HSet(ctx, key, puts...).Err()
 	case puts == nil:
@@ -298,7 +308,7 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	if err := b.check(ctx, k); err != nil {
 		return nil, err
 	}
-	res, err := deleteScript.run(ctx, b.client, true, b.Key(subject), field(k))
+	res, err := b.feedRun(ctx, deleteScript, subject, k, field(k)) // change feed hook
 	if err != nil {
 		if errors.Is(err, goredis.Nil) {
 			return nil, propErr("delete", subject, k, storage.ErrNotFound)
@@ -313,6 +323,9 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 func (b *Backend) Flush(ctx context.Context, subject string) error {
 	if err := b.open(ctx); err != nil {
 		return err
+	}
+	if b.cfg.ChangeFeed { // change feed hook
+		return b.feedFlush(ctx, subject)
 	}
 	if err := b.client.Del(ctx, b.Key(subject)).Err(); err != nil {
 		return fmt.Errorf("redis: flush subject %q: %w", subject, err)
@@ -379,7 +392,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	case m.Op != nil:
 		return b.setOp(ctx, subject, k, m.Op)
 	case m.Func != nil:
-		if b.watch {
+		if b.watch && !b.cfg.ChangeFeed { // change feed hook: the WATCH design writes no record
 			return b.updateWatch(ctx, subject, k, m)
 		}
 		return b.update(ctx, subject, k, m)
@@ -388,7 +401,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	if err != nil {
 		return nil, nil, propErr("set", subject, k, err)
 	}
-	res, err := setScript.run(ctx, b.client, true, b.Key(subject), field(k), text)
+	res, err := b.feedRun(ctx, setScript, subject, k, field(k), text) // change feed hook
 	if err != nil && !errors.Is(err, goredis.Nil) {
 		return nil, nil, propErr("set", subject, k, err)
 	}
@@ -414,7 +427,7 @@ func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *
 	if err != nil {
 		return nil, nil, propErr(op.Kind.String(), subject, k, err)
 	}
-	res, err := opScript.run(ctx, b.client, true, b.Key(subject), field(k), opNames[op.Kind], arg)
+	res, err := b.feedRun(ctx, opScript, subject, k, field(k), opNames[op.Kind], arg) // change feed hook
 	if err != nil {
 		return nil, nil, propErr(op.Kind.String(), subject, k, err)
 	}
@@ -522,7 +535,7 @@ func (b *Backend) update(ctx context.Context, subject string, k storage.Key, m s
 		if exists {
 			flag = "1"
 		}
-		res, err := casScript.run(ctx, b.client, true, key, f, flag, cur, text)
+		res, err := b.feedRun(ctx, casScript, subject, k, f, flag, cur, text) // change feed hook
 		if err != nil {
 			return nil, nil, propErr("update", subject, k, err)
 		}

@@ -635,6 +635,7 @@ func (w *Worker) handle(ctx context.Context, p *partition, it *item, deliveries 
 		krules.WithMeta(MetaSequence, it.seq),
 		krules.WithMeta(MetaDeliveries, deliveries),
 	}, cloudevents.TraceOptions(e)...) // traceparent/tracestate metadata
+	ectx, opts = feedEmit(ectx, e, opts) // change feed hook (feed.go): depth, Extra, version
 	err := w.app.Emit(ectx, e.Type(), s, it.payload, opts...)
 	err = errors.Join(err, f.err())
 	if ctx.Err() != nil || !w.valid(p) {

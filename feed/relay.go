@@ -1,0 +1,369 @@
+package feed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/transport/cloudevents"
+	"github.com/krules-go/krules/transport/nats"
+)
+
+// Defaults of RelayConfig.
+const (
+	DefaultLeaseTTL = 5 * time.Second
+	DefaultBatch    = 512
+)
+
+// ReasonMalformedRecord is the dead-letter reason (nats.HeaderDeadReason) of
+// a change record the relay cannot decode.
+const ReasonMalformedRecord = "malformed-record"
+
+// ErrConfig is wrapped by NewRelay's errors about its arguments.
+var ErrConfig = errors.New("feed: invalid relay configuration")
+
+// RelayConfig configures a Relay.
+type RelayConfig struct {
+	// Stream is the JetStream stream (made by nats.EnsureStream) the
+	// changes are published to. Required.
+	Stream string
+	// Source is the CloudEvent source. Default cloudevents.DefaultSource().
+	Source string
+	// Owner names this relay in the feed lease. Default: a random id.
+	Owner string
+	// LeaseTTL is the lease of the active relay: it renews it every
+	// LeaseTTL/3; a standby checks every LeaseTTL/3 and takes over at most
+	// LeaseTTL + LeaseTTL/3 after the active relay died. Default
+	// DefaultLeaseTTL (5 s).
+	LeaseTTL time.Duration
+	// Batch bounds the records read and published at once. Default
+	// DefaultBatch.
+	Batch int
+	// Logger for store and publish problems. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Stats counts what a Relay did since NewRelay.
+type Stats struct {
+	Published    uint64 // records removed after JetStream acknowledged them (dead letters included)
+	DeadLettered uint64 // undecodable records sent to the dead-letter subject
+	Errors       uint64 // failed store or publish calls (each paused the relay)
+	Takeovers    uint64 // times this relay acquired the lease
+}
+
+// Relay moves change records from a store's feed to a JetStream stream. See
+// the package doc for the guarantees. Run it in one or more processes per
+// store: one holds the lease and publishes, the others stand by.
+type Relay struct {
+	store storage.FeedStore
+	js    jetstream.JetStream
+	pub   *nats.Publisher
+	cfg   RelayConfig
+	log   *slog.Logger
+
+	active                           atomic.Bool
+	published, dead, errs, takeovers atomic.Uint64
+}
+
+// NewRelay returns a relay from store to cfg.Stream; it reads the stream's
+// partition count (the stream must exist).
+func NewRelay(ctx context.Context, store storage.FeedStore, js jetstream.JetStream, cfg RelayConfig) (*Relay, error) {
+	if store == nil || js == nil {
+		return nil, fmt.Errorf("%w: nil store or JetStream", ErrConfig)
+	}
+	if cfg.Stream == "" {
+		return nil, fmt.Errorf("%w: empty Stream", ErrConfig)
+	}
+	if cfg.Source == "" {
+		cfg.Source = cloudevents.DefaultSource()
+	}
+	if cfg.Owner == "" {
+		cfg.Owner = storage.NewChangeID()
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = DefaultBatch
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	pub, err := nats.NewPublisher(ctx, js, nats.PublisherConfig{Stream: cfg.Stream, Source: cfg.Source})
+	if err != nil {
+		return nil, fmt.Errorf("feed: relay to %s: %w", cfg.Stream, err)
+	}
+	return &Relay{store: store, js: js, pub: pub, cfg: cfg, log: log}, nil
+}
+
+// Active reports whether the relay holds the lease.
+func (r *Relay) Active() bool { return r.active.Load() }
+
+// Stats returns the relay's counters.
+func (r *Relay) Stats() Stats {
+	return Stats{Published: r.published.Load(), DeadLettered: r.dead.Load(), Errors: r.errs.Load(), Takeovers: r.takeovers.Load()}
+}
+
+// Run relays until ctx is done, then gives the lease up (if held) and
+// returns nil. Without the lease it stands by, trying every LeaseTTL/3. A
+// store or NATS outage pauses it (a growing pause, at most LeaseTTL/3,
+// counted in Stats.Errors and logged at level Warn) and it resumes by
+// itself. Run may be called once at a time per Relay.
+func (r *Relay) Run(ctx context.Context) error {
+	defer func() {
+		if r.active.Swap(false) {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = r.store.ReleaseFeedLease(rctx, r.cfg.Owner)
+			cancel()
+		}
+	}()
+	tick := r.cfg.LeaseTTL / 3
+	pause := time.Duration(0)
+	for ctx.Err() == nil {
+		if pause > 0 {
+			if !sleep(ctx, pause) {
+				break
+			}
+		}
+		start := time.Now()
+		ok, err := r.store.FeedLease(ctx, r.cfg.Owner, r.cfg.LeaseTTL)
+		if err != nil {
+			r.fail("lease", err)
+			r.active.Store(false)
+			pause = min(max(2*pause, 50*time.Millisecond), tick)
+			continue
+		}
+		if !ok {
+			r.active.Store(false)
+			pause = tick // standby
+			continue
+		}
+		if !r.active.Swap(true) {
+			r.takeovers.Add(1)
+			r.log.Info("feed: relay active", "owner", r.cfg.Owner, "stream", r.cfg.Stream)
+		}
+		pause = 0
+		renew := start.Add(tick)
+		if err := r.work(ctx, renew); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			r.fail("relay", err)
+			pause = min(max(2*pause, 50*time.Millisecond), tick)
+		}
+	}
+	return nil
+}
+
+func (r *Relay) fail(what string, err error) {
+	r.errs.Add(1)
+	r.log.Warn("feed: relay paused", "step", what, "error", err, "owner", r.cfg.Owner)
+}
+
+// work relays batches until the lease must be renewed (until).
+func (r *Relay) work(ctx context.Context, until time.Time) error {
+	for {
+		left := time.Until(until)
+		if left <= 0 {
+			return nil
+		}
+		recs, err := r.store.ReadChanges(ctx, r.cfg.Batch, left)
+		if err != nil {
+			return err
+		}
+		if len(recs) == 0 {
+			continue
+		}
+		// A publish must not outlive the lease.
+		pctx, cancel := context.WithDeadline(ctx, until.Add(r.cfg.LeaseTTL-r.cfg.LeaseTTL/3))
+		done, perr := r.publish(pctx, recs)
+		cancel()
+		if len(done) > 0 {
+			if err := r.store.AckChanges(ctx, done); err != nil {
+				return err
+			}
+			r.published.Add(uint64(len(done)))
+		}
+		if perr != nil {
+			return perr
+		}
+	}
+}
+
+// publish sends a batch, keeping each subject's records in order: the
+// records go out in waves (the first record of every subject, then the
+// second ...), each wave published asynchronously and awaited; a subject
+// whose record failed publishes nothing more of the batch. It returns the
+// refs of the records JetStream acknowledged (or dead-lettered).
+func (r *Relay) publish(ctx context.Context, recs []storage.PendingChange) ([]string, error) {
+	type item struct {
+		p storage.PendingChange
+		e *event.Event
+	}
+	var order []string
+	bySubj := map[string][]item{}
+	var done []string
+	var firstErr error
+	for _, p := range recs {
+		if p.Err != nil {
+			if err := r.deadLetter(ctx, p); err != nil {
+				return done, err
+			}
+			done = append(done, p.Ref)
+			continue
+		}
+		e, err := Event(p.Change, r.cfg.Source)
+		if err != nil {
+			p.Err = err
+			if err := r.deadLetter(ctx, p); err != nil {
+				return done, err
+			}
+			done = append(done, p.Ref)
+			continue
+		}
+		s := p.Change.Subject
+		if _, ok := bySubj[s]; !ok {
+			order = append(order, s)
+		}
+		bySubj[s] = append(bySubj[s], item{p, e})
+	}
+	failed := map[string]bool{}
+	for wave := 0; ; wave++ {
+		type sent struct {
+			ref, subj string
+			f         jetstream.PubAckFuture
+		}
+		var futs []sent
+		for _, s := range order {
+			its := bySubj[s]
+			if wave >= len(its) || failed[s] {
+				continue
+			}
+			f, err := r.pub.PublishEventAsync(ctx, r.cfg.Stream, its[wave].e)
+			if err != nil {
+				failed[s] = true
+				firstErr = cmpErr(firstErr, err)
+				continue
+			}
+			futs = append(futs, sent{its[wave].p.Ref, s, f})
+		}
+		if len(futs) == 0 {
+			break
+		}
+		for _, x := range futs {
+			select {
+			case <-x.f.Ok():
+				done = append(done, x.ref)
+			case err := <-x.f.Err():
+				failed[x.subj] = true
+				firstErr = cmpErr(firstErr, err)
+			case <-ctx.Done():
+				failed[x.subj] = true
+				firstErr = cmpErr(firstErr, ctx.Err())
+			}
+		}
+	}
+	return done, firstErr
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return fmt.Errorf("feed: publish: %w", err)
+}
+
+// deadLetter publishes an undecodable record to the stream's dead-letter
+// subject with the reason and error in headers.
+func (r *Relay) deadLetter(ctx context.Context, p storage.PendingChange) error {
+	body, _ := json.Marshal(p.Change)
+	msg := natsgo.NewMsg(nats.DeadLetterSubject(r.cfg.Stream))
+	msg.Data = body
+	msg.Header.Set(nats.HeaderDeadReason, ReasonMalformedRecord)
+	msg.Header.Set(nats.HeaderDeadError, p.Err.Error())
+	msg.Header.Set("Krules-Feed-Ref", p.Ref)
+	opts := []jetstream.PublishOpt{}
+	if p.Change.ID != "" {
+		opts = append(opts, jetstream.WithMsgID("dead-"+p.Change.ID))
+	}
+	if _, err := r.js.PublishMsg(ctx, msg, opts...); err != nil {
+		return fmt.Errorf("feed: dead-letter record %s: %w", p.Ref, err)
+	}
+	r.dead.Add(1)
+	r.log.Error("feed: undecodable change record dead-lettered", "ref", p.Ref, "error", p.Err)
+	return nil
+}
+
+// Event builds the CloudEvent a relay publishes for a change record: the
+// record's type, subject, id (so Nats-Msg-Id de-duplicates a republished
+// record) and time; the payload of the krules built-in event
+// ({property_name, old_value, value}, {property_name, old_value} or
+// {props, ext_props}); the extensions nats.ExtChangeSeq, nats.ExtDepth,
+// nats.ExtExtra and the trace context (traceparent, tracestate).
+func Event(c storage.Change, source string) (*event.Event, error) {
+	var p krules.Payload
+	switch c.Type {
+	case storage.ChangePropertyChanged:
+		p = krules.Payload{krules.KeyPropertyName: c.Property, krules.KeyOldValue: c.Old, krules.KeyValue: c.New}
+	case storage.ChangePropertyDeleted:
+		p = krules.Payload{krules.KeyPropertyName: c.Property, krules.KeyOldValue: c.Old}
+	case storage.ChangeSubjectDeleted:
+		props, ext := c.Props, c.ExtProps
+		if props == nil {
+			props = map[string]any{}
+		}
+		if ext == nil {
+			ext = map[string]any{}
+		}
+		p = krules.Payload{"props": props, "ext_props": ext}
+	default:
+		return nil, fmt.Errorf("%w: change record %s: unknown type %q", cloudevents.ErrMalformed, c.ID, c.Type)
+	}
+	ext := map[string]any{nats.ExtChangeSeq: strconv.FormatInt(c.Seq, 10)}
+	if c.Depth > 0 {
+		ext[nats.ExtDepth] = strconv.Itoa(c.Depth)
+	}
+	if c.Extra != nil {
+		v, err := storage.Normalize(map[string]any(c.Extra))
+		var data []byte
+		if err == nil {
+			data, err = storage.Marshal(v)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: change record %s: extra: %v", cloudevents.ErrMalformed, c.ID, err)
+		}
+		ext[nats.ExtExtra] = string(data)
+	}
+	if c.TraceParent != "" {
+		ext[cloudevents.ExtTraceParent] = c.TraceParent
+		if c.TraceState != "" {
+			ext[cloudevents.ExtTraceState] = c.TraceState
+		}
+	}
+	return cloudevents.NewEvent(context.Background(), c.Type, c.Subject, p, cloudevents.EventOptions{
+		ID: c.ID, Source: source, Time: c.Time, Extensions: ext,
+	})
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,851 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+
+	"github.com/krules-go/krules/storage"
+)
+
+// Change feed (Config.ChangeFeed).
+//
+// Tables, next to the subjects table T (same schema):
+//
+//	T_feed      pos bigserial PRIMARY KEY, id, subject_name, seq, kind
+//	            ('c' changed, 'd' deleted, 'f' subject deleted), property,
+//	            ext, old_value, new_value, snapshot, meta (JSONB), created_at
+//	T_feed_seq  subject_name PRIMARY KEY, seq: the subjects' versions
+//
+// Every record is written in the transaction of its data change, after the
+// subject's row lock is taken (and the version row's lock, by its upsert),
+// so that per subject the records' pos and seq follow commit order. The
+// relay reads the oldest rows by pos and deletes the published ones; it
+// never remembers a "last pos", so a transaction that commits late with a
+// smaller pos (another subject) is still relayed. A NOTIFY on the channel
+// FeedChannel() wakes the relay.
+
+var (
+	_ storage.ChangeFeeder = (*Backend)(nil)
+	_ storage.FeedStore    = (*Backend)(nil)
+)
+
+// feedState is the Backend's feed: the SQL and the relay's connection.
+type feedState struct {
+	table, seqTable, channel string
+	sets                     map[string]string // set/op statement -> its feed variant
+	del, insert, read, ack   string
+
+	mu       sync.Mutex
+	conn     *pgx.Conn   // LISTEN + advisory lock; nil when none
+	owner    string      // lease owner holding the advisory lock on conn
+	notified atomic.Bool // a NOTIFY came in (also while a query ran)
+}
+
+// ChangeFeed implements storage.ChangeFeeder: Config.ChangeFeed.
+func (b *Backend) ChangeFeed() bool { return b.cfg.ChangeFeed }
+
+// FeedTable returns the quoted name of the feed table (the subjects table's
+// name + "_feed").
+func (b *Backend) FeedTable() string { return b.feed.table }
+
+// FeedChannel returns the NOTIFY channel of the feed.
+func (b *Backend) FeedChannel() string { return b.feed.channel }
+
+func (b *Backend) initFeed() error {
+	if !b.cfg.ChangeFeed {
+		return nil
+	}
+	name := b.cfg.Table
+	if len(name)+len("_feed_seq") > maxIdentifier {
+		return fmt.Errorf("postgres: table name %q is too long for the change feed tables (at most %d bytes)", name, maxIdentifier-len("_feed_seq"))
+	}
+	ident := func(n string) string {
+		if b.cfg.Schema != "" {
+			return pgx.Identifier{b.cfg.Schema, n}.Sanitize()
+		}
+		return pgx.Identifier{n}.Sanitize()
+	}
+	f := &b.feed
+	f.table, f.seqTable = ident(name+"_feed"), ident(name+"_feed_seq")
+	h := fnv.New32a()
+	h.Write([]byte(b.table))
+	f.channel = fmt.Sprintf("krules_feed_%08x", h.Sum32())
+	r := strings.NewReplacer("{F}", f.table, "{Q}", f.seqTable, "{CH}", "'"+f.channel+"'")
+	ret := "s.properties -> $2::text"
+	f.sets = map[string]string{
+		b.q[0].set:      b.buildFeedSet(arg, "true", "NULL::jsonb"),
+		b.q[0].inc:      b.buildFeedSet(incExpr, incOK, ret),
+		b.q[0].appendOp: b.buildFeedSet(appExpr, arrOK, ret),
+		b.q[0].maxOp:    b.buildFeedSet(maxExpr, numOK, ret),
+		b.q[0].minOp:    b.buildFeedSet(minExpr, numOK, ret),
+	}
+	f.del = r.Replace(feedDel(b.table))
+	f.insert = r.Replace(feedInsert)
+	f.read = r.Replace(`SELECT pos, id, subject_name, seq, kind, property, ext, old_value, new_value, snapshot, meta, created_at FROM {F} ORDER BY pos LIMIT $1`)
+	f.ack = r.Replace(`DELETE FROM {F} WHERE pos = ANY($1::bigint[])`)
+	return nil
+}
+
+func (b *Backend) feedSchema() []string {
+	f := &b.feed
+	return []string{
+		`CREATE TABLE IF NOT EXISTS ` + f.table + ` (
+			pos BIGSERIAL PRIMARY KEY,
+			id TEXT NOT NULL,
+			subject_name TEXT NOT NULL,
+			seq BIGINT NOT NULL,
+			kind CHAR(1) NOT NULL,
+			property TEXT,
+			ext BOOLEAN NOT NULL DEFAULT false,
+			old_value JSONB,
+			new_value JSONB,
+			snapshot JSONB,
+			meta JSONB,
+			created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+		)`,
+		`CREATE TABLE IF NOT EXISTS ` + f.seqTable + ` (
+			subject_name TEXT PRIMARY KEY,
+			seq BIGINT NOT NULL
+		)`,
+	}
+}
+
+// ensureFeedSchema creates the feed tables (under the schema lock).
+func (b *Backend) ensureFeedSchema(ctx context.Context) error {
+	if !b.cfg.ChangeFeed {
+		return nil
+	}
+	var n int
+	if err := b.pool.QueryRow(ctx, `SELECT (to_regclass($1) IS NOT NULL)::int + (to_regclass($2) IS NOT NULL)::int`, b.feed.table, b.feed.seqTable).Scan(&n); err != nil {
+		return fmt.Errorf("postgres: check feed tables: %w", err)
+	}
+	if n == 2 {
+		return nil
+	}
+	if b.cfg.NoCreate {
+		return fmt.Errorf("postgres: change feed tables %s, %s do not exist and Config.NoCreate is set", b.feed.table, b.feed.seqTable)
+	}
+	for attempt := 0; ; attempt++ {
+		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, schemaLockKey); err != nil {
+				return err
+			}
+			for _, s := range b.feedSchema() {
+				if _, err := tx.Exec(ctx, s); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			return nil
+		}
+		if attempt < 3 && hasCode(err, "23505", "42P07", "42710", "42P06") {
+			continue
+		}
+		return fmt.Errorf("postgres: create feed tables: %w", err)
+	}
+}
+
+// feedSetTemplate is setTemplate plus the record: ch keeps the change when
+// the new value differs from the old (jsonb equality), sq bumps the
+// subject's version, rec writes the record, nt notifies the relay. Every
+// step reads the one before, so they run after the row lock of old.
+// Extra parameters: $4 record id, $5 metadata (jsonb or NULL).
+const feedSetTemplate = `WITH old AS MATERIALIZED (
+	SELECT {C} -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR NO KEY UPDATE
+), up AS (
+	INSERT INTO {T} AS s (subject_name, {C})
+	SELECT $1::text, jsonb_build_object($2::text, {NV}) FROM (SELECT 1) AS one LEFT JOIN old ON true WHERE {OK}
+	ON CONFLICT (subject_name) DO UPDATE
+		SET {C} = s.{C} || EXCLUDED.{C}, updated_at = NOW()
+		WHERE EXISTS (SELECT 1 FROM old)
+	RETURNING {RET} AS r, s.{C} -> $2::text AS nv
+), ch AS MATERIALIZED (
+	SELECT (SELECT v FROM old) AS o, nv FROM up WHERE (SELECT v FROM old) IS DISTINCT FROM nv
+), sq AS (
+	INSERT INTO {Q} AS q (subject_name, seq) SELECT $1::text, 1 FROM ch
+	ON CONFLICT (subject_name) DO UPDATE SET seq = q.seq + 1
+	RETURNING seq
+), rec AS (
+	INSERT INTO {F} (id, subject_name, seq, kind, property, old_value, new_value, meta)
+	SELECT $4::text, $1::text, sq.seq, 'c', $2::text, ch.o, ch.nv, $5::jsonb FROM sq, ch
+	RETURNING 1
+), nt AS (
+	SELECT pg_notify({CH}, '') FROM rec
+)
+SELECT (SELECT v FROM old), (SELECT r FROM up), EXISTS (SELECT 1 FROM up) AND (SELECT count(*) FROM nt) >= 0`
+
+// feedDelTemplate is delTemplate plus the record. Extra parameters: $3
+// record id, $4 metadata.
+const feedDelTemplate = `WITH old AS MATERIALIZED (
+	SELECT properties -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR NO KEY UPDATE
+), up AS (
+	UPDATE {T} SET properties = properties - $2::text, updated_at = NOW()
+	WHERE subject_name = $1::text AND (SELECT v FROM old) IS NOT NULL
+	RETURNING 1
+), sq AS (
+	INSERT INTO {Q} AS q (subject_name, seq) SELECT $1::text, 1 FROM up
+	ON CONFLICT (subject_name) DO UPDATE SET seq = q.seq + 1
+	RETURNING seq
+), rec AS (
+	INSERT INTO {F} (id, subject_name, seq, kind, property, old_value, meta)
+	SELECT $3::text, $1::text, sq.seq, 'd', $2::text, (SELECT v FROM old), $4::jsonb FROM sq
+	RETURNING 1
+), nt AS (
+	SELECT pg_notify({CH}, '') FROM rec
+)
+SELECT (SELECT v FROM old), (SELECT count(*) FROM up) + 0 * (SELECT count(*) FROM nt)`
+
+func feedDel(table string) string { return strings.ReplaceAll(feedDelTemplate, "{T}", table) }
+
+// feedInsert writes the records $3 (a JSON array of {"id", "k", "p", "x",
+// "o", "n", "s", "m"}) of subject $1, $2 of them, with consecutive
+// versions, and notifies the relay ($4 unused placeholder-free).
+const feedInsert = `WITH sq AS (
+	INSERT INTO {Q} AS q (subject_name, seq) VALUES ($1::text, $2::bigint)
+	ON CONFLICT (subject_name) DO UPDATE SET seq = q.seq + $2::bigint
+	RETURNING seq
+), rec AS (
+	INSERT INTO {F} (id, subject_name, seq, kind, property, ext, old_value, new_value, snapshot, meta)
+	SELECT e.r ->> 'id', $1::text, (SELECT seq FROM sq) - $2::bigint + e.ord, e.r ->> 'k', e.r ->> 'p',
+		COALESCE((e.r ->> 'x')::boolean, false), e.r -> 'o', e.r -> 'n', e.r -> 's', e.r -> 'm'
+	FROM jsonb_array_elements($3::jsonb) WITH ORDINALITY AS e(r, ord)
+	ORDER BY e.ord
+	RETURNING 1
+)
+SELECT count(*) FROM (SELECT pg_notify({CH}, '') FROM rec) AS n`
+
+// buildFeedSet returns the feed variant of a set/op statement.
+func (b *Backend) buildFeedSet(nv, ok, ret string) string {
+	f := &b.feed
+	return strings.NewReplacer("{T}", b.table, "{C}", "properties", "{NV}", nv, "{OK}", ok, "{RET}", ret,
+		"{F}", f.table, "{Q}", f.seqTable, "{CH}", "'"+f.channel+"'").Replace(feedSetTemplate)
+}
+
+// metaJSON returns the metadata of a record as JSON (nil: none; muted true
+// when the write must not be recorded).
+func metaJSON(m *storage.ChangeMeta) (data []byte, muted bool, err error) {
+	if m == nil {
+		return nil, false, nil
+	}
+	if m.Muted {
+		return nil, true, nil
+	}
+	out := map[string]any{}
+	if m.Extra != nil {
+		out["extra"] = map[string]any(m.Extra)
+	}
+	if m.Depth != 0 {
+		out["depth"] = int64(m.Depth)
+	}
+	if m.TraceParent != "" {
+		out["tp"] = m.TraceParent
+	}
+	if m.TraceState != "" {
+		out["ts"] = m.TraceState
+	}
+	if len(out) == 0 {
+		return nil, false, nil
+	}
+	v, err := storage.Normalize(out)
+	if err != nil {
+		return nil, false, fmt.Errorf("change feed extra: %w", err)
+	}
+	data, err = storage.Marshal(v)
+	return data, false, err
+}
+
+// feedRecord is one element of feedInsert's array.
+type feedRecord struct {
+	ID string
+	K  string // c, d, f
+	P  string
+	X  bool
+	O  []byte // JSON; nil: absent
+	N  []byte
+	S  []byte
+	M  []byte
+}
+
+func (r feedRecord) json(w *strings.Builder) {
+	enc := func(v any) string {
+		b, _ := storage.Marshal(v)
+		return string(b)
+	}
+	w.WriteString(`{"id":` + enc(r.ID) + `,"k":` + enc(r.K))
+	if r.K != "f" {
+		w.WriteString(`,"p":` + enc(r.P))
+	}
+	if r.X {
+		w.WriteString(`,"x":true`)
+	}
+	for _, f := range []struct {
+		k string
+		v []byte
+	}{{"o", r.O}, {"n", r.N}, {"s", r.S}, {"m", r.M}} {
+		if f.v != nil {
+			w.WriteString(`,"` + f.k + `":`)
+			w.Write(f.v)
+		}
+	}
+	w.WriteString("}")
+}
+
+func recordsJSON(recs []feedRecord) string {
+	var w strings.Builder
+	w.WriteByte('[')
+	for i, r := range recs {
+		if i > 0 {
+			w.WriteByte(',')
+		}
+		r.json(&w)
+	}
+	w.WriteByte(']')
+	return w.String()
+}
+
+// feedStore is Store in feed mode: one transaction that creates the row if
+// missing (so a concurrent first write is waited for), locks it and reads
+// the default properties (round trip 1), then applies the batch and writes
+// the records of the effective changes (round trip 2).
+func (b *Backend) feedStore(ctx context.Context, subject string, batch storage.Batch, storeSQL string, args []any) error {
+	m := storage.ChangeFrom(ctx)
+	conn, err := b.pool.Acquire(ctx)
+	if err != nil {
+		return wrap(ctx, "store", subject, "", err)
+	}
+	defer conn.Release()
+	committed := false
+	defer func() {
+		if !committed {
+			rollback(conn)
+		}
+	}()
+	q := pgx.Batch{}
+	q.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
+	q.Queue(b.q[0].ensureRow, subject)
+	q.Queue(`SELECT properties FROM `+b.table+` WHERE subject_name = $1::text FOR NO KEY UPDATE`, subject)
+	var raw []byte
+	br := conn.SendBatch(ctx, &q)
+	_, err = br.Exec()
+	var created bool
+	if err == nil {
+		var tag pgconn.CommandTag
+		tag, err = br.Exec()
+		created = tag.RowsAffected() == 1
+	}
+	if err == nil {
+		err = br.QueryRow().Scan(&raw)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = errRetry
+	}
+	if err != nil {
+		return wrap(ctx, "store", subject, "", err)
+	}
+	if created && len(batch.Puts) == 0 {
+		return nil // deletes on a missing subject: nothing to do (the rollback removes the row)
+	}
+	before, err := decodeObject(raw)
+	if err != nil {
+		return wrap(ctx, "store", subject, "", err)
+	}
+	old := make(map[string]any, len(before))
+	for _, p := range before {
+		old[p.Name] = p.Value
+	}
+	after := make(map[string]any, len(old))
+	for k, v := range old {
+		after[k] = v
+	}
+	var order []string
+	seen := map[string]bool{}
+	touch := func(name string) {
+		if !seen[name] {
+			seen[name] = true
+			order = append(order, name)
+		}
+	}
+	for _, k := range batch.Deletes {
+		if k.Kind == storage.Default {
+			delete(after, k.Name)
+			touch(k.Name)
+		}
+	}
+	for _, w := range batch.Puts {
+		if w.Kind == storage.Default {
+			after[w.Name] = w.Value
+			touch(w.Name)
+		}
+	}
+	var recs []feedRecord
+	base := storage.NewChangeID()
+	for _, name := range order {
+		o, had := old[name]
+		n, has := after[name]
+		if had == has && (!has || storage.Equal(o, n)) {
+			continue
+		}
+		meta, muted, err := metaJSON(m.For(name))
+		if err != nil {
+			return fmt.Errorf("postgres: store property %q of subject %q: %w", name, subject, err)
+		}
+		if muted {
+			continue
+		}
+		r := feedRecord{ID: base + "-" + strconv.Itoa(len(recs)+1), K: "c", P: name, M: meta}
+		if had {
+			if r.O, err = storage.Marshal(o); err != nil {
+				return fmt.Errorf("postgres: store property %q of subject %q: %w", name, subject, err)
+			}
+		}
+		if has {
+			if r.N, err = storage.Marshal(n); err != nil {
+				return fmt.Errorf("postgres: store property %q of subject %q: %w", name, subject, err)
+			}
+		} else {
+			r.K = "d"
+		}
+		recs = append(recs, r)
+	}
+	q = pgx.Batch{}
+	q.Queue(storeSQL, args...)
+	if len(recs) > 0 {
+		q.Queue(b.feed.insert, subject, len(recs), recordsJSON(recs))
+	}
+	q.Queue(`COMMIT`)
+	br = conn.SendBatch(ctx, &q)
+	for i := 0; i < q.Len() && err == nil; i++ {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return wrap(ctx, "store", subject, "", err)
+	}
+	committed = true
+	return nil
+}
+
+// feedFlush is Flush in feed mode: one transaction that waits for a
+// concurrent first write (ensureRow), deletes the row returning its content
+// (round trip 1) and writes the deletion records (round trip 2).
+func (b *Backend) feedFlush(ctx context.Context, subject string) error {
+	meta, _, err := metaJSON(storage.ChangeFrom(ctx))
+	if err != nil {
+		return fmt.Errorf("postgres: flush subject %q: %w", subject, err)
+	}
+	conn, err := b.pool.Acquire(ctx)
+	if err != nil {
+		return wrap(ctx, "flush", subject, "", err)
+	}
+	defer conn.Release()
+	committed := false
+	defer func() {
+		if !committed {
+			rollback(conn)
+		}
+	}()
+	q := pgx.Batch{}
+	q.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
+	q.Queue(b.q[0].ensureRow, subject)
+	q.Queue(`DELETE FROM `+b.table+` WHERE subject_name = $1::text RETURNING properties, ext_properties`, subject)
+	var rawP, rawE []byte
+	br := conn.SendBatch(ctx, &q)
+	_, err = br.Exec()
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if err == nil {
+		err = br.QueryRow().Scan(&rawP, &rawE)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return wrap(ctx, "flush", subject, "", err)
+	}
+	props, err := decodeObject(rawP)
+	if err == nil {
+		var ext []storage.Property
+		if ext, err = decodeObject(rawE); err == nil {
+			err = b.writeFlushRecords(ctx, conn, subject, props, ext, meta)
+		}
+	}
+	if err != nil {
+		return wrap(ctx, "flush", subject, "", err)
+	}
+	committed = true
+	return nil
+}
+
+func (b *Backend) writeFlushRecords(ctx context.Context, conn interface {
+	SendBatch(context.Context, *pgx.Batch) pgx.BatchResults
+}, subject string, props, ext []storage.Property, meta []byte) error {
+	base := storage.NewChangeID()
+	var recs []feedRecord
+	pm, em := map[string]any{}, map[string]any{}
+	for _, set := range []struct {
+		ps  []storage.Property
+		ext bool
+		m   map[string]any
+	}{{props, false, pm}, {ext, true, em}} {
+		for _, p := range set.ps {
+			o, err := storage.Marshal(p.Value)
+			if err != nil {
+				return err
+			}
+			set.m[p.Name] = p.Value
+			recs = append(recs, feedRecord{ID: base + "-" + strconv.Itoa(len(recs)+1), K: "d", P: p.Name, X: set.ext, O: o, M: meta})
+		}
+	}
+	snap, err := storage.Marshal(map[string]any{"props": pm, "ext_props": em})
+	if err != nil {
+		return err
+	}
+	recs = append(recs, feedRecord{ID: base + "-" + strconv.Itoa(len(recs)+1), K: "f", S: snap, M: meta})
+	q := pgx.Batch{}
+	q.Queue(b.feed.insert, subject, len(recs), recordsJSON(recs))
+	q.Queue(`COMMIT`)
+	br := conn.SendBatch(ctx, &q)
+	_, err = br.Exec()
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// ReadChanges implements storage.FeedStore: the oldest rows by pos, waiting
+// for a NOTIFY (LISTEN on the relay's own connection) when there is none.
+func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	if b.closed.Load() {
+		return nil, fmt.Errorf("postgres: %w", storage.ErrClosed)
+	}
+	f := &b.feed
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	conn, err := b.feedConnLocked(ctx)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		f.notified.Store(false)
+		out, err := b.readRows(ctx, conn, max(n, 1))
+		if err != nil || len(out) > 0 {
+			if err != nil {
+				b.dropFeedConnLocked()
+			}
+			return out, err
+		}
+		if f.notified.Load() {
+			continue // a record committed while the query ran
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, nil
+		}
+		wctx, cancel := context.WithTimeout(ctx, left)
+		_, err = conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if wctx.Err() != nil {
+				// Timed out: a cancelled wait leaves the connection usable
+				// only if pgx says so.
+				if conn.IsClosed() {
+					b.dropFeedConnLocked()
+				}
+				return nil, nil
+			}
+			b.dropFeedConnLocked()
+			return nil, fmt.Errorf("postgres: wait for change feed: %w", err)
+		}
+	}
+}
+
+func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int) ([]storage.PendingChange, error) {
+	rows, err := conn.Query(ctx, b.feed.read, n)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read change feed: %w", err)
+	}
+	defer rows.Close()
+	var out []storage.PendingChange
+	for rows.Next() {
+		var pos, seq int64
+		var id, subj, kind string
+		var prop *string
+		var ext bool
+		var o, nv, snap, meta []byte
+		var at time.Time
+		if err := rows.Scan(&pos, &id, &subj, &seq, &kind, &prop, &ext, &o, &nv, &snap, &meta, &at); err != nil {
+			return nil, fmt.Errorf("postgres: read change feed: %w", err)
+		}
+		c := storage.Change{ID: id, Subject: subj, Seq: seq, Extended: ext, Time: at.UTC()}
+		if prop != nil {
+			c.Property = *prop
+		}
+		err := decodeFeedRow(&c, kind, o, nv, snap, meta)
+		out = append(out, storage.PendingChange{Ref: strconv.FormatInt(pos, 10), Change: c, Err: err})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: read change feed: %w", err)
+	}
+	return out, nil
+}
+
+func decodeFeedRow(c *storage.Change, kind string, o, nv, snap, meta []byte) error {
+	var err error
+	if c.Old, _, err = decode(o); err != nil {
+		return fmt.Errorf("record %s: old value: %w", c.ID, err)
+	}
+	switch kind {
+	case "c":
+		c.Type = storage.ChangePropertyChanged
+		if c.New, _, err = decode(nv); err != nil {
+			return fmt.Errorf("record %s: new value: %w", c.ID, err)
+		}
+	case "d":
+		c.Type = storage.ChangePropertyDeleted
+	case "f":
+		c.Type = storage.ChangeSubjectDeleted
+		v, _, err := decode(snap)
+		if err != nil {
+			return fmt.Errorf("record %s: snapshot: %w", c.ID, err)
+		}
+		m, _ := v.(map[string]any)
+		c.Props, _ = m["props"].(map[string]any)
+		c.ExtProps, _ = m["ext_props"].(map[string]any)
+	default:
+		return fmt.Errorf("record %s: unknown kind %q", c.ID, kind)
+	}
+	if meta != nil {
+		v, _, err := decode(meta)
+		if err != nil {
+			return fmt.Errorf("record %s: metadata: %w", c.ID, err)
+		}
+		m, ok := v.(map[string]any)
+		if !ok {
+			return fmt.Errorf("record %s: metadata is not an object", c.ID)
+		}
+		if e, ok := m["extra"]; ok {
+			if c.Extra, ok = e.(map[string]any); !ok {
+				return fmt.Errorf("record %s: extra is not an object", c.ID)
+			}
+		}
+		if d, ok := m["depth"].(int64); ok {
+			c.Depth = int(d)
+		}
+		c.TraceParent, _ = m["tp"].(string)
+		c.TraceState, _ = m["ts"].(string)
+	}
+	return nil
+}
+
+// AckChanges implements storage.FeedStore: it deletes the rows.
+func (b *Backend) AckChanges(ctx context.Context, refs []string) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	ids := make([]int64, 0, len(refs))
+	for _, r := range refs {
+		n, err := strconv.ParseInt(r, 10, 64)
+		if err != nil {
+			return fmt.Errorf("postgres: bad change record ref %q", r)
+		}
+		ids = append(ids, n)
+	}
+	if _, err := b.pool.Exec(ctx, b.feed.ack, ids); err != nil {
+		return fmt.Errorf("postgres: remove %d change records: %w", len(ids), err)
+	}
+	return nil
+}
+
+// feedLockKey is the advisory lock of the relay lease of this feed.
+func (b *Backend) feedLockKey() int64 {
+	h := fnv.New64a()
+	h.Write([]byte("github.com/krules-go/krules/storage/postgres: feed " + b.feed.table))
+	return int64(h.Sum64())
+}
+
+// feedConnLocked returns the relay's connection, connecting and LISTENing
+// when needed. f.mu is held.
+func (b *Backend) feedConnLocked(ctx context.Context) (*pgx.Conn, error) {
+	f := &b.feed
+	if f.conn != nil && !f.conn.IsClosed() {
+		return f.conn, nil
+	}
+	f.conn, f.owner = nil, ""
+	cc := b.pool.Config().ConnConfig.Copy()
+	// A wait for NOTIFY ends on its deadline; no cancel request (which
+	// could hit the next statement of this connection).
+	cc.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.DeadlineContextWatcherHandler{Conn: pc.Conn()}
+	}
+	// A NOTIFY that arrives while a query runs is not returned by
+	// WaitForNotification: remember it.
+	cc.OnNotification = func(*pgconn.PgConn, *pgconn.Notification) { f.notified.Store(true) }
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: change feed connection: %w", err)
+	}
+	if _, err := conn.Exec(ctx, `LISTEN `+pgx.Identifier{f.channel}.Sanitize()); err != nil {
+		conn.Close(ctx)
+		return nil, fmt.Errorf("postgres: listen for change feed: %w", err)
+	}
+	f.conn = conn
+	return conn, nil
+}
+
+func (b *Backend) dropFeedConnLocked() {
+	f := &b.feed
+	if f.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		f.conn.Close(ctx)
+		cancel()
+	}
+	f.conn, f.owner = nil, ""
+}
+
+// FeedLease implements storage.FeedStore with a session advisory lock on
+// the relay's connection: it is released by the server as soon as the
+// holder's connection ends (a dead relay's lease ends within the server's
+// detection of the dead connection), and ttl is not used. Inside one
+// process the owner is remembered, so only one relay per Backend holds it.
+func (b *Backend) FeedLease(ctx context.Context, owner string, _ time.Duration) (bool, error) {
+	if b.closed.Load() {
+		return false, fmt.Errorf("postgres: %w", storage.ErrClosed)
+	}
+	f := &b.feed
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.owner != "" && f.owner != owner {
+		return false, nil
+	}
+	conn, err := b.feedConnLocked(ctx)
+	if err != nil {
+		return false, err
+	}
+	if f.owner == owner {
+		if _, err := conn.Exec(ctx, `SELECT 1`); err != nil {
+			b.dropFeedConnLocked()
+			return false, fmt.Errorf("postgres: change feed lease: %w", err)
+		}
+		return true, nil
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, b.feedLockKey()).Scan(&ok); err != nil {
+		b.dropFeedConnLocked()
+		return false, fmt.Errorf("postgres: change feed lease: %w", err)
+	}
+	if ok {
+		f.owner = owner
+	}
+	return ok, nil
+}
+
+// ReleaseFeedLease implements storage.FeedStore: it closes the relay's
+// connection, which ends the advisory lock.
+func (b *Backend) ReleaseFeedLease(_ context.Context, owner string) error {
+	f := &b.feed
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.owner == owner {
+		if f.conn != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, _ = f.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, b.feedLockKey())
+			cancel()
+		}
+		b.dropFeedConnLocked()
+	}
+	return nil
+}
+
+// closeFeed closes the relay's connection (Backend.Close).
+func (b *Backend) closeFeed() {
+	f := &b.feed
+	f.mu.Lock()
+	b.dropFeedConnLocked()
+	f.mu.Unlock()
+}
+
+// feedSet returns the statement and arguments of a set/op Set: the feed
+// variant (with the record id and metadata) in feed mode for a default
+// property not muted, else the statement itself.
+func (b *Backend) feedSet(ctx context.Context, k storage.Key, sql string, args ...any) (string, []any, error) {
+	if !b.cfg.ChangeFeed || k.Kind != storage.Default {
+		return sql, args, nil
+	}
+	meta, muted, err := metaJSON(storage.ChangeFrom(ctx))
+	if err != nil || muted {
+		return sql, args, err
+	}
+	return b.feed.sets[sql], append(args, storage.NewChangeID(), meta), nil
+}
+
+// feedDelete is feedSet for Delete.
+func (b *Backend) feedDelete(ctx context.Context, k storage.Key, sql string, args ...any) (string, []any, error) {
+	if !b.cfg.ChangeFeed || k.Kind != storage.Default {
+		return sql, args, nil
+	}
+	meta, muted, err := metaJSON(storage.ChangeFrom(ctx))
+	if err != nil || muted {
+		return sql, args, err
+	}
+	return b.feed.del, append(args, storage.NewChangeID(), meta), nil
+}
+
+// feedFunc queues, in feed mode, the record of an update function's write
+// (old: the stored JSON, nil when missing; data: the new JSON) into the
+// transaction's second batch.
+func (b *Backend) feedFunc(ctx context.Context, q *pgx.Batch, subject string, k storage.Key, oldRaw []byte, old, nv any, data []byte) error {
+	if !b.cfg.ChangeFeed || k.Kind != storage.Default {
+		return nil
+	}
+	if oldRaw != nil && storage.Equal(old, nv) {
+		return nil
+	}
+	meta, muted, err := metaJSON(storage.ChangeFrom(ctx))
+	if err != nil || muted {
+		return err
+	}
+	r := feedRecord{ID: storage.NewChangeID(), K: "c", P: k.Name, O: oldRaw, N: data, M: meta}
+	q.Queue(b.feed.insert, subject, 1, recordsJSON([]feedRecord{r}))
+	return nil
+}
+
+// hasDefault reports whether a batch touches a default property.
+func hasDefault(batch storage.Batch) bool {
+	for _, k := range batch.Deletes {
+		if k.Kind == storage.Default {
+			return true
+		}
+	}
+	for _, w := range batch.Puts {
+		if w.Kind == storage.Default {
+			return true
+		}
+	}
+	return false
+}

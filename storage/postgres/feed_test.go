@@ -1,0 +1,141 @@
+package postgres_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/feed/feedtest"
+	"github.com/krules-go/krules/internal/testenv"
+	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/postgres"
+)
+
+// newFeedBackend returns a Backend in feed mode on tables of its own,
+// dropped at the end of the test.
+func newFeedBackend(t testing.TB) *postgres.Backend {
+	t.Helper()
+	pool := testPool(t)
+	table := testenv.Unique("krules_feed")
+	dropTable(t, pool, "", table)
+	dropTable(t, pool, "", table+"_feed")
+	dropTable(t, pool, "", table+"_feed_seq")
+	b, err := postgres.New(t.Context(), pool, postgres.Config{Table: table, ChangeFeed: true})
+	if err != nil {
+		t.Fatalf("postgres.New: %v", err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+func TestFeedRecords(t *testing.T) {
+	feedtest.Records(t, newFeedBackend(t), true)
+}
+
+func TestFeedBatchFuncAndMuted(t *testing.T) {
+	ctx := context.Background()
+	b := newFeedBackend(t)
+	P := func(n string) storage.Key { return storage.Key{Kind: storage.Default, Name: n} }
+	E := func(n string) storage.Key { return storage.Key{Kind: storage.Extended, Name: n} }
+	if err := b.Store(ctx, "s", storage.Batch{Puts: []storage.Write{{Key: P("a"), Value: int64(1)}, {Key: P("same"), Value: "x"}}}); err != nil {
+		t.Fatal(err)
+	}
+	feedtest.Drain(t, b)
+	err := b.Store(ctx, "s", storage.Batch{
+		Deletes: []storage.Key{P("a"), P("gone")},
+		Puts:    []storage.Write{{Key: P("a"), Value: int64(2)}, {Key: P("same"), Value: "x"}, {Key: E("e"), Value: true}, {Key: P("new"), Value: []any{int64(1)}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := feedtest.Drain(t, b)
+	if len(got) != 2 || got[0].Property != "a" || got[0].Old != int64(1) || got[0].New != int64(2) ||
+		got[1].Property != "new" || got[1].Old != nil || got[1].Seq != got[0].Seq+1 {
+		t.Fatalf("batch records %+v", got)
+	}
+	// Deletes only, on a missing subject: nothing written, no record.
+	if err := b.Store(ctx, "missing", storage.Batch{Deletes: []storage.Key{P("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	// Update function; an unchanged result writes no record.
+	double := storage.Mutation{Func: func(old any, _ bool) (any, error) { return old.(int64) * 2, nil }}
+	if _, _, err := b.Set(ctx, "s", P("a"), double); err != nil {
+		t.Fatal(err)
+	}
+	same := storage.Mutation{Func: func(old any, _ bool) (any, error) { return old, nil }}
+	if _, _, err := b.Set(ctx, "s", P("a"), same); err != nil {
+		t.Fatal(err)
+	}
+	// A failing op writes neither data nor record.
+	if _, _, err := b.Set(ctx, "s", P("same"), storage.Mutation{Op: &storage.Op{Kind: storage.OpInc, Arg: int64(1)}}); err == nil {
+		t.Fatal("inc of a string succeeded")
+	}
+	mctx := storage.WithChange(ctx, &storage.ChangeMeta{Muted: true})
+	if _, _, err := b.Set(mctx, "s", P("a"), storage.Mutation{Value: int64(0)}); err != nil {
+		t.Fatal(err)
+	}
+	got = feedtest.Drain(t, b)
+	if len(got) != 1 || got[0].Old != int64(2) || got[0].New != int64(4) {
+		t.Fatalf("records %+v", got)
+	}
+	var names []string
+	for n, err := range b.List(ctx, "") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	if len(names) != 1 {
+		t.Fatalf("subjects %v, want only s", names)
+	}
+}
+
+func TestFeedReadWaitsAndLease(t *testing.T) {
+	ctx := context.Background()
+	b := newFeedBackend(t)
+	app := krules.New(krules.WithStorage(b))
+	if ok, err := b.FeedLease(ctx, "a", time.Minute); err != nil || !ok {
+		t.Fatalf("lease a: %v %v", ok, err)
+	}
+	done := make(chan int)
+	go func() {
+		r, err := b.ReadChanges(ctx, 10, time.Minute)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- len(r)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if _, _, err := app.Subject("w", krules.NoCache()).Set(ctx, "x", 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-done:
+		if n != 1 {
+			t.Fatalf("woken read returned %d records", n)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("NOTIFY did not wake the read")
+	}
+	// Another backend (another process) cannot take the lease until the
+	// holder releases it.
+	other, err := postgres.New(ctx, b.Pool(), postgres.Config{Table: strings.Trim(b.Table(), `"`), ChangeFeed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if ok, _ := other.FeedLease(ctx, "b", time.Minute); ok {
+		t.Fatal("b got the lease held by a")
+	}
+	if ok, _ := b.FeedLease(ctx, "b", time.Minute); ok {
+		t.Fatal("b got the lease through a's backend")
+	}
+	if err := b.ReleaseFeedLease(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := other.FeedLease(ctx, "b", time.Minute); !ok || err != nil {
+		t.Fatalf("b did not get the released lease: %v", err)
+	}
+}

@@ -1,0 +1,515 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/krules-go/krules/storage"
+)
+
+// Change feed (Config.ChangeFeed). Every writing script of a default
+// property has a feed variant: the original script runs unchanged inside a
+// Lua function, and when the field's text differs before and after it, the
+// script increments the subject's version (HINCRBY on the sequence hash)
+// and appends a record to the feed stream (XADD), all in the one atomic
+// script call. Stream entries hold flat fields:
+//
+//	_id  record id          _s  subject          _q  version (per subject)
+//	_t   c changed | d deleted | f subject deleted
+//	_p   hash field of the property ('p' or 'e' + name)
+//	_o   old JSON text (absent: was missing)   _n  new JSON text
+//	_m   JSON {"extra","depth","tp","ts"} (absent when empty)
+//	p<name>, e<name>: the last content of a deleted subject (_t f)
+//
+// The record time is the stream entry id's millisecond timestamp.
+
+var (
+	_ storage.ChangeFeeder = (*Backend)(nil)
+	_ storage.FeedStore    = (*Backend)(nil)
+)
+
+// ChangeFeed implements storage.ChangeFeeder: Config.ChangeFeed.
+func (b *Backend) ChangeFeed() bool { return b.cfg.ChangeFeed }
+
+// FeedKey returns the name of the feed stream: "f:" + Config.Prefix +
+// "changes". The per-subject versions live in the hash "f:" + Prefix +
+// "seq" and the relay lease in "f:" + Prefix + "lease".
+func (b *Backend) FeedKey() string { return "f:" + b.cfg.Prefix + "changes" }
+
+func (b *Backend) seqKey() string   { return "f:" + b.cfg.Prefix + "seq" }
+func (b *Backend) leaseKey() string { return "f:" + b.cfg.Prefix + "lease" }
+
+// feedEpilogue appends a record for field ARGV[1] when its text changed;
+// ARGV[#ARGV-2..#ARGV] are the record id, the subject and the metadata.
+const feedEpilogue = `
+local __f = ARGV[1]
+local __after = redis.call('HGET', KEYS[1], __f)
+if __before ~= __after then
+  local n = #ARGV
+  local seq = redis.call('HINCRBY', KEYS[3], ARGV[n - 1], 1)
+  local r = {'_id', ARGV[n - 2], '_s', ARGV[n - 1], '_q', seq, '_p', __f}
+  if __after then
+    r[#r + 1] = '_t'; r[#r + 1] = 'c'; r[#r + 1] = '_n'; r[#r + 1] = __after
+  else
+    r[#r + 1] = '_t'; r[#r + 1] = 'd'
+  end
+  if __before then r[#r + 1] = '_o'; r[#r + 1] = __before end
+  if ARGV[n] ~= '' then r[#r + 1] = '_m'; r[#r + 1] = ARGV[n] end
+  redis.call('XADD', KEYS[2], '*', unpack(r))
+end
+return __result
+`
+
+// withFeed wraps a single-field writing script (field ARGV[1]) into its feed
+// variant.
+func withFeed(s *script) *script {
+	return newScript("local __before = redis.call('HGET', KEYS[1], ARGV[1])\nlocal function __body()\n" +
+		s.src + "\nend\nlocal __result = __body()\n" + feedEpilogue)
+}
+
+// feedSetScript is the feed variant of setScript, written out (it is the
+// hot path): one HGET for both the returned old text and the record.
+var feedSetScript = newScript(`
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if old ~= ARGV[2] then
+  local seq = redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+  if old then
+    if ARGV[5] ~= '' then
+      redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old, '_m', ARGV[5])
+    else
+      redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old)
+    end
+  elseif ARGV[5] ~= '' then
+    redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_m', ARGV[5])
+  else
+    redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2])
+  end
+end
+return old
+`)
+
+var (
+	feedDeleteScript = withFeed(deleteScript)
+	feedCasScript    = withFeed(casScript)
+	feedOpScript     = withFeed(opScript)
+)
+
+// feedVariant maps a writing script to its feed variant.
+var feedVariant = map[*script]*script{
+	setScript: feedSetScript, deleteScript: feedDeleteScript, casScript: feedCasScript, opScript: feedOpScript,
+}
+
+// feedStoreScript applies a batch and records its effective changes of
+// default properties. ARGV: id base, subject, metadata, #deletes,
+// deletes..., #puts, (field, text)..., #per-field metadata, (field, meta
+// or '!' for muted)... Returns the number of records.
+var feedStoreScript = newScript(`
+local idb, subj, meta0 = ARGV[1], ARGV[2], ARGV[3]
+local i = 4
+local nd = tonumber(ARGV[i]); i = i + 1
+local dels = {}
+for j = 1, nd do dels[j] = ARGV[i]; i = i + 1 end
+local np = tonumber(ARGV[i]); i = i + 1
+local puts = {}
+for j = 1, np do puts[#puts + 1] = ARGV[i]; puts[#puts + 1] = ARGV[i + 1]; i = i + 2 end
+local nm = tonumber(ARGV[i]); i = i + 1
+local meta = {}
+for j = 1, nm do meta[ARGV[i]] = ARGV[i + 1]; i = i + 2 end
+local order, seen, before = {}, {}, {}
+local function touch(f)
+  if string.byte(f, 1) == 112 and not seen[f] then
+    seen[f] = true
+    order[#order + 1] = f
+    before[f] = redis.call('HGET', KEYS[1], f)
+  end
+end
+for j = 1, #dels do touch(dels[j]) end
+for j = 1, #puts, 2 do touch(puts[j]) end
+if nd > 0 then redis.call('HDEL', KEYS[1], unpack(dels)) end
+if np > 0 then redis.call('HSET', KEYS[1], unpack(puts)) end
+local k = 0
+for _, f in ipairs(order) do
+  local m = meta[f] or meta0
+  local after = redis.call('HGET', KEYS[1], f)
+  if before[f] ~= after and m ~= '!' then
+    k = k + 1
+    local seq = redis.call('HINCRBY', KEYS[3], subj, 1)
+    local r = {'_id', idb .. '-' .. k, '_s', subj, '_q', seq, '_p', f}
+    if after then
+      r[#r + 1] = '_t'; r[#r + 1] = 'c'; r[#r + 1] = '_n'; r[#r + 1] = after
+    else
+      r[#r + 1] = '_t'; r[#r + 1] = 'd'
+    end
+    if before[f] then r[#r + 1] = '_o'; r[#r + 1] = before[f] end
+    if m ~= '' then r[#r + 1] = '_m'; r[#r + 1] = m end
+    redis.call('XADD', KEYS[2], '*', unpack(r))
+  end
+end
+return k
+`)
+
+// feedFlushScript deletes the subject and records one deletion per
+// property (default first, then extended, sorted by name) and then the
+// subject deletion with its last content. ARGV: id base, subject, metadata.
+var feedFlushScript = newScript(`
+local idb, subj, m = ARGV[1], ARGV[2], ARGV[3]
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+local ps, es, val = {}, {}, {}
+for i = 1, #all, 2 do
+  local f = all[i]
+  local c = string.byte(f, 1)
+  if #f > 1 and (c == 112 or c == 101) then
+    val[f] = all[i + 1]
+    if c == 112 then ps[#ps + 1] = f else es[#es + 1] = f end
+  end
+end
+table.sort(ps)
+table.sort(es)
+local k = 0
+local function rec(r)
+  k = k + 1
+  local seq = redis.call('HINCRBY', KEYS[3], subj, 1)
+  local head = {'_id', idb .. '-' .. k, '_s', subj, '_q', seq}
+  for j = 1, #r do head[#head + 1] = r[j] end
+  if m ~= '' then head[#head + 1] = '_m'; head[#head + 1] = m end
+  redis.call('XADD', KEYS[2], '*', unpack(head))
+end
+for _, f in ipairs(ps) do rec({'_t', 'd', '_p', f, '_o', val[f]}) end
+for _, f in ipairs(es) do rec({'_t', 'd', '_p', f, '_o', val[f]}) end
+local snap = {'_t', 'f'}
+for _, f in ipairs(ps) do snap[#snap + 1] = f; snap[#snap + 1] = val[f] end
+for _, f in ipairs(es) do snap[#snap + 1] = f; snap[#snap + 1] = val[f] end
+rec(snap)
+return k
+`)
+
+// leaseScript acquires or renews the lease KEYS[1] for owner ARGV[1] for
+// ARGV[2] milliseconds; 1 when owner holds it.
+var leaseScript = newScript(`
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+`)
+
+var releaseScript = newScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// encodeMeta returns the _m text of m: "" when empty, "!" when muted, else
+// the JSON object {"extra", "depth", "tp", "ts"} (keys only when set; a nil
+// Extra is absent, an empty one stays empty).
+func encodeMeta(m *storage.ChangeMeta) (string, error) {
+	if m == nil {
+		return "", nil
+	}
+	if m.Muted {
+		return "!", nil
+	}
+	out := map[string]any{}
+	if m.Extra != nil {
+		out["extra"] = map[string]any(m.Extra)
+	}
+	if m.Depth != 0 {
+		out["depth"] = int64(m.Depth)
+	}
+	if m.TraceParent != "" {
+		out["tp"] = m.TraceParent
+	}
+	if m.TraceState != "" {
+		out["ts"] = m.TraceState
+	}
+	if len(out) == 0 {
+		return "", nil
+	}
+	v, err := storage.Normalize(out)
+	if err != nil {
+		return "", fmt.Errorf("change feed extra: %w", err)
+	}
+	data, err := storage.Marshal(v)
+	return string(data), err
+}
+
+// decodeMeta reads an _m text into c.
+func decodeMeta(text string, c *storage.Change) error {
+	v, err := storage.Unmarshal([]byte(text))
+	if err != nil {
+		return err
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return fmt.Errorf("not a JSON object")
+	}
+	if e, ok := m["extra"]; ok {
+		if c.Extra, ok = e.(map[string]any); !ok {
+			return fmt.Errorf("extra is not an object")
+		}
+	}
+	if d, ok := m["depth"].(int64); ok {
+		c.Depth = int(d)
+	}
+	c.TraceParent, _ = m["tp"].(string)
+	c.TraceState, _ = m["ts"].(string)
+	return nil
+}
+
+// feedRun runs a writing script: its feed variant with the record
+// arguments when the feed is on, the property a default one and the write
+// not muted; else the script itself.
+func (b *Backend) feedRun(ctx context.Context, s *script, subject string, k storage.Key, args ...any) (any, error) {
+	if !b.cfg.ChangeFeed || k.Kind != storage.Default {
+		return s.run(ctx, b.client, true, b.Key(subject), args...)
+	}
+	meta, err := encodeMeta(storage.ChangeFrom(ctx))
+	if err != nil {
+		return nil, err
+	}
+	if meta == "!" {
+		return s.run(ctx, b.client, true, b.Key(subject), args...)
+	}
+	args = append(args, storage.NewChangeID(), subject, meta)
+	return feedVariant[s].runKeys(ctx, b.client, true, []string{b.Key(subject), b.FeedKey(), b.seqKey()}, args...)
+}
+
+// runKeys executes s with several keys (see run).
+func (s *script) runKeys(ctx context.Context, c goredis.UniversalClient, write bool, keys []string, args ...any) (any, error) {
+	full := make([]any, 0, 3+len(keys)+len(args))
+	full = append(full, "evalsha", s.sha, len(keys))
+	for _, k := range keys {
+		full = append(full, k)
+	}
+	full = append(full, args...)
+	v, err := process(ctx, c, write, full)
+	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
+		full[0], full[1] = "eval", s.src
+		v, err = process(ctx, c, write, full)
+	}
+	return v, err
+}
+
+// feedStore is Store in feed mode for a batch that touches default
+// properties.
+func (b *Backend) feedStore(ctx context.Context, subject string, dels []string, puts []any) error {
+	m := storage.ChangeFrom(ctx)
+	meta0, err := encodeMeta(m)
+	if err != nil {
+		return fmt.Errorf("redis: store subject %q: %w", subject, err)
+	}
+	args := make([]any, 0, 6+len(dels)+len(puts))
+	args = append(args, storage.NewChangeID(), subject, meta0, len(dels))
+	for _, d := range dels {
+		args = append(args, d)
+	}
+	args = append(args, len(puts)/2)
+	args = append(args, puts...)
+	var pm []any
+	if m != nil {
+		for name, p := range m.Props {
+			t, err := encodeMeta(p)
+			if err != nil {
+				return fmt.Errorf("redis: store subject %q: property %q: %w", subject, name, err)
+			}
+			pm = append(pm, "p"+name, t)
+		}
+	}
+	args = append(args, len(pm)/2)
+	args = append(args, pm...)
+	if _, err := feedStoreScript.runKeys(ctx, b.client, true, []string{b.Key(subject), b.FeedKey(), b.seqKey()}, args...); err != nil {
+		return fmt.Errorf("redis: store subject %q (%d deletes, %d puts): %w", subject, len(dels), len(puts)/2, err)
+	}
+	return nil
+}
+
+// feedFlush is Flush in feed mode.
+func (b *Backend) feedFlush(ctx context.Context, subject string) error {
+	meta, err := encodeMeta(storage.ChangeFrom(ctx))
+	if err != nil {
+		return fmt.Errorf("redis: flush subject %q: %w", subject, err)
+	}
+	if meta == "!" {
+		meta = ""
+	}
+	if _, err := feedFlushScript.runKeys(ctx, b.client, true, []string{b.Key(subject), b.FeedKey(), b.seqKey()}, storage.NewChangeID(), subject, meta); err != nil {
+		return fmt.Errorf("redis: flush subject %q: %w", subject, err)
+	}
+	return nil
+}
+
+// hasDefault reports whether a batch touches a default property.
+func hasDefault(batch storage.Batch) bool {
+	for _, k := range batch.Deletes {
+		if k.Kind == storage.Default {
+			return true
+		}
+	}
+	for _, w := range batch.Puts {
+		if w.Kind == storage.Default {
+			return true
+		}
+	}
+	return false
+}
+
+// ReadChanges implements storage.FeedStore with XREAD from the start of the
+// stream (published records are deleted), blocking up to wait (rounded up
+// to a millisecond) when the stream is empty.
+func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	if err := b.open(ctx); err != nil {
+		return nil, err
+	}
+	block := time.Duration(-1)
+	if wait > 0 {
+		block = max(wait, time.Millisecond)
+	}
+	res, err := b.client.XRead(ctx, &goredis.XReadArgs{Streams: []string{b.FeedKey(), "0-0"}, Count: int64(max(n, 1)), Block: block}).Result()
+	if errors.Is(err, goredis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis: read change feed: %w", err)
+	}
+	var out []storage.PendingChange
+	for _, st := range res {
+		for _, m := range st.Messages {
+			c, err := decodeRecord(m)
+			out = append(out, storage.PendingChange{Ref: m.ID, Change: c, Err: err})
+		}
+	}
+	return out, nil
+}
+
+// decodeRecord turns a stream entry into a Change.
+func decodeRecord(m goredis.XMessage) (storage.Change, error) {
+	str := func(k string) (string, bool) {
+		v, ok := m.Values[k].(string)
+		return v, ok
+	}
+	var c storage.Change
+	c.ID, _ = str("_id")
+	c.Subject, _ = str("_s")
+	if ms, _, ok := strings.Cut(m.ID, "-"); ok {
+		if n, err := strconv.ParseInt(ms, 10, 64); err == nil {
+			c.Time = time.UnixMilli(n).UTC()
+		}
+	}
+	if c.ID == "" || c.Subject == "" {
+		return c, fmt.Errorf("record %s: missing id or subject", m.ID)
+	}
+	q, _ := str("_q")
+	seq, err := strconv.ParseInt(q, 10, 64)
+	if err != nil {
+		return c, fmt.Errorf("record %s: bad version %q", m.ID, q)
+	}
+	c.Seq = seq
+	if mt, ok := str("_m"); ok {
+		if err := decodeMeta(mt, &c); err != nil {
+			return c, fmt.Errorf("record %s: metadata: %v", m.ID, err)
+		}
+	}
+	value := func(k string) (any, error) {
+		t, ok := str(k)
+		if !ok {
+			return nil, nil
+		}
+		return storage.Unmarshal([]byte(t))
+	}
+	t, _ := str("_t")
+	switch t {
+	case "c", "d":
+		f, _ := str("_p")
+		if len(f) < 2 {
+			return c, fmt.Errorf("record %s: bad property field %q", m.ID, f)
+		}
+		c.Property, c.Extended = f[1:], f[0] == 'e'
+		if c.Old, err = value("_o"); err != nil {
+			return c, fmt.Errorf("record %s: old value: %w", m.ID, err)
+		}
+		c.Type = storage.ChangePropertyDeleted
+		if t == "c" {
+			c.Type = storage.ChangePropertyChanged
+			if c.New, err = value("_n"); err != nil {
+				return c, fmt.Errorf("record %s: new value: %w", m.ID, err)
+			}
+		}
+	case "f":
+		c.Type = storage.ChangeSubjectDeleted
+		c.Props, c.ExtProps = map[string]any{}, map[string]any{}
+		names := make([]string, 0, len(m.Values))
+		for k := range m.Values {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			if len(k) < 2 || (k[0] != 'p' && k[0] != 'e') {
+				continue
+			}
+			v, err := value(k)
+			if err != nil {
+				return c, fmt.Errorf("record %s: property %q: %w", m.ID, k[1:], err)
+			}
+			if k[0] == 'p' {
+				c.Props[k[1:]] = v
+			} else {
+				c.ExtProps[k[1:]] = v
+			}
+		}
+	default:
+		return c, fmt.Errorf("record %s: unknown type %q", m.ID, t)
+	}
+	return c, nil
+}
+
+// AckChanges implements storage.FeedStore with XDEL.
+func (b *Backend) AckChanges(ctx context.Context, refs []string) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	if err := b.open(ctx); err != nil {
+		return err
+	}
+	if err := b.client.XDel(ctx, b.FeedKey(), refs...).Err(); err != nil {
+		return fmt.Errorf("redis: remove %d change records: %w", len(refs), err)
+	}
+	return nil
+}
+
+// FeedLease implements storage.FeedStore: a key set with NX and a TTL,
+// renewed by its owner (one script).
+func (b *Backend) FeedLease(ctx context.Context, owner string, ttl time.Duration) (bool, error) {
+	if err := b.open(ctx); err != nil {
+		return false, err
+	}
+	res, err := leaseScript.run(ctx, b.client, false, b.leaseKey(), owner, max(ttl.Milliseconds(), 1))
+	if err != nil {
+		return false, fmt.Errorf("redis: change feed lease: %w", err)
+	}
+	n, _ := res.(int64)
+	return n == 1, nil
+}
+
+// ReleaseFeedLease implements storage.FeedStore.
+func (b *Backend) ReleaseFeedLease(ctx context.Context, owner string) error {
+	if err := b.open(ctx); err != nil {
+		return err
+	}
+	if _, err := releaseScript.run(ctx, b.client, false, b.leaseKey(), owner); err != nil {
+		return fmt.Errorf("redis: release change feed lease: %w", err)
+	}
+	return nil
+}
