@@ -24,11 +24,17 @@ import (
 type Backend struct {
 	mu       sync.RWMutex
 	subjects map[string]*subject
+	idem     idemStore
 }
 
-// New returns an empty in-memory store.
-func New() *Backend {
-	return &Backend{subjects: make(map[string]*subject)}
+// New returns an empty in-memory store. Options: WithIdempotencyWindow.
+func New(opts ...Option) *Backend {
+	b := &Backend{subjects: make(map[string]*subject)}
+	b.idem.window = storage.DefaultIdempotencyWindow
+	for _, o := range opts {
+		o(b)
+	}
+	return b
 }
 
 var _ storage.Backend = (*Backend)(nil)
@@ -180,6 +186,14 @@ func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage
 	}
 	s := b.lookup(name, true)
 	defer s.mu.Unlock()
+	ic, rec, err := b.idem.begin(ctx, name, "set", k, &m)
+	if rec != nil || err != nil {
+		b.dropIfEmpty(name, s)
+		if err != nil {
+			return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
+		}
+		return rec.nv, rec.old, nil
+	}
 	ps := s.set(k.Kind)
 	old, exists := ps.get(k.Name)
 	var arg any
@@ -193,6 +207,7 @@ func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage
 		return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
 	}
 	ps.put(k.Name, storage.Clone(nv))
+	b.idem.commit(ic, nv, old)
 	return nv, old, nil
 }
 
@@ -224,16 +239,22 @@ func (b *Backend) Delete(ctx context.Context, name string, k storage.Key) (any, 
 	if err := checkKey(k); err != nil {
 		return nil, err
 	}
-	s := b.lookup(name, false)
-	if s == nil {
-		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
-	}
+	s := b.lookup(name, true) // a keyed retry may find the subject gone
 	defer s.mu.Unlock()
+	ic, rec, err := b.idem.begin(ctx, name, "delete", k, nil)
+	if rec != nil || err != nil {
+		b.dropIfEmpty(name, s)
+		if err != nil {
+			return nil, fmt.Errorf("memory: delete %q of subject %q: %w", k.Name, name, err)
+		}
+		return rec.old, nil
+	}
 	v, ok := s.set(k.Kind).del(k.Name)
 	b.dropIfEmpty(name, s)
 	if !ok {
 		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
 	}
+	b.idem.commit(ic, nil, v)
 	return v, nil
 }
 
