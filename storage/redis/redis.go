@@ -52,6 +52,11 @@ type Config struct {
 	// (50µs) and DefaultMaxBackoff (5ms).
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
+
+	// IdempotencyWindow is how long an idempotency key is remembered (see
+	// Backend.IdempotencyWindow). 0 means storage.DefaultIdempotencyWindow
+	// (24 hours).
+	IdempotencyWindow time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -303,7 +308,7 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	if err := b.check(ctx, k); err != nil {
 		return nil, err
 	}
-	res, err := deleteScript.run(ctx, b.client, true, b.Key(subject), field(k))
+	res, err := b.runWrite(ctx, deleteScript, b.Key(subject), field(k))
 	if err != nil {
 		if errors.Is(err, goredis.Nil) {
 			return nil, propErr("delete", subject, k, storage.ErrNotFound)
@@ -401,7 +406,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	if err != nil {
 		return nil, nil, propErr("set", subject, k, err)
 	}
-	res, err := setScript.run(ctx, b.client, true, b.Key(subject), field(k), text)
+	res, err := b.runWrite(ctx, setScript, b.Key(subject), field(k), text)
 	if err != nil && !errors.Is(err, goredis.Nil) {
 		return nil, nil, propErr("set", subject, k, err)
 	}
@@ -430,7 +435,7 @@ func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *
 	if err != nil {
 		return nil, nil, propErr(op.Kind.String(), subject, k, err)
 	}
-	res, err := opScript.run(ctx, b.client, true, b.Key(subject), field(k), opNames[op.Kind], arg)
+	res, err := b.runWrite(ctx, opScript, b.Key(subject), field(k), opNames[op.Kind], arg)
 	if err != nil {
 		return nil, nil, propErr(op.Kind.String(), subject, k, err)
 	}
@@ -530,7 +535,7 @@ func (b *Backend) update(ctx context.Context, subject string, k storage.Key, m s
 		if exists {
 			flag = "1"
 		}
-		res, err := casScript.run(ctx, b.client, true, key, f, flag, cur, text)
+		res, err := b.runWrite(ctx, casScript, key, f, flag, cur, text)
 		if err != nil {
 			return nil, nil, propErr("update", subject, k, err)
 		}
