@@ -63,6 +63,11 @@ type Config struct {
 	// schema is managed elsewhere or the role lacks DDL privileges. When the
 	// table and its indexes already exist, New never runs DDL anyway.
 	NoCreate bool
+
+	// IdempotencyWindow is how long an idempotency key is remembered (see
+	// Backend.IdempotencyWindow). 0 means storage.DefaultIdempotencyWindow
+	// (24 hours).
+	IdempotencyWindow time.Duration
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -104,6 +109,7 @@ type Backend struct {
 	q        [2]queries
 	tq       tableQueries
 	closed   atomic.Bool
+	idem     idemState
 }
 
 var (
