@@ -105,7 +105,11 @@ var (
 // deadline bounds every network wait; otherwise go-redis applies its own
 // read and write timeouts (3s by default) and ignores the deadline while
 // blocked on a socket.
+//
+// The first New or Open routes go-redis's own log lines to slog.Default()
+// unless SetLogger was called (see SetLogger: process-wide).
 func New(client goredis.UniversalClient, cfg Config) *Backend {
+	installLogger()
 	return &Backend{client: client, cfg: cfg.withDefaults()}
 }
 
@@ -114,6 +118,7 @@ func New(client goredis.UniversalClient, cfg Config) *Backend {
 // connection with PING and returns a Backend that owns the client: Close
 // closes it. Context deadlines bound every call of the returned backend.
 func Open(ctx context.Context, url string, cfg Config) (*Backend, error) {
+	installLogger()
 	opts, err := goredis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("redis: open: %w", err)
