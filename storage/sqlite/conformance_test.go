@@ -49,3 +49,10 @@ func TestContention(t *testing.T) {
 		},
 	})
 }
+
+// TestIdempotencyConformance runs the idempotency-key conformance tests.
+func TestIdempotencyConformance(t *testing.T) {
+	storagetest.RunIdempotency(t, func(t *testing.T) storage.Backend {
+		return open(t, filepath.Join(t.TempDir(), "idem.db"), sqlite.Config{})
+	})
+}

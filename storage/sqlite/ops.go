@@ -224,7 +224,17 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	q := b.queries(k.Kind)
 	path := jsonPath(k.Name)
 	var applyErr error
+	var keyed, replayed bool
 	err = b.write(ctx, func(tx *sql.Tx) error {
+		ic, replay, rnv, rold, err := b.idemBegin(ctx, tx, subject, "set", k, &m)
+		if err != nil || replay {
+			if errors.Is(err, storage.ErrIdempotencyKeyReused) || errors.Is(err, storage.ErrIdempotencyUnsupported) {
+				applyErr = err
+			}
+			newValue, oldValue, replayed = rnv, rold, replay
+			return err
+		}
+		keyed = ic != nil
 		raw, err := readOld(ctx, tx, q, subject, path)
 		if err != nil {
 			return err
@@ -255,7 +265,10 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		if _, err := tx.ExecContext(ctx, q.put, subject, path, text, k.Name); err != nil {
 			return err
 		}
-		newValue, oldValue = nv, old
+		if err := ic.commit(ctx, tx, b, nv, old); err != nil {
+			return err
+		}
+		newValue, oldValue, replayed = nv, old, false
 		return nil
 	})
 	if err != nil {
@@ -263,6 +276,12 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 			return nil, nil, fmt.Errorf("sqlite: set property %q of subject %q: %w", k.Name, subject, applyErr)
 		}
 		return nil, nil, wrap("set", subject, k.Name, err)
+	}
+	if keyed || replayed {
+		b.idemReady.Store(true)
+	}
+	if replayed {
+		storage.MarkReplayed(ctx)
 	}
 	return newValue, oldValue, nil
 }
@@ -277,8 +296,19 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	q := b.queries(k.Kind)
 	path := jsonPath(k.Name)
 	var old any
+	var keyed, replayed bool
+	var idemErr error
 	errMissing := errors.New("missing")
 	err := b.write(ctx, func(tx *sql.Tx) error {
+		ic, replay, _, rold, err := b.idemBegin(ctx, tx, subject, "delete", k, nil)
+		if err != nil || replay {
+			if errors.Is(err, storage.ErrIdempotencyKeyReused) {
+				idemErr = err
+			}
+			old, replayed = rold, replay
+			return err
+		}
+		keyed = ic != nil
 		raw, err := readOld(ctx, tx, q, subject, path)
 		if err != nil {
 			return err
@@ -293,14 +323,26 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 		if _, err := tx.ExecContext(ctx, q.remove, subject, path); err != nil {
 			return err
 		}
-		old = v
+		if err := ic.commit(ctx, tx, b, nil, v); err != nil {
+			return err
+		}
+		old, replayed = v, false
 		return nil
 	})
 	if errors.Is(err, errMissing) {
 		return nil, notFound(subject, k.Name)
 	}
+	if idemErr != nil {
+		return nil, fmt.Errorf("sqlite: delete property %q of subject %q: %w", k.Name, subject, idemErr)
+	}
 	if err != nil {
 		return nil, wrap("delete", subject, k.Name, err)
+	}
+	if keyed || replayed {
+		b.idemReady.Store(true)
+	}
+	if replayed {
+		storage.MarkReplayed(ctx)
 	}
 	return old, nil
 }
