@@ -45,6 +45,15 @@
 //	hits := app.Subject("page-1", krules.NoCache())
 //	hits.Set(ctx, "views", krules.Inc(1)) // one atomic round trip on Redis/PostgreSQL
 //
+// A NoCache write that fails with a timeout or a network error may still
+// have been applied: the store got it and the reply was lost. Retrying it
+// blindly can apply it twice (an Inc counts twice). Give such writes an
+// IdempotencyKey: a retry with the same key returns the first result and
+// writes and emits nothing (every bundled backend records keys atomically
+// with the write, for 24 hours by default):
+//
+//	hits.Set(ctx, "views", krules.Inc(1), krules.IdempotencyKey(requestID))
+//
 // Flush deletes a subject, emitting PropertyDeleted for every property and
 // then SubjectDeleted.
 //
