@@ -42,9 +42,6 @@
 //	user.Set(ctx, "b", 2)
 //	err := user.Store(ctx) // one write
 //
-//	hits := app.Subject("page-1", krules.NoCache())
-//	hits.Set(ctx, "views", krules.Inc(1)) // one atomic round trip on Redis/PostgreSQL
-//
 // A NoCache write that fails with a timeout or a network error may still
 // have been applied: the store got it and the reply was lost. Retrying it
 // blindly can apply it twice (an Inc counts twice). Give such writes an
@@ -52,7 +49,10 @@
 // writes and emits nothing (every bundled backend records keys atomically
 // with the write, for 24 hours by default):
 //
-//	hits.Set(ctx, "views", krules.Inc(1), krules.IdempotencyKey(requestID))
+//	user.Set(ctx, "n", krules.Inc(1), krules.NoCache(), krules.IdempotencyKey(requestID))
+//
+//	hits := app.Subject("page-1", krules.NoCache())
+//	hits.Set(ctx, "views", krules.Inc(1)) // one atomic round trip on Redis/PostgreSQL
 //
 // Flush deletes a subject, emitting PropertyDeleted for every property and
 // then SubjectDeleted.
