@@ -51,6 +51,8 @@
 //
 //	user.Set(ctx, "n", krules.Inc(1), krules.NoCache(), krules.IdempotencyKey(requestID))
 //
+// A handle made with NoCache applies it to every call:
+//
 //	hits := app.Subject("page-1", krules.NoCache())
 //	hits.Set(ctx, "views", krules.Inc(1)) // one atomic round trip on Redis/PostgreSQL
 //
