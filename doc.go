@@ -42,6 +42,17 @@
 //	user.Set(ctx, "b", 2)
 //	err := user.Store(ctx) // one write
 //
+// A NoCache write that fails with a timeout or a network error may still
+// have been applied: the store got it and the reply was lost. Retrying it
+// blindly can apply it twice (an Inc counts twice). Give such writes an
+// IdempotencyKey: a retry with the same key returns the first result and
+// writes and emits nothing (every bundled backend records keys atomically
+// with the write, for 24 hours by default):
+//
+//	user.Set(ctx, "n", krules.Inc(1), krules.NoCache(), krules.IdempotencyKey(requestID))
+//
+// A handle made with NoCache applies it to every call:
+//
 //	hits := app.Subject("page-1", krules.NoCache())
 //	hits.Set(ctx, "views", krules.Inc(1)) // one atomic round trip on Redis/PostgreSQL
 //

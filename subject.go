@@ -232,7 +232,10 @@ func (s *Subject) notFound(k storage.Kind, prop string) error {
 // (NoCache update functions on optimistic backends), ErrCascadeDepth
 // (nothing written), store errors. If ctx is cancelled while the change
 // event is dispatched, Set returns the values and ctx's error: the write
-// took effect.
+// took effect. A NoCache Set that fails with a timeout or network error may
+// have been applied all the same (the store got the command, the answer was
+// lost): to retry it safely give it an IdempotencyKey (plain values and
+// built-in Ops; the same holds for Delete).
 func (s *Subject) Set(ctx context.Context, prop string, value any, opts ...SetOption) (newValue, oldValue any, err error) {
 	return s.set(ctx, storage.Default, prop, value, opts)
 }
@@ -252,6 +255,11 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	if err != nil {
 		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 	}
+	idem, hasIdem := idemKeyOf(opts)
+	bctx, err := s.directCtx(ctx, idem, hasIdem, o.noCache, &mut)
+	if err != nil {
+		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+	}
 	t, hs, depth, err := s.listeners(ctx, k, &o, PropertyChanged)
 	if err != nil {
 		return nil, nil, err
@@ -261,9 +269,12 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	}
 	var nv, old any
 	if o.noCache {
-		nv, old, err = s.app.backend.Set(s.feedCtx(ctx, &o), s.name, storage.Key{Kind: k, Name: prop}, mut)
+		nv, old, err = s.app.backend.Set(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop}, mut)
 		if err != nil {
 			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+		}
+		if replayed(ctx, bctx) {
+			return nv, old, nil // the first call wrote and emitted
 		}
 		s.afterDirect(k, prop, nv, true, true)
 	} else {
@@ -447,6 +458,11 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 		return err
 	}
 	o := deleteOpts(s.base, opts)
+	idem, hasIdem := idemKeyOf(opts)
+	bctx, err := s.directCtx(ctx, idem, hasIdem, o.noCache, nil)
+	if err != nil {
+		return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
+	}
 	t, hs, depth, err := s.listeners(ctx, k, &o, PropertyDeleted)
 	if err != nil {
 		return err
@@ -456,12 +472,15 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 	}
 	var old any
 	if o.noCache {
-		old, err = s.app.backend.Delete(s.feedCtx(ctx, &o), s.name, storage.Key{Kind: k, Name: prop})
+		old, err = s.app.backend.Delete(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop})
 		if errors.Is(err, ErrNotFound) {
 			return s.notFound(k, prop)
 		}
 		if err != nil {
 			return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
+		}
+		if replayed(ctx, bctx) {
+			return nil // the first call deleted and emitted
 		}
 		s.afterDirect(k, prop, nil, false, true)
 	} else {

@@ -55,6 +55,11 @@ type Config struct {
 	// FileMode is the permission of a newly created file. Zero means
 	// DefaultFileMode (0600).
 	FileMode os.FileMode
+
+	// IdempotencyWindow is how long an idempotency key is remembered (see
+	// Backend.IdempotencyWindow). 0 means storage.DefaultIdempotencyWindow
+	// (24 hours).
+	IdempotencyWindow time.Duration
 }
 
 // Backend is a storage.Backend persisted in one bbolt file. Create it with
@@ -64,6 +69,9 @@ type Backend struct {
 	db     *bbolt.DB
 	path   string
 	closed atomic.Bool
+
+	idemWindow time.Duration
+	idemWrites atomic.Uint64
 }
 
 var (
@@ -119,7 +127,7 @@ func Open(path string, cfg Config) (*Backend, error) {
 		db.Close()
 		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
 	}
-	return &Backend{db: db, path: path}, nil
+	return &Backend{db: db, path: path, idemWindow: cfg.IdempotencyWindow}, nil
 }
 
 // Path returns the file the backend was opened on.
@@ -334,7 +342,13 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	}
 	key := []byte(subject)
 	s := kindIndex(k.Kind == storage.Extended)
+	replayed := false
 	err = b.update(func(bk subjects) error {
+		ic, replay, rnv, rold, err := idemBegin(ctx, bk.tx, subject, "set", k, &m)
+		if err != nil || replay {
+			newValue, oldValue, replayed = rnv, rold, replay
+			return err
+		}
 		r, err := decodeRecord(bk.Get(key))
 		if err != nil {
 			return corrupt(subject, err)
@@ -366,11 +380,17 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		if err := bk.Put(key, r.encode()); err != nil {
 			return fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
 		}
+		if err := ic.commit(bk.tx, b, nv, old); err != nil {
+			return fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
+		}
 		newValue, oldValue = nv, old
 		return nil
 	})
 	if err != nil {
 		return nil, nil, err
+	}
+	if replayed {
+		storage.MarkReplayed(ctx)
 	}
 	return newValue, oldValue, nil
 }
@@ -385,7 +405,13 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	}
 	key := []byte(subject)
 	var old any
+	replayed := false
 	err := b.update(func(bk subjects) error {
+		ic, replay, _, rold, err := idemBegin(ctx, bk.tx, subject, "delete", k, nil)
+		if err != nil || replay {
+			old, replayed = rold, replay
+			return err
+		}
 		r, err := decodeRecord(bk.Get(key))
 		if err != nil {
 			return corrupt(subject, err)
@@ -400,10 +426,16 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 		if err := bk.Put(key, r.encode()); err != nil {
 			return fmt.Errorf("bolt: delete %q of subject %q: %w", k.Name, subject, err)
 		}
+		if err := ic.commit(bk.tx, b, nil, old); err != nil {
+			return fmt.Errorf("bolt: delete %q of subject %q: %w", k.Name, subject, err)
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if replayed {
+		storage.MarkReplayed(ctx)
 	}
 	return old, nil
 }

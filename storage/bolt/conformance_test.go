@@ -90,3 +90,15 @@ func TestNoSyncReopen(t *testing.T) {
 		t.Fatalf("after reopen: %v %v", v, err)
 	}
 }
+
+// TestIdempotencyConformance runs the idempotency-key conformance tests.
+func TestIdempotencyConformance(t *testing.T) {
+	storagetest.RunIdempotency(t, func(t *testing.T) storage.Backend {
+		b, err := bolt.Open(filepath.Join(t.TempDir(), "idem.db"), bolt.Config{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
+	})
+}

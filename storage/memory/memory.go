@@ -25,11 +25,14 @@ type Backend struct {
 	mu       sync.RWMutex
 	subjects map[string]*subject
 	feed     *memFeed // change feed (feed.go); nil when off
+	idem     idemStore
 }
 
-// New returns an empty in-memory store. Options: WithChangeFeed.
+// New returns an empty in-memory store. Options: WithChangeFeed,
+// WithIdempotencyWindow.
 func New(opts ...Option) *Backend {
 	b := &Backend{subjects: make(map[string]*subject)}
+	b.idem.window = storage.DefaultIdempotencyWindow
 	for _, o := range opts {
 		if o != nil {
 			o(b)
@@ -189,6 +192,14 @@ func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage
 	}
 	s := b.lookup(name, true)
 	defer s.mu.Unlock()
+	ic, rec, err := b.idem.begin(ctx, name, "set", k, &m)
+	if rec != nil || err != nil {
+		b.dropIfEmpty(name, s)
+		if err != nil {
+			return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
+		}
+		return rec.nv, rec.old, nil
+	}
 	ps := s.set(k.Kind)
 	old, exists := ps.get(k.Name)
 	arg := old
@@ -206,6 +217,7 @@ func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage
 	if b.feed != nil && k.Kind == storage.Default && (!exists || !storage.Equal(old, nv)) { // change feed hook
 		b.feed.add(ctx, storage.Change{Type: storage.ChangePropertyChanged, Subject: name, Property: k.Name, Old: old, New: storage.Clone(nv)}, k.Name)
 	}
+	b.idem.commit(ic, nv, old)
 	return nv, old, nil
 }
 
@@ -237,11 +249,16 @@ func (b *Backend) Delete(ctx context.Context, name string, k storage.Key) (any, 
 	if err := checkKey(k); err != nil {
 		return nil, err
 	}
-	s := b.lookup(name, false)
-	if s == nil {
-		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
-	}
+	s := b.lookup(name, true) // a keyed retry may find the subject gone
 	defer s.mu.Unlock()
+	ic, rec, err := b.idem.begin(ctx, name, "delete", k, nil)
+	if rec != nil || err != nil {
+		b.dropIfEmpty(name, s)
+		if err != nil {
+			return nil, fmt.Errorf("memory: delete %q of subject %q: %w", k.Name, name, err)
+		}
+		return rec.old, nil
+	}
 	v, ok := s.set(k.Kind).del(k.Name)
 	if ok && b.feed != nil && k.Kind == storage.Default { // change feed hook
 		b.feed.add(ctx, storage.Change{Type: storage.ChangePropertyDeleted, Subject: name, Property: k.Name, Old: storage.Clone(v)}, k.Name)
@@ -250,6 +267,7 @@ func (b *Backend) Delete(ctx context.Context, name string, k storage.Key) (any, 
 	if !ok {
 		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
 	}
+	b.idem.commit(ic, nil, v)
 	return v, nil
 }
 

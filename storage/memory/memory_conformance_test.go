@@ -13,3 +13,8 @@ import (
 func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) storage.Backend { return memory.New() })
 }
+
+// TestIdempotencyConformance runs the idempotency-key conformance tests.
+func TestIdempotencyConformance(t *testing.T) {
+	storagetest.RunIdempotency(t, func(t *testing.T) storage.Backend { return memory.New() })
+}

@@ -153,6 +153,9 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	if err := b.check(subject, &k); err != nil {
 		return nil, err
 	}
+	if _, ok := storage.IdempotencyKeyFrom(ctx); ok {
+		return b.deleteKeyed(ctx, subject, k)
+	}
 	var raw []byte
 	var n int64
 	sql, args, err := b.feedDelete(ctx, k, b.queries(k.Kind).del, subject, k.Name) // change feed hook
@@ -327,13 +330,22 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		if err := checkOpArg(m.Op); err != nil {
 			return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
 		}
+		if _, ok := storage.IdempotencyKeyFrom(ctx); ok {
+			return b.setKeyed(ctx, subject, k, m, sql, argJSON)
+		}
 		once = func() (any, any, error) { return b.setStatement(ctx, subject, k, sql, argJSON, m.Op) }
 	case m.Func != nil:
+		if _, ok := storage.IdempotencyKeyFrom(ctx); ok {
+			return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w: update functions cannot be made idempotent", k.Name, subject, storage.ErrIdempotencyUnsupported)
+		}
 		once = func() (any, any, error) { return b.setFunc(ctx, subject, k, m) }
 	default:
 		data, err := storage.Marshal(m.Value)
 		if err != nil {
 			return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
+		}
+		if _, ok := storage.IdempotencyKeyFrom(ctx); ok {
+			return b.setKeyed(ctx, subject, k, m, q.set, data)
 		}
 		once = func() (any, any, error) {
 			_, old, err := b.setStatement(ctx, subject, k, q.set, data, nil)

@@ -71,6 +71,10 @@ type Config struct {
 	// Table+"_feed_seq". New creates both tables unless NoCreate is set.
 	// Default false.
 	ChangeFeed bool
+	// IdempotencyWindow is how long an idempotency key is remembered (see
+	// Backend.IdempotencyWindow). 0 means storage.DefaultIdempotencyWindow
+	// (24 hours).
+	IdempotencyWindow time.Duration
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -113,6 +117,7 @@ type Backend struct {
 	tq       tableQueries
 	closed   atomic.Bool
 	feed     feedState // change feed (feed.go)
+	idem     idemState
 }
 
 var (

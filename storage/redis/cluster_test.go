@@ -53,6 +53,22 @@ func TestCluster(t *testing.T) {
 		return b
 	})
 
+	// Keyed writes touch a key record beside the hash: it must be in the
+	// hash's slot, with and without a hash tag in the subject's key.
+	for _, brace := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hashtag=%v", brace), func(t *testing.T) {
+			storagetest.RunIdempotency(t, func(t *testing.T) storage.Backend {
+				prefix := testenv.Unique("cluster") + ":"
+				if brace {
+					prefix = "{" + prefix + "}"
+				}
+				b := redis.New(client, redis.Config{Prefix: prefix, IdempotencyWindow: time.Minute})
+				t.Cleanup(func() { b.Close() })
+				return b
+			})
+		})
+	}
+
 	t.Run("List", func(t *testing.T) {
 		b := redis.New(client, redis.Config{Prefix: "list:"})
 		for i := range 50 {

@@ -2,6 +2,7 @@ package redis_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
@@ -45,5 +46,14 @@ func TestContention(t *testing.T) {
 			t.Cleanup(func() { b.Close() })
 			return b
 		},
+	})
+}
+
+// TestIdempotencyConformance runs the idempotency-key conformance tests;
+// the short window lets the test's key records expire.
+func TestIdempotencyConformance(t *testing.T) {
+	testenv.RedisURL(t)
+	storagetest.RunIdempotency(t, func(t *testing.T) storage.Backend {
+		return open(t, redis.Config{IdempotencyWindow: time.Minute})
 	})
 }

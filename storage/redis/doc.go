@@ -98,6 +98,20 @@
 // context.DeadlineExceeded or goredis.Error). A script that writes is never
 // re-sent by go-redis after a network error, so an Inc is never applied twice
 // by a retry; its outcome is then unknown, as with any write whose reply was
-// lost. Scripts are run with EVALSHA and loaded again automatically after a
-// server restart or failover.
+// lost. To retry such a write safely, give it an idempotency key
+// (krules.IdempotencyKey, storage.WithIdempotencyKey): the keyed script
+// checks and writes a key record ("{s:<prefix><subject>}:idem:<key>", in
+// the subject's Cluster slot, SET NX PX Config.IdempotencyWindow, default
+// 24h) in the same call as the write, so a retry after a lost reply returns
+// the first result and writes nothing. Scripts are run with EVALSHA and
+// loaded again automatically after a server restart or failover.
+//
+// # Logging
+//
+// go-redis logs some events itself, such as "connection pool: failed to
+// dial after 5 attempts" during an outage. The first New or Open routes
+// those lines to slog.Default() at Debug level (dropped by the default
+// handler) instead of go-redis's own stderr logger; SetLogger sends them to
+// another logger at Warn level (component=go-redis), or discards them. The
+// go-redis logger is global to the process (see SetLogger).
 package redis

@@ -17,3 +17,9 @@ func LockRefs(b *Backend, subject string, k storage.Key) int {
 	}
 	return 0
 }
+
+// RecordKey and KeySlot expose the idempotency record naming to tests.
+var (
+	RecordKey = recordKey
+	KeySlot   = keySlot
+)

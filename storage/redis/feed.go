@@ -269,22 +269,21 @@ func decodeMeta(text string, c *storage.Change) error {
 	return nil
 }
 
-// feedRun runs a writing script: its feed variant with the record
-// arguments when the feed is on, the property a default one and the write
-// not muted; else the script itself.
-func (b *Backend) feedRun(ctx context.Context, s *script, subject string, k storage.Key, args ...any) (any, error) {
+// feedPlan chooses how a writing script runs: its feed variant, with the
+// extra keys and record arguments, when the feed is on, the property a
+// default one and the write not muted; else s itself (keys nil).
+func (b *Backend) feedPlan(ctx context.Context, s *script, subject string, k storage.Key) (run *script, keys []string, extra []any, err error) {
 	if !b.cfg.ChangeFeed || k.Kind != storage.Default {
-		return s.run(ctx, b.client, true, b.Key(subject), args...)
+		return s, nil, nil, nil
 	}
 	meta, err := encodeMeta(storage.ChangeFrom(ctx))
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if meta == "!" {
-		return s.run(ctx, b.client, true, b.Key(subject), args...)
+		return s, nil, nil, nil
 	}
-	args = append(args, storage.NewChangeID(), subject, meta)
-	return feedVariant[s].runKeys(ctx, b.client, true, []string{b.Key(subject), b.FeedKey(), b.seqKey()}, args...)
+	return feedVariant[s], []string{b.Key(subject), b.FeedKey(), b.seqKey()}, []any{storage.NewChangeID(), subject, meta}, nil
 }
 
 // runKeys executes s with several keys (see run).

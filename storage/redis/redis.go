@@ -60,6 +60,10 @@ type Config struct {
 	// Prefix with a hash tag ("{myapp}:") so that every key is in one slot.
 	// Default false.
 	ChangeFeed bool
+	// IdempotencyWindow is how long an idempotency key is remembered (see
+	// Backend.IdempotencyWindow). 0 means storage.DefaultIdempotencyWindow
+	// (24 hours).
+	IdempotencyWindow time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -110,6 +114,9 @@ var (
 // deadline bounds every network wait; otherwise go-redis applies its own
 // read and write timeouts (3s by default) and ignores the deadline while
 // blocked on a socket.
+//
+// The first New or Open routes go-redis's own log lines to slog.Default()
+// unless SetLogger was called (see SetLogger: process-wide).
 func New(client goredis.UniversalClient, cfg Config) *Backend {
 	installDefaultLogger()
 	return &Backend{client: client, cfg: cfg.withDefaults()}
@@ -308,7 +315,7 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	if err := b.check(ctx, k); err != nil {
 		return nil, err
 	}
-	res, err := b.feedRun(ctx, deleteScript, subject, k, field(k)) // change feed hook
+	res, err := b.runWrite(ctx, deleteScript, subject, k, field(k)) // change feed hook
 	if err != nil {
 		if errors.Is(err, goredis.Nil) {
 			return nil, propErr("delete", subject, k, storage.ErrNotFound)
@@ -401,7 +408,7 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	if err != nil {
 		return nil, nil, propErr("set", subject, k, err)
 	}
-	res, err := b.feedRun(ctx, setScript, subject, k, field(k), text) // change feed hook
+	res, err := b.runWrite(ctx, setScript, subject, k, field(k), text) // change feed hook
 	if err != nil && !errors.Is(err, goredis.Nil) {
 		return nil, nil, propErr("set", subject, k, err)
 	}
@@ -427,7 +434,7 @@ func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *
 	if err != nil {
 		return nil, nil, propErr(op.Kind.String(), subject, k, err)
 	}
-	res, err := b.feedRun(ctx, opScript, subject, k, field(k), opNames[op.Kind], arg) // change feed hook
+	res, err := b.runWrite(ctx, opScript, subject, k, field(k), opNames[op.Kind], arg) // change feed hook
 	if err != nil {
 		return nil, nil, propErr(op.Kind.String(), subject, k, err)
 	}
@@ -535,7 +542,7 @@ func (b *Backend) update(ctx context.Context, subject string, k storage.Key, m s
 		if exists {
 			flag = "1"
 		}
-		res, err := b.feedRun(ctx, casScript, subject, k, f, flag, cur, text) // change feed hook
+		res, err := b.runWrite(ctx, casScript, subject, k, f, flag, cur, text) // change feed hook
 		if err != nil {
 			return nil, nil, propErr("update", subject, k, err)
 		}

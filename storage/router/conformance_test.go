@@ -1,6 +1,7 @@
 package router_test
 
 import (
+	"errors"
 	"path/filepath"
 	"testing"
 
@@ -55,4 +56,53 @@ func TestConformanceSplit(t *testing.T) {
 		}
 		return r
 	})
+}
+
+// TestIdempotencyConformance runs the idempotency-key tests with subjects
+// split between a memory and a bolt member.
+func TestIdempotencyConformance(t *testing.T) {
+	storagetest.RunIdempotency(t, func(t *testing.T) storage.Backend {
+		b, err := bolt.Open(filepath.Join(t.TempDir(), "r.db"), bolt.Config{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		var routes []router.Route
+		for c := 0x20; c < 0x7f; c++ {
+			m := storage.Backend(memory.New())
+			if c%2 == 1 {
+				m = b
+			}
+			routes = append(routes, router.Route{Prefix: string(rune(c)), Backend: m})
+		}
+		r, err := router.New(routes, memory.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	})
+}
+
+// noKeys hides a member's storage.Idempotent implementation.
+type noKeys struct{ storage.Backend }
+
+func TestIdempotencyMemberWithoutKeys(t *testing.T) {
+	r, err := router.New([]router.Route{{Prefix: "plain-", Backend: noKeys{memory.New()}}}, memory.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := storage.WithIdempotencyKey(t.Context(), "k")
+	k := storage.Key{Kind: storage.Default, Name: "x"}
+	if _, _, err := r.Set(ctx, "plain-1", k, storage.Mutation{Value: int64(1)}); !errors.Is(err, storage.ErrIdempotencyUnsupported) {
+		t.Errorf("keyed Set on a member without keys: %v, want ErrIdempotencyUnsupported", err)
+	}
+	if _, err := r.Delete(ctx, "plain-1", k); !errors.Is(err, storage.ErrIdempotencyUnsupported) {
+		t.Errorf("keyed Delete on a member without keys: %v, want ErrIdempotencyUnsupported", err)
+	}
+	if _, err := r.Get(t.Context(), "plain-1", k); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("refused Set wrote: Get = %v", err)
+	}
+	if _, _, err := r.Set(ctx, "other", k, storage.Mutation{Value: int64(1)}); err != nil {
+		t.Errorf("keyed Set on the fallback: %v", err)
+	}
 }

@@ -111,7 +111,11 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 
 // Set implements storage.Backend.
 func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m storage.Mutation) (any, any, error) {
-	return b.For(subject).Set(ctx, subject, k, m)
+	mb, err := b.forWrite(ctx, subject)
+	if err != nil {
+		return nil, nil, err
+	}
+	return mb.Set(ctx, subject, k, m)
 }
 
 // Get implements storage.Backend.
@@ -121,7 +125,11 @@ func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, 
 
 // Delete implements storage.Backend.
 func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (any, error) {
-	return b.For(subject).Delete(ctx, subject, k)
+	mb, err := b.forWrite(ctx, subject)
+	if err != nil {
+		return nil, err
+	}
+	return mb.Delete(ctx, subject, k)
 }
 
 // Flush implements storage.Backend.

@@ -90,3 +90,10 @@ func rawPut(t *testing.T, b storage.Backend, subject string, k storage.Key, raw 
 	}
 	return true
 }
+
+// TestIdempotencyConformance runs the idempotency-key conformance tests.
+func TestIdempotencyConformance(t *testing.T) {
+	storagetest.RunIdempotency(t, func(t *testing.T) storage.Backend {
+		return open(t, filepath.Join(t.TempDir(), "idem.db"), sqlite.Config{})
+	})
+}

@@ -324,7 +324,17 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	}
 	q := b.queries(k.Kind)
 	var applyErr error
+	var keyed, replayed bool
 	err = b.write(ctx, func(tx *sql.Tx) error {
+		ic, replay, rnv, rold, err := b.idemBegin(ctx, tx, subject, "set", k, &m)
+		if err != nil || replay {
+			if errors.Is(err, storage.ErrIdempotencyKeyReused) || errors.Is(err, storage.ErrIdempotencyUnsupported) {
+				applyErr = err
+			}
+			newValue, oldValue, replayed = rnv, rold, replay
+			return err
+		}
+		keyed = ic != nil
 		old, exists, err := lookup(ctx, tx, q, subject, k.Name)
 		if err != nil {
 			return err
@@ -350,7 +360,10 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		if err := putProp(ctx, tx, q, subject, k.Name, text); err != nil {
 			return err
 		}
-		newValue, oldValue = nv, old
+		if err := ic.commit(ctx, tx, b, nv, old); err != nil {
+			return err
+		}
+		newValue, oldValue, replayed = nv, old, false
 		return nil
 	})
 	if err != nil {
@@ -358,6 +371,12 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 			return nil, nil, fmt.Errorf("sqlite: set property %q of subject %q: %w", k.Name, subject, applyErr)
 		}
 		return nil, nil, wrap("set", subject, k.Name, err)
+	}
+	if keyed || replayed {
+		b.idemReady.Store(true)
+	}
+	if replayed {
+		storage.MarkReplayed(ctx)
 	}
 	return newValue, oldValue, nil
 }
@@ -371,8 +390,19 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	}
 	q := b.queries(k.Kind)
 	var old any
+	var keyed, replayed bool
+	var idemErr error
 	errMissing := errors.New("missing")
 	err := b.write(ctx, func(tx *sql.Tx) error {
+		ic, replay, _, rold, err := b.idemBegin(ctx, tx, subject, "delete", k, nil)
+		if err != nil || replay {
+			if errors.Is(err, storage.ErrIdempotencyKeyReused) {
+				idemErr = err
+			}
+			old, replayed = rold, replay
+			return err
+		}
+		keyed = ic != nil
 		v, exists, err := lookup(ctx, tx, q, subject, k.Name)
 		if err != nil {
 			return err
@@ -383,14 +413,26 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 		if err := removeProp(ctx, tx, q, subject, k.Name); err != nil {
 			return err
 		}
-		old = v
+		if err := ic.commit(ctx, tx, b, nil, v); err != nil {
+			return err
+		}
+		old, replayed = v, false
 		return nil
 	})
 	if errors.Is(err, errMissing) {
 		return nil, notFound(subject, k.Name)
 	}
+	if idemErr != nil {
+		return nil, fmt.Errorf("sqlite: delete property %q of subject %q: %w", k.Name, subject, idemErr)
+	}
 	if err != nil {
 		return nil, wrap("delete", subject, k.Name, err)
+	}
+	if keyed || replayed {
+		b.idemReady.Store(true)
+	}
+	if replayed {
+		storage.MarkReplayed(ctx)
 	}
 	return old, nil
 }

@@ -59,6 +59,11 @@ type Config struct {
 	// ListPageSize is the number of subject names List fetches per query
 	// (keyset pagination). Default 1000.
 	ListPageSize int
+
+	// IdempotencyWindow is how long an idempotency key is remembered (see
+	// Backend.IdempotencyWindow). 0 means storage.DefaultIdempotencyWindow
+	// (24 hours).
+	IdempotencyWindow time.Duration
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -103,6 +108,9 @@ type Backend struct {
 	tq     tableQueries
 	wmu    sync.Mutex // serialises this process's writers (see Open)
 	closed atomic.Bool
+
+	idemReady  atomic.Bool // the idempotency key table exists
+	idemWrites atomic.Uint64
 }
 
 var (
