@@ -131,3 +131,33 @@ func mustSet(t *testing.T, s *krules.Subject, prop string, v any, opts ...krules
 		t.Fatal(err)
 	}
 }
+
+// Idempotent checks that a keyed direct write (krules.IdempotencyKey) on a
+// backend in feed mode writes one change record, and that a retry with the
+// same key writes none and returns the first call's result. b must be a
+// fresh backend in feed mode with no pending record that records keys.
+func Idempotent(t *testing.T, b Backend) {
+	ctx := context.Background()
+	app := krules.New(krules.WithStorage(b))
+	s := app.Subject("idem-1")
+	for i := 0; i < 3; i++ {
+		nv, old, err := s.Set(ctx, "n", krules.Inc(5), krules.NoCache(), krules.IdempotencyKey("req-1"))
+		if err != nil {
+			t.Fatalf("keyed Inc, call %d: %v", i+1, err)
+		}
+		if !storage.Equal(nv, int64(5)) || old != nil {
+			t.Fatalf("keyed Inc, call %d = %v, %v; want 5, <nil> (the first call's result)", i+1, nv, old)
+		}
+	}
+	if err := s.Delete(ctx, "n", krules.NoCache(), krules.IdempotencyKey("req-2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "n", krules.NoCache(), krules.IdempotencyKey("req-2")); err != nil {
+		t.Fatalf("keyed Delete retry: %v", err)
+	}
+	got := Drain(t, b)
+	if len(got) != 2 || got[0].Type != storage.ChangePropertyChanged || got[1].Type != storage.ChangePropertyDeleted ||
+		!storage.Equal(got[0].New, int64(5)) || got[1].Seq != got[0].Seq+1 {
+		t.Fatalf("records of 3 keyed Incs and 2 keyed Deletes: %+v; want one change and one deletion", got)
+	}
+}

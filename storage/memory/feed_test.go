@@ -17,3 +17,7 @@ func TestFeedRecords(t *testing.T) {
 func TestFeedConformance(t *testing.T) {
 	storagetest.Run(t, func(*testing.T) storage.Backend { return memory.New(memory.WithChangeFeed()) })
 }
+
+func TestFeedIdempotent(t *testing.T) {
+	feedtest.Idempotent(t, memory.New(memory.WithChangeFeed()))
+}

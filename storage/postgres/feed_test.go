@@ -139,3 +139,5 @@ func TestFeedReadWaitsAndLease(t *testing.T) {
 		t.Fatalf("b did not get the released lease: %v", err)
 	}
 }
+
+func TestFeedIdempotent(t *testing.T) { feedtest.Idempotent(t, newFeedBackend(t)) }

@@ -173,7 +173,11 @@ func (b *Backend) setKeyed(ctx context.Context, subject string, k storage.Key, m
 	return b.keyed(ctx, "set", subject, k, &m, func(tx pgx.Tx) (any, any, error) {
 		var oldRaw, newRaw []byte
 		var written bool
-		if err := tx.QueryRow(ctx, sql, subject, k.Name, arg).Scan(&oldRaw, &newRaw, &written); err != nil {
+		sql, args, err := b.feedSet(ctx, k, sql, subject, k.Name, arg) // change feed hook: the record in the key's transaction
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := tx.QueryRow(ctx, sql, args...).Scan(&oldRaw, &newRaw, &written); err != nil {
 			return nil, nil, err
 		}
 		old, _, err := decode(oldRaw)
@@ -201,7 +205,11 @@ func (b *Backend) deleteKeyed(ctx context.Context, subject string, k storage.Key
 	_, old, err := b.keyed(ctx, "delete", subject, k, nil, func(tx pgx.Tx) (any, any, error) {
 		var raw []byte
 		var n int64
-		if err := tx.QueryRow(ctx, b.queries(k.Kind).del, subject, k.Name).Scan(&raw, &n); err != nil {
+		sql, args, err := b.feedDelete(ctx, k, b.queries(k.Kind).del, subject, k.Name) // change feed hook
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := tx.QueryRow(ctx, sql, args...).Scan(&raw, &n); err != nil {
 			return nil, nil, err
 		}
 		old, exists, err := decode(raw)

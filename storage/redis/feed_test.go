@@ -158,3 +158,5 @@ func BenchmarkFeedSet(b *testing.B) {
 		})
 	}
 }
+
+func TestFeedIdempotent(t *testing.T) { feedtest.Idempotent(t, openFeed(t)) }
