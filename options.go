@@ -14,6 +14,7 @@ package krules
 //	Default                          x
 //	WithMeta                                                        x
 //	WriteOnly                                                               x
+//	IdempotencyKey    x                              x
 //
 // The interfaces have unexported methods: only the options of this package
 // implement them. Options are small values resolved by a type switch, so
@@ -24,7 +25,7 @@ package krules
 //	app.Emit(ctx, "order.created", order, payload, opts...)
 
 // SetOption is an option of Subject.Set and Subject.SetExt: Muted, NoCache,
-// WithExtra.
+// WithExtra, IdempotencyKey.
 type SetOption interface{ setOption() }
 
 // GetOption is an option of Subject.Get, Subject.GetExt and GetAs: Default,
@@ -32,7 +33,7 @@ type SetOption interface{ setOption() }
 type GetOption interface{ getOption() }
 
 // DeleteOption is an option of Subject.Delete and Subject.DeleteExt: Muted,
-// NoCache, WithExtra.
+// NoCache, WithExtra, IdempotencyKey.
 type DeleteOption interface{ deleteOption() }
 
 // EmitOption is an option of App.Emit and Event.Emit: WithExtra, WithMeta.
