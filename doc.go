@@ -60,7 +60,9 @@
 // properties without reading them costs only the Store:
 //
 //	imp := app.Subject("sensor-7", krules.WriteOnly(), krules.Muted())
-//	imp.Set(ctx, "reading", 42)
+//	if _, _, err := imp.Set(ctx, "reading", 42); err != nil {
+//		return err
+//	}
 //	err := imp.Store(ctx) // one round trip, no load
 //
 // Flush deletes a subject, emitting PropertyDeleted for every property and

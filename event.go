@@ -192,6 +192,10 @@ type Event struct {
 	// nil for a deletion). For other events they are filled from the payload
 	// keys property_name, old_value and value when the payload carries
 	// property_name. Reading them costs nothing: prefer them to Payload.
+	// Handlers must not assign them: the payload of a built-in event is
+	// built from them on the first Payload call. On a WriteOnly handle,
+	// OldValue is the handle's own earlier write (nil before the first),
+	// not the stored value, which that handle never loaded.
 	PropertyName string
 	OldValue     any
 	NewValue     any
@@ -228,7 +232,7 @@ const (
 // handler of one emit gets the same map. Safe for concurrent use; writing
 // to the map is not (handlers of one emit run one after another).
 func (e *Event) Payload() Payload {
-	if e.lazy == lazyNone {
+	if e.lazy == lazyNone && e.payload != nil {
 		return e.payload
 	}
 	e.mu.Lock()

@@ -130,3 +130,12 @@ func TestCustomEventFillsPropertyFields(t *testing.T) {
 		t.Fatalf("fields = %q %v %v", ev0.PropertyName, ev0.OldValue, ev0.NewValue)
 	}
 }
+
+// TestZeroEventPayloadNotNil: Payload is never nil, even on an Event built
+// as a zero value (as a user's unit test of a filter might).
+func TestZeroEventPayloadNotNil(t *testing.T) {
+	var ev krules.Event
+	if p := ev.Payload(); p == nil {
+		t.Fatal("Payload() of a zero Event is nil")
+	}
+}

@@ -217,8 +217,12 @@ func (s *Subject) notFound(k storage.Kind, prop string) error {
 //
 // Unless Muted, Set emits PropertyChanged when the new value is not Equal to
 // the old one, with WithExtra's Extra, and returns after its handlers ran
-// (and the App's outbound hooks, see App.Outbound).
-// Options (SetOption): Muted, WithExtra, NoCache.
+// (and the App's outbound hooks, see App.Outbound). On a WriteOnly handle
+// the old value is the handle's own earlier write (nil before the first),
+// since the stored one is not loaded: a plain Set there emits unless it
+// repeats that earlier write, and its OldValue does not say whether the
+// store held the property.
+// Options (SetOption): Muted, WithExtra, NoCache, IdempotencyKey.
 //
 // In cache mode an update function runs under the handle's lock: it must
 // not call methods of the same handle (that deadlocks). With NoCache it may
