@@ -6,8 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"testing"
 )
 
@@ -75,25 +73,13 @@ func runProgram(t *testing.T, p goProgram) string {
 	return stdout.String()
 }
 
-// goTool finds the go command that runs this test.
+// goTool finds the go command on PATH (go test puts the running toolchain's
+// go first on PATH).
 func goTool(t *testing.T) string {
 	t.Helper()
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	p := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("no go command on PATH or in GOROOT (%s): the README and compile checks need it", p)
+	p, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("no go command on PATH: the README and compile checks need it: %v", err)
 	}
 	return p
-}
-
-// firstLine is s's first non-empty line, for short failure messages.
-func firstLine(s string) string {
-	for _, l := range strings.Split(s, "\n") {
-		if strings.TrimSpace(l) != "" {
-			return l
-		}
-	}
-	return ""
 }

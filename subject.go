@@ -611,11 +611,3 @@ func (s *Subject) Flush(ctx context.Context) error {
 	return s.app.deliver(ctx, t, hsSubj, ev, depth)
 }
 
-// cloneValue is storage.Clone with the scalar case (no copy) inlined.
-func cloneValue(v any) any {
-	switch v.(type) {
-	case map[string]any, []any:
-		return storage.Clone(v)
-	}
-	return v
-}
