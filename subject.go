@@ -610,4 +610,3 @@ func (s *Subject) Flush(ctx context.Context) error {
 	ev := &Event{Type: SubjectDeleted, Subject: s, payload: Payload{"props": props, "ext_props": ext}, app: s.app}
 	return s.app.deliver(ctx, t, hsSubj, ev, depth)
 }
-
