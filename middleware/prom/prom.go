@@ -34,12 +34,13 @@ package prom
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/middleware"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/krules-go/krules/internal/promreg"
 )
 
 // Outcome label values.
@@ -124,17 +125,7 @@ func New(cfg Config) (*Metrics, error) {
 }
 
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		var zero C
-		return zero, fmt.Errorf("krules/middleware/prom: register: %w", err)
-	}
-	return c, nil
+	return promreg.Register("krules/middleware/prom", reg, c)
 }
 
 // Outcome classifies a handler's error into an outcome label value.

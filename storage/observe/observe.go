@@ -62,6 +62,8 @@ import (
 
 	"github.com/krules-go/krules/storage"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/krules-go/krules/internal/promreg"
 )
 
 // ScopeName is the instrumentation scope (tracer name) of the spans.
@@ -173,17 +175,7 @@ func NewMetrics(cfg MetricsConfig) (*Metrics, error) {
 }
 
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		var zero C
-		return zero, fmt.Errorf("krules/storage/observe: register: %w", err)
-	}
-	return c, nil
+	return promreg.Register("krules/storage/observe", reg, c)
 }
 
 // Config configures Wrap. The zero value traces with the global tracer

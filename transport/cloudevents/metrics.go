@@ -1,13 +1,13 @@
 package cloudevents
 
 import (
-	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/krules-go/krules/internal/promreg"
 )
 
 // Metric names of HTTPMetrics (with an empty MetricsConfig.Namespace).
@@ -100,17 +100,7 @@ func NewHTTPMetrics(cfg MetricsConfig) (*HTTPMetrics, error) {
 }
 
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		var zero C
-		return zero, fmt.Errorf("krules/cloudevents: register: %w", err)
-	}
-	return c, nil
+	return promreg.Register("krules/cloudevents", reg, c)
 }
 
 // outcomeOf maps a status code to an outcome label value.
