@@ -19,7 +19,7 @@ import (
 // SQLite rows: krules Subjects (NoCache, so every call reaches the store) on
 // storage/sqlite against raw database/sql statements with the same driver
 // (modernc.org/sqlite), the same pragmas (WAL, synchronous=NORMAL, IMMEDIATE
-// transactions) and the same table layout (one row per subject, JSON text
+// transactions), statements prepared once, and the same table layout (one row per subject, JSON text
 // columns), each side on its own file in one temporary directory.
 func init() {
 	register(Group{Name: "sqlite", Setup: sqliteSetup})
@@ -72,6 +72,26 @@ func sqliteSetup() ([]Row, func(), error) {
 	)
 	const path = `$."n"`
 
+	// Prepared once, as storage/sqlite prepares its statements (a fair
+	// hand-written program does not re-parse SQL on every call either).
+	prep := func(q string) (*sql.Stmt, error) { return db.PrepareContext(ctx, q) }
+	getSt, err := prep(rawGet)
+	if err != nil {
+		return fail(err)
+	}
+	upsertSt, err := prep(rawUpsert)
+	if err != nil {
+		return fail(err)
+	}
+	incSt, err := prep(rawInc)
+	if err != nil {
+		return fail(err)
+	}
+	loadSt, err := prep(rawLoad)
+	if err != nil {
+		return fail(err)
+	}
+
 	// 100 properties with small mixed values, the same on both sides.
 	props := make([]string, 100)
 	values := make([]any, 100)
@@ -113,7 +133,7 @@ func sqliteSetup() ([]Row, func(), error) {
 		}
 		defer tx.Rollback()
 		var old sql.NullString
-		if err := tx.QueryRowContext(ctx, rawGet, subject, path).Scan(&old); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		if err := tx.StmtContext(ctx, getSt).QueryRowContext(ctx, subject, path).Scan(&old); err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
 		if old.Valid {
@@ -123,7 +143,7 @@ func sqliteSetup() ([]Row, func(), error) {
 			}
 		}
 		text, _ := json.Marshal(v)
-		if _, err := tx.ExecContext(ctx, rawUpsert, subject, path, string(text), "n"); err != nil {
+		if _, err := tx.StmtContext(ctx, upsertSt).ExecContext(ctx, subject, path, string(text), "n"); err != nil {
 			return err
 		}
 		return tx.Commit()
@@ -163,7 +183,7 @@ func sqliteSetup() ([]Row, func(), error) {
 			Base: func(b *testing.B) {
 				for b.Loop() {
 					var n int64
-					if err := db.QueryRowContext(ctx, rawInc, "raw-inc", path, "n", 1).Scan(&n); err != nil {
+					if err := incSt.QueryRowContext(ctx, "raw-inc", path, "n", 1).Scan(&n); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -186,7 +206,7 @@ func sqliteSetup() ([]Row, func(), error) {
 			Base: func(b *testing.B) {
 				for b.Loop() {
 					var p, e string
-					if err := db.QueryRowContext(ctx, rawLoad, "load-100").Scan(&p, &e); err != nil {
+					if err := loadSt.QueryRowContext(ctx, "load-100").Scan(&p, &e); err != nil {
 						b.Fatal(err)
 					}
 					var pm, em map[string]any

@@ -43,17 +43,92 @@ func buildColQueries(table, col string) colQueries {
 	}
 }
 
-// querier is a *sql.DB or a *sql.Tx.
-type querier interface {
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+// colStmts are the prepared statements of one colQueries (same fields).
+// Each is prepared once on the pool; database/sql prepares it again on
+// every connection the first time it runs there, and [sql.Tx.StmtContext]
+// reuses the connection's preparation inside a transaction, so SQL is
+// parsed once per connection, not once per call.
+type colStmts struct {
+	get, put, remove, raw, replace *sql.Stmt
+}
+
+// tableStmts are the prepared statements of tableQueries (create aside).
+type tableStmts struct {
+	load, ext, flush, listFirst, listNext *sql.Stmt
+}
+
+// prepare prepares every statement (after the table exists), retried on
+// busy errors like a write. On error the statements prepared so far are
+// closed.
+func (b *Backend) prepare(ctx context.Context) error {
+	var list []struct {
+		dst   **sql.Stmt
+		query string
+	}
+	add := func(dst **sql.Stmt, query string) {
+		list = append(list, struct {
+			dst   **sql.Stmt
+			query string
+		}{dst, query})
+	}
+	for i := range b.q {
+		q, s := &b.q[i], &b.cs[i]
+		add(&s.get, q.get)
+		add(&s.put, q.put)
+		add(&s.remove, q.remove)
+		add(&s.raw, q.raw)
+		add(&s.replace, q.replace)
+	}
+	add(&b.ts.load, b.tq.load)
+	add(&b.ts.ext, b.tq.ext)
+	add(&b.ts.flush, b.tq.flush)
+	add(&b.ts.listFirst, b.tq.listFirst)
+	add(&b.ts.listNext, b.tq.listNext)
+	for _, e := range list {
+		err := b.withRetry(ctx, func() error {
+			st, err := b.db.PrepareContext(ctx, e.query)
+			if err == nil {
+				*e.dst = st
+			}
+			return err
+		})
+		if err != nil {
+			b.closeStmts()
+			return fmt.Errorf("sqlite: prepare statements on %s: %w", b.path, err)
+		}
+		b.stmts = append(b.stmts, *e.dst)
+	}
+	return nil
+}
+
+// closeStmts closes the prepared statements and returns the first error.
+func (b *Backend) closeStmts() error {
+	var first error
+	for _, st := range b.stmts {
+		if err := st.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	b.stmts = nil
+	return first
+}
+
+// use returns st bound to tx (st itself when tx is nil): inside a
+// transaction the statement must run on the transaction's connection.
+func use(ctx context.Context, tx *sql.Tx, st *sql.Stmt) *sql.Stmt {
+	if tx == nil {
+		return st
+	}
+	return tx.StmtContext(ctx, st)
 }
 
 // lookup reads one property (exists false when missing). Its value is
 // decoded tolerantly (a storage.Invalid for text outside the value model).
-func lookup(ctx context.Context, db querier, q *colQueries, subject, name string) (v any, exists bool, err error) {
+// tx nil reads outside a transaction.
+func lookup(ctx context.Context, tx *sql.Tx, q *colStmts, subject, name string) (v any, exists bool, err error) {
 	var valid int64
 	var text sql.NullString
-	err = db.QueryRowContext(ctx, q.get, subject, jsonPath(name)).Scan(&valid, &text)
+	err = use(ctx, tx, q.get).QueryRowContext(ctx, subject, jsonPath(name)).Scan(&valid, &text)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, false, nil
 	}
@@ -76,8 +151,8 @@ func lookup(ctx context.Context, db querier, q *colQueries, subject, name string
 }
 
 // putProp writes one property's JSON text in the transaction.
-func putProp(ctx context.Context, tx *sql.Tx, q *colQueries, subject, name, text string) error {
-	res, err := tx.ExecContext(ctx, q.put, subject, jsonPath(name), text, name)
+func putProp(ctx context.Context, tx *sql.Tx, q *colStmts, subject, name, text string) error {
+	res, err := tx.StmtContext(ctx, q.put).ExecContext(ctx, subject, jsonPath(name), text, name)
 	if err != nil {
 		return err
 	}
@@ -89,8 +164,8 @@ func putProp(ctx context.Context, tx *sql.Tx, q *colQueries, subject, name, text
 
 // removeProp removes one property in the transaction (a missing one is
 // ignored).
-func removeProp(ctx context.Context, tx *sql.Tx, q *colQueries, subject, name string) error {
-	res, err := tx.ExecContext(ctx, q.remove, subject, jsonPath(name))
+func removeProp(ctx context.Context, tx *sql.Tx, q *colStmts, subject, name string) error {
+	res, err := tx.StmtContext(ctx, q.remove).ExecContext(ctx, subject, jsonPath(name))
 	if err != nil {
 		return err
 	}
@@ -103,9 +178,9 @@ func removeProp(ctx context.Context, tx *sql.Tx, q *colQueries, subject, name st
 // rewrite writes the column anew with property name set to *text (removed
 // when text is nil), in Go: every other value keeps its meaning, and a value
 // outside the value model keeps its stored text.
-func rewrite(ctx context.Context, tx *sql.Tx, q *colQueries, subject, name string, text *string) error {
+func rewrite(ctx context.Context, tx *sql.Tx, q *colStmts, subject, name string, text *string) error {
 	var col string
-	err := tx.QueryRowContext(ctx, q.raw, subject).Scan(&col)
+	err := tx.StmtContext(ctx, q.raw).QueryRowContext(ctx, subject).Scan(&col)
 	if errors.Is(err, sql.ErrNoRows) && text == nil {
 		return nil
 	}
@@ -145,13 +220,13 @@ func rewrite(ctx context.Context, tx *sql.Tx, q *colQueries, subject, name strin
 		member(name, []byte(*text))
 	}
 	out = append(out, '}')
-	_, err = tx.ExecContext(ctx, q.replace, subject, string(out))
+	_, err = tx.StmtContext(ctx, q.replace).ExecContext(ctx, subject, string(out))
 	return err
 }
 
 // tableQueries are the statements on whole rows.
 type tableQueries struct {
-	create, load, ext, flush, ensureRow, listFirst, listNext string
+	create, load, ext, flush, listFirst, listNext string
 }
 
 func buildTableQueries(table string) tableQueries {
@@ -165,7 +240,6 @@ func buildTableQueries(table string) tableQueries {
 		load:      `SELECT properties, ext_properties FROM ` + table + ` WHERE subject_name = ?1`,
 		ext:       `SELECT ext_properties FROM ` + table + ` WHERE subject_name = ?1`,
 		flush:     `DELETE FROM ` + table + ` WHERE subject_name = ?1`,
-		ensureRow: `INSERT INTO ` + table + ` (subject_name) VALUES (?1) ON CONFLICT (subject_name) DO NOTHING`,
 		listFirst: `SELECT subject_name FROM ` + table + ` WHERE subject_name >= ?1 ORDER BY subject_name LIMIT ?2`,
 		listNext:  `SELECT subject_name FROM ` + table + ` WHERE subject_name > ?1 ORDER BY subject_name LIMIT ?2`,
 	}
@@ -204,11 +278,11 @@ func (b *Backend) check(subject string, k *storage.Key) error {
 	return nil
 }
 
-func (b *Backend) queries(k storage.Kind) *colQueries {
+func (b *Backend) queries(k storage.Kind) *colStmts {
 	if k == storage.Extended {
-		return &b.q[1]
+		return &b.cs[1]
 	}
-	return &b.q[0]
+	return &b.cs[0]
 }
 
 func wrap(op, subject, prop string, err error) error {
@@ -244,7 +318,7 @@ func (b *Backend) Load(ctx context.Context, subject string) (storage.Snapshot, e
 		return storage.Snapshot{}, err
 	}
 	var props, ext string
-	err := b.db.QueryRowContext(ctx, b.tq.load, subject).Scan(&props, &ext)
+	err := b.ts.load.QueryRowContext(ctx, subject).Scan(&props, &ext)
 	if errors.Is(err, sql.ErrNoRows) {
 		return storage.Snapshot{}, nil
 	}
@@ -267,7 +341,7 @@ func (b *Backend) ExtProps(ctx context.Context, subject string) ([]storage.Prope
 		return nil, err
 	}
 	var ext string
-	err := b.db.QueryRowContext(ctx, b.tq.ext, subject).Scan(&ext)
+	err := b.ts.ext.QueryRowContext(ctx, subject).Scan(&ext)
 	if errors.Is(err, sql.ErrNoRows) {
 		return []storage.Property{}, nil
 	}
@@ -286,7 +360,7 @@ func (b *Backend) Get(ctx context.Context, subject string, k storage.Key) (any, 
 	if err := b.check(subject, &k); err != nil {
 		return nil, err
 	}
-	v, exists, err := lookup(ctx, b.db, b.queries(k.Kind), subject, k.Name)
+	v, exists, err := lookup(ctx, nil, b.queries(k.Kind), subject, k.Name)
 	if err != nil {
 		return nil, wrap("get", subject, k.Name, err)
 	}
@@ -443,7 +517,7 @@ func (b *Backend) Flush(ctx context.Context, subject string) error {
 		return err
 	}
 	err := b.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, b.tq.flush, subject)
+		_, err := tx.StmtContext(ctx, b.ts.flush).ExecContext(ctx, subject)
 		return err
 	})
 	if err != nil {
@@ -509,7 +583,7 @@ func (b *Backend) List(ctx context.Context, prefix string) iter.Seq2[string, err
 			yield("", fmt.Errorf("sqlite: %w", storage.ErrClosed))
 			return
 		}
-		query, after := b.tq.listFirst, prefix
+		query, after := b.ts.listFirst, prefix
 		for {
 			names, err := b.listPage(ctx, query, after)
 			if err != nil {
@@ -527,13 +601,13 @@ func (b *Backend) List(ctx context.Context, prefix string) iter.Seq2[string, err
 			if len(names) < b.cfg.ListPageSize {
 				return
 			}
-			query, after = b.tq.listNext, names[len(names)-1]
+			query, after = b.ts.listNext, names[len(names)-1]
 		}
 	}
 }
 
-func (b *Backend) listPage(ctx context.Context, query, after string) ([]string, error) {
-	rows, err := b.db.QueryContext(ctx, query, after, b.cfg.ListPageSize)
+func (b *Backend) listPage(ctx context.Context, query *sql.Stmt, after string) ([]string, error) {
+	rows, err := query.QueryContext(ctx, after, b.cfg.ListPageSize)
 	if err != nil {
 		return nil, err
 	}

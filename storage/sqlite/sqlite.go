@@ -106,7 +106,10 @@ type Backend struct {
 	path   string
 	q      [2]colQueries
 	tq     tableQueries
-	wmu    sync.Mutex // serialises this process's writers (see Open)
+	cs     [2]colStmts // q prepared
+	ts     tableStmts  // tq prepared
+	stmts  []*sql.Stmt // every prepared statement, closed by Close
+	wmu    sync.Mutex  // serialises this process's writers (see Open)
 	closed atomic.Bool
 
 	idemReady  atomic.Bool // the idempotency key table exists
@@ -152,6 +155,10 @@ func Open(ctx context.Context, path string, cfg Config) (*Backend, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := b.prepare(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return b, nil
 }
 
@@ -182,14 +189,18 @@ func (b *Backend) ensureSchema(ctx context.Context) error {
 	return nil
 }
 
-// Close makes every later call fail with [storage.ErrClosed] and closes the
-// database (waiting for the connections in use). It is safe to call more
-// than once.
+// Close makes every later call fail with [storage.ErrClosed], closes the
+// prepared statements and the database (waiting for the connections in
+// use). It is safe to call more than once.
 func (b *Backend) Close() error {
 	if b.closed.Swap(true) {
 		return nil
 	}
-	return b.db.Close()
+	serr := b.closeStmts()
+	if err := b.db.Close(); err != nil {
+		return err
+	}
+	return serr
 }
 
 // DB returns the database handle the Backend uses (for inspection, backups
