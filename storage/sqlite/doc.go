@@ -79,15 +79,18 @@
 // queue on a mutex in Go, so only other processes' writers wait on SQLite's
 // busy handler.
 //
-// Built-in operations (Inc, Append, Max, Min) are computed in Go inside that
-// transaction: read the property, [storage.Op.Apply], write it with one
-// json_set upsert. Doing the arithmetic in SQL would save nothing, since
-// SQLite runs in the process and a statement costs no network round trip
-// (the inc-nocache row of cmd/krules-bench compares it with a
-// one-statement increment), and it would not give the same results: SQLite
-// silently turns an int64 overflow into a REAL (9223372036854775807 + 1
-// yields 9.2233720368547758e+18) and has its own rules for mixed integer
-// and REAL values, while Go gives exactly the values and errors of
-// storage.Op.Apply that every backend without server-side operations
-// shares. Hence [Backend.Capabilities] reports ServerSideOps false.
+// Built-in operations (Append, Max, Min, and Inc in general) are computed
+// in Go inside that transaction: read the property, [storage.Op.Apply],
+// write it with one json_set upsert. SQLite's own arithmetic would not give
+// the same results: it silently turns an int64 overflow into a REAL
+// (9223372036854775807 + 1 yields 9.2233720368547758e+18) and has its own
+// rules for mixed integer and REAL values, while Go gives exactly the values
+// and errors of storage.Op.Apply that every backend without server-side
+// operations shares. The one exception is the common case of an integer
+// Inc of a stored integer whose sum stays in the int64 range (and no
+// idempotency key): it is one UPDATE ... RETURNING statement, whose WHERE
+// clause checks the stored type and the range, so the result is the one Go
+// would give; anything else (a missing property, a float, an overflow)
+// falls back to the transaction. [Backend.Capabilities] reports
+// ServerSideOps false.
 package sqlite
