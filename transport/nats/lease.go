@@ -94,22 +94,70 @@ func ensureLeaseBucket(ctx context.Context, js jetstream.JetStream, stream, grou
 	return kv, si.StreamInfo().Created, nil
 }
 
-// owner picks the member that should own partition k: rendezvous hashing
-// (highest hash of member and partition), so a join or leave moves only
-// the partitions of that member.
-func owner(members []string, k int) string {
-	var best string
-	var bestH uint64
-	for _, m := range members {
-		h := fnv.New64a()
-		_, _ = h.Write([]byte(m))
-		_, _ = h.Write([]byte{'/'})
-		_, _ = h.Write([]byte(strconv.Itoa(k)))
-		if v := mix64(h.Sum64()); best == "" || v > bestH {
-			best, bestH = m, v
+// assign picks the member that should own each of n partitions: every
+// member gets n/len(members) partitions, rounded up or down (a fair share,
+// which plain rendezvous hashing does not guarantee: with 4 partitions and
+// 2 members it gives one member all 4 one time in 8). Partition k goes to
+// the member with the highest rendezvous score for k that still has room,
+// so the result depends only on the set of members, not their order, and a
+// join or leave moves few partitions.
+func assign(members []string, n int) []string {
+	out := make([]string, n)
+	if len(members) == 0 {
+		return out
+	}
+	ms := slices.Clone(members)
+	slices.Sort(ms)
+	ms = slices.Compact(ms)
+	room := make(map[string]int, len(ms))
+	base, extra := n/len(ms), n%len(ms)
+	for _, m := range ms {
+		room[m] = base
+	}
+	// The members that get one more: the extra best by score over all
+	// partitions, so which ones does not depend on the order either.
+	if extra > 0 {
+		type ranked struct {
+			m string
+			h uint64
+		}
+		rs := make([]ranked, len(ms))
+		for i, m := range ms {
+			rs[i] = ranked{m, score(m, -1)}
+		}
+		slices.SortFunc(rs, func(a, b ranked) int {
+			if a.h != b.h {
+				return cmp.Compare(b.h, a.h)
+			}
+			return strings.Compare(a.m, b.m)
+		})
+		for _, r := range rs[:extra] {
+			room[r.m]++
 		}
 	}
-	return best
+	for k := range n {
+		best, bestH := "", uint64(0)
+		for _, m := range ms {
+			if room[m] == 0 {
+				continue
+			}
+			if h := score(m, k); best == "" || h > bestH || (h == bestH && m < best) {
+				best, bestH = m, h
+			}
+		}
+		out[k] = best
+		room[best]--
+	}
+	return out
+}
+
+// score is the rendezvous hash of member m and partition k.
+func score(m string, k int) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(m))
+	_, _ = h.Write([]byte{'/'})
+	_, _ = h.Write([]byte(strconv.Itoa(k)))
+	return mix64(h.Sum64())
 }
 
 // mix64 is the splitmix64 finalizer: FNV alone orders ids that differ only
@@ -346,8 +394,9 @@ func (w *Worker) rebalance(ctx, hctx context.Context, owned map[int]*partition, 
 	var mu sync.Mutex // guards got
 	var got []*partition
 	var wg sync.WaitGroup
+	owners := assign(members, w.parts)
 	for k := range w.parts {
-		mine := owner(members, k) == w.id
+		mine := owners[k] == w.id
 		p, have := owned[k]
 		switch {
 		case have && !mine:
