@@ -65,8 +65,10 @@
 // Every running worker keeps a member key "m.<id>" there, and the owner of
 // partition k keeps the lease key "p.<k>", both renewed every AckWait/3. A
 // key that is not renewed expires with the TTL. Every worker computes the
-// same assignment from the live members (rendezvous hashing: a join or a
-// leave moves only the partitions of that member) and takes the leases of
+// same assignment from the live members (rendezvous hashing bounded to a
+// fair share: each member gets the number of partitions divided by the
+// number of members, rounded up or down, and a join or a leave moves few
+// partitions) and takes the leases of
 // its share that are free; a partition that is no longer its share it
 // releases: it stops pulling, lets the events it received run to the end
 // (an event waiting for a retry delay is handed back at once), hands back
