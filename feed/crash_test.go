@@ -21,14 +21,11 @@ import (
 
 // crashDuration bounds the writer-kill rounds of TestCrash (per backend).
 func crashDuration() time.Duration {
-	if raceEnabled {
+	if testenv.Race {
 		return 4 * time.Second
 	}
 	return 10 * time.Second
 }
-
-// raceEnabled is set when the tests run with -race (race_test.go).
-var raceEnabled bool
 
 // TestCrash: a writer child process (Inc with NoCache, cached Sets with
 // Store) is SIGKILLed at a random moment, round after round, while a relay

@@ -39,7 +39,7 @@ func testOrderAcrossProcesses(t *testing.T, b feedBackend, env []string) {
 	t.Cleanup(func() { rc.Del(context.Background(), check) })
 	const subjects, writers = 200, 3
 	rounds := 2 // cached Store and NoCache Inc
-	if raceEnabled {
+	if testenv.Race {
 		rounds = 1
 	}
 	exe, err := os.Executable()

@@ -21,7 +21,7 @@ import (
 
 // relayKillDuration bounds the relay-kill rounds of TestRelayKilled.
 func relayKillDuration() time.Duration {
-	if raceEnabled {
+	if testenv.Race {
 		return 4 * time.Second
 	}
 	return 8 * time.Second

@@ -70,6 +70,23 @@ type Batch struct {
 // Empty reports whether the batch changes nothing.
 func (b Batch) Empty() bool { return len(b.Deletes) == 0 && len(b.Puts) == 0 }
 
+// HasDefault reports whether the batch deletes or puts a default property
+// (extended properties never emit, so a batch of only those needs no
+// change record).
+func (b Batch) HasDefault() bool {
+	for _, k := range b.Deletes {
+		if k.Kind == Default {
+			return true
+		}
+	}
+	for _, w := range b.Puts {
+		if w.Kind == Default {
+			return true
+		}
+	}
+	return false
+}
+
 // UpdateFunc computes a new value from the stored one. old is nil and exists
 // false when the property is missing. A backend may call it more than once
 // (optimistic concurrency), so it must be free of side effects. Its result is

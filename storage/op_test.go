@@ -210,3 +210,20 @@ func TestOpApplyHandBuilt(t *testing.T) {
 		}()
 	}
 }
+
+func TestBatchHasDefault(t *testing.T) {
+	d, e := storage.Key{Kind: storage.Default, Name: "a"}, storage.Key{Kind: storage.Extended, Name: "a"}
+	for _, c := range []struct {
+		b    storage.Batch
+		want bool
+	}{
+		{storage.Batch{}, false},
+		{storage.Batch{Deletes: []storage.Key{e}, Puts: []storage.Write{{Key: e}}}, false},
+		{storage.Batch{Deletes: []storage.Key{e, d}}, true},
+		{storage.Batch{Puts: []storage.Write{{Key: e}, {Key: d}}}, true},
+	} {
+		if got := c.b.HasDefault(); got != c.want {
+			t.Errorf("%+v.HasDefault() = %v, want %v", c.b, got, c.want)
+		}
+	}
+}

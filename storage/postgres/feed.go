@@ -834,18 +834,3 @@ func (b *Backend) feedFunc(ctx context.Context, q *pgx.Batch, subject string, k 
 	q.Queue(b.feed.insert, subject, 1, recordsJSON([]feedRecord{r}))
 	return nil
 }
-
-// hasDefault reports whether a batch touches a default property.
-func hasDefault(batch storage.Batch) bool {
-	for _, k := range batch.Deletes {
-		if k.Kind == storage.Default {
-			return true
-		}
-	}
-	for _, w := range batch.Puts {
-		if w.Kind == storage.Default {
-			return true
-		}
-	}
-	return false
-}

@@ -232,7 +232,7 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 	}
 	var err error
 	switch {
-	case b.cfg.ChangeFeed && hasDefault(batch): // change feed hook
+	case b.cfg.ChangeFeed && batch.HasDefault(): // change feed hook
 		if len(batch.Puts) == 0 {
 			return b.feedStore(ctx, subject, batch, b.tq.storeDeletes, []any{subject, delP, delE})
 		}

@@ -350,21 +350,6 @@ func (b *Backend) feedFlush(ctx context.Context, subject string) error {
 	return nil
 }
 
-// hasDefault reports whether a batch touches a default property.
-func hasDefault(batch storage.Batch) bool {
-	for _, k := range batch.Deletes {
-		if k.Kind == storage.Default {
-			return true
-		}
-	}
-	for _, w := range batch.Puts {
-		if w.Kind == storage.Default {
-			return true
-		}
-	}
-	return false
-}
-
 // ReadChanges implements storage.FeedStore with XREAD from the start of the
 // stream (published records are deleted), blocking up to wait (rounded up
 // to a millisecond) when the stream is empty.

@@ -270,7 +270,7 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 	switch {
 	case dels == nil && puts == nil:
 		return nil
-	case b.cfg.ChangeFeed && hasDefault(batch): // change feed hook
+	case b.cfg.ChangeFeed && batch.HasDefault(): // change feed hook
 		return b.feedStore(ctx, subject, dels, puts)
 	case dels == nil:
 		err = b.client.HSet(ctx, key, puts...).Err()
