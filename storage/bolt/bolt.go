@@ -60,6 +60,15 @@ type Config struct {
 	// Backend.IdempotencyWindow). 0 means storage.DefaultIdempotencyWindow
 	// (24 hours).
 	IdempotencyWindow time.Duration
+
+	// ChangeFeed turns on the change feed (see package feed): every write
+	// transaction that changes a default property (Set, Delete, Store) or
+	// flushes a subject also writes a change record (storage.Change) into a
+	// feed bucket of the same file, in the same transaction, and the
+	// Backend implements storage.FeedStore for a feed.Relay running in
+	// this process. Default false: no record, and the file's subject layout
+	// is the same either way.
+	ChangeFeed bool
 }
 
 // Backend is a storage.Backend persisted in one bbolt file. Create it with
@@ -72,6 +81,8 @@ type Backend struct {
 
 	idemWindow time.Duration
 	idemWrites atomic.Uint64
+
+	feed *feedState // nil: Config.ChangeFeed off
 }
 
 var (
@@ -127,7 +138,11 @@ func Open(path string, cfg Config) (*Backend, error) {
 		db.Close()
 		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
 	}
-	return &Backend{db: db, path: path, idemWindow: cfg.IdempotencyWindow}, nil
+	b := &Backend{db: db, path: path, idemWindow: cfg.IdempotencyWindow}
+	if cfg.ChangeFeed {
+		b.feed = newFeedState()
+	}
+	return b, nil
 }
 
 // Path returns the file the backend was opened on.
@@ -342,7 +357,11 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	}
 	key := []byte(subject)
 	s := kindIndex(k.Kind == storage.Extended)
-	replayed := false
+	fm, err := b.metas(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
+	}
+	replayed, recorded := false, false
 	err = b.update(func(bk subjects) error {
 		ic, replay, rnv, rold, err := idemBegin(ctx, bk.tx, subject, "set", k, &m)
 		if err != nil || replay {
@@ -372,6 +391,16 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 				return fmt.Errorf("bolt: set %q of subject %q: %w", k.Name, subject, err)
 			}
 		}
+		if fm != nil && k.Kind == storage.Default && !fm.base.muted && (i < 0 || !bytes.Equal(r.sets[s][i].val, enc)) {
+			var oldEnc []byte
+			if i >= 0 {
+				oldEnc = r.sets[s][i].val
+			}
+			if err := addRecord(bk.tx, subject, fm.base, feedRec{typ: 'c', prop: k.Name, old: oldEnc, new: enc}); err != nil {
+				return fmt.Errorf("bolt: set %q of subject %q: change record: %w", k.Name, subject, err)
+			}
+			recorded = true
+		}
 		if i >= 0 {
 			r.sets[s][i].val = enc
 		} else {
@@ -389,6 +418,9 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	if err != nil {
 		return nil, nil, err
 	}
+	if recorded {
+		b.feed.notify()
+	}
 	if replayed {
 		storage.MarkReplayed(ctx)
 	}
@@ -405,8 +437,12 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	}
 	key := []byte(subject)
 	var old any
-	replayed := false
-	err := b.update(func(bk subjects) error {
+	fm, err := b.metas(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("bolt: delete %q of subject %q: %w", k.Name, subject, err)
+	}
+	replayed, recorded := false, false
+	err = b.update(func(bk subjects) error {
 		ic, replay, _, rold, err := idemBegin(ctx, bk.tx, subject, "delete", k, nil)
 		if err != nil || replay {
 			old, replayed = rold, replay
@@ -422,6 +458,12 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 			return notFound(subject, k)
 		}
 		old = unmarshal(r.sets[s][i].val)
+		if fm != nil && k.Kind == storage.Default && !fm.base.muted {
+			if err := addRecord(bk.tx, subject, fm.base, feedRec{typ: 'd', prop: k.Name, old: r.sets[s][i].val}); err != nil {
+				return fmt.Errorf("bolt: delete %q of subject %q: change record: %w", k.Name, subject, err)
+			}
+			recorded = true
+		}
 		r.del(s, k.Name)
 		if err := bk.Put(key, r.encode()); err != nil {
 			return fmt.Errorf("bolt: delete %q of subject %q: %w", k.Name, subject, err)
@@ -433,6 +475,9 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	})
 	if err != nil {
 		return nil, err
+	}
+	if recorded {
+		b.feed.notify()
 	}
 	if replayed {
 		storage.MarkReplayed(ctx)
@@ -473,7 +518,12 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 		vals[i] = v
 	}
 	key := []byte(subject)
-	return b.update(func(bk subjects) error {
+	fm, err := b.metas(ctx)
+	if err != nil {
+		return fmt.Errorf("bolt: store subject %q: %w", subject, err)
+	}
+	var recorded bool
+	err = b.update(func(bk subjects) error {
 		raw := bk.Get(key)
 		if raw == nil && len(batch.Puts) == 0 {
 			return nil // only deletes on an unknown subject: nothing to write, no empty record
@@ -481,6 +531,10 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 		r, err := decodeRecord(raw)
 		if err != nil {
 			return corrupt(subject, err)
+		}
+		var before []prior
+		if fm != nil {
+			before = feedBefore(&r, batch)
 		}
 		for _, k := range batch.Deletes {
 			r.del(kindIndex(k.Kind == storage.Extended), k.Name)
@@ -506,11 +560,22 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 				r.sets[s] = append(r.sets[s], entry{name: []byte(w.Name), val: vals[i]})
 			}
 		}
+		if fm != nil {
+			n, err := feedStore(bk.tx, subject, fm, &r, before)
+			if err != nil {
+				return fmt.Errorf("bolt: store subject %q: change record: %w", subject, err)
+			}
+			recorded = n > 0
+		}
 		if err := bk.Put(key, r.encode()); err != nil {
 			return fmt.Errorf("bolt: store subject %q: %w", subject, err)
 		}
 		return nil
 	})
+	if err == nil && recorded {
+		b.feed.notify()
+	}
+	return err
 }
 
 // Flush implements storage.Backend: the subject's record is removed in one
@@ -522,12 +587,29 @@ func (b *Backend) Flush(ctx context.Context, subject string) error {
 	if err := checkSubject(subject); err != nil {
 		return err
 	}
-	return b.update(func(bk subjects) error {
+	fm, err := b.metas(ctx)
+	if err != nil {
+		return fmt.Errorf("bolt: flush subject %q: %w", subject, err)
+	}
+	err = b.update(func(bk subjects) error {
+		if fm != nil {
+			r, err := decodeRecord(bk.Get([]byte(subject)))
+			if err != nil {
+				return corrupt(subject, err)
+			}
+			if err := feedFlush(bk.tx, subject, fm.base, &r); err != nil {
+				return fmt.Errorf("bolt: flush subject %q: change record: %w", subject, err)
+			}
+		}
 		if err := bk.Delete([]byte(subject)); err != nil {
 			return fmt.Errorf("bolt: flush subject %q: %w", subject, err)
 		}
 		return nil
 	})
+	if err == nil && fm != nil && !fm.base.muted {
+		b.feed.notify()
+	}
+	return err
 }
 
 // listChunk is how many names List reads per read transaction.

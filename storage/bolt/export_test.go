@@ -14,3 +14,24 @@ func RawPut(b *Backend, subject string, k storage.Key, raw string) error {
 		return bk.Put([]byte(subject), r.encode())
 	})
 }
+
+// RawFeedPut appends raw as a change record to the feed bucket (a record
+// this package did not write).
+func RawFeedPut(b *Backend, raw []byte) error {
+	return b.update(func(bk subjects) error {
+		fb, err := bk.tx.CreateBucketIfNotExists(feedBucket)
+		if err != nil {
+			return err
+		}
+		n, err := fb.NextSequence()
+		if err != nil {
+			return err
+		}
+		key := make([]byte, 8)
+		for i := 7; i >= 0; i-- {
+			key[i] = byte(n)
+			n >>= 8
+		}
+		return fb.Put(key, raw)
+	})
+}
