@@ -1,178 +1,85 @@
 package feed_test
 
 import (
-	"context"
+	"bufio"
 	"fmt"
-	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
 	"testing"
-	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/krules-go/krules"
-	"github.com/krules-go/krules/feed"
-	"github.com/krules-go/krules/storage"
-	"github.com/krules-go/krules/storage/postgres"
-	"github.com/krules-go/krules/storage/redis"
-	knats "github.com/krules-go/krules/transport/nats"
 )
 
-// TestMain runs the writer child of the crash test when
-// KRULES_FEED_CHILD is set (the test binary re-executed by TestCrash).
+// childDir holds the child binary (see childExe); TestMain removes it.
+var childDir string
+
 func TestMain(m *testing.M) {
-	switch os.Getenv("KRULES_FEED_CHILD") {
-	case "":
-	case "relay":
-		os.Exit(relayChild())
-	case "writer":
-		os.Exit(writerChild())
-	case "worker":
-		os.Exit(workerChild())
-	default:
-		os.Exit(crashChild())
+	code := m.Run()
+	if childDir != "" {
+		os.RemoveAll(childDir)
 	}
-	os.Exit(m.Run())
+	os.Exit(code)
 }
 
-// childBackend opens the backend the child's environment names.
-func childBackend(ctx context.Context) (storage.Backend, error) {
-	if table := os.Getenv("KRULES_FEED_TABLE"); table != "" {
-		return postgres.Open(ctx, os.Getenv("KRULES_POSTGRES_URL"), postgres.Config{Table: table, ChangeFeed: true})
-	}
-	return redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{Prefix: os.Getenv("KRULES_FEED_PREFIX"), ChangeFeed: true})
+var child struct {
+	once sync.Once
+	path string
+	err  error
 }
 
-// writerChild makes KRULES_FEED_ROUNDS changes on each of
-// KRULES_FEED_SUBJECTS subjects (NoCache Inc and cached Set + Store
-// alternately) and exits.
-func writerChild() int {
-	ctx := context.Background()
-	b, err := childBackend(ctx)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	app := krules.New(krules.WithStorage(b))
-	var n, rounds int
-	fmt.Sscan(os.Getenv("KRULES_FEED_SUBJECTS"), &n)
-	fmt.Sscan(os.Getenv("KRULES_FEED_ROUNDS"), &rounds)
-	for r := 0; r < rounds; r++ {
-		for i := 0; i < n; i++ {
-			s := app.Subject(fmt.Sprintf("m-%03d", i))
-			if r%2 == 0 {
-				_, _, err = s.Set(ctx, "n", krules.Inc(1), krules.NoCache())
-			} else {
-				_, _, _ = s.Set(ctx, "c", rand.Int64())
-				err = s.Store(ctx)
-			}
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 2
-			}
+// childExe returns the path of the feedchild command (internal/feedchild),
+// built once per test run without the race detector: the crash tests start
+// and kill it hundreds of times, and a race-instrumented child starts and
+// writes several times slower (the parent, which checks the results, keeps
+// the -race of the test run). go build caches it between runs.
+func childExe(t testing.TB) string {
+	t.Helper()
+	child.once.Do(func() {
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			child.err = fmt.Errorf("no go command on PATH (the feed crash tests build their child process): %w", err)
+			return
 		}
-	}
-	return 0
-}
-
-// workerChild runs a worker whose handler checks, in Redis, that each
-// subject's versions come one after the other (the hash
-// KRULES_FEED_CHECK: subject -> last version; field "!bad" counts
-// violations, "!n" handled changes).
-func workerChild() int {
-	ctx := context.Background()
-	c, err := redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{})
-	if err != nil {
-		return 2
-	}
-	rc := c.Client()
-	key := os.Getenv("KRULES_FEED_CHECK")
-	nc, err := knats.Connect(os.Getenv("KRULES_NATS_URL"))
-	if err != nil {
-		return 2
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return 2
-	}
-	app := krules.New()
-	app.On(krules.PropertyChanged).Do(func(ctx context.Context, ev *krules.Event) error {
-		v, _ := ev.Meta(knats.MetaChangeSeq)
-		q, _ := v.(int64)
-		last, _ := rc.HGet(ctx, key, ev.Subject.Name()).Int64()
-		if q != last+1 {
-			rc.HIncrBy(ctx, key, "!bad", 1)
-			fmt.Fprintf(os.Stderr, "subject %s: version %d after %d\n", ev.Subject.Name(), q, last)
+		if childDir, err = os.MkdirTemp("", "krules-feedchild-"); err != nil {
+			child.err = err
+			return
 		}
-		rc.HSet(ctx, key, ev.Subject.Name(), q)
-		rc.HIncrBy(ctx, key, "!n", 1)
-		return nil
+		path := filepath.Join(childDir, "feedchild")
+		cmd := exec.Command(goBin, "build", "-o", path, "./internal/feedchild")
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOTOOLCHAIN=local")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			child.err = fmt.Errorf("go build ./internal/feedchild: %v\n%s", err, out)
+			return
+		}
+		child.path = path
 	})
-	w, err := knats.NewWorker(ctx, js, app, knats.WorkerConfig{Stream: os.Getenv("KRULES_FEED_STREAM")})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
+	if child.err != nil {
+		t.Fatal(child.err)
 	}
-	fmt.Println("ready")
-	_ = w.Run(ctx)
-	return 0
+	return child.path
 }
 
-// crashChild writes until it is killed: Inc with NoCache and cached Sets
-// committed by Store, on KRULES_FEED_SUBJECTS subjects.
-func crashChild() int {
-	ctx := context.Background()
-	b, err := childBackend(ctx)
+// startChild starts the child with role and env and, when ready is true,
+// waits for its "ready" line. The child is killed at the end of t if still
+// running.
+func startChild(t testing.TB, role string, ready bool, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(childExe(t))
+	cmd.Env = append(append(os.Environ(), "KRULES_FEED_CHILD="+role), env...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
+		t.Fatal(err)
 	}
-	app := krules.New(krules.WithStorage(b), krules.WithChangeFeed(krules.FeedConfig{Policy: krules.FeedRemote}))
-	var n int
-	fmt.Sscan(os.Getenv("KRULES_FEED_SUBJECTS"), &n)
-	fmt.Println("ready")
-	for i := rand.IntN(n); ; i = (i + 1) % n {
-		s := app.Subject(fmt.Sprintf("c-%02d", i))
-		if _, _, err := s.Set(ctx, "n", krules.Inc(1), krules.NoCache()); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
-		}
-		if _, _, err := s.Set(ctx, "c", rand.Int64()); err != nil {
-			return 2
-		}
-		if err := s.Store(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 2
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if ready {
+		if line, _ := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			t.Fatalf("%s child did not start: %q", role, line)
 		}
 	}
+	return cmd
 }
-
-// relayChild runs a relay until it is killed.
-func relayChild() int {
-	ctx := context.Background()
-	b, err := redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{Prefix: os.Getenv("KRULES_FEED_PREFIX"), ChangeFeed: true})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	nc, err := knats.Connect(os.Getenv("KRULES_NATS_URL"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return 2
-	}
-	r, err := feed.NewRelay(ctx, b, js, feed.RelayConfig{Stream: os.Getenv("KRULES_FEED_STREAM"), LeaseTTL: relayChildTTL, Batch: 64})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	fmt.Println("ready")
-	_ = r.Run(ctx)
-	return 0
-}
-
-// relayChildTTL is the lease of the relays TestRelayKilled starts.
-const relayChildTTL = 600 * time.Millisecond

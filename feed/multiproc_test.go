@@ -1,9 +1,7 @@
 package feed_test
 
 import (
-	"bufio"
 	"context"
-	"os"
 	"os/exec"
 	"strconv"
 	"testing"
@@ -42,11 +40,7 @@ func testOrderAcrossProcesses(t *testing.T, b feedBackend, env []string) {
 	if testenv.Race {
 		rounds = 1
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := append(append(os.Environ(), "KRULES_REDIS_URL="+url, "KRULES_NATS_URL="+nurl, "KRULES_FEED_STREAM="+stream,
+	base := append(append([]string{}, "KRULES_REDIS_URL="+url, "KRULES_NATS_URL="+nurl, "KRULES_FEED_STREAM="+stream,
 		"KRULES_FEED_CHECK="+check, "KRULES_FEED_SUBJECTS="+strconv.Itoa(subjects), "KRULES_FEED_ROUNDS="+strconv.Itoa(rounds)), env...)
 	var workers []*exec.Cmd
 	t.Cleanup(func() {
@@ -56,31 +50,12 @@ func testOrderAcrossProcesses(t *testing.T, b feedBackend, env []string) {
 		}
 	})
 	for i := 0; i < 3; i++ {
-		cmd := exec.Command(exe)
-		cmd.Env = append(base, "KRULES_FEED_CHILD=worker")
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		workers = append(workers, cmd)
-		if line, _ := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
-			t.Fatalf("worker did not start: %q", line)
-		}
+		workers = append(workers, startChild(t, "worker", true, base...))
 	}
 	startRelay(t, b, js, feed.RelayConfig{Stream: stream})
 	var ws []*exec.Cmd
 	for i := 0; i < writers; i++ {
-		cmd := exec.Command(exe)
-		cmd.Env = append(base, "KRULES_FEED_CHILD=writer")
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		ws = append(ws, cmd)
+		ws = append(ws, startChild(t, "writer", false, base...))
 	}
 	for _, w := range ws {
 		if err := w.Wait(); err != nil {

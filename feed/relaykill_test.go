@@ -1,16 +1,13 @@
 package feed_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"os/exec"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,17 +16,15 @@ import (
 	knats "github.com/krules-go/krules/transport/nats"
 )
 
-// relayKillDuration bounds the relay-kill rounds of TestRelayKilled.
-func relayKillDuration() time.Duration {
-	if testenv.Race {
-		return 4 * time.Second
-	}
-	return 8 * time.Second
-}
+// relayKills is how many relay processes TestRelayKilled kills.
+const relayKills = 50
+
+// relayChildTTL is the lease of the relays TestRelayKilled starts.
+const relayChildTTL = 300 * time.Millisecond
 
 // TestRelayKilled: two relay child processes (one active, one standby)
 // while this process writes continuously; a relay is SIGKILLed at a random
-// moment and replaced, round after round. Every committed change reaches
+// moment and replaced, relayKills times. Every committed change reaches
 // the handler once (JetStream drops the re-published copies) and in order.
 func TestRelayKilled(t *testing.T) {
 	url, nurl := testenv.RedisURL(t), testenv.NATSURL(t)
@@ -51,32 +46,9 @@ func TestRelayKilled(t *testing.T) {
 	})
 	startWorker(t, js, wapp, knats.WorkerConfig{Stream: stream})
 
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	start := func() *exec.Cmd {
-		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), "KRULES_FEED_CHILD=relay", "KRULES_REDIS_URL="+url, "KRULES_NATS_URL="+nurl,
-			"KRULES_FEED_PREFIX="+prefix, "KRULES_FEED_STREAM="+stream)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if line, _ := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			t.Fatalf("relay child did not start: %q", line)
-		}
-		return cmd
-	}
-	kill := func(cmd *exec.Cmd) {
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
+		return startChild(t, "relay", true, "KRULES_REDIS_URL="+url, "KRULES_NATS_URL="+nurl,
+			"KRULES_FEED_PREFIX="+prefix, "KRULES_FEED_STREAM="+stream, "KRULES_FEED_TTL="+strconv.Itoa(int(relayChildTTL.Milliseconds())))
 	}
 	relays := []*exec.Cmd{start(), start()}
 	defer func() {
@@ -102,9 +74,11 @@ func TestRelayKilled(t *testing.T) {
 		}
 		wdone <- nil
 	}()
-	kills := 0
-	for begin := time.Now(); time.Since(begin) < relayKillDuration(); kills++ {
-		time.Sleep(time.Duration(100+rand.IntN(150)) * time.Millisecond)
+	// Kill one of the two relays at a random moment, mostly mid-publish
+	// (the writer keeps the feed busy), relayKills times; a kill of the
+	// lease holder hands the feed to the standby within the lease TTL.
+	for kills := 0; kills < relayKills; kills++ {
+		time.Sleep(time.Duration(20+rand.IntN(80)) * time.Millisecond)
 		i := rand.IntN(2)
 		kill(relays[i])
 		relays[i] = start()
@@ -113,7 +87,7 @@ func TestRelayKilled(t *testing.T) {
 	if err := <-wdone; err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d relay processes killed", kills)
+	t.Logf("%d relay processes killed", relayKills)
 
 	ctx := context.Background()
 	want, err := b.Client().HGetAll(ctx, "f:"+prefix+"seq").Result()
