@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os/exec"
 	"path/filepath"
@@ -48,9 +49,14 @@ const idemWorkerKills = 10
 // On Redis and PostgreSQL the relay runs in this process. bbolt is one
 // process only: the writer child runs the relay itself (killed with it),
 // and after the last kill this process opens the file and relays the rest.
-// Finally no record is left in the feed.
+// Finally no record is left in the feed. The three stores run in parallel.
+// Setting KRULES_FEED_IDEM=0 in the environment turns the idempotency
+// option of the worker processes off: the exactly-once check then fails
+// (a worker killed after its handler's writes and before its ack applies
+// the change twice).
 func TestCrash(t *testing.T) {
 	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
 		url := testenv.RedisURL(t)
 		prefix := testenv.Unique("krcrash") + ":"
 		b := openRedis(t, prefix)
@@ -64,13 +70,31 @@ func TestCrash(t *testing.T) {
 		})
 	})
 	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
 		url := testenv.PostgresURL(t)
 		table := testenv.Unique("krcrash")
 		b := openPostgres(t, table)
 		pool := b.Pool()
 		testCrash(t, crashStore{
-			env:   []string{"KRULES_POSTGRES_URL=" + url, "KRULES_FEED_TABLE=" + table},
+			// The writers' sessions carry the table's name, for settle.
+			env:   []string{"KRULES_POSTGRES_URL=" + testenv.WithParam(t, url, "application_name", table), "KRULES_FEED_TABLE=" + table},
 			relay: b,
+			// A killed writer's session may still commit a transaction whose
+			// COMMIT it had sent: wait until the server has ended them all.
+			settle: func(ctx context.Context) error {
+				for end := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+					var n int
+					if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, table).Scan(&n); err != nil {
+						return err
+					}
+					if n == 0 {
+						return nil
+					}
+					if time.Now().After(end) {
+						return fmt.Errorf("%d sessions of killed writers still open", n)
+					}
+				}
+			},
 			versions: func(ctx context.Context) (map[string]string, error) {
 				rows, err := pool.Query(ctx, `SELECT subject_name, seq::text FROM "`+table+`_feed_seq"`)
 				if err != nil {
@@ -94,11 +118,17 @@ func TestCrash(t *testing.T) {
 		})
 	})
 	t.Run("bolt", func(t *testing.T) {
+		t.Parallel()
 		path := filepath.Join(t.TempDir(), "crash.db")
+		var versions map[string]string // read once: nothing writes after the last kill
 		testCrash(t, crashStore{
 			env: []string{"KRULES_FEED_BOLT=" + path},
 			versions: func(context.Context) (map[string]string, error) {
-				return boltVersions(path)
+				var err error
+				if versions == nil {
+					versions, err = boltVersions(path)
+				}
+				return versions, err
 			},
 			open: func(t testing.TB) feedBackend {
 				b, err := bolt.Open(path, bolt.Config{ChangeFeed: true, Timeout: 5 * time.Second})
@@ -145,6 +175,9 @@ type crashStore struct {
 	relay    feedBackend
 	open     func(testing.TB) feedBackend
 	versions func(context.Context) (map[string]string, error)
+	// settle, when set, waits until the store has finished the work of the
+	// killed writers.
+	settle func(context.Context) error
 	// pending counts the records left in the feed (nil: ReadChanges).
 	pending func(context.Context) (int64, error)
 }
@@ -199,9 +232,10 @@ func testCrash(t *testing.T, cs crashStore) {
 	}
 	env := append([]string{"KRULES_FEED_SUBJECTS=" + strconv.Itoa(subjects), "KRULES_NATS_URL=" + nurl, "KRULES_FEED_STREAM=" + stream}, cs.env...)
 	workerKills := 0
+	t0 := time.Now()
 	for round := 0; round < crashKills; round++ {
 		cmd := startChild(t, "crash", true, env...)
-		time.Sleep(time.Duration(rand.IntN(25)) * time.Millisecond)
+		time.Sleep(time.Duration(rand.IntN(12)) * time.Millisecond)
 		if round%(crashKills/idemWorkerKills) == crashKills/idemWorkerKills/2 {
 			i := rand.IntN(len(idem))
 			kill(idem[i]) // while the writer writes: mid-handling
@@ -214,42 +248,62 @@ func testCrash(t *testing.T, cs crashStore) {
 			t.Fatalf("round %d: child ended by itself: %v", round, err)
 		}
 	}
-	t.Logf("%d writer processes and %d idempotent workers killed", crashKills, workerKills)
+	t.Logf("%d writer processes and %d idempotent workers killed in %v", crashKills, workerKills, time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
 
 	ctx := context.Background()
-	want, err := cs.versions(ctx)
-	if err != nil {
-		t.Fatal(err)
+	if cs.settle != nil {
+		if err := cs.settle(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
-	b := cs.relay
-	if b == nil {
-		b = cs.open(t)
-		startRelay(t, b, js, feed.RelayConfig{Stream: stream})
-	}
+	var b feedBackend
+	var want map[string]string
 	total := 0
-	for _, v := range want {
-		n, _ := strconv.Atoi(v)
-		total += n
-	}
-	if total == 0 {
-		t.Fatal("no change committed")
-	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		mu.Lock()
-		n := 0
-		for _, l := range got {
-			n += len(l.seqs)
+	// Read the versions again once everything read is handled, until they
+	// no longer change (a late commit would show).
+	for settled := false; !settled; {
+		var err error
+		if want, err = cs.versions(ctx); err != nil {
+			t.Fatal(err)
 		}
-		mu.Unlock()
-		if n >= total {
-			break
+		if b == nil {
+			if b = cs.relay; b == nil {
+				b = cs.open(t)
+				startRelay(t, b, js, feed.RelayConfig{Stream: stream})
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d committed changes handled", n, total)
+		total = 0
+		for _, v := range want {
+			n, _ := strconv.Atoi(v)
+			total += n
 		}
-		time.Sleep(20 * time.Millisecond)
+		if total == 0 {
+			t.Fatal("no change committed")
+		}
+		deadline := time.Now().Add(time.Minute)
+		for {
+			mu.Lock()
+			n := 0
+			for _, l := range got {
+				n += len(l.seqs)
+			}
+			mu.Unlock()
+			if n >= total {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d committed changes handled", n, total)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		again, err := cs.versions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		settled = maps.Equal(want, again)
 	}
+	t.Logf("all handled at least once %v after the last kill", time.Since(t0).Round(time.Millisecond))
 	mu.Lock()
 	for name, v := range want {
 		n, _ := strconv.Atoi(v)
@@ -299,6 +353,7 @@ func testCrash(t *testing.T, cs crashStore) {
 			t.Fatalf("idempotent workers: %d of %d committed changes applied", sum, total)
 		}
 	}
+	t.Logf("all applied by the idempotent workers %v after the last kill", time.Since(t0).Round(time.Millisecond))
 	time.Sleep(200 * time.Millisecond) // a duplicate would be applied now
 	_, per := counts()
 	for name, v := range want {

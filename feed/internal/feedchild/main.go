@@ -112,6 +112,9 @@ func crash() int {
 		if err := s.Store(ctx); err != nil {
 			return fail(err)
 		}
+		if i%4 == 3 {
+			time.Sleep(time.Millisecond) // a steady flow the test's consumers keep up with
+		}
 	}
 }
 
