@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/krules-go/krules/feed"
 	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/bolt"
 	"github.com/krules-go/krules/storage/postgres"
 	"github.com/krules-go/krules/storage/redis"
 	knats "github.com/krules-go/krules/transport/nats"
@@ -195,13 +197,27 @@ type feedBackend interface {
 	storage.FeedStore
 }
 
-// backends are the shared stores the relay tests run on.
+// backends are the stores the relay tests run on (bolt: the relays run in
+// the writer's process, the only one that can open the file).
 var backends = []struct {
 	name string
 	open func(testing.TB) feedBackend
 }{
 	{"redis", func(t testing.TB) feedBackend { return openRedis(t, "") }},
 	{"postgres", func(t testing.TB) feedBackend { return openPostgres(t, "") }},
+	{"bolt", func(t testing.TB) feedBackend { return openBolt(t) }},
+}
+
+// openBolt opens a bolt file in feed mode (NoSync: these tests check the
+// relay, not durability; TestCrash uses durable files).
+func openBolt(t testing.TB) *bolt.Backend {
+	t.Helper()
+	b, err := bolt.Open(filepath.Join(t.TempDir(), "feed.db"), bolt.Config{ChangeFeed: true, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
 }
 
 func jetstreamOrdered() jetstream.OrderedConsumerConfig { return jetstream.OrderedConsumerConfig{} }
