@@ -11,6 +11,7 @@
 //
 //	redis.Config{ChangeFeed: true}       XADD to the stream "f:<prefix>changes" inside the write's Lua script
 //	postgres.Config{ChangeFeed: true}    a row of <table>_feed in the write's statement or transaction
+//	bolt.Config{ChangeFeed: true}        a key of the bucket "\x00feed" in the write's bbolt transaction
 //	memory.New(memory.WithChangeFeed())  a slice, under the subject's lock (tests, one process)
 //
 // A Relay moves the records to a NATS JetStream stream (nats.EnsureStream)
@@ -79,6 +80,10 @@
 //     holder still runs) keep the order for the same reason.
 //   - Delivery to handlers is that of the worker group: at least once;
 //     exactly once for cache-mode writes with nats.WorkerConfig.Idempotent.
+//     TestCrash checks both on every store: 200 writer processes killed
+//     with a plain worker (every committed change handled, in order) and
+//     idempotent worker processes killed mid-handling (each change applied
+//     exactly once).
 //   - A record the relay cannot decode is published to the stream's
 //     dead-letter subject (nats.DeadLetterSubject, reason
 //     ReasonMalformedRecord and the error in the headers) and removed; it
@@ -98,9 +103,18 @@
 // connection, bounded by its TCP keepalive settings); standbys try every
 // TTL/3.
 //
+// bbolt: only one process can open a bolt file, so the relay runs in the
+// process that writes (go relay.Run(ctx) next to the App, on the same
+// *bolt.Backend). The lease lives in that Backend's memory: it makes one of
+// the process's relays active and the others stand by, with the same TTL
+// rules; there is no standby in another process. The records are in the
+// file: after a crash of the process, the next process that opens the file
+// (and runs a relay) publishes what the dead one had not (TestCrash/bolt).
+//
 // Waking is by notification: Redis XREAD BLOCK on the stream, PostgreSQL
 // LISTEN/NOTIFY (every record's transaction notifies the channel
-// postgres.Backend.FeedChannel). An idle relay makes one blocking call per
+// postgres.Backend.FeedChannel), bbolt an in-process notification sent by
+// every commit that wrote a record. An idle relay makes one blocking call per
 // TTL/3 and otherwise sleeps.
 //
 // # Which handlers run: the policy
@@ -141,5 +155,7 @@
 //   - PostgreSQL: every record's transaction sends a NOTIFY, and PostgreSQL
 //     serialises the commits of notifying transactions on one lock; very
 //     high write concurrency on one database pays for it.
-//   - bbolt has no feed mode yet.
+//   - bbolt: one process (see the lease above); a record costs two more
+//     bucket writes in the write's transaction (the fsync, which dominates a
+//     durable write, is shared).
 package feed

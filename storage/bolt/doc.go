@@ -54,6 +54,20 @@
 // not decoded), which is linear in the subject's size: fine for subjects of
 // tens or hundreds of properties, wasteful for a subject of many megabytes.
 //
+// # Change feed
+//
+// With Config.ChangeFeed every write transaction that changes a default
+// property (Set, Delete, Store) or flushes a subject also writes a change
+// record (storage.Change) into the bucket "\x00feed" and bumps the
+// subject's version in "\x00fseq", in the same transaction: a change is in
+// the file if and only if its record is, and a record is as durable as its
+// data. The Backend then implements storage.FeedStore for a feed.Relay
+// running in this process (the only one that can open the file): readers
+// are woken by the commits, the relay lease is held in memory. See the feed
+// package. A muted write, an extended property and a write that leaves the
+// stored text as it was write no record. The subject layout is the same
+// with and without the feed.
+//
 // # Limits
 //
 //   - One process at a time. bbolt takes an exclusive lock on the file:
