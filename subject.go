@@ -164,7 +164,11 @@ func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, dep
 // unsaved write.
 func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.afterDirectLocked(k, prop, v, present, write)
+	s.mu.Unlock()
+}
+
+func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present, write bool) {
 	if !s.loaded {
 		if write && len(s.cache(k).ents) > 0 {
 			// A WriteOnly handle's unloaded write of prop is superseded.
