@@ -16,14 +16,14 @@ func TestOrderAfterManyDeletes(t *testing.T) {
 	var want []string
 	for i := range 40 {
 		n := fmt.Sprintf("p%02d", i)
-		if _, _, err := b.Set(ctx, "s", storage.Key{Name: n}, storage.Mutation{Value: int64(i)}); err != nil {
+		if _, _, err := b.Set(ctx, "s", storage.Key{Kind: storage.Default, Name: n}, storage.Mutation{Value: int64(i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i := range 40 {
 		n := fmt.Sprintf("p%02d", i)
 		if i%4 != 0 {
-			if _, err := b.Delete(ctx, "s", storage.Key{Name: n}); err != nil {
+			if _, err := b.Delete(ctx, "s", storage.Key{Kind: storage.Default, Name: n}); err != nil {
 				t.Fatal(err)
 			}
 			continue
@@ -31,7 +31,7 @@ func TestOrderAfterManyDeletes(t *testing.T) {
 		want = append(want, n)
 	}
 	// Re-adding a deleted name puts it at the end.
-	if _, _, err := b.Set(ctx, "s", storage.Key{Name: "p01"}, storage.Mutation{Value: "back"}); err != nil {
+	if _, _, err := b.Set(ctx, "s", storage.Key{Kind: storage.Default, Name: "p01"}, storage.Mutation{Value: "back"}); err != nil {
 		t.Fatal(err)
 	}
 	want = append(want, "p01")
@@ -47,14 +47,14 @@ func TestOrderAfterManyDeletes(t *testing.T) {
 		t.Fatalf("order %v, want %v", got, want)
 	}
 	for _, n := range want[:len(want)-1] {
-		v, err := b.Get(ctx, "s", storage.Key{Name: n})
+		v, err := b.Get(ctx, "s", storage.Key{Kind: storage.Default, Name: n})
 		var i int64
 		fmt.Sscanf(n, "p%d", &i)
 		if err != nil || v != i {
 			t.Fatalf("Get %s = %v, %v; want %d", n, v, err, i)
 		}
 	}
-	if v, _ := b.Get(ctx, "s", storage.Key{Name: "p01"}); v != "back" {
+	if v, _ := b.Get(ctx, "s", storage.Key{Kind: storage.Default, Name: "p01"}); v != "back" {
 		t.Fatalf("p01 = %v", v)
 	}
 }
