@@ -31,6 +31,14 @@ const (
 	// processes that both write and consume the feed with the same
 	// handlers, so each change is handled exactly once by the worker group.
 	// Custom events (App.Emit) are not affected.
+	//
+	// Outbound hooks (App.Outbound) of the writing App do not see the
+	// built-in events either, on purpose: under FeedRemote the change
+	// leaves the process as its change record, and the worker that
+	// consumes the record emits the event in its own App, whose handlers
+	// and outbound hooks see it there. A transport hook in the writer would
+	// send every change a second time. Use FeedBoth to have the writer's
+	// hooks see them.
 	FeedRemote
 )
 

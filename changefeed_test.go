@@ -3,6 +3,7 @@ package krules_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -96,5 +97,44 @@ func TestMemoryFeedReadWaits(t *testing.T) {
 	mustSet(t, app.Subject("w", krules.NoCache()), "x", 1)
 	if r := <-done; len(r) != 1 {
 		t.Fatalf("ReadChanges woke with %d records", len(r))
+	}
+}
+
+// Under FeedRemote the writing App's outbound hooks see its custom events
+// but not the built-in events of its writes: those leave the process only
+// as change records (the worker that consumes them emits them in its own
+// App, whose hooks see them), so a transport hook never sends a change twice.
+// Under FeedBoth the hooks see every event.
+func TestChangeFeedPolicyOutbound(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		policy krules.FeedPolicy
+		want   []string
+	}{
+		{krules.FeedBoth, []string{krules.PropertyChanged, krules.PropertyDeleted, "custom", krules.PropertyDeleted, krules.SubjectDeleted}},
+		{krules.FeedRemote, []string{"custom"}},
+	} {
+		b := memory.New(memory.WithChangeFeed())
+		app := krules.New(krules.WithStorage(b), krules.WithChangeFeed(krules.FeedConfig{Policy: tc.policy}))
+		var got []string
+		app.Outbound("rec", func(_ context.Context, ev *krules.Event) error { got = append(got, ev.Type); return nil })
+		s := app.Subject("s", krules.NoCache())
+		mustSet(t, s, "x", 1)
+		if err := s.Delete(ctx, "x"); err != nil {
+			t.Fatal(err)
+		}
+		if err := app.Emit(ctx, "custom", s, nil); err != nil {
+			t.Fatal(err)
+		}
+		mustSet(t, s, "y", 2, krules.Muted())
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("policy %v: outbound saw %v, want %v", tc.policy, got, tc.want)
+		}
+		if n := len(drain(t, b)); n != 4 { // changed, deleted, deleted (flush of y), subject deleted
+			t.Errorf("policy %v: %d records, want 4", tc.policy, n)
+		}
 	}
 }

@@ -33,7 +33,13 @@ import (
 // On a NoCache handle, Has, Keys, ExtProps and Dict read the store afresh
 // on every call. A NoCache call on a cached handle drops the cache when it
 // holds no unsaved change (the next cached read reloads), and otherwise
-// patches it without ever discarding an unsaved change.
+// patches it: a NoCache read never discards an unsaved change; a NoCache
+// write of a property replaces that property's unsaved change, including
+// one made by a cached Set or Delete of the same property on the same
+// handle that ran while the NoCache write was in the store (between its
+// store write and its return): that cached change is then lost, and Store
+// does not write it. Do not mix NoCache and cached writes of one property
+// on one handle from several goroutines.
 type Subject struct {
 	app     *App
 	name    string
@@ -151,12 +157,18 @@ func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, dep
 // stored); write tells a write from a read. A cache without unsaved changes
 // is dropped, so the next cached read reloads: that stays right whatever
 // order concurrent NoCache calls finish in. A cache with unsaved changes is
-// patched: a write replaces the property (and its pending change); a read
+// patched: a write replaces the property (and its pending change, even a
+// cached write that landed while the direct write was in flight: the known
+// race documented on Subject); a read
 // only refreshes properties without a pending change, so it never loses an
 // unsaved write.
 func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.afterDirectLocked(k, prop, v, present, write)
+	s.mu.Unlock()
+}
+
+func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present, write bool) {
 	if !s.loaded {
 		if write && len(s.cache(k).ents) > 0 {
 			// A WriteOnly handle's unloaded write of prop is superseded.

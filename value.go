@@ -228,21 +228,52 @@ func (o Op) mutation() (storage.Mutation, error) {
 }
 
 // validString reports whether s is a storable string (valid UTF-8, no NUL
-// byte). ASCII is checked eight bytes at a time.
+// byte). ASCII is checked eight bytes at a time (a string of 4 to 7 bytes
+// as two overlapping 4-byte words, a tail as an overlapping last word), so
+// a short name costs a few instructions; anything else falls back to
+// utf8.ValidString.
 func validString(s string) bool {
-	const hi, lo = 0x8080808080808080, 0x0101010101010101
-	i := 0
-	for ; i+8 <= len(s); i += 8 {
-		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
-		if w&hi != 0 || (w-lo)&^w&hi != 0 { // a non-ASCII or a zero byte
-			return utf8.ValidString(s[i:]) && strings.IndexByte(s[i:], 0) < 0
+	n := len(s)
+	switch {
+	case n >= 8:
+		for i := 0; i+8 <= n; i += 8 {
+			if !asciiWord(load64(s, i)) {
+				return validSlow(s)
+			}
 		}
+		if n%8 != 0 && !asciiWord(load64(s, n-8)) {
+			return validSlow(s)
+		}
+		return true
+	case n >= 4:
+		if !asciiWord(uint64(load32(s, 0)) | uint64(load32(s, n-4))<<32) {
+			return validSlow(s)
+		}
+		return true
 	}
-	for ; i < len(s); i++ {
-		if c := s[i]; c == 0 || c >= utf8.RuneSelf {
-			return utf8.ValidString(s[i:]) && strings.IndexByte(s[i:], 0) < 0
+	for i := 0; i < n; i++ {
+		if s[i]-1 >= utf8.RuneSelf-1 { // a zero or a non-ASCII byte
+			return validSlow(s)
 		}
 	}
 	return true
 }
+
+// asciiWord reports whether the eight bytes of w are ASCII and non-zero.
+func asciiWord(w uint64) bool {
+	const hi, lo = 0x8080808080808080, 0x0101010101010101
+	return w&hi == 0 && (w-lo)&^w&hi == 0
+}
+
+func load64(s string, i int) uint64 {
+	b := s[i : i+8]
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}
+
+func load32(s string, i int) uint32 {
+	b := s[i : i+4]
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+func validSlow(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }

@@ -120,13 +120,11 @@ func (b *Backend) feedFlush(ctx context.Context, name string, s *subject) {
 	}
 	props, ext := map[string]any{}, map[string]any{}
 	if s != nil {
-		for _, n := range s.props.names {
-			v := s.props.values[n]
+		for n, v := range s.props.all() {
 			props[n] = storage.Clone(v)
 			b.feed.add(ctx, storage.Change{Type: storage.ChangePropertyDeleted, Subject: name, Property: n, Old: storage.Clone(v)}, "")
 		}
-		for _, n := range s.ext.names {
-			v := s.ext.values[n]
+		for n, v := range s.ext.all() {
 			ext[n] = storage.Clone(v)
 			b.feed.add(ctx, storage.Change{Type: storage.ChangePropertyDeleted, Subject: name, Property: n, Extended: true, Old: storage.Clone(v)}, "")
 		}

@@ -51,46 +51,95 @@ type subject struct {
 	gone  bool // removed from the map (Flush, or left empty); callers must re-resolve
 }
 
-// propSet is an insertion-ordered map.
+// propSet is an insertion-ordered map: the entries in insertion order and
+// a map from name to index, so reading or replacing a property is one map
+// lookup. Deleted entries leave holes (dead), compacted once they are most
+// of the slice.
 type propSet struct {
-	names  []string
-	values map[string]any
+	idx   map[string]int32
+	ents  []prop
+	holes int
+}
+
+type prop struct {
+	name string
+	v    any
+	dead bool
+}
+
+// find returns the index of name's entry, or -1.
+func (p *propSet) find(name string) int {
+	if i, ok := p.idx[name]; ok {
+		return int(i)
+	}
+	return -1
 }
 
 func (p *propSet) get(name string) (any, bool) {
-	v, ok := p.values[name]
-	return v, ok
+	if i := p.find(name); i >= 0 {
+		return p.ents[i].v, true
+	}
+	return nil, false
 }
 
-func (p *propSet) put(name string, v any) {
-	if p.values == nil {
-		p.values = make(map[string]any)
+func (p *propSet) put(name string, v any) { p.putAt(p.find(name), name, v) }
+
+// putAt stores v for name, whose index (from find) is i.
+func (p *propSet) putAt(i int, name string, v any) {
+	if i >= 0 {
+		p.ents[i].v = v
+		return
 	}
-	if _, ok := p.values[name]; !ok {
-		p.names = append(p.names, name)
+	if p.idx == nil {
+		p.idx = make(map[string]int32)
 	}
-	p.values[name] = v
+	p.idx[name] = int32(len(p.ents))
+	p.ents = append(p.ents, prop{name: name, v: v})
 }
 
 func (p *propSet) del(name string) (any, bool) {
-	v, ok := p.values[name]
-	if !ok {
+	i := p.find(name)
+	if i < 0 {
 		return nil, false
 	}
-	delete(p.values, name)
-	for i, n := range p.names {
-		if n == name {
-			p.names = append(p.names[:i:i], p.names[i+1:]...)
-			break
+	v := p.ents[i].v
+	delete(p.idx, name)
+	p.ents[i] = prop{dead: true}
+	p.holes++
+	if p.len() == 0 {
+		p.ents, p.holes = p.ents[:0], 0
+	} else if p.holes >= 16 && p.holes >= len(p.ents)/2 {
+		out := p.ents[:0]
+		for _, e := range p.ents {
+			if !e.dead {
+				p.idx[e.name] = int32(len(out))
+				out = append(out, e)
+			}
 		}
+		clear(p.ents[len(out):])
+		p.ents, p.holes = out, 0
 	}
 	return v, true
 }
 
+// len returns the number of properties.
+func (p *propSet) len() int { return len(p.ents) - p.holes }
+
+// all yields the properties in insertion order.
+func (p *propSet) all() iter.Seq2[string, any] {
+	return func(yield func(string, any) bool) {
+		for i := range p.ents {
+			if e := &p.ents[i]; !e.dead && !yield(e.name, e.v) {
+				return
+			}
+		}
+	}
+}
+
 func (p *propSet) snapshot() []storage.Property {
-	out := make([]storage.Property, len(p.names))
-	for i, n := range p.names {
-		out[i] = storage.Property{Name: n, Value: storage.Clone(p.values[n])}
+	out := make([]storage.Property, 0, p.len())
+	for n, v := range p.all() {
+		out = append(out, storage.Property{Name: n, Value: storage.Clone(v)})
 	}
 	return out
 }
@@ -191,34 +240,61 @@ func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage
 		return nil, nil, err
 	}
 	s := b.lookup(name, true)
-	defer s.mu.Unlock()
 	ic, rec, err := b.idem.begin(ctx, name, "set", k, &m)
 	if rec != nil || err != nil {
 		b.dropIfEmpty(name, s)
+		s.mu.Unlock()
 		if err != nil {
 			return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
 		}
 		return rec.nv, rec.old, nil
 	}
 	ps := s.set(k.Kind)
-	old, exists := ps.get(k.Name)
-	arg := old
-	if exists && m.Func != nil {
-		// Update functions get their own copy: they may mutate it. Plain
-		// values ignore arg and built-in ops do not alias it.
-		arg = storage.Clone(old)
+	i := ps.find(k.Name)
+	var old, nv any
+	exists := i >= 0
+	if exists {
+		old = ps.ents[i].v
 	}
-	nv, err := m.Apply(arg, exists)
-	if err != nil {
-		b.dropIfEmpty(name, s)
-		return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
+	if m.Op == nil && m.Func == nil {
+		nv = m.Value // a plain value: normalised by the caller
+	} else {
+		arg := old
+		if exists && m.Func != nil {
+			// Update functions get their own copy: they may mutate it.
+			// Built-in ops do not alias it.
+			arg = storage.Clone(old)
+		}
+		nv, err = m.Apply(arg, exists)
+		if err != nil {
+			b.dropIfEmpty(name, s)
+			s.mu.Unlock()
+			return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
+		}
 	}
-	ps.put(k.Name, storage.Clone(nv))
+	// The stored value is a copy (the caller keeps nv); scalars need none.
+	stored := nv
+	if isComposite(nv) {
+		stored = storage.Clone(nv)
+	}
+	ps.putAt(i, k.Name, stored)
 	if b.feed != nil && k.Kind == storage.Default && (!exists || !storage.Equal(old, nv)) { // change feed hook
 		b.feed.add(ctx, storage.Change{Type: storage.ChangePropertyChanged, Subject: name, Property: k.Name, Old: old, New: storage.Clone(nv)}, k.Name)
 	}
-	b.idem.commit(ic, nv, old)
+	if ic != nil {
+		b.idem.commit(ic, nv, old)
+	}
+	s.mu.Unlock()
 	return nv, old, nil
+}
+
+// isComposite reports whether v is a list or a map (the values Clone copies).
+func isComposite(v any) bool {
+	switch v.(type) {
+	case map[string]any, []any:
+		return true
+	}
+	return false
 }
 
 // Get implements storage.Backend.
@@ -276,7 +352,7 @@ func (b *Backend) Delete(ctx context.Context, name string, k storage.Key) (any, 
 // s must be locked by the caller. Taking b.mu under s.mu is safe: no path
 // holds b.mu while waiting for a subject's lock.
 func (b *Backend) dropIfEmpty(name string, s *subject) {
-	if len(s.props.names) > 0 || len(s.ext.names) > 0 {
+	if s.props.len() > 0 || s.ext.len() > 0 {
 		return
 	}
 	b.mu.Lock()
