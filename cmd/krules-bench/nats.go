@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,7 +36,8 @@ import (
 // event fails). Stream, consumers and workers are set up outside the clock.
 //
 //   - nats/ordered-1-worker, nats/ordered-3-workers: transport/nats Workers
-//     (stream of 32 partitions, default WorkerConfig), 1 or 3 Worker
+//     (stream of DefaultPartitions partitions, or -nats-partitions; default
+//     WorkerConfig), 1 or 3 Worker
 //     instances in this process, each with its own App and NATS connection
 //     (not separate processes: the end-to-end tests of transport/nats run
 //     real worker processes).
@@ -42,8 +45,10 @@ import (
 //     consumer (MaxAckPending 1000, explicit fire-and-forget acks) read by 1
 //     or 3 goroutines with their own connection; no ordering.
 //
-// Besides ns/op, each run prints events/s and p50/p99 publish→handled
-// latency to stderr. Needs KRULES_NATS_URL and KRULES_REDIS_URL.
+// Both sides encode each CloudEvent while the clock runs. Besides ns/op,
+// each run prints events/s, p50/p99 publish→handled latency and the CPU
+// per event of this process, the local nats-server and redis-server (read
+// from /proc) to stderr; -nats-cpuprofile writes a CPU profile per row. Needs KRULES_NATS_URL and KRULES_REDIS_URL.
 func init() {
 	register(Group{
 		Name:    "nats",
@@ -52,7 +57,11 @@ func init() {
 	})
 }
 
-var natsQuick = flag.Bool("nats-quick", false, "nats rows: 2,000 events per run instead of 20,000")
+var (
+	natsQuick   = flag.Bool("nats-quick", false, "nats rows: 2,000 events per run instead of 20,000")
+	natsParts   = flag.Int("nats-partitions", 0, "nats rows: partitions of the ordered stream (default: knats.DefaultPartitions)")
+	natsProfile = flag.String("nats-cpuprofile", "", "nats rows: write a CPU profile of each row's last run to <this prefix><row>.prof")
+)
 
 const natsBenchSubjects = 200
 
@@ -117,6 +126,9 @@ type natsRun struct {
 	handled   []atomic.Int64
 	count     atomic.Int64
 	finished  chan struct{}
+	cpu0, cpu cpuSample // CPU used when the first event was published and when the last was handled
+	name      string
+	prof      *os.File
 
 	mu         sync.Mutex
 	last       map[string]int64 // subject -> last seq handled
@@ -126,6 +138,23 @@ type natsRun struct {
 
 func newNatsRun(n int) *natsRun {
 	return &natsRun{n: n, published: make([]atomic.Int64, n), handled: make([]atomic.Int64, n), finished: make(chan struct{}), last: map[string]int64{}}
+}
+
+// begin is called right before the first publish: it samples the CPU
+// counters and, with -nats-cpuprofile, starts this process's CPU profile
+// (stopped when the last event was handled; the last run of a row is kept).
+func (r *natsRun) begin(b *testing.B) {
+	if *natsProfile != "" {
+		f, err := os.Create(*natsProfile + strings.ReplaceAll(r.name, "/", "_") + ".prof")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		r.prof = f
+	}
+	r.cpu0 = takeCPU()
 }
 
 // event i: subject i % subjects, per-subject seq i / subjects + 1.
@@ -148,6 +177,11 @@ func (r *natsRun) saw(i int, subj string, seq int64) {
 	}
 	r.mu.Unlock()
 	if r.handled[i].CompareAndSwap(0, time.Now().UnixNano()) && int(r.count.Add(1)) == r.n {
+		r.cpu = takeCPU()
+		if r.prof != nil {
+			pprof.StopCPUProfile()
+			r.prof.Close()
+		}
 		close(r.finished)
 	}
 }
@@ -181,11 +215,13 @@ func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsR
 	b.StopTimer()
 	for range b.N {
 		r := newNatsRun(natsEvents())
+		r.name = name
 		elapsed := run(b, r, workers)
 		r.check(b)
 		p50, p99 := r.latencies()
-		fmt.Fprintf(os.Stderr, "    %-24s %6d events in %7.3fs = %7.0f events/s  p50 %8s  p99 %8s  (out of order or repeated %d)\n",
-			name, r.n, elapsed.Seconds(), float64(r.n)/elapsed.Seconds(), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), r.repeats)
+		fmt.Fprintf(os.Stderr, "    %-24s %6d events in %7.3fs = %7.0f events/s  p50 %8s  p99 %8s  (out of order or repeated %d)  %s\n",
+			name, r.n, elapsed.Seconds(), float64(r.n)/elapsed.Seconds(), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), r.repeats,
+			r.cpu.sub(r.cpu0).perEvent(r.n))
 	}
 }
 
@@ -206,7 +242,7 @@ func benchEvents(b *testing.B, n int) []*event.Event {
 func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration {
 	ctx := context.Background()
 	name := nb.streamName()
-	if _, err := knats.EnsureStream(ctx, nb.js, knats.StreamConfig{Name: name, Partitions: 32}); err != nil {
+	if _, err := knats.EnsureStream(ctx, nb.js, knats.StreamConfig{Name: name, Partitions: *natsParts}); err != nil {
 		b.Fatal(err)
 	}
 	defer func() {
@@ -246,8 +282,9 @@ func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = w.Run(runCtx) }()
 	}
-	waitSpread(b, ws, 32)
+	waitSpread(b, ws, ws[0].Partitions())
 	evs := benchEvents(b, r.n)
+	r.begin(b)
 	start := time.Now()
 	b.StartTimer()
 	for i, e := range evs {
@@ -315,17 +352,16 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 		}()
 	}
 	evs := benchEvents(b, r.n)
-	data := make([][]byte, len(evs))
-	for i, e := range evs {
-		var err error
-		if data[i], err = e.MarshalJSON(); err != nil {
-			b.Fatal(err)
-		}
-	}
+	r.begin(b)
 	start := time.Now()
 	b.StartTimer()
-	for i, d := range data {
+	for i, e := range evs {
 		r.published[i].Store(time.Now().UnixNano())
+		// Encoded on the clock, as the krules Publisher does.
+		d, err := e.MarshalJSON()
+		if err != nil {
+			b.Fatal(err)
+		}
 		if _, err := nb.js.PublishAsync(fmt.Sprintf("%s.%d", name, i%natsBenchSubjects), d); err != nil {
 			b.Fatal(err)
 		}
