@@ -108,7 +108,7 @@ func postgresSetup() ([]Row, func(), error) {
 		return nil, nil, err
 	}
 
-	incFunc := func(old any) any { return old.(int64) + 1 }
+	incFunc := krules.Update(func(n int64) int64 { return n + 1 })
 	rawFunc := func(subject string) error {
 		tx, err := pool.Begin(ctx)
 		if err != nil {

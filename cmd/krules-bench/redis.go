@@ -110,7 +110,7 @@ func redisSetup() ([]Row, func(), error) {
 		return nil, nil, err
 	}
 
-	incFunc := func(old any) any { return old.(int64) + 1 }
+	incFunc := krules.Update(func(n int64) int64 { return n + 1 })
 	// rawWatch is Python KRules' update: WATCH, HGET, compute, MULTI/HSET/EXEC,
 	// retried on a conflict.
 	rawWatch := func(subject string) error {

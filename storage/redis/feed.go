@@ -46,12 +46,13 @@ func (b *Backend) FeedKey() string { return "f:" + b.cfg.Prefix + "changes" }
 func (b *Backend) seqKey() string   { return "f:" + b.cfg.Prefix + "seq" }
 func (b *Backend) leaseKey() string { return "f:" + b.cfg.Prefix + "lease" }
 
-// feedEpilogue appends a record for field ARGV[1] when its text changed;
+// feedEpilogue appends a record for field ARGV[1] when its value changed
+// (see sameLua);
 // ARGV[#ARGV-2..#ARGV] are the record id, the subject and the metadata.
 const feedEpilogue = `
 local __f = ARGV[1]
 local __after = redis.call('HGET', KEYS[1], __f)
-if __before ~= __after then
+if not __same(__before, __after) then
   local n = #ARGV
   local seq = redis.call('HINCRBY', KEYS[3], ARGV[n - 1], 1)
   local r = {'_id', ARGV[n - 2], '_s', ARGV[n - 1], '_q', seq, '_p', __f}
@@ -70,16 +71,16 @@ return __result
 // withFeed wraps a single-field writing script (field ARGV[1]) into its feed
 // variant.
 func withFeed(s *script) *script {
-	return newScript("local __before = redis.call('HGET', KEYS[1], ARGV[1])\nlocal function __body()\n" +
+	return newScript(sameLua + "local __before = redis.call('HGET', KEYS[1], ARGV[1])\nlocal function __body()\n" +
 		s.src + "\nend\nlocal __result = __body()\n" + feedEpilogue)
 }
 
 // feedSetScript is the feed variant of setScript, written out (it is the
 // hot path): one HGET for both the returned old text and the record.
-var feedSetScript = newScript(`
+var feedSetScript = newScript(sameLua + `
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if old ~= ARGV[2] then
+if not __same(old, ARGV[2]) then
   local seq = redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
   if old then
     if ARGV[5] ~= '' then
@@ -111,7 +112,7 @@ var feedVariant = map[*script]*script{
 // default properties. ARGV: id base, subject, metadata, #deletes,
 // deletes..., #puts, (field, text)..., #per-field metadata, (field, meta
 // or '!' for muted)... Returns the number of records.
-var feedStoreScript = newScript(`
+var feedStoreScript = newScript(sameLua + `
 local idb, subj, meta0 = ARGV[1], ARGV[2], ARGV[3]
 local i = 4
 local nd = tonumber(ARGV[i]); i = i + 1
@@ -139,7 +140,7 @@ local k = 0
 for _, f in ipairs(order) do
   local m = meta[f] or meta0
   local after = redis.call('HGET', KEYS[1], f)
-  if before[f] ~= after and m ~= '!' then
+  if m ~= '!' and not __same(before[f], after) then
     k = k + 1
     local seq = redis.call('HINCRBY', KEYS[3], subj, 1)
     local r = {'_id', idb .. '-' .. k, '_s', subj, '_q', seq, '_p', f}
