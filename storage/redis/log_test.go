@@ -23,6 +23,10 @@ const stderrChildEnv = "KRULES_REDIS_TEST_STDERR_CHILD"
 
 // outage runs calls against an address where nothing listens, as during a
 // Redis outage: Open, and a Backend made with New on a client of its own.
+// No call retries the command (go-redis's default of 3 retries with backoff,
+// each with 5 dial attempts 100ms apart, takes about 2s per call), and the
+// clients made here dial once per call: go-redis logs a dial failure per
+// call either way.
 func outage(mode string) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -33,7 +37,7 @@ func outage(mode string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if mode == "plain" { // go-redis alone, the control
-		c := goredis.NewClient(&goredis.Options{Addr: addr})
+		c := goredis.NewClient(noRetries(addr))
 		defer c.Close()
 		if c.Ping(ctx).Err() == nil {
 			return errors.New("ping succeeded")
@@ -43,10 +47,10 @@ func outage(mode string) error {
 	if mode == "routed" {
 		redis.SetLogger(slog.New(slog.NewTextHandler(os.Stdout, nil)))
 	}
-	if _, err := redis.Open(ctx, "redis://"+addr+"/0", redis.Config{}); err == nil {
+	if _, err := redis.Open(ctx, "redis://"+addr+"/0?max_retries=-1", redis.Config{}); err == nil {
 		return errors.New("open succeeded")
 	}
-	c := goredis.NewClient(&goredis.Options{Addr: addr})
+	c := goredis.NewClient(noRetries(addr))
 	defer c.Close()
 	b := redis.New(c, redis.Config{})
 	for range 3 {
@@ -55,6 +59,11 @@ func outage(mode string) error {
 		}
 	}
 	return nil
+}
+
+// noRetries returns client options for addr that dial once per command.
+func noRetries(addr string) *goredis.Options {
+	return &goredis.Options{Addr: addr, MaxRetries: -1, DialerRetries: 1}
 }
 
 // runOutage re-executes the test binary for one mode and returns its

@@ -25,18 +25,19 @@ var invalidCases = []struct{ name, raw string }{
 	{"BeyondFloat64", `1` + strings.Repeat(`0`, 400)},
 }
 
-// runInvalidTests runs the tolerant-load subtests (see Config.RawPut).
-func runInvalidTests(t *testing.T, cfg Config) {
-	t.Helper()
-	t.Run("Invalid/Backend", func(t *testing.T) {
-		testInvalidBackend(t, newSuite(t, cfg.New), cfg.RawPut)
-	})
-	t.Run("Invalid/ExtProps", func(t *testing.T) {
-		testInvalidExt(t, newSuite(t, cfg.New), cfg.RawPut)
-	})
-	t.Run("Invalid/Subject", func(t *testing.T) {
-		testInvalidSubject(t, newAppSuite(t, cfg.New), cfg.RawPut)
-	})
+// invalidSubtests returns the tolerant-load subtests (see Config.RawPut).
+func invalidSubtests(cfg Config) []subtest {
+	return []subtest{
+		{"Invalid/Backend", func(t *testing.T) {
+			testInvalidBackend(t, newSuite(t, cfg.New), cfg.RawPut)
+		}},
+		{"Invalid/ExtProps", func(t *testing.T) {
+			testInvalidExt(t, newSuite(t, cfg.New), cfg.RawPut)
+		}},
+		{"Invalid/Subject", func(t *testing.T) {
+			testInvalidSubject(t, newAppSuite(t, cfg.New), cfg.RawPut)
+		}},
+	}
 }
 
 type rawPutFunc = func(t *testing.T, b storage.Backend, subject string, k storage.Key, raw string) bool

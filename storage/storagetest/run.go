@@ -54,6 +54,18 @@ type Config struct {
 	// without it they are not run (a backend that can hold only what Go
 	// wrote, like storage/memory, needs none).
 	RawPut func(t *testing.T, b storage.Backend, subject string, k storage.Key, raw string) bool
+
+	// Parallel, when above 1, runs up to that many subtests at once, each
+	// still on its own fresh backend from New and its own subjects: the
+	// suite takes as long as its slowest subtests instead of their sum when
+	// the time goes to round trips to a server, fsyncs or lock waits. The
+	// subtests are started from goroutines of the suite (t.Run, not
+	// t.Parallel, so go test's -parallel limit, GOMAXPROCS by default, does
+	// not apply); their -v output interleaves. New must then be safe for
+	// concurrent use, and the backends it returns must not share state that
+	// a subtest could observe (a server shared under distinct key prefixes,
+	// tables or files is fine). 0 or 1 (the default): one after another.
+	Parallel int
 }
 
 // RunConfig runs the conformance suite as [Run] does, with the options of
@@ -63,15 +75,47 @@ func RunConfig(t *testing.T, cfg Config) {
 	if cfg.New == nil {
 		t.Fatal("storagetest: Config.New is nil")
 	}
+	var subtests []subtest
 	for _, tc := range storageTests {
-		t.Run(tc.name, func(t *testing.T) {
+		subtests = append(subtests, subtest{tc.name, func(t *testing.T) {
 			tc.fn(t, newSuite(t, cfg.New))
+		}})
+	}
+	subtests = append(subtests, subjectSubtests(cfg.New)...)
+	if cfg.RawPut != nil {
+		subtests = append(subtests, invalidSubtests(cfg)...)
+	}
+	runSubtests(t, cfg.Parallel, subtests)
+}
+
+// subtest is one named subtest of a suite.
+type subtest struct {
+	name string
+	fn   func(t *testing.T)
+}
+
+// runSubtests runs the subtests of t one after another, or up to parallel
+// of them at once from goroutines (t.Run may be called concurrently; every
+// call returns before runSubtests does). A subtest that stops with t.Fatal
+// ends only its own goroutine.
+func runSubtests(t *testing.T, parallel int, subtests []subtest) {
+	t.Helper()
+	if parallel <= 1 {
+		for _, st := range subtests {
+			t.Run(st.name, st.fn)
+		}
+		return
+	}
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for _, st := range subtests {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			t.Run(st.name, st.fn)
 		})
 	}
-	runSubjectTests(t, cfg.New)
-	if cfg.RawPut != nil {
-		runInvalidTests(t, cfg)
-	}
+	wg.Wait()
 }
 
 type suiteTest struct {

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/krules-go/krules/storage"
@@ -29,6 +32,39 @@ func TestRunFileStore(t *testing.T) {
 	slowBackend = 25
 	t.Cleanup(func() { slowBackend = 1 })
 	Run(t, func(t *testing.T) storage.Backend { return openFileStore(t, randomName("st_"), false) })
+}
+
+// TestRunParallel: with Config.Parallel the subtests overlap (more than
+// one backend from New is open at a time, never more than Parallel), and
+// without it they run one after another.
+func TestRunParallel(t *testing.T) {
+	for _, parallel := range []int{0, 4} {
+		t.Run(fmt.Sprintf("Parallel=%d", parallel), func(t *testing.T) {
+			var mu sync.Mutex
+			open, most, total := 0, 0, 0
+			RunConfig(t, Config{Parallel: parallel, New: func(t *testing.T) storage.Backend {
+				mu.Lock()
+				defer mu.Unlock()
+				open++
+				total++
+				most = max(most, open)
+				t.Cleanup(func() {
+					mu.Lock()
+					defer mu.Unlock()
+					open--
+				})
+				return memory.New()
+			}})
+			switch {
+			case total < len(storageTests)+len(subjectTests):
+				t.Errorf("New was called %d times, want one per subtest (%d)", total, len(storageTests)+len(subjectTests))
+			case parallel <= 1 && most != 1:
+				t.Errorf("one after another: %d backends were open at once, want 1", most)
+			case parallel > 1 && (most < 2 || most > parallel):
+				t.Errorf("Parallel=%d: at most %d backends were open at once, want 2..%d", parallel, most, parallel)
+			}
+		})
+	}
 }
 
 // broken wraps the memory backend and breaks one rule of the contract.
@@ -176,11 +212,16 @@ func TestBrokenBackend(t *testing.T) {
 	if variant == "" {
 		t.Skip("run by TestRunDetectsBrokenBackends")
 	}
-	Run(t, func(t *testing.T) storage.Backend { return &broken{Backend: memory.New(), variant: variant} })
+	parallel, _ := strconv.Atoi(os.Getenv(envBrokenParallel))
+	RunConfig(t, Config{Parallel: parallel, New: func(t *testing.T) storage.Backend { return &broken{Backend: memory.New(), variant: variant} }})
 }
 
+// envBrokenParallel is Config.Parallel for TestBrokenBackend.
+const envBrokenParallel = "KRULES_STORAGETEST_BROKEN_PARALLEL"
+
 // TestRunDetectsBrokenBackends proves the suite can fail: each broken
-// variant of the memory backend must fail the subtest that covers its rule.
+// variant of the memory backend must fail the subtest that covers its rule,
+// with the subtests run one after another and with Config.Parallel.
 func TestRunDetectsBrokenBackends(t *testing.T) {
 	if os.Getenv(envBrokenVariant) != "" || os.Getenv(envChild) != "" {
 		t.Skip("nested run")
@@ -203,30 +244,32 @@ func TestRunDetectsBrokenBackends(t *testing.T) {
 		{"puts-then-deletes", []string{"Store/DeletesThenPuts", "Store/Atomic"}, false},
 		{"glob-flush", []string{"Names/Subjects"}, false},
 	} {
-		t.Run(c.variant, func(t *testing.T) {
-			t.Parallel()
-			cmd := exec.CommandContext(t.Context(), exe, "-test.run=^TestBrokenBackend$", "-test.count=1", "-test.short", "-test.v")
-			cmd.Env = append(os.Environ(), envBrokenVariant+"="+c.variant)
-			out, err := cmd.CombinedOutput()
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) {
-				t.Fatalf("the suite passed a backend broken by %q (err %v)", c.variant, err)
-			}
-			failed := 0
-			for _, sub := range c.fails {
-				if bytes.Contains(out, []byte("--- FAIL: TestBrokenBackend/"+sub+" ")) {
-					failed++
-				} else if !c.anyOf {
-					t.Errorf("broken backend %q: subtest %s did not fail; output:\n%s", c.variant, sub, tail(out, 60))
+		for _, parallel := range []int{0, 8} {
+			t.Run(fmt.Sprintf("%s/Parallel=%d", c.variant, parallel), func(t *testing.T) {
+				t.Parallel()
+				cmd := exec.CommandContext(t.Context(), exe, "-test.run=^TestBrokenBackend$", "-test.count=1", "-test.short", "-test.v")
+				cmd.Env = append(os.Environ(), envBrokenVariant+"="+c.variant, envBrokenParallel+"="+strconv.Itoa(parallel))
+				out, err := cmd.CombinedOutput()
+				var exit *exec.ExitError
+				if !errors.As(err, &exit) {
+					t.Fatalf("the suite passed a backend broken by %q (err %v)", c.variant, err)
 				}
-			}
-			if c.anyOf && failed == 0 {
-				t.Errorf("broken backend %q: none of the subtests %q failed; output:\n%s", c.variant, c.fails, tail(out, 60))
-			}
-			if bytes.Contains(out, []byte("panic:")) {
-				t.Errorf("broken backend %q made the suite panic:\n%s", c.variant, tail(out, 60))
-			}
-		})
+				failed := 0
+				for _, sub := range c.fails {
+					if bytes.Contains(out, []byte("--- FAIL: TestBrokenBackend/"+sub+" ")) {
+						failed++
+					} else if !c.anyOf {
+						t.Errorf("broken backend %q: subtest %s did not fail; output:\n%s", c.variant, sub, tail(out, 60))
+					}
+				}
+				if c.anyOf && failed == 0 {
+					t.Errorf("broken backend %q: none of the subtests %q failed; output:\n%s", c.variant, c.fails, tail(out, 60))
+				}
+				if bytes.Contains(out, []byte("panic:")) {
+					t.Errorf("broken backend %q made the suite panic:\n%s", c.variant, tail(out, 60))
+				}
+			})
+		}
 	}
 }
 

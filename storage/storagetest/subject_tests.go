@@ -32,14 +32,16 @@ var subjectTests = []struct {
 	{"Subject/NoCacheExactUnderConcurrency", testSubjectConcurrent},
 }
 
-// runSubjectTests runs the Subject-level tests: a krules App on the backend.
-func runSubjectTests(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
-	t.Helper()
+// subjectSubtests returns the Subject-level tests: a krules App on the
+// backend.
+func subjectSubtests(newBackend func(t *testing.T) storage.Backend) []subtest {
+	out := make([]subtest, 0, len(subjectTests))
 	for _, tc := range subjectTests {
-		t.Run(tc.name, func(t *testing.T) {
+		out = append(out, subtest{tc.name, func(t *testing.T) {
 			tc.fn(t, newAppSuite(t, newBackend))
-		})
+		}})
 	}
+	return out
 }
 
 // appSuite is a suite with an App on its backend that records every event.
