@@ -16,5 +16,8 @@ import (
 // package's other feed tests under -race too.
 func TestFeedConformance(t *testing.T) {
 	testenv.PostgresURL(t)
-	storagetest.Run(t, func(t *testing.T) storage.Backend { return newFeedBackend(t) })
+	storagetest.RunConfig(t, storagetest.Config{
+		Parallel: 4, // each subtest has its own tables and pool
+		New:      func(t *testing.T) storage.Backend { return newFeedBackend(t) },
+	})
 }

@@ -17,6 +17,8 @@ import (
 // table of its own.
 func TestConformance(t *testing.T) {
 	storagetest.RunConfig(t, storagetest.Config{
+		// Each subtest has its own table and pool; the time is round trips.
+		Parallel: 4,
 		New: func(t *testing.T) storage.Backend {
 			b, _ := newBackend(t)
 			return b

@@ -47,11 +47,11 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("multi-slot DEL: err = %v, want CROSSSLOT", err)
 	}
 
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
+	storagetest.RunConfig(t, storagetest.Config{Parallel: conformanceParallel, New: func(t *testing.T) storage.Backend {
 		b := redis.New(client, redis.Config{Prefix: testenv.Unique("cluster") + ":"})
 		t.Cleanup(func() { b.Close() })
 		return b
-	})
+	}})
 
 	// Keyed writes touch a key record beside the hash: it must be in the
 	// hash's slot, with and without a hash tag in the subject's key.

@@ -10,10 +10,15 @@ import (
 	"github.com/krules-go/krules/storage/storagetest"
 )
 
+// conformanceParallel is storagetest.Config.Parallel for the suites here:
+// their time goes to round trips, and each subtest has its own prefix.
+const conformanceParallel = 8
+
 func TestConformance(t *testing.T) {
 	testenv.RedisURL(t)
 	storagetest.RunConfig(t, storagetest.Config{
-		New: func(t *testing.T) storage.Backend { return open(t, redis.Config{}) },
+		Parallel: conformanceParallel,
+		New:      func(t *testing.T) storage.Backend { return open(t, redis.Config{}) },
 		// Plants the text as Python KRules writes it: HSET of the field.
 		RawPut: func(t *testing.T, b storage.Backend, subject string, k storage.Key, raw string) bool {
 			rb := b.(*redis.Backend)

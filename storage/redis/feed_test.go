@@ -33,7 +33,10 @@ func TestFeedRecords(t *testing.T) {
 // The data behaviour is the same with the feed on.
 func TestFeedConformance(t *testing.T) {
 	testenv.RedisURL(t)
-	storagetest.Run(t, func(t *testing.T) storage.Backend { return openFeed(t) })
+	storagetest.RunConfig(t, storagetest.Config{
+		Parallel: conformanceParallel,
+		New:      func(t *testing.T) storage.Backend { return openFeed(t) },
+	})
 }
 
 func TestFeedBatchAndOps(t *testing.T) {
