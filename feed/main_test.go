@@ -46,7 +46,9 @@ func childExe(t testing.TB) string {
 		}
 		path := filepath.Join(childDir, "feedchild")
 		cmd := exec.Command(goBin, "build", "-o", path, "./internal/feedchild")
-		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOTOOLCHAIN=local")
+		// The caller's GOFLAGS stay (read-only go.mod by default: the build never
+		// rewrites go.mod or go.sum of the checkout).
+		cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			child.err = fmt.Errorf("go build ./internal/feedchild: %v\n%s", err, out)
 			return

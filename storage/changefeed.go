@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 )
@@ -80,6 +82,66 @@ func (m *ChangeMeta) For(prop string) *ChangeMeta {
 		return p
 	}
 	return m
+}
+
+// EncodeChangeMeta returns the JSON text the built-in backends store beside
+// a change record: m's Extra, Depth, TraceParent and TraceState under the
+// keys "extra", "depth", "tp" and "ts". It returns nil when m is nil or
+// carries none of them. m.Muted is the caller's business (a muted write
+// writes no record). An Extra outside the value model gives Normalize's
+// error: the write must then be refused before anything is written.
+// DecodeChangeMeta reads the text back.
+func EncodeChangeMeta(m *ChangeMeta) ([]byte, error) {
+	if m == nil {
+		return nil, nil
+	}
+	out := map[string]any{}
+	if m.Extra != nil {
+		out["extra"] = map[string]any(m.Extra)
+	}
+	if m.Depth != 0 {
+		out["depth"] = int64(m.Depth)
+	}
+	if m.TraceParent != "" {
+		out["tp"] = m.TraceParent
+	}
+	if m.TraceState != "" {
+		out["ts"] = m.TraceState
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	v, err := Normalize(out)
+	if err != nil {
+		return nil, fmt.Errorf("change feed extra: %w", err)
+	}
+	return Marshal(v)
+}
+
+// DecodeChangeMeta reads a text written by EncodeChangeMeta into c's Extra,
+// Depth, TraceParent and TraceState. A text that is not a JSON object, or
+// whose "extra" is not an object, is an error (the relay dead-letters such
+// a record).
+func DecodeChangeMeta(text []byte, c *Change) error {
+	v, err := Unmarshal(text)
+	if err != nil {
+		return err
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return errors.New("not a JSON object")
+	}
+	if e, ok := m["extra"]; ok {
+		if c.Extra, ok = e.(map[string]any); !ok {
+			return errors.New("extra is not an object")
+		}
+	}
+	if d, ok := m["depth"].(int64); ok {
+		c.Depth = int(d)
+	}
+	c.TraceParent, _ = m["tp"].(string)
+	c.TraceState, _ = m["ts"].(string)
+	return nil
 }
 
 type changeKey struct{}

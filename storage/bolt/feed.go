@@ -95,33 +95,10 @@ type feedMeta struct {
 // model (storage.Normalize); otherwise the write is refused before
 // anything is written.
 func encodeMeta(m *storage.ChangeMeta) (feedMeta, error) {
-	if m == nil {
-		return feedMeta{}, nil
-	}
-	if m.Muted {
+	if m != nil && m.Muted {
 		return feedMeta{muted: true}, nil
 	}
-	out := map[string]any{}
-	if m.Extra != nil {
-		out["extra"] = map[string]any(m.Extra)
-	}
-	if m.Depth != 0 {
-		out["depth"] = int64(m.Depth)
-	}
-	if m.TraceParent != "" {
-		out["tp"] = m.TraceParent
-	}
-	if m.TraceState != "" {
-		out["ts"] = m.TraceState
-	}
-	if len(out) == 0 {
-		return feedMeta{}, nil
-	}
-	v, err := storage.Normalize(out)
-	if err != nil {
-		return feedMeta{}, fmt.Errorf("change feed extra: %w", err)
-	}
-	data, err := storage.Marshal(v)
+	data, err := storage.EncodeChangeMeta(m)
 	return feedMeta{text: data}, err
 }
 
@@ -274,7 +251,7 @@ func decodeChange(data []byte) (storage.Change, error) {
 		return c, errors.New("missing id, subject or version")
 	}
 	if len(chunks[1]) > 0 {
-		if err := decodeMeta(chunks[1], &c); err != nil {
+		if err := storage.DecodeChangeMeta(chunks[1], &c); err != nil {
 			return c, fmt.Errorf("metadata: %w", err)
 		}
 	}
@@ -325,28 +302,6 @@ func decodeChange(data []byte) (storage.Change, error) {
 		return c, fmt.Errorf("unknown type %q", t)
 	}
 	return c, nil
-}
-
-func decodeMeta(text []byte, c *storage.Change) error {
-	v, err := storage.Unmarshal(text)
-	if err != nil {
-		return err
-	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return errors.New("not a JSON object")
-	}
-	if e, ok := m["extra"]; ok {
-		if c.Extra, ok = e.(map[string]any); !ok {
-			return errors.New("extra is not an object")
-		}
-	}
-	if d, ok := m["depth"].(int64); ok {
-		c.Depth = int(d)
-	}
-	c.TraceParent, _ = m["tp"].(string)
-	c.TraceState, _ = m["ts"].(string)
-	return nil
 }
 
 // prior is the stored text of a default property before a batch (nil:

@@ -237,33 +237,10 @@ func (b *Backend) buildFeedSet(nv, ok, ret string) string {
 // metaJSON returns the metadata of a record as JSON (nil: none; muted true
 // when the write must not be recorded).
 func metaJSON(m *storage.ChangeMeta) (data []byte, muted bool, err error) {
-	if m == nil {
-		return nil, false, nil
-	}
-	if m.Muted {
+	if m != nil && m.Muted {
 		return nil, true, nil
 	}
-	out := map[string]any{}
-	if m.Extra != nil {
-		out["extra"] = map[string]any(m.Extra)
-	}
-	if m.Depth != 0 {
-		out["depth"] = int64(m.Depth)
-	}
-	if m.TraceParent != "" {
-		out["tp"] = m.TraceParent
-	}
-	if m.TraceState != "" {
-		out["ts"] = m.TraceState
-	}
-	if len(out) == 0 {
-		return nil, false, nil
-	}
-	v, err := storage.Normalize(out)
-	if err != nil {
-		return nil, false, fmt.Errorf("change feed extra: %w", err)
-	}
-	data, err = storage.Marshal(v)
+	data, err = storage.EncodeChangeMeta(m)
 	return data, false, err
 }
 

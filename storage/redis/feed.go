@@ -217,57 +217,11 @@ return 0
 // the JSON object {"extra", "depth", "tp", "ts"} (keys only when set; a nil
 // Extra is absent, an empty one stays empty).
 func encodeMeta(m *storage.ChangeMeta) (string, error) {
-	if m == nil {
-		return "", nil
-	}
-	if m.Muted {
+	if m != nil && m.Muted {
 		return "!", nil
 	}
-	out := map[string]any{}
-	if m.Extra != nil {
-		out["extra"] = map[string]any(m.Extra)
-	}
-	if m.Depth != 0 {
-		out["depth"] = int64(m.Depth)
-	}
-	if m.TraceParent != "" {
-		out["tp"] = m.TraceParent
-	}
-	if m.TraceState != "" {
-		out["ts"] = m.TraceState
-	}
-	if len(out) == 0 {
-		return "", nil
-	}
-	v, err := storage.Normalize(out)
-	if err != nil {
-		return "", fmt.Errorf("change feed extra: %w", err)
-	}
-	data, err := storage.Marshal(v)
+	data, err := storage.EncodeChangeMeta(m)
 	return string(data), err
-}
-
-// decodeMeta reads an _m text into c.
-func decodeMeta(text string, c *storage.Change) error {
-	v, err := storage.Unmarshal([]byte(text))
-	if err != nil {
-		return err
-	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return fmt.Errorf("not a JSON object")
-	}
-	if e, ok := m["extra"]; ok {
-		if c.Extra, ok = e.(map[string]any); !ok {
-			return fmt.Errorf("extra is not an object")
-		}
-	}
-	if d, ok := m["depth"].(int64); ok {
-		c.Depth = int(d)
-	}
-	c.TraceParent, _ = m["tp"].(string)
-	c.TraceState, _ = m["ts"].(string)
-	return nil
 }
 
 // feedPlan chooses how a writing script runs: its feed variant, with the
@@ -403,7 +357,7 @@ func decodeRecord(m goredis.XMessage) (storage.Change, error) {
 	}
 	c.Seq = seq
 	if mt, ok := str("_m"); ok {
-		if err := decodeMeta(mt, &c); err != nil {
+		if err := storage.DecodeChangeMeta([]byte(mt), &c); err != nil {
 			return c, fmt.Errorf("record %s: metadata: %v", m.ID, err)
 		}
 	}
