@@ -17,11 +17,13 @@ import (
 // handlers themselves), and every committed change is handled.
 func TestOrderAcrossProcesses(t *testing.T) {
 	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
 		prefix := testenv.Unique("krmulti") + ":"
 		b := openRedis(t, prefix)
 		testOrderAcrossProcesses(t, b, []string{"KRULES_FEED_PREFIX=" + prefix})
 	})
 	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
 		table := testenv.Unique("krmulti")
 		b := openPostgres(t, table)
 		testOrderAcrossProcesses(t, b, []string{"KRULES_POSTGRES_URL=" + testenv.PostgresURL(t), "KRULES_FEED_TABLE=" + table})

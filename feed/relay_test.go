@@ -57,10 +57,11 @@ func writeSubjects(t testing.TB, app *krules.App, n int) (perSubject int) {
 // TestRelayOrder: a writer App on Redis / PostgreSQL in feed mode, two
 // relays (one active, one standby) and a worker group of two workers in
 // this process; every change of 200 subjects reaches the handlers, each
-// subject's versions strictly increasing without a gap.
+// subject's versions strictly increasing without a gap. The stores run in
+// parallel (each its own stream, key prefix, table or file).
 func TestRelayOrder(t *testing.T) {
 	for _, bk := range backends {
-		t.Run(bk.name, func(t *testing.T) { testRelayOrder(t, bk.open(t)) })
+		t.Run(bk.name, func(t *testing.T) { t.Parallel(); testRelayOrder(t, bk.open(t)) })
 	}
 }
 

@@ -22,7 +22,7 @@ import (
 // span A's Set ran in, and the handler's ctx carries that trace.
 func TestTraceAcrossTheFeed(t *testing.T) {
 	for _, bk := range backends {
-		t.Run(bk.name, func(t *testing.T) { testTraceAcrossTheFeed(t, bk.open(t)) })
+		t.Run(bk.name, func(t *testing.T) { t.Parallel(); testTraceAcrossTheFeed(t, bk.open(t)) })
 	}
 }
 

@@ -15,16 +15,18 @@ import (
 	"github.com/krules-go/krules/storage/storagetest"
 )
 
-// Step 5: the conformance suite, on a fresh directory per subtest.
+// Step 5: the conformance suite, on a fresh directory per subtest. The
+// directories are independent, so up to 4 subtests run at once
+// (storagetest.Config.Parallel).
 func TestConformance(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
+	storagetest.RunConfig(t, storagetest.Config{Parallel: 4, New: func(t *testing.T) storage.Backend {
 		b, err := custombackend.Open(t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { b.Close() })
 		return b
-	})
+	}})
 }
 
 // contentionDirEnv hands the parent's directory to the child processes of

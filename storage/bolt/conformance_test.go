@@ -15,8 +15,11 @@ import (
 // write made its 32 × 500 concurrency subtests take minutes on a loaded
 // machine. Durability keeps its own fsync'd tests (TestRestartInNewProcess,
 // TestSIGKILLMidStoreLoop, TestDurableConcurrentIncrements).
+//
+// Each subtest has its own file, so up to fileParallel of them run at once.
 func TestConformance(t *testing.T) {
 	storagetest.RunConfig(t, storagetest.Config{
+		Parallel: fileParallel,
 		New: func(t *testing.T) storage.Backend {
 			b, err := bolt.Open(filepath.Join(t.TempDir(), "conformance.db"), bolt.Config{NoSync: true})
 			if err != nil {
@@ -33,6 +36,11 @@ func TestConformance(t *testing.T) {
 		},
 	})
 }
+
+// fileParallel is storagetest.Config.Parallel for the suites here: every
+// subtest has a file of its own, and bbolt serialises the writers of one
+// file, so subtests side by side use both cores of a small machine.
+const fileParallel = 4
 
 // TestDurableConcurrentIncrements keeps a concurrent workload on a durable
 // (fsync'd) file: 8 goroutines × 50 OpInc, exact total after a reopen.

@@ -33,7 +33,10 @@ func TestFeedIdempotent(t *testing.T) { feedtest.Idempotent(t, openFeed(t, "")) 
 
 // The data behaviour is the same with the feed on.
 func TestFeedConformance(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Backend { return openFeed(t, "") })
+	storagetest.RunConfig(t, storagetest.Config{
+		Parallel: fileParallel,
+		New:      func(t *testing.T) storage.Backend { return openFeed(t, "") },
+	})
 }
 
 func TestFeedBatchAndOps(t *testing.T) {

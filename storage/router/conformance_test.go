@@ -17,8 +17,11 @@ import (
 // matches nothing the suite writes (every subject in the fallback), and once
 // with the fallback catching nothing but a route per first character (every
 // subject routed), mixing memory and bolt members.
+//
+// Every subtest has a backend of its own (a bolt file and memory members),
+// so up to 4 run at once.
 func TestConformanceFallback(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
+	storagetest.RunConfig(t, storagetest.Config{Parallel: 4, New: func(t *testing.T) storage.Backend {
 		b, err := bolt.Open(filepath.Join(t.TempDir(), "r.db"), bolt.Config{NoSync: true})
 		if err != nil {
 			t.Fatal(err)
@@ -29,11 +32,11 @@ func TestConformanceFallback(t *testing.T) {
 			t.Fatal(err)
 		}
 		return r
-	})
+	}})
 }
 
 func TestConformanceSplit(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
+	storagetest.RunConfig(t, storagetest.Config{Parallel: 4, New: func(t *testing.T) storage.Backend {
 		b, err := bolt.Open(filepath.Join(t.TempDir(), "r.db"), bolt.Config{NoSync: true})
 		if err != nil {
 			t.Fatal(err)
@@ -55,7 +58,7 @@ func TestConformanceSplit(t *testing.T) {
 			t.Fatal(err)
 		}
 		return r
-	})
+	}})
 }
 
 // TestIdempotencyConformance runs the idempotency-key tests with subjects

@@ -25,9 +25,12 @@ func open(t testing.TB, path string, cfg sqlite.Config) *sqlite.Backend {
 	return b
 }
 
-// TestConformance runs the storage contract on a fresh file per subtest.
+// TestConformance runs the storage contract on a fresh file per subtest,
+// up to 4 subtests at once (their files are independent; SQLite serialises
+// the writers of one file, so one subtest alone keeps one core busy).
 func TestConformance(t *testing.T) {
 	storagetest.RunConfig(t, storagetest.Config{
+		Parallel: 4,
 		New: func(t *testing.T) storage.Backend {
 			return open(t, filepath.Join(t.TempDir(), "conformance.db"), sqlite.Config{})
 		},

@@ -24,14 +24,15 @@ func TestRunMemory(t *testing.T) {
 }
 
 // TestRunFileStore runs the suite on the file store, which round-trips
-// every value through JSON text like the persistent backends.
+// every value through JSON text like the persistent backends. Each subtest
+// has a directory of its own, so up to 4 run at once.
 func TestRunFileStore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: every operation rewrites a file")
 	}
 	slowBackend = 25
 	t.Cleanup(func() { slowBackend = 1 })
-	Run(t, func(t *testing.T) storage.Backend { return openFileStore(t, randomName("st_"), false) })
+	RunConfig(t, Config{Parallel: 4, New: func(t *testing.T) storage.Backend { return openFileStore(t, randomName("st_"), false) }})
 }
 
 // TestRunParallel: with Config.Parallel the subtests overlap (more than

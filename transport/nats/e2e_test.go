@@ -178,9 +178,12 @@ type e2eCase struct {
 }
 
 func TestEndToEndThreeWorkerProcesses(t *testing.T) {
-	t.Run("plain", func(t *testing.T) { runE2E(t, e2eCase{}) })
-	t.Run("kill", func(t *testing.T) { runE2E(t, e2eCase{kill: true}) })
-	t.Run("kill-idempotent", func(t *testing.T) { runE2E(t, e2eCase{kill: true, idempotent: true}) })
+	// The cases run in parallel: each has its own stream and key prefix,
+	// and most of a case's time is the AckWait before the killed worker's
+	// event comes again.
+	t.Run("plain", func(t *testing.T) { t.Parallel(); runE2E(t, e2eCase{}) })
+	t.Run("kill", func(t *testing.T) { t.Parallel(); runE2E(t, e2eCase{kill: true}) })
+	t.Run("kill-idempotent", func(t *testing.T) { t.Parallel(); runE2E(t, e2eCase{kill: true, idempotent: true}) })
 }
 
 func runE2E(t *testing.T, c e2eCase) {
