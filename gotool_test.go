@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -19,18 +20,23 @@ type goProgram struct {
 
 // buildPrograms writes each program into its own directory under a temporary
 // "_"-prefixed directory of the module root (ignored by ./... patterns), runs
-// `go vet` on each and returns the combined output per program (empty when it
+// `go vet` on them and returns the output per program (empty when it
 // compiled and vetted clean). The directories are removed at the end of t.
+//
+// One `go vet` command checks every program (the go command's start and
+// package loading, most of the cost, are paid once); its output lines name
+// the program's directory, which assigns them. A program the failing
+// command's output does not name is vetted again on its own, so an error
+// that names no program (or names it differently) is never lost.
 func buildPrograms(t *testing.T, progs []goProgram) map[string]string {
 	t.Helper()
-	goBin := goTool(t)
 	root, err := os.MkdirTemp(".", "_gocheck-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(root) })
-	out := make(map[string]string, len(progs))
-	for _, p := range progs {
+	dirs := make([]string, len(progs))
+	for i, p := range progs {
 		dir := filepath.Join(root, p.name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
@@ -38,17 +44,49 @@ func buildPrograms(t *testing.T, progs []goProgram) map[string]string {
 		if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(p.src), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(goBin, "vet", "./"+filepath.ToSlash(dir))
-		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOTOOLCHAIN=local")
-		var buf bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &buf, &buf
-		if err := cmd.Run(); err != nil {
-			out[p.name] = fmt.Sprintf("%v\n%s", err, buf.String())
+		dirs[i] = "./" + filepath.ToSlash(dir)
+	}
+	out := make(map[string]string, len(progs))
+	all, err := goVet(t, dirs...)
+	if err == nil {
+		for _, p := range progs {
+			out[p.name] = ""
+		}
+		return out
+	}
+	lines := strings.Split(all, "\n")
+	for i, p := range progs {
+		dir := strings.TrimPrefix(dirs[i], "./")
+		var mine []string
+		for _, l := range lines {
+			if strings.Contains(l, dir+"/") || strings.HasSuffix(l, "/"+dir) || strings.HasSuffix(l, "/"+dir+"]") {
+				mine = append(mine, l)
+			}
+		}
+		if len(mine) > 0 {
+			out[p.name] = fmt.Sprintf("%v\n%s", err, strings.Join(mine, "\n"))
+			continue
+		}
+		one, err := goVet(t, dirs[i])
+		if err != nil {
+			out[p.name] = fmt.Sprintf("%v\n%s", err, one)
 			continue
 		}
 		out[p.name] = ""
 	}
 	return out
+}
+
+// goVet runs `go vet` on the package directories and returns its combined
+// output.
+func goVet(t *testing.T, dirs ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(goTool(t), append([]string{"vet"}, dirs...)...)
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOTOOLCHAIN=local")
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	err := cmd.Run()
+	return buf.String(), err
 }
 
 // runProgram runs a program already written by buildPrograms' layout and

@@ -18,8 +18,10 @@ import (
 // TestCluster runs the conformance suite through a ClusterClient on a
 // private one-node Redis Cluster holding all 16384 slots. Redis refuses a
 // command or transaction spanning keys of different slots (CROSSSLOT) even
-// on one node, so this proves every operation stays on one key.
+// on one node, so this proves every operation stays on one key. It runs in
+// parallel with the other tests (its own server on its own port).
 func TestCluster(t *testing.T) {
+	t.Parallel()
 	srv := startPrivateRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
 	ctx := context.Background()
 	addr := fmt.Sprintf("127.0.0.1:%d", srv.port)

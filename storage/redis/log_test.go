@@ -82,8 +82,10 @@ func runOutage(t *testing.T, mode string) (stdout, stderr string) {
 
 // TestGoRedisLogLines: during an outage go-redis alone prints "failed to
 // dial" lines to stderr; through this package nothing reaches stderr, and
-// SetLogger routes the lines to a slog logger.
+// SetLogger routes the lines to a slog logger. Its child processes mostly
+// wait for dial retries, so it runs in parallel with the other tests.
 func TestGoRedisLogLines(t *testing.T) {
+	t.Parallel()
 	if mode := os.Getenv(stderrChildEnv); mode != "" {
 		if err := outage(mode); err != nil {
 			fmt.Fprintln(os.Stdout, "child error:", err)

@@ -509,6 +509,7 @@ func TestClosed(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
+	t.Parallel() // waits for dial retries to a closed port
 	ctx := context.Background()
 	if _, err := redis.Open(ctx, "http://localhost", redis.Config{}); err == nil {
 		t.Error("Open of an http URL succeeded")

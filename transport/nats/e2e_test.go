@@ -178,6 +178,7 @@ type e2eCase struct {
 }
 
 func TestEndToEndThreeWorkerProcesses(t *testing.T) {
+	t.Parallel()
 	// The cases run in parallel: each has its own stream and key prefix,
 	// and most of a case's time is the AckWait before the killed worker's
 	// event comes again.
