@@ -235,7 +235,11 @@ func testCrash(t *testing.T, cs crashStore) {
 	t0 := time.Now()
 	for round := 0; round < crashKills; round++ {
 		cmd := startChild(t, "crash", true, env...)
-		time.Sleep(time.Duration(rand.IntN(12)) * time.Millisecond)
+		// Killed 0-5 ms after "ready" (plus this process's scheduling
+		// delay), mid-write: each kill is one crash at a random point of the
+		// write loop; a longer life only adds changes for the relay and the
+		// workers of this race-instrumented process to handle.
+		time.Sleep(time.Duration(rand.IntN(6)) * time.Millisecond)
 		if round%(crashKills/idemWorkerKills) == crashKills/idemWorkerKills/2 {
 			i := rand.IntN(len(idem))
 			kill(idem[i]) // while the writer writes: mid-handling
