@@ -18,11 +18,8 @@ import (
 
 // Workers join, leave and restart (gracefully) while events flow: the
 // partitions move between them (leases), every event is handled, each
-// subject's events in publish order, and no event twice. Its own stream;
-// it runs in parallel with the other tests (it mostly sleeps between
-// publishes).
+// subject's events in publish order, and no event twice.
 func TestRebalanceKeepsOrder(t *testing.T) {
-	t.Parallel()
 	_, js := connect(t)
 	stream := newStream(t, js, 16)
 	const subjects, per = 40, 60
