@@ -437,9 +437,14 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 		b.ResetTimer()
 		t0 := time.Now()
 		n := int64(b.N)
+		r0pub := e.relay.count.Load()
 		if err := e.write(n, rate); err != nil {
 			b.Fatal(err)
 		}
+		// Where the backlog is when the writers are done: records not yet
+		// published by the relay, events not yet handled by the workers.
+		lagRelay := n - (e.relay.count.Load() - r0pub)
+		lagWorkers := n - (e.handled() - start) - lagRelay
 		if err := e.wait(start + n); err != nil {
 			b.Fatal(err)
 		}
@@ -472,8 +477,8 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 			if e.kind == "postgres" {
 				db = "pg " + us(srv.postgres)
 			}
-			fmt.Fprintf(os.Stderr, "  feed/%s-e2e rate=%d: %d changes in %v (%.0f/s), p50 %v, p99 %v, max %v; cpu/change µs: writer %s relay %s workers %s nats %s %s\n",
-				e.kind, rate, n, wall.Round(time.Millisecond), float64(n)/wall.Seconds(), p50, p99, time.Duration(all[len(all)-1]),
+			fmt.Fprintf(os.Stderr, "  feed/%s-e2e rate=%d: %d changes in %v (%.0f/s), p50 %v, p99 %v, max %v; backlog at writers' end: relay %d, workers %d; cpu/change µs: writer %s relay %s workers %s nats %s %s\n",
+				e.kind, rate, n, wall.Round(time.Millisecond), float64(n)/wall.Seconds(), p50, p99, time.Duration(all[len(all)-1]), lagRelay, lagWorkers,
 				us(w1-w0), us(r1-r0), us(k1-k0), us(srv.nats), db)
 		}
 	}
