@@ -188,6 +188,7 @@ func feedE2ESetup() ([]Row, func(), error) {
 		cleanups = append(cleanups, func() {
 			_ = js.DeleteStream(ctx, stream)
 			_ = js.DeleteStream(ctx, knats.DeadLetterStream(stream))
+			_ = js.DeleteKeyValue(ctx, knats.LeaseBucket(stream, knats.DefaultGroup))
 		})
 		e := &e2e{kind: kind, name: name, stream: stream, store: b, profDir: profDir,
 			writer: krules.New(krules.WithStorage(b))}

@@ -172,8 +172,8 @@ func once(fn func(b *testing.B), benchtime time.Duration) (sample, bool) {
 
 // measure runs the row and its baseline alternately (run, base, run, base,
 // ...) count times each, so both sides see the same drift of machine load,
-// and returns the medians: ns/op and allocs/op of each, and the extra
-// metrics of the row's median run.
+// and returns the medians: ns/op and allocs/op of each, and the median of
+// each of the row's extra metrics over its runs.
 func measure(r Row, count int) (ns float64, allocs int64, extra map[string]float64, baseNs float64, baseAllocs int64) {
 	var runs, bases []sample
 	for i := 0; i < count; i++ {
@@ -188,7 +188,32 @@ func measure(r Row, count int) (ns float64, allocs int64, extra map[string]float
 	}
 	m := medianOf(runs)
 	b := medianOf(bases)
-	return m.ns, m.allocs, m.extra, b.ns, b.allocs
+	return m.ns, m.allocs, medianExtra(runs), b.ns, b.allocs
+}
+
+// medianExtra is the median of every extra metric over the samples that
+// have it.
+func medianExtra(ss []sample) map[string]float64 {
+	var out map[string]float64
+	for _, s := range ss {
+		for k := range s.extra {
+			if _, done := out[k]; done {
+				continue
+			}
+			var vs []float64
+			for _, o := range ss {
+				if v, ok := o.extra[k]; ok {
+					vs = append(vs, v)
+				}
+			}
+			sort.Float64s(vs)
+			if out == nil {
+				out = map[string]float64{}
+			}
+			out[k] = vs[len(vs)/2]
+		}
+	}
+	return out
 }
 
 func medianOf(ss []sample) sample {
