@@ -139,20 +139,26 @@ func feedPostgresSetup() ([]Row, func(), error) {
 // the CPU per change of each process to stderr. With
 // KRULES_BENCH_FEED_PROFILE=<dir> the writer and every child write a CPU
 // profile there. Needs KRULES_NATS_URL.
+//
+// One group per store, so that the processes of one store are gone before
+// the rows of the next run.
 func init() {
-	register(Group{
-		Name: "feed-e2e",
-		Enabled: func() bool {
-			return os.Getenv("KRULES_NATS_URL") != "" && (os.Getenv("KRULES_REDIS_URL") != "" || os.Getenv("KRULES_POSTGRES_URL") != "")
-		},
-		Setup: feedE2ESetup,
-	})
+	for _, kind := range []string{"redis", "postgres"} {
+		env := "KRULES_" + strings.ToUpper(kind) + "_URL"
+		register(Group{
+			Name: "feed-e2e-" + kind,
+			Enabled: func() bool {
+				return os.Getenv("KRULES_NATS_URL") != "" && os.Getenv(env) != ""
+			},
+			Setup: func() ([]Row, func(), error) { return feedE2ESetup(kind) },
+		})
+	}
 }
 
 // e2eRate is the writers' pace of the feed/*-e2e-1k rows (changes/s).
 const e2eRate = 1000
 
-func feedE2ESetup() ([]Row, func(), error) {
+func feedE2ESetup(kind string) ([]Row, func(), error) {
 	ctx := context.Background()
 	nc, err := knats.Connect(os.Getenv("KRULES_NATS_URL"), natsgo.RetryOnFailedConnect(false))
 	if err != nil {
@@ -172,13 +178,13 @@ func feedE2ESetup() ([]Row, func(), error) {
 		nc.Close()
 	}
 	if profDir != "" {
-		f, err := os.Create(filepath.Join(profDir, "writer.pprof"))
+		f, err := os.Create(filepath.Join(profDir, kind+"-writer.pprof"))
 		if err == nil && pprof.StartCPUProfile(f) == nil {
 			cleanups = append(cleanups, func() { pprof.StopCPUProfile(); f.Close() })
 		}
 	}
 	var rows []Row
-	add := func(kind, name string, b feedStore, drop func()) {
+	add := func(name string, b feedStore, drop func()) {
 		stream := fmt.Sprintf("krules_bench_feed_%s_%d", kind, os.Getpid())
 		cleanups = append(cleanups, drop)
 		if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: stream}); err != nil {
@@ -197,32 +203,36 @@ func feedE2ESetup() ([]Row, func(), error) {
 			Row{Name: "feed/" + kind + "-e2e", Run: e.run(0), Benchtime: 3 * time.Second},
 			Row{Name: "feed/" + kind + "-e2e-1k", Run: e.run(e2eRate), Benchtime: 3 * time.Second})
 	}
-	if url := os.Getenv("KRULES_REDIS_URL"); url != "" {
+	switch kind {
+	case "redis":
 		prefix := fmt.Sprintf("krules-bench-e2e-%d:", os.Getpid())
-		b, err := redis.Open(ctx, url, redis.Config{Prefix: prefix, ChangeFeed: true})
-		if err == nil {
-			add("redis", prefix, b, func() {
-				c := b.Client()
-				it := c.Scan(ctx, 0, "s:"+prefix+"*", 1000).Iterator()
-				for it.Next(ctx) {
-					c.Del(ctx, it.Val())
-				}
-				c.Del(ctx, "f:"+prefix+"changes", "f:"+prefix+"seq", "f:"+prefix+"lease")
-				b.Close()
-			})
+		b, err := redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{Prefix: prefix, ChangeFeed: true})
+		if err != nil {
+			done()
+			return nil, nil, err
 		}
-	}
-	if url := os.Getenv("KRULES_POSTGRES_URL"); url != "" {
+		add(prefix, b, func() {
+			c := b.Client()
+			it := c.Scan(ctx, 0, "s:"+prefix+"*", 1000).Iterator()
+			for it.Next(ctx) {
+				c.Del(ctx, it.Val())
+			}
+			c.Del(ctx, "f:"+prefix+"changes", "f:"+prefix+"seq", "f:"+prefix+"lease")
+			b.Close()
+		})
+	case "postgres":
 		table := fmt.Sprintf("krules_bench_e2e_%d", os.Getpid())
-		b, err := postgres.Open(ctx, url, postgres.Config{Table: table, ChangeFeed: true})
-		if err == nil {
-			add("postgres", table, b, func() {
-				for _, t := range []string{table, table + "_feed", table + "_feed_seq"} {
-					_, _ = b.Pool().Exec(ctx, `DROP TABLE IF EXISTS "`+t+`"`)
-				}
-				b.Close()
-			})
+		b, err := postgres.Open(ctx, os.Getenv("KRULES_POSTGRES_URL"), postgres.Config{Table: table, ChangeFeed: true})
+		if err != nil {
+			done()
+			return nil, nil, err
 		}
+		add(table, b, func() {
+			for _, t := range []string{table, table + "_feed", table + "_feed_seq"} {
+				_, _ = b.Pool().Exec(ctx, `DROP TABLE IF EXISTS "`+t+`"`)
+			}
+			b.Close()
+		})
 	}
 	return rows, done, nil
 }
