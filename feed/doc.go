@@ -69,9 +69,13 @@
 //     subject its pos follows commit order; the relay reads the oldest rows
 //     and deletes what it published, it never skips a late commit by
 //     remembering a "last id"). The relay publishes a subject's records one
-//     after another (a wave per record, different subjects in parallel) and
-//     stops a subject at its first failed publish, so JetStream holds them
-//     in order; the workers' partitions keep that order to the handlers.
+//     after another (its next record when JetStream acknowledged the
+//     previous one; different subjects in parallel, none waiting for the
+//     acks of another) and stops a subject at its first failed publish, so
+//     JetStream holds them in order; the workers' partitions keep that
+//     order to the handlers. The removal of a published batch from the
+//     store runs while the next batch is read and published; a record read
+//     again while its removal runs is skipped, not republished.
 //   - At least once to the stream, once in it: a record published and not
 //     yet removed when the relay dies is published again under the same
 //     Nats-Msg-Id and dropped by JetStream within the stream's

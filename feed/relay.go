@@ -172,16 +172,77 @@ func (r *Relay) fail(what string, err error) {
 	r.log.Warn("feed: relay paused", "step", what, "error", err, "owner", r.cfg.Owner)
 }
 
-// work relays batches until the lease must be renewed (until).
-func (r *Relay) work(ctx context.Context, until time.Time) error {
+// storeAck is a running AckChanges of the records of one batch.
+type storeAck struct {
+	refs map[string]bool
+	done chan struct{} // closed when AckChanges returned
+	err  error         // its result, set before done is closed
+}
+
+func (a *storeAck) finished() bool {
+	select {
+	case <-a.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// work relays batches until the lease must be renewed (until). The removal
+// of a published batch from the store (AckChanges) runs while the next
+// batch is read and published: a record that read returns again because
+// its removal had not finished when the read started is skipped, not
+// republished. At most one removal runs at a time; work waits for it
+// before it returns.
+func (r *Relay) work(ctx context.Context, until time.Time) (err error) {
+	var ack *storeAck
+	// settle waits for the running removal and reports its error.
+	settle := func() error {
+		if ack == nil {
+			return nil
+		}
+		<-ack.done
+		err := ack.err
+		ack = nil
+		return err
+	}
+	defer func() {
+		if serr := settle(); err == nil {
+			err = serr
+		}
+	}()
 	for {
 		left := time.Until(until)
 		if left <= 0 {
 			return nil
 		}
+		if ack != nil && ack.finished() {
+			// A read from now on no longer sees its records.
+			if err := settle(); err != nil {
+				return err
+			}
+		}
 		recs, err := r.store.ReadChanges(ctx, r.cfg.Batch, left)
 		if err != nil {
 			return err
+		}
+		if ack != nil {
+			// Its records may be in recs (read while they were being removed).
+			kept := recs[:0]
+			for _, p := range recs {
+				if !ack.refs[p.Ref] {
+					kept = append(kept, p)
+				}
+			}
+			recs = kept
+			if len(recs) == 0 {
+				// Only records being removed: wait for the removal
+				// instead of reading them again at once.
+				if err := settle(); err != nil {
+					return err
+				}
+				continue
+			}
 		}
 		if len(recs) == 0 {
 			continue
@@ -190,11 +251,21 @@ func (r *Relay) work(ctx context.Context, until time.Time) error {
 		pctx, cancel := context.WithDeadline(ctx, until.Add(r.cfg.LeaseTTL-r.cfg.LeaseTTL/3))
 		done, perr := r.publish(pctx, recs)
 		cancel()
+		if err := settle(); err != nil { // the previous removal, long finished as a rule
+			return err
+		}
 		if len(done) > 0 {
-			if err := r.store.AckChanges(ctx, done); err != nil {
-				return err
+			a := &storeAck{refs: make(map[string]bool, len(done)), done: make(chan struct{})}
+			for _, ref := range done {
+				a.refs[ref] = true
 			}
-			r.published.Add(uint64(len(done)))
+			ack = a
+			go func() {
+				if a.err = r.store.AckChanges(ctx, done); a.err == nil {
+					r.published.Add(uint64(len(done)))
+				}
+				close(a.done)
+			}()
 		}
 		if perr != nil {
 			return perr
@@ -203,10 +274,12 @@ func (r *Relay) work(ctx context.Context, until time.Time) error {
 }
 
 // publish sends a batch, keeping each subject's records in order: the
-// records go out in waves (the first record of every subject, then the
-// second ...), each wave published asynchronously and awaited; a subject
-// whose record failed publishes nothing more of the batch. It returns the
-// refs of the records JetStream acknowledged (or dead-lettered).
+// first record of every subject is published at once (asynchronously); a
+// subject's next record is published when JetStream acknowledged its
+// previous one, so one subject waits for its own acks only, never for
+// those of other subjects. A subject whose record failed publishes nothing
+// more of the batch. It returns the refs of the records JetStream
+// acknowledged (or dead-lettered).
 func (r *Relay) publish(ctx context.Context, recs []storage.PendingChange) ([]string, error) {
 	type item struct {
 		p storage.PendingChange
@@ -239,40 +312,46 @@ func (r *Relay) publish(ctx context.Context, recs []storage.PendingChange) ([]st
 		}
 		bySubj[s] = append(bySubj[s], item{p, e})
 	}
-	failed := map[string]bool{}
-	for wave := 0; ; wave++ {
-		type sent struct {
-			ref, subj string
-			f         jetstream.PubAckFuture
+	type result struct {
+		subj string
+		next int // index of the subject's next record
+		ref  string
+		err  error
+	}
+	results := make(chan result, len(order))
+	inflight := 0
+	send := func(s string, k int) {
+		it := bySubj[s][k]
+		f, err := r.pub.PublishEventAsync(ctx, r.cfg.Stream, it.e)
+		if err != nil {
+			firstErr = cmpErr(firstErr, err)
+			return // the subject's later records stay in the store
 		}
-		var futs []sent
-		for _, s := range order {
-			its := bySubj[s]
-			if wave >= len(its) || failed[s] {
-				continue
-			}
-			f, err := r.pub.PublishEventAsync(ctx, r.cfg.Stream, its[wave].e)
-			if err != nil {
-				failed[s] = true
-				firstErr = cmpErr(firstErr, err)
-				continue
-			}
-			futs = append(futs, sent{its[wave].p.Ref, s, f})
-		}
-		if len(futs) == 0 {
-			break
-		}
-		for _, x := range futs {
+		inflight++
+		go func() {
+			res := result{subj: s, next: k + 1, ref: it.p.Ref}
 			select {
-			case <-x.f.Ok():
-				done = append(done, x.ref)
-			case err := <-x.f.Err():
-				failed[x.subj] = true
-				firstErr = cmpErr(firstErr, err)
+			case <-f.Ok():
+			case res.err = <-f.Err():
 			case <-ctx.Done():
-				failed[x.subj] = true
-				firstErr = cmpErr(firstErr, ctx.Err())
+				res.err = ctx.Err()
 			}
+			results <- res
+		}()
+	}
+	for _, s := range order {
+		send(s, 0)
+	}
+	for inflight > 0 {
+		res := <-results
+		inflight--
+		if res.err != nil {
+			firstErr = cmpErr(firstErr, res.err)
+			continue
+		}
+		done = append(done, res.ref)
+		if res.next < len(bySubj[res.subj]) {
+			send(res.subj, res.next)
 		}
 	}
 	return done, firstErr

@@ -1,10 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,7 +21,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/krules-go/krules"
-	"github.com/krules-go/krules/feed"
 	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/postgres"
 	"github.com/krules-go/krules/storage/redis"
@@ -115,24 +121,44 @@ func feedPostgresSetup() ([]Row, func(), error) {
 	return rows, done, nil
 }
 
-// End-to-end rows: feed/redis-e2e and feed/postgres-e2e, a change
-// committed by a NoCache Set in the writer App until a worker-side handler
-// ran, through the store's feed, one relay and three workers (all in this
-// process, each its own App and connection). ns_per_op is the wall time per
-// change of b.N changes made by 8 writer goroutines over 200 subjects
-// (1e9/ns_per_op changes/s); the p50 and p99 latency from the Set's start
-// to the handler are printed to stderr. Needs KRULES_NATS_URL.
+// End-to-end rows: a change committed by a NoCache Set in this (the
+// writer) process until a handler ran in another process. Per store, a
+// relay process (feed.NewRelay, the realistic deployment: the relay is not
+// in the writer) and three worker processes (each its own App and
+// knats.NewWorker on the stream) are the bench itself re-executed (see
+// feedchild.go); they die with it. The writer puts its clock (Unix ns, just
+// before the Set) in the write's Extra; a worker's handler subtracts it
+// from its own clock (same machine, one clock) and the bench collects the
+// latencies at the end of each run. Two rows per store:
+//
+//	feed/<store>-e2e      8 writer goroutines as fast as they can over 200
+//	                      subjects: changes/s = 1e9/ns_per_op (p99 here is queueing)
+//	feed/<store>-e2e-1k   the same writers paced to 1,000 changes/s: the latency
+//
+// Each row reports p50-ms, p99-ms and changes/s (b.ReportMetric) and prints
+// the CPU per change of each process to stderr. With
+// KRULES_BENCH_FEED_PROFILE=<dir> the writer and every child write a CPU
+// profile there. Needs KRULES_NATS_URL.
+//
+// One group per store, so that the processes of one store are gone before
+// the rows of the next run.
 func init() {
-	register(Group{
-		Name: "feed-e2e",
-		Enabled: func() bool {
-			return os.Getenv("KRULES_NATS_URL") != "" && (os.Getenv("KRULES_REDIS_URL") != "" || os.Getenv("KRULES_POSTGRES_URL") != "")
-		},
-		Setup: feedE2ESetup,
-	})
+	for _, kind := range []string{"redis", "postgres"} {
+		env := "KRULES_" + strings.ToUpper(kind) + "_URL"
+		register(Group{
+			Name: "feed-e2e-" + kind,
+			Enabled: func() bool {
+				return os.Getenv("KRULES_NATS_URL") != "" && os.Getenv(env) != ""
+			},
+			Setup: func() ([]Row, func(), error) { return feedE2ESetup(kind) },
+		})
+	}
 }
 
-func feedE2ESetup() ([]Row, func(), error) {
+// e2eRate is the writers' pace of the feed/*-e2e-1k rows (changes/s).
+const e2eRate = 1000
+
+func feedE2ESetup(kind string) ([]Row, func(), error) {
 	ctx := context.Background()
 	nc, err := knats.Connect(os.Getenv("KRULES_NATS_URL"), natsgo.RetryOnFailedConnect(false))
 	if err != nil {
@@ -143,6 +169,7 @@ func feedE2ESetup() ([]Row, func(), error) {
 		nc.Close()
 		return nil, nil, err
 	}
+	profDir := os.Getenv("KRULES_BENCH_FEED_PROFILE")
 	var cleanups []func()
 	done := func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
@@ -150,48 +177,62 @@ func feedE2ESetup() ([]Row, func(), error) {
 		}
 		nc.Close()
 	}
+	if profDir != "" {
+		f, err := os.Create(filepath.Join(profDir, kind+"-writer.pprof"))
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			cleanups = append(cleanups, func() { pprof.StopCPUProfile(); f.Close() })
+		}
+	}
 	var rows []Row
 	add := func(name string, b feedStore, drop func()) {
-		stream := fmt.Sprintf("krules_bench_feed_%s_%d", name, os.Getpid())
+		stream := fmt.Sprintf("krules_bench_feed_%s_%d", kind, os.Getpid())
 		cleanups = append(cleanups, drop)
 		if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: stream}); err != nil {
-			fmt.Fprintf(os.Stderr, "krules-bench: feed/%s-e2e: %v\n", name, err)
+			fmt.Fprintf(os.Stderr, "krules-bench: feed/%s-e2e: %v\n", kind, err)
 			return
 		}
 		cleanups = append(cleanups, func() {
 			_ = js.DeleteStream(ctx, stream)
 			_ = js.DeleteStream(ctx, knats.DeadLetterStream(stream))
+			_ = js.DeleteKeyValue(ctx, knats.LeaseBucket(stream, knats.DefaultGroup))
 		})
-		rctx, cancel := context.WithCancel(ctx)
-		cleanups = append(cleanups, cancel)
-		rows = append(rows, Row{Name: "feed/" + name + "-e2e", Run: e2eRun(rctx, js, stream, b, name)})
+		e := &e2e{kind: kind, name: name, stream: stream, store: b, profDir: profDir,
+			writer: krules.New(krules.WithStorage(b))}
+		cleanups = append(cleanups, e.stop)
+		rows = append(rows,
+			Row{Name: "feed/" + kind + "-e2e", Run: e.run(0), Benchtime: 3 * time.Second},
+			Row{Name: "feed/" + kind + "-e2e-1k", Run: e.run(e2eRate), Benchtime: 3 * time.Second})
 	}
-	if url := os.Getenv("KRULES_REDIS_URL"); url != "" {
+	switch kind {
+	case "redis":
 		prefix := fmt.Sprintf("krules-bench-e2e-%d:", os.Getpid())
-		b, err := redis.Open(ctx, url, redis.Config{Prefix: prefix, ChangeFeed: true})
-		if err == nil {
-			add("redis", b, func() {
-				c := b.Client()
-				it := c.Scan(ctx, 0, "s:"+prefix+"*", 1000).Iterator()
-				for it.Next(ctx) {
-					c.Del(ctx, it.Val())
-				}
-				c.Del(ctx, "f:"+prefix+"changes", "f:"+prefix+"seq", "f:"+prefix+"lease")
-				b.Close()
-			})
+		b, err := redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{Prefix: prefix, ChangeFeed: true})
+		if err != nil {
+			done()
+			return nil, nil, err
 		}
-	}
-	if url := os.Getenv("KRULES_POSTGRES_URL"); url != "" {
+		add(prefix, b, func() {
+			c := b.Client()
+			it := c.Scan(ctx, 0, "s:"+prefix+"*", 1000).Iterator()
+			for it.Next(ctx) {
+				c.Del(ctx, it.Val())
+			}
+			c.Del(ctx, "f:"+prefix+"changes", "f:"+prefix+"seq", "f:"+prefix+"lease")
+			b.Close()
+		})
+	case "postgres":
 		table := fmt.Sprintf("krules_bench_e2e_%d", os.Getpid())
-		b, err := postgres.Open(ctx, url, postgres.Config{Table: table, ChangeFeed: true})
-		if err == nil {
-			add("postgres", b, func() {
-				for _, t := range []string{table, table + "_feed", table + "_feed_seq"} {
-					_, _ = b.Pool().Exec(ctx, `DROP TABLE IF EXISTS "`+t+`"`)
-				}
-				b.Close()
-			})
+		b, err := postgres.Open(ctx, os.Getenv("KRULES_POSTGRES_URL"), postgres.Config{Table: table, ChangeFeed: true})
+		if err != nil {
+			done()
+			return nil, nil, err
 		}
+		add(table, b, func() {
+			for _, t := range []string{table, table + "_feed", table + "_feed_seq"} {
+				_, _ = b.Pool().Exec(ctx, `DROP TABLE IF EXISTS "`+t+`"`)
+			}
+			b.Close()
+		})
 	}
 	return rows, done, nil
 }
@@ -201,83 +242,333 @@ type feedStore interface {
 	storage.FeedStore
 }
 
-// e2eRun starts the relay and three workers once, then measures b.N
-// changes per run.
-func e2eRun(ctx context.Context, js jetstream.JetStream, stream string, store feedStore, name string) func(b *testing.B) {
-	var once sync.Once
-	var mu sync.Mutex
-	var lat []time.Duration
-	var handled atomic.Int64
-	setup := func() error {
-		for i := 0; i < 3; i++ {
-			app := krules.New()
-			app.On(krules.PropertyChanged).Do(func(_ context.Context, ev *krules.Event) error {
-				if t, ok := ev.Extra["t"].(int64); ok {
-					d := time.Since(time.Unix(0, t))
-					mu.Lock()
-					lat = append(lat, d)
-					mu.Unlock()
-				}
-				handled.Add(1)
-				return nil
-			})
-			w, err := knats.NewWorker(ctx, js, app, knats.WorkerConfig{Stream: stream})
-			if err != nil {
-				return err
-			}
-			go func() { _ = w.Run(ctx) }()
-		}
-		r, err := feed.NewRelay(ctx, store, js, feed.RelayConfig{Stream: stream})
+// e2e is the processes of one store's end-to-end rows, started at the
+// first run of either row.
+type e2e struct {
+	kind, name, stream, profDir string
+	store                       feedStore
+	writer                      *krules.App
+
+	once    sync.Once
+	err     error
+	workers []*feedProc
+	relay   *feedProc
+	counter atomic.Int64
+}
+
+// feedProc is a child process (feedchild.go) seen from the bench.
+type feedProc struct {
+	role  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	ready chan struct{}
+	lat   chan []int64
+	exit  chan struct{}
+	count atomic.Int64 // last "s" line: handled (worker) or published (relay)
+	owned atomic.Int64
+}
+
+func (e *e2e) start() error {
+	for i := range 3 {
+		p, err := e.spawn("feed-worker", i)
 		if err != nil {
 			return err
 		}
-		go func() { _ = r.Run(ctx) }()
-		return nil
+		e.workers = append(e.workers, p)
 	}
-	writer := krules.New(krules.WithStorage(store))
-	var counter atomic.Int64
-	return func(b *testing.B) {
-		var err error
-		once.Do(func() { err = setup() })
+	// All partitions owned, each worker some, before the relay publishes.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		total, each := int64(0), true
+		for _, w := range e.workers {
+			n := w.owned.Load()
+			total += n
+			each = each && n > 0
+		}
+		if total == knats.DefaultPartitions && each {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("workers own %d of %d partitions after a minute", total, knats.DefaultPartitions)
+		}
+	}
+	p, err := e.spawn("feed-relay", 0)
+	if err != nil {
+		return err
+	}
+	e.relay = p
+	return nil
+}
+
+// spawn starts the bench binary as a child and waits for its "ready".
+func (e *e2e) spawn(role string, i int) (*feedProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), envChild+"="+role, envFeedStore+"="+e.kind,
+		envFeedName+"="+e.name, envFeedStream+"="+e.stream)
+	if e.profDir != "" {
+		cmd.Env = append(cmd.Env, envCPUProfile+"="+filepath.Join(e.profDir, fmt.Sprintf("%s-%s-%d.pprof", e.kind, role, i)))
+	}
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = childAttr()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &feedProc{role: role, cmd: cmd, stdin: stdin, ready: make(chan struct{}),
+		lat: make(chan []int64, 1), exit: make(chan struct{})}
+	go p.read(stdout)
+	select {
+	case <-p.ready:
+		return p, nil
+	case <-p.exit:
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("%s child exited before ready", role)
+	case <-time.After(time.Minute):
+		p.kill()
+		return nil, fmt.Errorf("%s child not ready after a minute", role)
+	}
+}
+
+func (p *feedProc) read(r io.Reader) {
+	defer close(p.exit)
+	br := bufio.NewReaderSize(r, 1<<16)
+	for {
+		line, err := br.ReadString('\n')
 		if err != nil {
-			b.Fatal(err)
+			return
 		}
-		mu.Lock()
-		lat = lat[:0]
-		mu.Unlock()
-		start := handled.Load()
-		b.ResetTimer()
-		n := int64(b.N)
-		var wg sync.WaitGroup
-		var next atomic.Int64
-		for g := 0; g < 8; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ctx := context.Background()
-				for next.Add(1) <= n {
-					i := counter.Add(1)
-					s := writer.Subject(fmt.Sprintf("e2e-%03d", i%200), krules.NoCache())
-					if _, _, err := s.Set(ctx, "v", i, krules.WithExtra(krules.Extra{"t": time.Now().UnixNano()})); err != nil {
-						b.Error(err)
-						return
-					}
+		line = strings.TrimSuffix(line, "\n")
+		switch {
+		case line == "ready":
+			close(p.ready)
+		case strings.HasPrefix(line, "s "):
+			f := strings.Fields(line)
+			if len(f) == 3 {
+				c, _ := strconv.ParseInt(f[1], 10, 64)
+				o, _ := strconv.ParseInt(f[2], 10, 64)
+				p.count.Store(c)
+				p.owned.Store(o)
+			}
+		case line == "l" || strings.HasPrefix(line, "l "):
+			f := strings.Fields(line)[1:]
+			l := make([]int64, 0, len(f))
+			for _, s := range f {
+				if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+					l = append(l, n)
 				}
-			}()
+			}
+			p.lat <- l
 		}
-		wg.Wait()
-		for deadline := time.Now().Add(time.Minute); handled.Load()-start < n; time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				b.Fatalf("%d of %d changes handled", handled.Load()-start, n)
+	}
+}
+
+// latencies asks a worker for the latencies since the last call.
+func (p *feedProc) latencies() ([]int64, error) {
+	if _, err := io.WriteString(p.stdin, "lat\n"); err != nil {
+		return nil, err
+	}
+	select {
+	case l := <-p.lat:
+		return l, nil
+	case <-p.exit:
+		return nil, fmt.Errorf("%s child exited", p.role)
+	case <-time.After(30 * time.Second):
+		return nil, fmt.Errorf("%s child: no latencies after 30 s", p.role)
+	}
+}
+
+// kill ends the child: stdin EOF (a graceful exit, which writes its CPU
+// profile), SIGKILL after 10 s.
+func (p *feedProc) kill() {
+	_ = p.stdin.Close()
+	select {
+	case <-p.exit:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+	}
+	_ = p.cmd.Wait()
+}
+
+func (e *e2e) stop() {
+	if e.relay != nil {
+		e.relay.kill()
+	}
+	for _, w := range e.workers {
+		w.kill()
+	}
+}
+
+func (e *e2e) handled() int64 {
+	var n int64
+	for _, w := range e.workers {
+		n += w.count.Load()
+	}
+	return n
+}
+
+// cpu is the CPU time of the writer, the relay, the workers and the servers.
+func (e *e2e) cpu() (writer, relay, workers time.Duration, srv cpuSample) {
+	srv = takeCPU()
+	relay = procCPU(e.relay.cmd.Process.Pid)
+	for _, w := range e.workers {
+		workers += procCPU(w.cmd.Process.Pid)
+	}
+	return srv.self, relay, workers, srv
+}
+
+// run measures b.N changes; rate 0: as fast as 8 writers go, else paced to
+// rate changes/s.
+func (e *e2e) run(rate int) func(b *testing.B) {
+	return func(b *testing.B) {
+		e.once.Do(func() {
+			if e.err = e.start(); e.err == nil {
+				e.err = e.warmUp()
+			}
+		})
+		if e.err != nil {
+			b.Fatal(e.err)
+		}
+		for _, w := range e.workers { // forget the latencies of earlier runs
+			if _, err := w.latencies(); err != nil {
+				b.Fatal(err)
 			}
 		}
+		w0, r0, k0, s0 := e.cpu()
+		start := e.handled()
+		b.ResetTimer()
+		t0 := time.Now()
+		n := int64(b.N)
+		r0pub := e.relay.count.Load()
+		if err := e.write(n, rate); err != nil {
+			b.Fatal(err)
+		}
+		// Where the backlog is when the writers are done: records not yet
+		// published by the relay, events not yet handled by the workers.
+		lagRelay := n - (e.relay.count.Load() - r0pub)
+		lagWorkers := n - (e.handled() - start) - lagRelay
+		if err := e.wait(start + n); err != nil {
+			b.Fatal(err)
+		}
 		b.StopTimer()
-		mu.Lock()
-		l := append([]time.Duration(nil), lat...)
-		mu.Unlock()
-		if len(l) > 100 {
-			slices.Sort(l)
-			fmt.Fprintf(os.Stderr, "  feed/%s-e2e: %d changes, p50 %v, p99 %v\n", name, len(l), l[len(l)/2], l[len(l)*99/100])
+		wall := time.Since(t0)
+		w1, r1, k1, s1 := e.cpu()
+		var all []int64
+		for _, w := range e.workers {
+			l, err := w.latencies()
+			if err != nil {
+				b.Fatal(err)
+			}
+			all = append(all, l...)
+		}
+		if len(all) == 0 {
+			b.Fatal("no latencies reported")
+		}
+		slices.Sort(all)
+		p50 := time.Duration(all[len(all)/2])
+		p99 := time.Duration(all[len(all)*99/100])
+		b.ReportMetric(float64(p50)/1e6, "p50-ms")
+		b.ReportMetric(float64(p99)/1e6, "p99-ms")
+		b.ReportMetric(float64(n)/wall.Seconds(), "changes/s")
+		if n >= 1000 {
+			us := func(d time.Duration) string {
+				return strconv.FormatFloat(float64(d.Microseconds())/float64(n), 'f', 1, 64)
+			}
+			srv := s1.sub(s0)
+			db := "redis " + us(srv.redis)
+			if e.kind == "postgres" {
+				db = "pg " + us(srv.postgres)
+			}
+			fmt.Fprintf(os.Stderr, "  feed/%s-e2e rate=%d: %d changes in %v (%.0f/s), p50 %v, p99 %v, max %v; backlog at writers' end: relay %d, workers %d; cpu/change µs: writer %s relay %s workers %s nats %s %s\n",
+				e.kind, rate, n, wall.Round(time.Millisecond), float64(n)/wall.Seconds(), p50, p99, time.Duration(all[len(all)-1]), lagRelay, lagWorkers,
+				us(w1-w0), us(r1-r0), us(k1-k0), us(srv.nats), db)
 		}
 	}
+}
+
+// warmUp writes every subject once and waits for the workers.
+func (e *e2e) warmUp() error {
+	start := e.handled()
+	if err := e.write(400, 0); err != nil {
+		return err
+	}
+	return e.wait(start + 400)
+}
+
+// write makes n changes over 200 subjects with 8 goroutines, paced to rate
+// changes/s when rate > 0.
+func (e *e2e) write(n int64, rate int) error {
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	var firstErr atomic.Value
+	t0 := time.Now()
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			for {
+				k := next.Add(1)
+				if k > n {
+					return
+				}
+				if rate > 0 {
+					if d := time.Until(t0.Add(time.Duration(k-1) * time.Second / time.Duration(rate))); d > 0 {
+						time.Sleep(d)
+					}
+				}
+				i := e.counter.Add(1)
+				s := e.writer.Subject(fmt.Sprintf("e2e-%03d", i%200), krules.NoCache())
+				if _, _, err := s.Set(ctx, "v", i, krules.WithExtra(krules.Extra{extraCommitKey: time.Now().UnixNano()})); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return err
+	}
+	return nil
+}
+
+// wait returns when the workers handled want changes in all.
+func (e *e2e) wait(want int64) error {
+	for deadline := time.Now().Add(time.Minute); e.handled() < want; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d changes handled after a minute (relay published %d)", e.handled(), want, e.relay.count.Load())
+		}
+	}
+	return nil
+}
+
+// procCPU is the CPU time (user + system) of process pid so far, from
+// /proc (zero elsewhere).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	st := string(b)
+	i := strings.LastIndexByte(st, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(st[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	sy, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+sy) * (time.Second / 100)
 }

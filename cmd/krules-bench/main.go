@@ -1,6 +1,8 @@
 // Command krules-bench measures the hot paths of krules against the raw driver
 // doing the same work, in one run, and prints a table or (-json) a JSON array
-// of {"name","ns_per_op","allocs_per_op","baseline","baseline_ns_per_op","ratio"}.
+// of {"name","ns_per_op","allocs_per_op","baseline","baseline_ns_per_op","ratio","extra"}
+// (extra: the row's own metrics, b.ReportMetric, e.g. the latency
+// percentiles of the feed/*-e2e rows; the table prints them last).
 //
 // Rows of the memory, bolt and sqlite backends always run; Redis, PostgreSQL and NATS
 // rows run when KRULES_REDIS_URL, KRULES_POSTGRES_URL and KRULES_NATS_URL are
@@ -18,10 +20,12 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"text/tabwriter"
+	"time"
 )
 
 // Row is one measurement: Run is the krules operation, Base the raw baseline
@@ -31,6 +35,9 @@ type Row struct {
 	Run      func(b *testing.B)
 	Baseline string
 	Base     func(b *testing.B)
+	// Benchtime is the -test.benchtime of the row's runs; 0: the testing
+	// default (1 s).
+	Benchtime time.Duration
 }
 
 // Group produces the rows of one backend. Setup returns the rows, a cleanup
@@ -49,12 +56,13 @@ func register(g Group) { groups = append(groups, g) }
 
 // Result is one printed measurement.
 type Result struct {
-	Name             string  `json:"name"`
-	NsPerOp          float64 `json:"ns_per_op"`
-	AllocsPerOp      int64   `json:"allocs_per_op"`
-	Baseline         string  `json:"baseline"`
-	BaselineNsPerOp  float64 `json:"baseline_ns_per_op"`
-	Ratio            float64 `json:"ratio"`
+	Name             string             `json:"name"`
+	NsPerOp          float64            `json:"ns_per_op"`
+	AllocsPerOp      int64              `json:"allocs_per_op"`
+	Baseline         string             `json:"baseline"`
+	BaselineNsPerOp  float64            `json:"baseline_ns_per_op"`
+	Ratio            float64            `json:"ratio"`
+	Extra            map[string]float64 `json:"extra,omitempty"`
 	baselineAllocsOp int64
 }
 
@@ -62,6 +70,9 @@ func main() {
 	asJSON := flag.Bool("json", false, "print a JSON array instead of a table")
 	count := flag.Int("count", 3, "runs per measurement; the median is reported")
 	filter := flag.String("run", "", "only rows whose name contains this string")
+	if code := runChild(); code >= 0 { // a child process of the feed/*-e2e rows
+		os.Exit(code)
+	}
 	flag.Parse()
 	testing.Init()
 	if *count < 1 {
@@ -84,7 +95,7 @@ func main() {
 				continue
 			}
 			res := Result{Name: r.Name, Baseline: r.Baseline}
-			res.NsPerOp, res.AllocsPerOp, res.BaselineNsPerOp, res.baselineAllocsOp = measure(r, *count)
+			res.NsPerOp, res.AllocsPerOp, res.Extra, res.BaselineNsPerOp, res.baselineAllocsOp = measure(r, *count)
 			if res.BaselineNsPerOp > 0 {
 				res.Ratio = res.NsPerOp / res.BaselineNsPerOp
 			}
@@ -108,24 +119,47 @@ func main() {
 		return
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tratio\t")
+	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tratio\textra\t")
 	for _, r := range results {
 		ratio, base := "-", "-"
 		if r.BaselineNsPerOp > 0 {
 			ratio = fmt.Sprintf("%.2f", r.Ratio)
 			base = fmt.Sprintf("%.0f", r.BaselineNsPerOp)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ratio)
+		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ratio, extraText(r.Extra))
 	}
 	tw.Flush()
+}
+
+// extraText formats a row's own metrics, sorted by unit ("-" for none).
+func extraText(m map[string]float64) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = strconv.FormatFloat(m[k], 'g', 4, 64) + " " + k
+	}
+	return strings.Join(parts, ", ")
 }
 
 type sample struct {
 	ns     float64
 	allocs int64
+	extra  map[string]float64
 }
 
-func once(fn func(b *testing.B)) (sample, bool) {
+func once(fn func(b *testing.B), benchtime time.Duration) (sample, bool) {
+	if benchtime > 0 {
+		old := flag.Lookup("test.benchtime").Value.String()
+		_ = flag.Set("test.benchtime", benchtime.String())
+		defer func() { _ = flag.Set("test.benchtime", old) }()
+	}
 	r := testing.Benchmark(func(b *testing.B) {
 		b.ReportAllocs()
 		fn(b)
@@ -133,27 +167,53 @@ func once(fn func(b *testing.B)) (sample, bool) {
 	if r.N == 0 {
 		return sample{}, false
 	}
-	return sample{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp()}, true
+	return sample{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp(), r.Extra}, true
 }
 
 // measure runs the row and its baseline alternately (run, base, run, base,
 // ...) count times each, so both sides see the same drift of machine load,
-// and returns the medians: ns/op and allocs/op of each.
-func measure(r Row, count int) (ns float64, allocs int64, baseNs float64, baseAllocs int64) {
+// and returns the medians: ns/op and allocs/op of each, and the median of
+// each of the row's extra metrics over its runs.
+func measure(r Row, count int) (ns float64, allocs int64, extra map[string]float64, baseNs float64, baseAllocs int64) {
 	var runs, bases []sample
 	for i := 0; i < count; i++ {
-		if s, ok := once(r.Run); ok {
+		if s, ok := once(r.Run, r.Benchtime); ok {
 			runs = append(runs, s)
 		}
 		if r.Base != nil {
-			if s, ok := once(r.Base); ok {
+			if s, ok := once(r.Base, r.Benchtime); ok {
 				bases = append(bases, s)
 			}
 		}
 	}
 	m := medianOf(runs)
 	b := medianOf(bases)
-	return m.ns, m.allocs, b.ns, b.allocs
+	return m.ns, m.allocs, medianExtra(runs), b.ns, b.allocs
+}
+
+// medianExtra is the median of every extra metric over the samples that
+// have it.
+func medianExtra(ss []sample) map[string]float64 {
+	var out map[string]float64
+	for _, s := range ss {
+		for k := range s.extra {
+			if _, done := out[k]; done {
+				continue
+			}
+			var vs []float64
+			for _, o := range ss {
+				if v, ok := o.extra[k]; ok {
+					vs = append(vs, v)
+				}
+			}
+			sort.Float64s(vs)
+			if out == nil {
+				out = map[string]float64{}
+			}
+			out[k] = vs[len(vs)/2]
+		}
+	}
+	return out
 }
 
 func medianOf(ss []sample) sample {

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/feed"
+	"github.com/krules-go/krules/storage/postgres"
+	"github.com/krules-go/krules/storage/redis"
+	knats "github.com/krules-go/krules/transport/nats"
+)
+
+// The child processes of the feed/*-e2e rows. The bench re-executes itself
+// with these environment variables set (see startFeedChild in feed.go):
+//
+//	KRULES_BENCH_CHILD          feed-worker or feed-relay
+//	KRULES_BENCH_FEED_STORE     redis or postgres
+//	KRULES_BENCH_FEED_NAME      the Redis key prefix or PostgreSQL table (feed mode)
+//	KRULES_BENCH_FEED_STREAM    the JetStream stream
+//	KRULES_BENCH_CPUPROFILE     optional: write a CPU profile to this path
+//
+// Protocol, one text line each way: the child prints "ready" when it is
+// set up (a relay: when it holds the lease), then "s <count> <owned>" when
+// either changed (at most every 2 ms; count = changes handled by a
+// worker, records published by a relay; owned = partitions a worker owns).
+// On the line "lat" from the parent a worker answers "l" followed by the
+// latencies (ns, space separated) measured since the previous "lat", and
+// forgets them. The child exits when its stdin ends (the parent exited or
+// closed it) and, on Linux, when the parent dies (Pdeathsig).
+const (
+	envChild       = "KRULES_BENCH_CHILD"
+	envFeedStore   = "KRULES_BENCH_FEED_STORE"
+	envFeedName    = "KRULES_BENCH_FEED_NAME"
+	envFeedStream  = "KRULES_BENCH_FEED_STREAM"
+	envCPUProfile  = "KRULES_BENCH_CPUPROFILE"
+	extraCommitKey = "t" // Extra key of the writer's clock (Unix ns) just before the Set
+)
+
+// runChild runs the child named by KRULES_BENCH_CHILD and returns the exit
+// code, or -1 when this process is not a child.
+func runChild() int {
+	role := os.Getenv(envChild)
+	if role == "" {
+		return -1
+	}
+	if err := feedChild(role); err != nil {
+		fmt.Fprintf(os.Stderr, "krules-bench %s: %v\n", role, err)
+		return 1
+	}
+	return 0
+}
+
+// childOut serialises the child's stdout lines.
+type childOut struct {
+	mu sync.Mutex
+	w  *bufio.Writer
+}
+
+func (o *childOut) line(s string) {
+	o.mu.Lock()
+	o.w.WriteString(s)
+	o.w.WriteByte('\n')
+	o.w.Flush()
+	o.mu.Unlock()
+}
+
+func feedChild(role string) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Warnings while measuring; at shutdown (stdin EOF) the workers' lease
+	// hand-over warnings are expected and silenced.
+	level := new(slog.LevelVar)
+	level.Set(slog.LevelWarn)
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	if path := os.Getenv(envCPUProfile); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	nc, err := knats.Connect(os.Getenv("KRULES_NATS_URL"), natsgo.RetryOnFailedConnect(false))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	stream := os.Getenv(envFeedStream)
+	out := &childOut{w: bufio.NewWriter(os.Stdout)}
+	cmds := make(chan string)
+	go func() { // stdin: commands; EOF ends the child
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			cmds <- sc.Text()
+		}
+		close(cmds)
+	}()
+
+	var count, owned func() int64
+	var lat func() []int64
+	var runErr = make(chan error, 1)
+	switch role {
+	case "feed-worker":
+		var mu sync.Mutex
+		var lats []int64
+		var handled atomic.Int64
+		app := krules.New()
+		app.On(krules.PropertyChanged).Do(func(_ context.Context, ev *krules.Event) error {
+			now := time.Now().UnixNano()
+			if t, ok := extraNanos(ev.Extra[extraCommitKey]); ok {
+				mu.Lock()
+				lats = append(lats, now-t)
+				mu.Unlock()
+			}
+			handled.Add(1)
+			return nil
+		})
+		w, err := knats.NewWorker(ctx, js, app, knats.WorkerConfig{Stream: stream})
+		if err != nil {
+			return err
+		}
+		go func() { runErr <- w.Run(ctx) }()
+		count = handled.Load
+		owned = func() int64 { return int64(len(w.Owned())) }
+		lat = func() []int64 {
+			mu.Lock()
+			l := lats
+			lats = nil
+			mu.Unlock()
+			return l
+		}
+		out.line("ready")
+	case "feed-relay":
+		store, closeStore, err := openFeedStore(ctx)
+		if err != nil {
+			return err
+		}
+		defer closeStore()
+		r, err := feed.NewRelay(ctx, store, js, feed.RelayConfig{Stream: stream})
+		if err != nil {
+			return err
+		}
+		go func() { runErr <- r.Run(ctx) }()
+		for deadline := time.Now().Add(30 * time.Second); !r.Active(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("relay not active after 30 s")
+			}
+		}
+		count = func() int64 { return int64(r.Stats().Published) }
+		owned = func() int64 { return 0 }
+		lat = func() []int64 { return nil }
+		out.line("ready")
+	default:
+		return fmt.Errorf("unknown child role %q", role)
+	}
+
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	lastC, lastO := int64(-1), int64(-1)
+	for {
+		select {
+		case cmd, ok := <-cmds:
+			if !ok {
+				level.Set(slog.LevelError + 1)
+				cancel()
+				<-runErr
+				return nil
+			}
+			if cmd == "lat" {
+				var b strings.Builder
+				b.WriteString("l")
+				for _, d := range lat() {
+					b.WriteByte(' ')
+					b.WriteString(strconv.FormatInt(d, 10))
+				}
+				out.line(b.String())
+			}
+		case err := <-runErr:
+			return fmt.Errorf("stopped: %v", err)
+		case <-tick.C:
+			if c, o := count(), owned(); c != lastC || o != lastO {
+				lastC, lastO = c, o
+				out.line("s " + strconv.FormatInt(c, 10) + " " + strconv.FormatInt(o, 10))
+			}
+		}
+	}
+}
+
+// extraNanos reads the writer's clock from a decoded Extra value.
+func extraNanos(v any) (int64, bool) {
+	switch t := v.(type) {
+	case int64:
+		return t, true
+	case float64:
+		return int64(t), true
+	case json.Number:
+		n, err := t.Int64()
+		return n, err == nil
+	}
+	return 0, false
+}
+
+// openFeedStore opens the feed-mode backend named by the environment.
+func openFeedStore(ctx context.Context) (feedStore, func(), error) {
+	name := os.Getenv(envFeedName)
+	switch os.Getenv(envFeedStore) {
+	case "redis":
+		b, err := redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{Prefix: name, ChangeFeed: true})
+		if err != nil {
+			return nil, nil, err
+		}
+		return b, func() { b.Close() }, nil
+	case "postgres":
+		b, err := postgres.Open(ctx, os.Getenv("KRULES_POSTGRES_URL"), postgres.Config{Table: name, ChangeFeed: true})
+		if err != nil {
+			return nil, nil, err
+		}
+		return b, func() { b.Close() }, nil
+	}
+	return nil, nil, fmt.Errorf("%s: want redis or postgres", envFeedStore)
+}
