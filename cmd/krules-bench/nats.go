@@ -380,23 +380,31 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 	return elapsed
 }
 
-// waitSpread waits until the workers own all partitions between them, each
-// some (the group has settled after the joins).
+// waitSpread waits until the workers own all partitions between them and
+// each owns its fair share (parts/len(ws), rounded down or up: the group has
+// settled after the joins, so no rebalance runs on the clock), and prints
+// the shares.
 func waitSpread(b *testing.B, ws []*knats.Worker, parts int) {
 	deadline := time.Now().Add(time.Minute)
+	lo, hi := parts/len(ws), (parts+len(ws)-1)/len(ws)
 	for time.Now().Before(deadline) {
-		total, each := 0, true
+		total, fair := 0, true
+		var shares []int
 		for _, w := range ws {
 			n := len(w.Owned())
+			shares = append(shares, n)
 			total += n
-			each = each && n > 0
+			fair = fair && n >= lo && n <= hi
 		}
-		if total == parts && each {
+		if total == parts && fair {
+			if len(ws) > 1 {
+				fmt.Fprintf(os.Stderr, "    partitions per worker: %v\n", shares)
+			}
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	b.Fatal("workers did not take all partitions within a minute")
+	b.Fatal("workers did not take their fair shares of the partitions within a minute")
 }
 
 func waitDone(b *testing.B, finished chan struct{}) {
