@@ -47,9 +47,13 @@
 //
 // # Per-subject order: partitions
 //
-// A stream has N partitions (StreamConfig.Partitions, default 32, fixed for
-// the stream's life and recorded in its description so publishers and
-// workers agree). An event of subject s goes to the NATS subject
+// A stream has N partitions (StreamConfig.Partitions, default
+// DefaultPartitions = 12, fixed for the stream's life and recorded in its
+// description so publishers and workers agree). Each partition is a
+// filtered consumer per worker group, and the server's CPU per event grows
+// with the number of filtered consumers: take no more partitions than you
+// need to spread the subjects over the workers you run (parallelism within
+// a worker comes from the lanes, not from partitions). An event of subject s goes to the NATS subject
 // "<stream>.p.<k>" with k = FNV-1a-32(s) mod N, so all events of a subject
 // are in one partition, in publish order.
 //

@@ -361,6 +361,33 @@ func TestEnsureStreamChecks(t *testing.T) {
 	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: stream, Partitions: 4}); !errors.Is(err, knats.ErrPartitionMismatch) {
 		t.Fatalf("other partition count: %v", err)
 	}
+	// Partitions 0 takes the existing stream's count (a stream made under an
+	// earlier DefaultPartitions keeps working) and leaves it as it is.
+	s, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: stream})
+	if err != nil {
+		t.Fatalf("partitions 0 on an existing stream of 3: %v", err)
+	}
+	if d := s.CachedInfo().Config.Description; d != "krules-go partitions=3" {
+		t.Fatalf("description after EnsureStream with 0: %q", d)
+	}
+	if w, err := knats.NewWorker(ctx, js, krules.New(), knats.WorkerConfig{Stream: stream}); err != nil {
+		t.Fatal(err)
+	} else if w.Partitions() != 3 {
+		t.Fatalf("worker on the stream: partitions %d, want 3", w.Partitions())
+	}
+	// A new stream with Partitions 0 gets DefaultPartitions, and explicit
+	// counts are still checked against it.
+	fresh := newStream(t, js, 0)
+	w, err := knats.NewWorker(ctx, js, krules.New(), knats.WorkerConfig{Stream: fresh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Partitions() != knats.DefaultPartitions {
+		t.Fatalf("new stream with partitions 0: %d partitions, want %d", w.Partitions(), knats.DefaultPartitions)
+	}
+	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: fresh, Partitions: knats.DefaultPartitions + 1}); !errors.Is(err, knats.ErrPartitionMismatch) {
+		t.Fatalf("other partition count on a default stream: %v", err)
+	}
 	for _, bad := range []string{"", "a.b", "a b", "a*"} {
 		if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: bad}); err == nil {
 			t.Errorf("stream name %q accepted", bad)
