@@ -409,8 +409,17 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := nb.js.PublishAsync(fmt.Sprintf("%s.%d", name, i%natsBenchSubjects), d); err != nil {
-			b.Fatal(err)
+		// Waits for room as the krules Publisher does (on a loaded
+		// machine the server acknowledges slower than this publishes).
+		for {
+			_, err := nb.js.PublishAsync(fmt.Sprintf("%s.%d", name, i%natsBenchSubjects), d, jetstream.WithStallWait(200*time.Millisecond))
+			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				continue
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			break
 		}
 	}
 	waitDone(b, r.finished)
