@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +15,14 @@ import (
 // not on this machine or not Linux). Used by the nats and feed rows to
 // print CPU per event, which machine load disturbs less than wall time.
 type cpuSample struct{ self, nats, redis, postgres time.Duration }
+
+// With several servers of a kind on the machine (other users' instances),
+// counting every process of that name mixes their load in: these flags
+// name the one process to count.
+var (
+	cpuNatsPid  = flag.Int("cpu-nats-pid", 0, "CPU per event: count only this nats-server process (default: every nats-server)")
+	cpuRedisPid = flag.Int("cpu-redis-pid", 0, "CPU per event: count only this redis-server process (default: every redis-server)")
+)
 
 func takeCPU() cpuSample {
 	var s cpuSample
@@ -33,11 +42,18 @@ func takeCPU() cpuSample {
 			continue
 		}
 		name := st[open+1 : closing]
+		pid, _ := strconv.Atoi(filepath.Base(d))
 		var dst *time.Duration
 		switch {
 		case name == "nats-server":
+			if *cpuNatsPid != 0 && pid != *cpuNatsPid {
+				continue
+			}
 			dst = &s.nats
 		case strings.HasPrefix(name, "redis-server"):
+			if *cpuRedisPid != 0 && pid != *cpuRedisPid {
+				continue
+			}
 			dst = &s.redis
 		case name == "postgres":
 			dst = &s.postgres

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"runtime/pprof"
 	"slices"
@@ -61,7 +64,29 @@ var (
 	natsQuick   = flag.Bool("nats-quick", false, "nats rows: 2,000 events per run instead of 20,000")
 	natsParts   = flag.Int("nats-partitions", 0, "nats rows: partitions of the ordered stream (default: knats.DefaultPartitions)")
 	natsProfile = flag.String("nats-cpuprofile", "", "nats rows: write a CPU profile of each row's last run to <this prefix><row>.prof")
+	natsSrvProf = flag.String("nats-server-profile", "", "nats rows: the nats-server profiling URL (nats-server --profile port, http://127.0.0.1:6060); writes a 5 s server CPU profile from each run's first publish to <-nats-cpuprofile prefix><row>.server.prof")
+	natsVarz    = flag.String("nats-varz", "", "nats rows: the nats-server monitoring URL (http://127.0.0.1:8222); prints the messages the server took in and sent per event")
 )
+
+// varz is the server's message counters (its /varz), zero without -nats-varz.
+type varz struct {
+	In  int64 `json:"in_msgs"`
+	Out int64 `json:"out_msgs"`
+}
+
+func takeVarz() varz {
+	var v varz
+	if *natsVarz == "" {
+		return v
+	}
+	resp, err := http.Get(strings.TrimSuffix(*natsVarz, "/") + "/varz")
+	if err != nil {
+		return v
+	}
+	defer resp.Body.Close()
+	_ = json.NewDecoder(resp.Body).Decode(&v)
+	return v
+}
 
 const natsBenchSubjects = 200
 
@@ -127,6 +152,7 @@ type natsRun struct {
 	count     atomic.Int64
 	finished  chan struct{}
 	cpu0, cpu cpuSample // CPU used when the first event was published and when the last was handled
+	vz0, vz   varz      // server message counters then
 	name      string
 	prof      *os.File
 
@@ -154,6 +180,23 @@ func (r *natsRun) begin(b *testing.B) {
 		}
 		r.prof = f
 	}
+	if *natsSrvProf != "" {
+		path := *natsProfile + strings.ReplaceAll(r.name, "/", "_") + ".server.prof"
+		url := strings.TrimSuffix(*natsSrvProf, "/") + "/debug/pprof/profile?seconds=5"
+		go func() {
+			resp, err := http.Get(url)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "nats-server profile: %v\n", err)
+				return
+			}
+			defer resp.Body.Close()
+			if f, err := os.Create(path); err == nil {
+				_, _ = io.Copy(f, resp.Body)
+				f.Close()
+			}
+		}()
+	}
+	r.vz0 = takeVarz()
 	r.cpu0 = takeCPU()
 }
 
@@ -178,6 +221,7 @@ func (r *natsRun) saw(i int, subj string, seq int64) {
 	r.mu.Unlock()
 	if r.handled[i].CompareAndSwap(0, time.Now().UnixNano()) && int(r.count.Add(1)) == r.n {
 		r.cpu = takeCPU()
+		r.vz = takeVarz()
 		if r.prof != nil {
 			pprof.StopCPUProfile()
 			r.prof.Close()
@@ -222,6 +266,9 @@ func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsR
 		fmt.Fprintf(os.Stderr, "    %-24s %6d events in %7.3fs = %7.0f events/s  p50 %8s  p99 %8s  (out of order or repeated %d)  %s\n",
 			name, r.n, elapsed.Seconds(), float64(r.n)/elapsed.Seconds(), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), r.repeats,
 			r.cpu.sub(r.cpu0).perEvent(r.n))
+		if *natsVarz != "" {
+			fmt.Fprintf(os.Stderr, "      server msgs/event: in %.2f out %.2f\n", float64(r.vz.In-r.vz0.In)/float64(r.n), float64(r.vz.Out-r.vz0.Out)/float64(r.n))
+		}
 	}
 }
 
@@ -362,8 +409,17 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := nb.js.PublishAsync(fmt.Sprintf("%s.%d", name, i%natsBenchSubjects), d); err != nil {
-			b.Fatal(err)
+		// Waits for room as the krules Publisher does (on a loaded
+		// machine the server acknowledges slower than this publishes).
+		for {
+			_, err := nb.js.PublishAsync(fmt.Sprintf("%s.%d", name, i%natsBenchSubjects), d, jetstream.WithStallWait(200*time.Millisecond))
+			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				continue
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			break
 		}
 	}
 	waitDone(b, r.finished)
@@ -380,23 +436,31 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 	return elapsed
 }
 
-// waitSpread waits until the workers own all partitions between them, each
-// some (the group has settled after the joins).
+// waitSpread waits until the workers own all partitions between them and
+// each owns its fair share (parts/len(ws), rounded down or up: the group has
+// settled after the joins, so no rebalance runs on the clock), and prints
+// the shares.
 func waitSpread(b *testing.B, ws []*knats.Worker, parts int) {
 	deadline := time.Now().Add(time.Minute)
+	lo, hi := parts/len(ws), (parts+len(ws)-1)/len(ws)
 	for time.Now().Before(deadline) {
-		total, each := 0, true
+		total, fair := 0, true
+		var shares []int
 		for _, w := range ws {
 			n := len(w.Owned())
+			shares = append(shares, n)
 			total += n
-			each = each && n > 0
+			fair = fair && n >= lo && n <= hi
 		}
-		if total == parts && each {
+		if total == parts && fair {
+			if len(ws) > 1 {
+				fmt.Fprintf(os.Stderr, "    partitions per worker: %v\n", shares)
+			}
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	b.Fatal("workers did not take all partitions within a minute")
+	b.Fatal("workers did not take their fair shares of the partitions within a minute")
 }
 
 func waitDone(b *testing.B, finished chan struct{}) {

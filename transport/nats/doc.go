@@ -47,9 +47,13 @@
 //
 // # Per-subject order: partitions
 //
-// A stream has N partitions (StreamConfig.Partitions, default 32, fixed for
-// the stream's life and recorded in its description so publishers and
-// workers agree). An event of subject s goes to the NATS subject
+// A stream has N partitions (StreamConfig.Partitions, default
+// DefaultPartitions = 12, fixed for the stream's life and recorded in its
+// description so publishers and workers agree). Each partition is a
+// filtered consumer per worker group, and the server's CPU per event grows
+// with the number of filtered consumers: take no more partitions than you
+// need to spread the subjects over the workers you run (parallelism within
+// a worker comes from the lanes, not from partitions). An event of subject s goes to the NATS subject
 // "<stream>.p.<k>" with k = FNV-1a-32(s) mod N, so all events of a subject
 // are in one partition, in publish order.
 //
@@ -100,14 +104,17 @@
 //
 // # Pipelining: lanes
 //
-// An owner pulls continuously (up to 250 events requested ahead, at most
-// 1000 unacknowledged per partition) and runs each subject's events in a
+// An owner pulls continuously (up to 128 events requested ahead; it holds
+// at most 256 received and unacknowledged events per partition, except
+// while it waits for a takeover or a gap to settle, when the consumer's
+// MaxAckPending, 1000, bounds it) and runs each subject's events in a
 // lane: one after the other, in stream order; different subjects run in
 // parallel (WorkerConfig.Concurrency, default 64, over all the partitions
 // the worker owns). Acks are sent without waiting for a confirmation. A
 // failed event holds its lane: it is retried there after the Backoff delay
 // and dead-lettered on its MaxDeliver-th failure, and no later event of
-// its subject starts before it finished. One ticker per worker sends the
+// its subject starts before it finished (if the events waiting behind it
+// fill the 256, the other subjects of its partition wait as well). One ticker per worker sends the
 // in-progress heartbeats (every AckWait/3) of all the events it holds,
 // running or waiting in their lanes.
 //

@@ -2,7 +2,6 @@ package nats
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -180,7 +179,9 @@ func (p *Publisher) message(ctx context.Context, stream string, e *event.Event) 
 	if err != nil {
 		return nil, err
 	}
-	data, err := json.Marshal(e)
+	// The event's own encoder: json.Marshal would re-scan and compact
+	// what it returns (~25% more in the profile).
+	data, err := e.MarshalJSON()
 	if err != nil {
 		return nil, fmt.Errorf("krules/nats: encode %q (id %s): %w", e.Type(), e.ID(), err)
 	}

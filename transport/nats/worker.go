@@ -453,10 +453,22 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 	p.mu.Unlock()
 	it := &item{m: m, seq: md.Sequence.Stream, md: md}
 	e := new(event.Event)
-	switch err := json.Unmarshal(m.Data(), e); {
-	case err != nil:
+	// json.Valid, then the event's own decoder: json.Unmarshal would scan
+	// the text once more (its skip of the value it hands to UnmarshalJSON)
+	// and costs ~30% more than this in the profile.
+	// json.Valid keeps the refusal of what is not JSON (the event's
+	// decoder is laxer: trailing text, for one).
+	data := m.Data()
+	switch {
+	case !json.Valid(data):
+		var v any
+		err := json.Unmarshal(data, &v) // for its error text
 		it.bad = fmt.Errorf("%w: %v", cloudevents.ErrMalformed, err)
 	default:
+		if err := e.UnmarshalJSON(data); err != nil {
+			it.bad = fmt.Errorf("%w: %v", cloudevents.ErrMalformed, err)
+			break
+		}
 		if err := cloudevents.Check(e); err != nil {
 			it.bad = err
 		} else if it.payload, err = cloudevents.Payload(e); err != nil {
@@ -545,7 +557,14 @@ func (w *Worker) runLane(p *partition, l *lane) {
 		p.mu.Lock()
 		delete(p.held, it.seq)
 		l.q = l.q[1:]
+		wake := len(p.held) < maxHeld
 		p.mu.Unlock()
+		if wake {
+			select {
+			case p.room <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 

@@ -190,6 +190,9 @@ func TestMalformedMessagesGoToDeadLetter(t *testing.T) {
 		{`{"specversion":"1.0","id":"1","type":"t","source":"s"}`, "subject"},
 		{`{"specversion":"1.0","id":"2","type":"t","source":"s","subject":"x","data":[1,2]}`, "JSON object"},
 		{`{"specversion":"1.0","id":"3","source":"s","subject":"x"}`, "type"},
+		// Valid event, then trailing text: not JSON (the CloudEvents
+		// decoder alone would take the event and ignore the rest).
+		{`{"specversion":"1.0","id":"4","type":"t","source":"s","subject":"x"} trailing`, "invalid character"},
 	}
 	for _, b := range bad {
 		if err := nc.Publish(subj, []byte(b.body)); err != nil {
@@ -209,7 +212,7 @@ func TestMalformedMessagesGoToDeadLetter(t *testing.T) {
 		}
 	}
 	waitIdle(t, js, stream, 10*time.Second)
-	if st := w.Stats(); st.DeadLettered != 4 || st.Handled != 1 || st.Redelivered != 0 {
+	if st := w.Stats(); st.DeadLettered != uint64(len(bad)) || st.Handled != 1 || st.Redelivered != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -360,6 +363,33 @@ func TestEnsureStreamChecks(t *testing.T) {
 	}
 	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: stream, Partitions: 4}); !errors.Is(err, knats.ErrPartitionMismatch) {
 		t.Fatalf("other partition count: %v", err)
+	}
+	// Partitions 0 takes the existing stream's count (a stream made under an
+	// earlier DefaultPartitions keeps working) and leaves it as it is.
+	s, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: stream})
+	if err != nil {
+		t.Fatalf("partitions 0 on an existing stream of 3: %v", err)
+	}
+	if d := s.CachedInfo().Config.Description; d != "krules-go partitions=3" {
+		t.Fatalf("description after EnsureStream with 0: %q", d)
+	}
+	if w, err := knats.NewWorker(ctx, js, krules.New(), knats.WorkerConfig{Stream: stream}); err != nil {
+		t.Fatal(err)
+	} else if w.Partitions() != 3 {
+		t.Fatalf("worker on the stream: partitions %d, want 3", w.Partitions())
+	}
+	// A new stream with Partitions 0 gets DefaultPartitions, and explicit
+	// counts are still checked against it.
+	fresh := newStream(t, js, 0)
+	w, err := knats.NewWorker(ctx, js, krules.New(), knats.WorkerConfig{Stream: fresh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Partitions() != knats.DefaultPartitions {
+		t.Fatalf("new stream with partitions 0: %d partitions, want %d", w.Partitions(), knats.DefaultPartitions)
+	}
+	if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: fresh, Partitions: knats.DefaultPartitions + 1}); !errors.Is(err, knats.ErrPartitionMismatch) {
+		t.Fatalf("other partition count on a default stream: %v", err)
 	}
 	for _, bad := range []string{"", "a.b", "a b", "a*"} {
 		if _, err := knats.EnsureStream(ctx, js, knats.StreamConfig{Name: bad}); err == nil {
@@ -624,4 +654,88 @@ func TestEnsureStreamLayoutAndMigration(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// An owner takes no more than MaxHeld unacknowledged events of a partition
+// from its pull (plus the pull's batch in flight), so the server's state of
+// the consumer stays small; the rest waits at the server and then runs, in
+// order.
+func TestOwnerHoldsBoundedEvents(t *testing.T) {
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	ctx := context.Background()
+	n := knats.MaxHeld + 2*knats.FetchBatch + 100
+	release := make(chan struct{})
+	warm := make(chan struct{})
+	rec := newRecorder(n)
+	app := krules.New()
+	app.On("warm").Do(func(ctx context.Context, ev *krules.Event) error { close(warm); return nil })
+	app.On("e").Do(func(ctx context.Context, ev *krules.Event) error {
+		if seqOf(ev) == 1 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		rec.add(record{subject: ev.Subject.Name(), seq: seqOf(ev)})
+		return nil
+	})
+	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream})
+	startWorker(t, w)
+	p := publisher(t, js, stream)
+	// One event handled: the owner has its partition and is past the start
+	// (it takes everything while it waits for a takeover to settle).
+	if _, err := p.Publish(ctx, "warm", "w", nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-warm:
+	case <-time.After(30 * time.Second):
+		t.Fatal("warm-up event not handled")
+	}
+	for i := 1; i <= n; i++ {
+		if _, err := p.Publish(ctx, "e", "s", krules.Payload{"seq": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := js.Consumer(ctx, stream, knats.DefaultGroup+"-p0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := knats.MaxHeld + knats.FetchBatch
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumAckPending > limit {
+			t.Fatalf("%d events delivered and unacknowledged, want at most %d", info.NumAckPending, limit)
+		}
+		// Filled up (the first event blocks its lane, all are of one
+		// subject): stays so for a while.
+		if info.NumAckPending >= knats.MaxHeld && int(info.NumPending) >= n-limit {
+			time.Sleep(300 * time.Millisecond)
+			if info, err = c.Info(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if info.NumAckPending > limit {
+				t.Fatalf("after a while: %d delivered and unacknowledged, want at most %d", info.NumAckPending, limit)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the owner did not fill up: %d delivered and unacknowledged, %d pending", info.NumAckPending, info.NumPending)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(release)
+	rec.wait(t, 30*time.Second)
+	for i, r := range rec.all() {
+		if r.seq != int64(i+1) {
+			t.Fatalf("event %d handled as number %d", r.seq, i+1)
+		}
+	}
+	waitIdle(t, js, stream, 10*time.Second)
 }
