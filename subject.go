@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/krules-go/krules/storage"
 )
@@ -34,12 +35,10 @@ import (
 // on every call. A NoCache call on a cached handle drops the cache when it
 // holds no unsaved change (the next cached read reloads), and otherwise
 // patches it: a NoCache read never discards an unsaved change; a NoCache
-// write of a property replaces that property's unsaved change, including
-// one made by a cached Set or Delete of the same property on the same
-// handle that ran while the NoCache write was in the store (between its
-// store write and its return): that cached change is then lost, and Store
-// does not write it. Do not mix NoCache and cached writes of one property
-// on one handle from several goroutines.
+// write of a property replaces that property's unsaved change made before
+// the NoCache write began, and keeps one made by a cached Set or Delete
+// while the NoCache write was in flight (that change is the later one:
+// Store writes it over the NoCache write).
 type Subject struct {
 	app     *App
 	name    string
@@ -50,6 +49,12 @@ type Subject struct {
 	loaded bool
 	props  propCache
 	ext    propCache
+	// wgen is the write clock: each cached Set or Delete (under mu) takes
+	// the next value and stamps its cache entry with it; a NoCache write
+	// reads it (without mu) when it begins, so afterDirect tells the
+	// pending changes made before it (superseded) from those made while it
+	// was in flight (kept).
+	wgen atomic.Uint64
 
 	feedPending map[string]*storage.ChangeMeta // change feed: metadata of cached writes (changefeed.go)
 }
@@ -86,7 +91,7 @@ func (s *Subject) loadLocked(ctx context.Context) error {
 	for j, c := range []*propCache{&s.props, &s.ext} {
 		for i := range blind[j].ents {
 			if e := &blind[j].ents[i]; e.state == stDirty {
-				c.put(e.name, e.v, true)
+				c.put(e.name, e.v, true, e.gen)
 			}
 		}
 	}
@@ -154,25 +159,30 @@ func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, dep
 
 // afterDirect brings the handle's cache (if loaded) in line with a NoCache
 // call's result: v is the stored value (present false: the property is not
-// stored); write tells a write from a read. A cache without unsaved changes
-// is dropped, so the next cached read reloads: that stays right whatever
-// order concurrent NoCache calls finish in. A cache with unsaved changes is
-// patched: a write replaces the property (and its pending change, even a
-// cached write that landed while the direct write was in flight: the known
-// race documented on Subject); a read
-// only refreshes properties without a pending change, so it never loses an
-// unsaved write.
-func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool) {
+// stored); write tells a write from a read, and start is the write clock
+// (wgen) when a write began. A cache without unsaved changes is dropped, so
+// the next cached read reloads: that stays right whatever order concurrent
+// NoCache calls finish in. A cache with unsaved changes is patched: a write
+// replaces the property and its pending change made before the write began
+// (stamp <= start), and keeps a pending change made while it was in flight
+// (stamp > start: a later write); a read only refreshes properties without
+// a pending change, so it never loses an unsaved write.
+//
+// A NoCache handle has no cache to patch (its cached reads load afresh, and
+// it makes no cached writes): callers skip afterDirect there.
+func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool, start uint64) {
 	s.mu.Lock()
-	s.afterDirectLocked(k, prop, v, present, write)
+	s.afterDirectLocked(k, prop, v, present, write, start)
 	s.mu.Unlock()
 }
 
-func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present, write bool) {
+func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present, write bool, start uint64) {
+	c := s.cache(k)
 	if !s.loaded {
-		if write && len(s.cache(k).ents) > 0 {
-			// A WriteOnly handle's unloaded write of prop is superseded.
-			s.cache(k).remove(prop, false)
+		if write && len(c.ents) > 0 && !c.pendingAfter(prop, start) {
+			// A WriteOnly handle's unloaded write of prop made before
+			// this write is superseded.
+			c.remove(prop, false, 0)
 		}
 		return
 	}
@@ -181,14 +191,17 @@ func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present,
 		s.props, s.ext = propCache{}, propCache{}
 		return
 	}
-	c := s.cache(k)
-	if !write && c.isPending(prop) {
+	if write {
+		if c.pendingAfter(prop, start) {
+			return
+		}
+	} else if c.isPending(prop) {
 		return
 	}
 	if present {
-		c.put(prop, storage.Clone(v), false)
+		c.put(prop, storage.Clone(v), false, 0)
 	} else {
-		c.remove(prop, false)
+		c.remove(prop, false, 0)
 	}
 }
 
@@ -285,6 +298,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	}
 	var nv, old any
 	if o.noCache {
+		start := s.wgen.Load()
 		nv, old, err = s.app.backend.Set(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop}, mut)
 		if err != nil {
 			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
@@ -292,7 +306,9 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		if replayed(ctx, bctx) {
 			return nv, old, nil // the first call wrote and emitted
 		}
-		s.afterDirect(k, prop, nv, true, true)
+		if !s.base.noCache {
+			s.afterDirect(k, prop, nv, true, true, start)
+		}
 	} else {
 		s.mu.Lock()
 		if !s.loaded && !(o.writeOnly && mut.Op == nil && mut.Func == nil) {
@@ -318,7 +334,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 				return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 			}
 		}
-		c.putAt(i, prop, nv, true)
+		c.putAt(i, prop, nv, true, s.wgen.Add(1))
 		s.noteFeed(ctx, k, prop, &o) // change feed hook
 		s.mu.Unlock()
 	}
@@ -362,7 +378,9 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 	if o.noCache {
 		v, err := s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
 		if errors.Is(err, ErrNotFound) {
-			s.afterDirect(k, prop, nil, false, false)
+			if !s.base.noCache {
+				s.afterDirect(k, prop, nil, false, false, 0)
+			}
 			if o.hasDef {
 				return o.def, nil
 			}
@@ -371,7 +389,9 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 		if err != nil {
 			return nil, fmt.Errorf("krules: get %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		s.afterDirect(k, prop, v, true, false)
+		if !s.base.noCache {
+			s.afterDirect(k, prop, v, true, false, 0)
+		}
 		return v, nil
 	}
 	s.mu.Lock()
@@ -488,6 +508,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 	}
 	var old any
 	if o.noCache {
+		start := s.wgen.Load()
 		old, err = s.app.backend.Delete(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop})
 		if errors.Is(err, ErrNotFound) {
 			return s.notFound(k, prop)
@@ -498,7 +519,9 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 		if replayed(ctx, bctx) {
 			return nil // the first call deleted and emitted
 		}
-		s.afterDirect(k, prop, nil, false, true)
+		if !s.base.noCache {
+			s.afterDirect(k, prop, nil, false, true, start)
+		}
 	} else {
 		s.mu.Lock()
 		if err := s.loadLocked(ctx); err != nil {
@@ -512,7 +535,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 			return s.notFound(k, prop)
 		}
 		old = v
-		c.remove(prop, true)
+		c.remove(prop, true, s.wgen.Add(1))
 		s.noteFeed(ctx, k, prop, &o) // change feed hook
 		s.mu.Unlock()
 	}
