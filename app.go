@@ -124,6 +124,7 @@ func (a *App) Subject(name string, opts ...SubjectOption) *Subject {
 		s.base.add(o)
 	}
 	s.nameErr = storage.ValidateName("subject", name)
+	s.cachedOK = s.nameErr == nil && !s.base.noCache
 	return s
 }
 

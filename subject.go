@@ -44,6 +44,9 @@ type Subject struct {
 	name    string
 	nameErr error
 	base    callOptions
+	// cachedOK: a valid name on a handle with a cache (not NoCache), so
+	// Get may answer from the loaded cache. Set by App.Subject.
+	cachedOK bool
 
 	mu     sync.Mutex
 	loaded bool
@@ -350,28 +353,41 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 // the Default option's value if one was given, else an error wrapping
 // ErrNotFound. Options (GetOption): Default, NoCache.
 func (s *Subject) Get(ctx context.Context, prop string, opts ...GetOption) (any, error) {
+	// Fast path (as in GetExt): a property found in the loaded cache has a
+	// valid name (it was checked when set, or came from the store), and its
+	// value makes the options (Default) moot.
+	if s.cachedOK && (len(opts) == 0 || !hasNoCache(opts)) {
+		s.mu.Lock()
+		if s.loaded {
+			if v, ok := s.props.get(prop); ok {
+				s.mu.Unlock()
+				return s.readable(storage.Default, prop, v)
+			}
+		}
+		s.mu.Unlock()
+	}
 	return s.get(ctx, storage.Default, prop, opts)
 }
 
 // GetExt returns an extended property's value, as Get.
 func (s *Subject) GetExt(ctx context.Context, prop string, opts ...GetOption) (any, error) {
-	return s.get(ctx, storage.Extended, prop, opts)
-}
-
-func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []GetOption) (any, error) {
-	o := getOpts(s.base, opts)
-	if !o.noCache && s.nameErr == nil {
-		// Fast path: a property found in the loaded cache has a valid name
-		// (it was checked when set, or came from the store).
+	if s.cachedOK && (len(opts) == 0 || !hasNoCache(opts)) {
 		s.mu.Lock()
 		if s.loaded {
-			if v, ok := s.cache(k).get(prop); ok {
+			if v, ok := s.ext.get(prop); ok {
 				s.mu.Unlock()
-				return s.readable(k, prop, v)
+				return s.readable(storage.Extended, prop, v)
 			}
 		}
 		s.mu.Unlock()
 	}
+	return s.get(ctx, storage.Extended, prop, opts)
+}
+
+// get is Get and GetExt past their fast path: options, a NoCache read, a
+// load, a missing property.
+func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []GetOption) (any, error) {
+	o := getOpts(s.base, opts)
 	if err := s.check(k, prop); err != nil {
 		return nil, err
 	}
