@@ -125,6 +125,9 @@ func (a *App) Subject(name string, opts ...SubjectOption) *Subject {
 	}
 	s.nameErr = storage.ValidateName("subject", name)
 	s.cachedOK = s.nameErr == nil && !s.base.noCache
+	if mb, ok := a.backend.(*memory.Backend); ok && s.nameErr == nil {
+		mb.InitRef(&s.mem, name)
+	}
 	return s
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/memory"
 )
 
 // Subject is a handle on a named subject, with its own write cache.
@@ -47,6 +48,10 @@ type Subject struct {
 	// cachedOK: a valid name on a handle with a cache (not NoCache), so
 	// Get may answer from the loaded cache. Set by App.Subject.
 	cachedOK bool
+	// mem: when the App's store is a *memory.Backend, the handle's
+	// resolved reference to its subject there (direct calls skip the
+	// store's name lookup); unbound otherwise.
+	mem memory.Ref
 
 	mu     sync.Mutex
 	loaded bool
@@ -130,11 +135,17 @@ func (s *Subject) listeners(ctx context.Context, k storage.Kind, o *callOptions,
 	if k != storage.Default || o.muted {
 		return nil, nil, 0, nil
 	}
-	if err := s.feedCheck(ctx, k, o, eventType); err != nil { // change feed hook
-		return nil, nil, 0, err
+	if s.app.feed.on {
+		if err := s.feedCheck(ctx, k, o, eventType); err != nil { // change feed hook
+			return nil, nil, 0, err
+		}
 	}
 	t := s.app.eventTable() // change feed hook: no local handlers under FeedRemote
-	hs := t.builtin(eventType)
+	t.once.Do(t.build)
+	hs := t.changed
+	if eventType != PropertyChanged { // a constant: compared by pointer first
+		hs = t.deleted
+	}
 	if !t.wants(hs) {
 		return t, hs, 0, nil
 	}
@@ -282,31 +293,45 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	if err := s.check(k, prop); err != nil {
 		return nil, nil, err
 	}
-	o := setOpts(s.base, opts)
+	o := &s.base // read-only; a copy only when options change it
+	if len(opts) > 0 {
+		oo := setOpts(s.base, opts)
+		o = &oo
+	}
 	mut, err := mutation(value)
 	if err != nil {
 		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 	}
-	idem, hasIdem := idemKeyOf(opts)
-	bctx, err := s.directCtx(ctx, idem, hasIdem, o.noCache, &mut)
-	if err != nil {
-		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+	bctx, hasIdem := ctx, false
+	if len(opts) > 0 {
+		var idem string
+		if idem, hasIdem = idemKeyOf(opts); hasIdem {
+			if bctx, err = s.directCtx(ctx, idem, o.noCache, &mut); err != nil {
+				return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+			}
+		}
 	}
-	t, hs, depth, err := s.listeners(ctx, k, &o, PropertyChanged)
+	t, hs, depth, err := s.listeners(ctx, k, o, PropertyChanged)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
+	if !(o.noCache && s.mem.Bound()) { // the memory store checks ctx itself
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
 	}
 	var nv, old any
 	if o.noCache {
 		start := s.wgen.Load()
-		nv, old, err = s.app.backend.Set(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop}, mut)
+		if s.mem.Bound() {
+			nv, old, err = s.mem.Set(s.feedCtx(bctx, o), storage.Key{Kind: k, Name: prop}, mut)
+		} else {
+			nv, old, err = s.app.backend.Set(s.feedCtx(bctx, o), s.name, storage.Key{Kind: k, Name: prop}, mut)
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		if replayed(ctx, bctx) {
+		if hasIdem && storage.Replayed(bctx) {
 			return nv, old, nil // the first call wrote and emitted
 		}
 		if !s.base.noCache {
@@ -338,7 +363,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 			}
 		}
 		c.putAt(i, prop, nv, true, s.wgen.Add(1))
-		s.noteFeed(ctx, k, prop, &o) // change feed hook
+		s.noteFeed(ctx, k, prop, o) // change feed hook
 		s.mu.Unlock()
 	}
 	if t.wants(hs) && !storage.Equal(nv, old) {
@@ -392,7 +417,13 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 		return nil, err
 	}
 	if o.noCache {
-		v, err := s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
+		var v any
+		var err error
+		if s.mem.Bound() {
+			v, err = s.mem.Get(ctx, storage.Key{Kind: k, Name: prop})
+		} else {
+			v, err = s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
+		}
 		if errors.Is(err, ErrNotFound) {
 			if !s.base.noCache {
 				s.afterDirect(k, prop, nil, false, false, 0)
@@ -510,10 +541,15 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 		return err
 	}
 	o := deleteOpts(s.base, opts)
-	idem, hasIdem := idemKeyOf(opts)
-	bctx, err := s.directCtx(ctx, idem, hasIdem, o.noCache, nil)
-	if err != nil {
-		return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
+	bctx, hasIdem := ctx, false
+	if len(opts) > 0 {
+		var idem string
+		if idem, hasIdem = idemKeyOf(opts); hasIdem {
+			var err error
+			if bctx, err = s.directCtx(ctx, idem, o.noCache, nil); err != nil {
+				return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
+			}
+		}
 	}
 	t, hs, depth, err := s.listeners(ctx, k, &o, PropertyDeleted)
 	if err != nil {
@@ -525,14 +561,18 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 	var old any
 	if o.noCache {
 		start := s.wgen.Load()
-		old, err = s.app.backend.Delete(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop})
+		if s.mem.Bound() {
+			old, err = s.mem.Delete(s.feedCtx(bctx, &o), storage.Key{Kind: k, Name: prop})
+		} else {
+			old, err = s.app.backend.Delete(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop})
+		}
 		if errors.Is(err, ErrNotFound) {
 			return s.notFound(k, prop)
 		}
 		if err != nil {
 			return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		if replayed(ctx, bctx) {
+		if hasIdem && storage.Replayed(bctx) {
 			return nil // the first call deleted and emitted
 		}
 		if !s.base.noCache {
