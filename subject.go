@@ -167,7 +167,8 @@ func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, dep
 	if lazy == lazyDeleted {
 		typ = PropertyDeleted
 	}
-	ev := &Event{Type: typ, Subject: s, PropertyName: prop, OldValue: old, NewValue: nv, Extra: extra, app: s.app, lazy: lazy}
+	ev := newEvent()
+	ev.Type, ev.Subject, ev.PropertyName, ev.OldValue, ev.NewValue, ev.Extra, ev.app, ev.lazy = typ, s, prop, old, nv, extra, s.app, lazy
 	return s.app.deliver(ctx, t, hs, ev, depth)
 }
 
