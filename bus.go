@@ -526,18 +526,23 @@ func (a *App) admit(ctx context.Context, t *table, hs []*Handler, eventType stri
 }
 
 // deliver runs the handlers hs (matched in table t) and the outbound hooks
-// for ev, an admitted event emitted at cascade depth depth.
+// for ev, an admitted event emitted at cascade depth depth. The caller has
+// just checked ctx.
 func (a *App) deliver(ctx context.Context, t *table, hs []*Handler, ev *Event, depth int) error {
 	ev.ctx = depthCtx{Context: ctx, depth: depth + 1}
 	hctx := context.Context(&ev.ctx)
-	for _, h := range hs {
-		if err := ctx.Err(); err != nil {
-			return err
+	for i, h := range hs {
+		if i > 0 { // the callers checked ctx just before the first
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 		}
-		if !a.pass(hctx, ev, h) {
+		if len(h.filters) > 0 && !a.pass(hctx, ev, h) {
 			continue
 		}
-		a.invoke(hctx, ev, h, t.middleware)
+		if err := a.run(hctx, ev, h, t.middleware); err != nil {
+			a.report(hctx, ev, h.name, err)
+		}
 	}
 	for _, h := range t.outbound {
 		if err := ctx.Err(); err != nil {
