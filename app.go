@@ -124,6 +124,10 @@ func (a *App) Subject(name string, opts ...SubjectOption) *Subject {
 		s.base.add(o)
 	}
 	s.nameErr = storage.ValidateName("subject", name)
+	s.cachedOK = s.nameErr == nil && !s.base.noCache
+	if mb, ok := a.backend.(*memory.Backend); ok && s.nameErr == nil {
+		mb.InitRef(&s.mem, name)
+	}
 	return s
 }
 

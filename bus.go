@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/krules-go/krules/storage"
 )
@@ -327,6 +328,34 @@ func (t *table) match(eventType string) []*Handler {
 	if t.cache == nil {
 		return t.merge(t.exact[eventType], nil)
 	}
+	ps := t.cache.pslot(eventType)
+	if e := ps.Load(); e != nil && e.typ == eventType { // same string data: no byte compare
+		return e.hs
+	}
+	hs := t.matchHashed(eventType)
+	ps.Store(&cacheEntry{typ: eventType, hs: hs})
+	return hs
+}
+
+// matchValid is match for an event type that is not yet validated: it
+// returns ErrInvalidName for a type that is not a valid name. A type found
+// in the match cache was validated when it was added, so a cache hit skips
+// the validation.
+func (t *table) matchValid(eventType string) ([]*Handler, error) {
+	t.once.Do(t.build)
+	if t.cache != nil {
+		if e := t.cache.pslot(eventType).Load(); e != nil && e.typ == eventType {
+			return e.hs, nil
+		}
+	}
+	if eventType == "" || len(eventType) > storage.MaxNameLen || !validString(eventType) {
+		return nil, fmt.Errorf("krules: emit: %w", storage.ValidateName("event type", eventType))
+	}
+	return t.match(eventType), nil
+}
+
+// matchHashed is match's second level, keyed by the type's bytes.
+func (t *table) matchHashed(eventType string) []*Handler {
 	h := maphash.String(t.cache.seed, eventType)
 	s1, s2 := t.cache.slot(h), t.cache.slot(h>>32)
 	e1 := s1.Load()
@@ -395,13 +424,29 @@ func (t *table) merge(exact, globbed []*Handler) []*Handler {
 // matchCacheSlots is the size of a table's match cache (a power of two).
 const matchCacheSlots = 8192
 
-// matchCache is a lock-free cache of event type -> handlers: each type has
-// two candidate slots (from one hash); a new type takes a free one or
-// evicts one of the two, so the cache never stops admitting and its size is
-// bounded (64 KiB of slots per table with globs).
+// matchPtrSlots is the size of the first level of a match cache (a power
+// of two).
+const matchPtrSlots = 2048
+
+// matchCache is a lock-free cache of event type -> handlers in two levels.
+// The first is direct-mapped by the address of the type string's bytes: an
+// event type written as a constant in the code has one address, so its
+// lookup is a multiplication and a pointer compare (the entry's string is
+// compared too, which stops at the pointer when it is the same). The
+// second is keyed by the bytes (maphash): each type has two candidate
+// slots; a new type takes a free one or evicts one of the two, so the cache
+// never stops admitting and its size is bounded (64 KiB of slots, plus
+// 16 KiB for the first level, per table with globs).
 type matchCache struct {
-	seed  maphash.Seed
-	slots [matchCacheSlots]atomic.Pointer[cacheEntry]
+	seed   maphash.Seed
+	slots  [matchCacheSlots]atomic.Pointer[cacheEntry]
+	pslots [matchPtrSlots]atomic.Pointer[cacheEntry]
+}
+
+// pslot returns the first-level slot of eventType.
+func (c *matchCache) pslot(eventType string) *atomic.Pointer[cacheEntry] {
+	p := uint64(uintptr(unsafe.Pointer(unsafe.StringData(eventType))))
+	return &c.pslots[(p*0x9E3779B97F4A7C15)>>(64-11)]
 }
 
 type cacheEntry struct {
@@ -431,8 +476,10 @@ func (a *App) Emit(ctx context.Context, eventType string, subject *Subject, payl
 }
 
 func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payload Payload, extra Extra, meta map[string]any) error {
-	if eventType == "" || len(eventType) > storage.MaxNameLen || !validString(eventType) {
-		return fmt.Errorf("krules: emit: %w", storage.ValidateName("event type", eventType))
+	t := a.table.Load()
+	hs, err := t.matchValid(eventType)
+	if err != nil {
+		return err
 	}
 	if subject == nil {
 		return fmt.Errorf("krules: emit %q: %w: nil subject", eventType, ErrInvalidName)
@@ -440,13 +487,12 @@ func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payl
 	if subject.nameErr != nil {
 		return fmt.Errorf("krules: emit %q: %w", eventType, subject.nameErr)
 	}
-	t := a.table.Load()
-	hs := t.match(eventType)
 	depth, ok, err := a.admit(ctx, t, hs, eventType, subject)
 	if !ok {
 		return err
 	}
-	ev := &Event{Type: eventType, Subject: subject, payload: payload, Extra: extra, app: a, meta: meta}
+	ev := newEvent()
+	ev.Type, ev.Subject, ev.payload, ev.Extra, ev.app, ev.meta = eventType, subject, payload, extra, a, meta
 	if payload == nil {
 		ev.lazy = lazyEmpty
 	} else {
@@ -480,18 +526,23 @@ func (a *App) admit(ctx context.Context, t *table, hs []*Handler, eventType stri
 }
 
 // deliver runs the handlers hs (matched in table t) and the outbound hooks
-// for ev, an admitted event emitted at cascade depth depth.
+// for ev, an admitted event emitted at cascade depth depth. The caller has
+// just checked ctx.
 func (a *App) deliver(ctx context.Context, t *table, hs []*Handler, ev *Event, depth int) error {
 	ev.ctx = depthCtx{Context: ctx, depth: depth + 1}
 	hctx := context.Context(&ev.ctx)
-	for _, h := range hs {
-		if err := ctx.Err(); err != nil {
-			return err
+	for i, h := range hs {
+		if i > 0 { // the callers checked ctx just before the first
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 		}
-		if !a.pass(hctx, ev, h) {
+		if len(h.filters) > 0 && !a.pass(hctx, ev, h) {
 			continue
 		}
-		a.invoke(hctx, ev, h, t.middleware)
+		if err := a.run(hctx, ev, h, t.middleware); err != nil {
+			a.report(hctx, ev, h.name, err)
+		}
 	}
 	for _, h := range t.outbound {
 		if err := ctx.Err(); err != nil {

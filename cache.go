@@ -14,11 +14,14 @@ const (
 	stHole                 // unused slot (removed, or moved to the end)
 )
 
-// entry is one property of a propCache: its name, value and whether Store
-// must write it.
+// entry is one property of a propCache: its name, value, whether Store
+// must write it, and for a pending entry the handle's write clock when the
+// cached write was made (Subject.wgen; 0 for entries not written by a
+// cached write).
 type entry struct {
 	name  string
 	v     any
+	gen   uint64
 	state uint8
 }
 
@@ -66,11 +69,14 @@ func (c *propCache) at(i int) (any, bool) {
 
 func (c *propCache) get(name string) (any, bool) { return c.at(c.find(name)) }
 
-// put stores a value; dirty says whether Store must write it.
-func (c *propCache) put(name string, v any, dirty bool) { c.putAt(c.find(name), name, v, dirty) }
+// put stores a value; dirty says whether Store must write it, gen is the
+// write clock of a dirty write (0 otherwise).
+func (c *propCache) put(name string, v any, dirty bool, gen uint64) {
+	c.putAt(c.find(name), name, v, dirty, gen)
+}
 
 // putAt stores a value for name, whose index (from find) is i.
-func (c *propCache) putAt(i int, name string, v any, dirty bool) {
+func (c *propCache) putAt(i int, name string, v any, dirty bool, gen uint64) {
 	st := stClean
 	if dirty {
 		st = stDirty
@@ -82,7 +88,7 @@ func (c *propCache) putAt(i int, name string, v any, dirty bool) {
 			if e.state == stDirty {
 				c.pending--
 			}
-			e.v, e.state = v, st
+			e.v, e.state, e.gen = v, st, gen
 			return
 		}
 		// A property added back after a delete goes to the end, as new.
@@ -94,13 +100,14 @@ func (c *propCache) putAt(i int, name string, v any, dirty bool) {
 		c.idx = make(map[string]int32)
 	}
 	c.idx[name] = int32(len(c.ents))
-	c.ents = append(c.ents, entry{name: name, v: v, state: st})
+	c.ents = append(c.ents, entry{name: name, v: v, gen: gen, state: st})
 	c.live++
 	c.compact()
 }
 
-// remove drops a value; pending says whether Store must delete it.
-func (c *propCache) remove(name string, pending bool) {
+// remove drops a value; pending says whether Store must delete it, gen is
+// the write clock of a pending delete (0 otherwise).
+func (c *propCache) remove(name string, pending bool, gen uint64) {
 	i := c.find(name)
 	if i < 0 {
 		if pending {
@@ -108,7 +115,7 @@ func (c *propCache) remove(name string, pending bool) {
 				c.idx = make(map[string]int32)
 			}
 			c.idx[name] = int32(len(c.ents))
-			c.ents = append(c.ents, entry{name: name, state: stDeleted})
+			c.ents = append(c.ents, entry{name: name, gen: gen, state: stDeleted})
 			c.pending++
 		}
 		return
@@ -121,7 +128,7 @@ func (c *propCache) remove(name string, pending bool) {
 		c.pending--
 	}
 	if pending {
-		*e = entry{name: name, state: stDeleted}
+		*e = entry{name: name, gen: gen, state: stDeleted}
 		c.pending++
 		return
 	}
@@ -198,4 +205,11 @@ func (c *propCache) hasPending() bool { return c.pending > 0 }
 func (c *propCache) isPending(name string) bool {
 	i := c.find(name)
 	return i >= 0 && (c.ents[i].state == stDirty || c.ents[i].state == stDeleted)
+}
+
+// pendingAfter reports whether name has an unsaved change made by a cached
+// write later than write clock value gen.
+func (c *propCache) pendingAfter(name string, gen uint64) bool {
+	i := c.find(name)
+	return i >= 0 && (c.ents[i].state == stDirty || c.ents[i].state == stDeleted) && c.ents[i].gen > gen
 }

@@ -122,6 +122,10 @@ func (s *Subject) feedCtx(ctx context.Context, o *callOptions) context.Context {
 	if !s.app.feed.on {
 		return ctx
 	}
+	return s.feedCtxOn(ctx, o)
+}
+
+func (s *Subject) feedCtxOn(ctx context.Context, o *callOptions) context.Context {
 	return storage.WithChange(ctx, s.app.feedMeta(ctx, o))
 }
 

@@ -59,14 +59,11 @@ func idemKeyOf[T any](opts []T) (string, bool) {
 	return key, ok
 }
 
-// directCtx returns the context for the backend call of a write: ctx itself
-// without an idempotency key, else a context carrying the key, after
-// checking that the key can be honoured (m is nil for Delete). Only the
-// backend sees the key: handlers of the write's event get ctx.
-func (s *Subject) directCtx(ctx context.Context, key string, has, noCache bool, m *storage.Mutation) (context.Context, error) {
-	if !has {
-		return ctx, nil
-	}
+// directCtx returns the context for the backend call of a write given the
+// idempotency key key: a context carrying the key, after checking that the
+// key can be honoured (m is nil for Delete). Only the backend sees the key:
+// handlers of the write's event get ctx.
+func (s *Subject) directCtx(ctx context.Context, key string, noCache bool, m *storage.Mutation) (context.Context, error) {
 	if err := storage.ValidateIdempotencyKey(key); err != nil {
 		return nil, err
 	}
@@ -80,10 +77,4 @@ func (s *Subject) directCtx(ctx context.Context, key string, has, noCache bool, 
 		return nil, fmt.Errorf("%w: backend %T does not record idempotency keys", ErrIdempotencyUnsupported, s.app.backend)
 	}
 	return storage.WithIdempotencyKey(ctx, key), nil
-}
-
-// replayed reports whether the backend answered the call made with bctx
-// (from directCtx) from a recorded key.
-func replayed(ctx, bctx context.Context) bool {
-	return bctx != ctx && storage.Replayed(bctx)
 }

@@ -13,11 +13,16 @@ import (
 // its storage.Invalid value; it can be overwritten (Set), deleted and
 // flushed, and Store never rewrites it unless it was changed.
 func (s *Subject) readable(k storage.Kind, prop string, v any) (any, error) {
-	switch x := v.(type) {
-	case map[string]any, []any:
-		return storage.Clone(v), nil
-	case storage.Invalid:
-		return nil, fmt.Errorf("krules: get %s %q of subject %q: %w", what(k), prop, s.name, x.Err)
+	switch v.(type) {
+	case map[string]any, []any, storage.Invalid:
+		return s.readableSlow(k, prop, v)
 	}
 	return v, nil // scalars need no copy
+}
+
+func (s *Subject) readableSlow(k storage.Kind, prop string, v any) (any, error) {
+	if x, ok := v.(storage.Invalid); ok {
+		return nil, fmt.Errorf("krules: get %s %q of subject %q: %w", what(k), prop, s.name, x.Err)
+	}
+	return storage.Clone(v), nil
 }

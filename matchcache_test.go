@@ -2,6 +2,7 @@ package krules_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -44,6 +45,37 @@ func TestMatchCacheManyTypes(t *testing.T) {
 			if !slices.Equal(got, want) {
 				t.Fatalf("round %d: %s reached %v, want %v", round, typ, got, want)
 			}
+		}
+	}
+}
+
+// TestMatchCacheSharedBytes: event types that share their bytes' address
+// (substrings of one string, the first level of the match cache) are told
+// apart by length and content, and an invalid type is refused even when a
+// valid one at the same address is cached.
+func TestMatchCacheSharedBytes(t *testing.T) {
+	app, _ := newApp(t)
+	var got []string
+	app.On("a.*").Do(func(_ context.Context, ev *krules.Event) error { got = append(got, ev.Type); return nil })
+	app.On("a.bc").Do(func(_ context.Context, ev *krules.Event) error { got = append(got, "exact:"+ev.Type); return nil })
+	s := app.Subject("s")
+	backing := "a.bc\x00"
+	for range 3 {
+		got = got[:0]
+		for _, typ := range []string{backing[:3], backing[:4]} {
+			if err := app.Emit(ctx, typ, s, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if want := []string{"a.b", "a.bc", "exact:a.bc"}; !slices.Equal(got, want) {
+			t.Fatalf("reached %v, want %v", got, want)
+		}
+		if err := app.Emit(ctx, backing, s, nil); !errors.Is(err, krules.ErrInvalidName) {
+			t.Fatalf("Emit(%q) = %v, want ErrInvalidName", backing, err)
+		}
+		// Same bytes at another address: the second level.
+		if err := app.Emit(ctx, strings.Clone(backing[:4]), s, nil); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -173,6 +173,16 @@ func getOpts(base callOptions, opts []GetOption) callOptions {
 	return base
 }
 
+// hasNoCache reports whether opts hold a NoCache option.
+func hasNoCache(opts []GetOption) bool {
+	for _, x := range opts {
+		if _, ok := x.(NoCacheOption); ok {
+			return true
+		}
+	}
+	return false
+}
+
 func deleteOpts(base callOptions, opts []DeleteOption) callOptions {
 	for _, x := range opts {
 		base.add(x)

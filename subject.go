@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/memory"
 )
 
 // Subject is a handle on a named subject, with its own write cache.
@@ -34,22 +36,33 @@ import (
 // on every call. A NoCache call on a cached handle drops the cache when it
 // holds no unsaved change (the next cached read reloads), and otherwise
 // patches it: a NoCache read never discards an unsaved change; a NoCache
-// write of a property replaces that property's unsaved change, including
-// one made by a cached Set or Delete of the same property on the same
-// handle that ran while the NoCache write was in the store (between its
-// store write and its return): that cached change is then lost, and Store
-// does not write it. Do not mix NoCache and cached writes of one property
-// on one handle from several goroutines.
+// write of a property replaces that property's unsaved change made before
+// the NoCache write began, and keeps one made by a cached Set or Delete
+// while the NoCache write was in flight (that change is the later one:
+// Store writes it over the NoCache write).
 type Subject struct {
 	app     *App
 	name    string
 	nameErr error
 	base    callOptions
+	// cachedOK: a valid name on a handle with a cache (not NoCache), so
+	// Get may answer from the loaded cache. Set by App.Subject.
+	cachedOK bool
+	// mem: when the App's store is a *memory.Backend, the handle's
+	// resolved reference to its subject there (direct calls skip the
+	// store's name lookup); unbound otherwise.
+	mem memory.Ref
 
 	mu     sync.Mutex
 	loaded bool
 	props  propCache
 	ext    propCache
+	// wgen is the write clock: each cached Set or Delete (under mu) takes
+	// the next value and stamps its cache entry with it; a NoCache write
+	// reads it (without mu) when it begins, so afterDirect tells the
+	// pending changes made before it (superseded) from those made while it
+	// was in flight (kept).
+	wgen atomic.Uint64
 
 	feedPending map[string]*storage.ChangeMeta // change feed: metadata of cached writes (changefeed.go)
 }
@@ -86,7 +99,7 @@ func (s *Subject) loadLocked(ctx context.Context) error {
 	for j, c := range []*propCache{&s.props, &s.ext} {
 		for i := range blind[j].ents {
 			if e := &blind[j].ents[i]; e.state == stDirty {
-				c.put(e.name, e.v, true)
+				c.put(e.name, e.v, true, e.gen)
 			}
 		}
 	}
@@ -122,11 +135,17 @@ func (s *Subject) listeners(ctx context.Context, k storage.Kind, o *callOptions,
 	if k != storage.Default || o.muted {
 		return nil, nil, 0, nil
 	}
-	if err := s.feedCheck(ctx, k, o, eventType); err != nil { // change feed hook
-		return nil, nil, 0, err
+	if s.app.feed.on {
+		if err := s.feedCheck(ctx, k, o, eventType); err != nil { // change feed hook
+			return nil, nil, 0, err
+		}
 	}
 	t := s.app.eventTable() // change feed hook: no local handlers under FeedRemote
-	hs := t.builtin(eventType)
+	t.once.Do(t.build)
+	hs := t.changed
+	if eventType != PropertyChanged { // a constant: compared by pointer first
+		hs = t.deleted
+	}
 	if !t.wants(hs) {
 		return t, hs, 0, nil
 	}
@@ -148,31 +167,37 @@ func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, dep
 	if lazy == lazyDeleted {
 		typ = PropertyDeleted
 	}
-	ev := &Event{Type: typ, Subject: s, PropertyName: prop, OldValue: old, NewValue: nv, Extra: extra, app: s.app, lazy: lazy}
+	ev := newEvent()
+	ev.Type, ev.Subject, ev.PropertyName, ev.OldValue, ev.NewValue, ev.Extra, ev.app, ev.lazy = typ, s, prop, old, nv, extra, s.app, lazy
 	return s.app.deliver(ctx, t, hs, ev, depth)
 }
 
 // afterDirect brings the handle's cache (if loaded) in line with a NoCache
 // call's result: v is the stored value (present false: the property is not
-// stored); write tells a write from a read. A cache without unsaved changes
-// is dropped, so the next cached read reloads: that stays right whatever
-// order concurrent NoCache calls finish in. A cache with unsaved changes is
-// patched: a write replaces the property (and its pending change, even a
-// cached write that landed while the direct write was in flight: the known
-// race documented on Subject); a read
-// only refreshes properties without a pending change, so it never loses an
-// unsaved write.
-func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool) {
+// stored); write tells a write from a read, and start is the write clock
+// (wgen) when a write began. A cache without unsaved changes is dropped, so
+// the next cached read reloads: that stays right whatever order concurrent
+// NoCache calls finish in. A cache with unsaved changes is patched: a write
+// replaces the property and its pending change made before the write began
+// (stamp <= start), and keeps a pending change made while it was in flight
+// (stamp > start: a later write); a read only refreshes properties without
+// a pending change, so it never loses an unsaved write.
+//
+// A NoCache handle has no cache to patch (its cached reads load afresh, and
+// it makes no cached writes): callers skip afterDirect there.
+func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool, start uint64) {
 	s.mu.Lock()
-	s.afterDirectLocked(k, prop, v, present, write)
+	s.afterDirectLocked(k, prop, v, present, write, start)
 	s.mu.Unlock()
 }
 
-func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present, write bool) {
+func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present, write bool, start uint64) {
+	c := s.cache(k)
 	if !s.loaded {
-		if write && len(s.cache(k).ents) > 0 {
-			// A WriteOnly handle's unloaded write of prop is superseded.
-			s.cache(k).remove(prop, false)
+		if write && len(c.ents) > 0 && !c.pendingAfter(prop, start) {
+			// A WriteOnly handle's unloaded write of prop made before
+			// this write is superseded.
+			c.remove(prop, false, 0)
 		}
 		return
 	}
@@ -181,14 +206,17 @@ func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present,
 		s.props, s.ext = propCache{}, propCache{}
 		return
 	}
-	c := s.cache(k)
-	if !write && c.isPending(prop) {
+	if write {
+		if c.pendingAfter(prop, start) {
+			return
+		}
+	} else if c.isPending(prop) {
 		return
 	}
 	if present {
-		c.put(prop, storage.Clone(v), false)
+		c.put(prop, storage.Clone(v), false, 0)
 	} else {
-		c.remove(prop, false)
+		c.remove(prop, false, 0)
 	}
 }
 
@@ -266,33 +294,50 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	if err := s.check(k, prop); err != nil {
 		return nil, nil, err
 	}
-	o := setOpts(s.base, opts)
+	o := &s.base // read-only; a copy only when options change it
+	if len(opts) > 0 {
+		oo := setOpts(s.base, opts)
+		o = &oo
+	}
 	mut, err := mutation(value)
 	if err != nil {
 		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 	}
-	idem, hasIdem := idemKeyOf(opts)
-	bctx, err := s.directCtx(ctx, idem, hasIdem, o.noCache, &mut)
-	if err != nil {
-		return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+	bctx, hasIdem := ctx, false
+	if len(opts) > 0 {
+		var idem string
+		if idem, hasIdem = idemKeyOf(opts); hasIdem {
+			if bctx, err = s.directCtx(ctx, idem, o.noCache, &mut); err != nil {
+				return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
+			}
+		}
 	}
-	t, hs, depth, err := s.listeners(ctx, k, &o, PropertyChanged)
+	t, hs, depth, err := s.listeners(ctx, k, o, PropertyChanged)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
+	if !(o.noCache && s.mem.Bound()) { // the memory store checks ctx itself
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
 	}
 	var nv, old any
 	if o.noCache {
-		nv, old, err = s.app.backend.Set(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop}, mut)
+		start := s.wgen.Load()
+		if s.mem.Bound() {
+			nv, old, err = s.mem.Set(s.feedCtx(bctx, o), storage.Key{Kind: k, Name: prop}, mut)
+		} else {
+			nv, old, err = s.app.backend.Set(s.feedCtx(bctx, o), s.name, storage.Key{Kind: k, Name: prop}, mut)
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		if replayed(ctx, bctx) {
+		if hasIdem && storage.Replayed(bctx) {
 			return nv, old, nil // the first call wrote and emitted
 		}
-		s.afterDirect(k, prop, nv, true, true)
+		if !s.base.noCache {
+			s.afterDirect(k, prop, nv, true, true, start)
+		}
 	} else {
 		s.mu.Lock()
 		if !s.loaded && !(o.writeOnly && mut.Op == nil && mut.Func == nil) {
@@ -318,8 +363,8 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 				return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 			}
 		}
-		c.putAt(i, prop, nv, true)
-		s.noteFeed(ctx, k, prop, &o) // change feed hook
+		c.putAt(i, prop, nv, true, s.wgen.Add(1))
+		s.noteFeed(ctx, k, prop, o) // change feed hook
 		s.mu.Unlock()
 	}
 	if t.wants(hs) && !storage.Equal(nv, old) {
@@ -334,35 +379,56 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 // the Default option's value if one was given, else an error wrapping
 // ErrNotFound. Options (GetOption): Default, NoCache.
 func (s *Subject) Get(ctx context.Context, prop string, opts ...GetOption) (any, error) {
+	// Fast path (as in GetExt): a property found in the loaded cache has a
+	// valid name (it was checked when set, or came from the store), and its
+	// value makes the options (Default) moot.
+	if s.cachedOK && (len(opts) == 0 || !hasNoCache(opts)) {
+		s.mu.Lock()
+		if s.loaded {
+			if v, ok := s.props.get(prop); ok {
+				s.mu.Unlock()
+				return s.readable(storage.Default, prop, v)
+			}
+		}
+		s.mu.Unlock()
+	}
 	return s.get(ctx, storage.Default, prop, opts)
 }
 
 // GetExt returns an extended property's value, as Get.
 func (s *Subject) GetExt(ctx context.Context, prop string, opts ...GetOption) (any, error) {
-	return s.get(ctx, storage.Extended, prop, opts)
-}
-
-func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []GetOption) (any, error) {
-	o := getOpts(s.base, opts)
-	if !o.noCache && s.nameErr == nil {
-		// Fast path: a property found in the loaded cache has a valid name
-		// (it was checked when set, or came from the store).
+	if s.cachedOK && (len(opts) == 0 || !hasNoCache(opts)) {
 		s.mu.Lock()
 		if s.loaded {
-			if v, ok := s.cache(k).get(prop); ok {
+			if v, ok := s.ext.get(prop); ok {
 				s.mu.Unlock()
-				return s.readable(k, prop, v)
+				return s.readable(storage.Extended, prop, v)
 			}
 		}
 		s.mu.Unlock()
 	}
+	return s.get(ctx, storage.Extended, prop, opts)
+}
+
+// get is Get and GetExt past their fast path: options, a NoCache read, a
+// load, a missing property.
+func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []GetOption) (any, error) {
+	o := getOpts(s.base, opts)
 	if err := s.check(k, prop); err != nil {
 		return nil, err
 	}
 	if o.noCache {
-		v, err := s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
+		var v any
+		var err error
+		if s.mem.Bound() {
+			v, err = s.mem.Get(ctx, storage.Key{Kind: k, Name: prop})
+		} else {
+			v, err = s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
+		}
 		if errors.Is(err, ErrNotFound) {
-			s.afterDirect(k, prop, nil, false, false)
+			if !s.base.noCache {
+				s.afterDirect(k, prop, nil, false, false, 0)
+			}
 			if o.hasDef {
 				return o.def, nil
 			}
@@ -371,7 +437,9 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 		if err != nil {
 			return nil, fmt.Errorf("krules: get %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		s.afterDirect(k, prop, v, true, false)
+		if !s.base.noCache {
+			s.afterDirect(k, prop, v, true, false, 0)
+		}
 		return v, nil
 	}
 	s.mu.Lock()
@@ -474,10 +542,15 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 		return err
 	}
 	o := deleteOpts(s.base, opts)
-	idem, hasIdem := idemKeyOf(opts)
-	bctx, err := s.directCtx(ctx, idem, hasIdem, o.noCache, nil)
-	if err != nil {
-		return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
+	bctx, hasIdem := ctx, false
+	if len(opts) > 0 {
+		var idem string
+		if idem, hasIdem = idemKeyOf(opts); hasIdem {
+			var err error
+			if bctx, err = s.directCtx(ctx, idem, o.noCache, nil); err != nil {
+				return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
+			}
+		}
 	}
 	t, hs, depth, err := s.listeners(ctx, k, &o, PropertyDeleted)
 	if err != nil {
@@ -488,17 +561,24 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 	}
 	var old any
 	if o.noCache {
-		old, err = s.app.backend.Delete(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop})
+		start := s.wgen.Load()
+		if s.mem.Bound() {
+			old, err = s.mem.Delete(s.feedCtx(bctx, &o), storage.Key{Kind: k, Name: prop})
+		} else {
+			old, err = s.app.backend.Delete(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop})
+		}
 		if errors.Is(err, ErrNotFound) {
 			return s.notFound(k, prop)
 		}
 		if err != nil {
 			return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		if replayed(ctx, bctx) {
+		if hasIdem && storage.Replayed(bctx) {
 			return nil // the first call deleted and emitted
 		}
-		s.afterDirect(k, prop, nil, false, true)
+		if !s.base.noCache {
+			s.afterDirect(k, prop, nil, false, true, start)
+		}
 	} else {
 		s.mu.Lock()
 		if err := s.loadLocked(ctx); err != nil {
@@ -512,7 +592,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 			return s.notFound(k, prop)
 		}
 		old = v
-		c.remove(prop, true)
+		c.remove(prop, true, s.wgen.Add(1))
 		s.noteFeed(ctx, k, prop, &o) // change feed hook
 		s.mu.Unlock()
 	}

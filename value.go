@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"strconv"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/krules-go/krules/storage"
 )
@@ -189,6 +191,8 @@ func mutation(value any) (storage.Mutation, error) {
 	switch v := value.(type) {
 	case nil, bool, int64:
 		return storage.Mutation{Value: value}, nil
+	case int:
+		return storage.Mutation{Value: intAsInt64(value)}, nil
 	case string:
 		if validString(v) {
 			return storage.Mutation{Value: value}, nil
@@ -277,3 +281,29 @@ func load32(s string, i int) uint32 {
 }
 
 func validSlow(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }
+
+// eface is the layout of an empty interface value.
+type eface struct {
+	typ, data unsafe.Pointer
+}
+
+// int64Type is the type word of an any holding an int64.
+var int64Type = func() unsafe.Pointer {
+	var v any = int64(0)
+	return (*eface)(unsafe.Pointer(&v)).typ
+}()
+
+// intAsInt64 returns v, an any holding an int, as an any holding the same
+// number as an int64, reusing v's box: on a 64-bit platform int and int64
+// have the same size and representation, and a box is never written after
+// it is made, so the two interfaces can share it. This saves the allocation
+// of a new int64 box on every Set of an int (the value normalisation of
+// package storage turns int into int64). On 32-bit platforms it converts.
+func intAsInt64(v any) any {
+	if strconv.IntSize != 64 {
+		return int64(v.(int))
+	}
+	e := *(*eface)(unsafe.Pointer(&v))
+	e.typ = int64Type
+	return *(*any)(unsafe.Pointer(&e))
+}

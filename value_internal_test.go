@@ -19,3 +19,23 @@ func TestValidStringMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+func TestIntAsInt64(t *testing.T) {
+	for _, n := range []int{0, 1, -1, 255, 256, 1 << 40, -(1 << 62), int(^uint(0) >> 1), -int(^uint(0)>>1) - 1} {
+		var v any = n
+		got := intAsInt64(v)
+		if x, ok := got.(int64); !ok || x != int64(n) {
+			t.Fatalf("intAsInt64(%d) = %#v", n, got)
+		}
+		if got != any(int64(n)) {
+			t.Fatalf("intAsInt64(%d) is not == int64(%d) as an interface", n, n)
+		}
+		if v.(int) != n {
+			t.Fatalf("the int box changed: %v", v)
+		}
+	}
+	m, err := mutation(1 << 40)
+	if err != nil || m.Value != any(int64(1<<40)) {
+		t.Fatalf("mutation(int) = %#v, %v; want an int64", m.Value, err)
+	}
+}

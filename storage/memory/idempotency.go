@@ -54,6 +54,11 @@ func (st *idemStore) begin(ctx context.Context, subject, op string, k storage.Ke
 	if !ok {
 		return nil, nil, nil
 	}
+	return st.beginKey(ctx, key, subject, op, k, m)
+}
+
+// beginKey is begin for a call with key.
+func (st *idemStore) beginKey(ctx context.Context, key, subject, op string, k storage.Key, m *storage.Mutation) (*idemCall, *idemRecord, error) {
 	fp, err := storage.Fingerprint(op, k, m)
 	if err != nil {
 		return nil, nil, err

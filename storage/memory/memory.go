@@ -180,9 +180,13 @@ func (b *Backend) lookup(name string, create bool) *subject {
 
 func checkKey(k storage.Key) error {
 	if !k.Kind.Valid() {
-		return fmt.Errorf("memory: %w: unknown property kind %v", storage.ErrInvalidName, k.Kind)
+		return badKind(k)
 	}
 	return nil
+}
+
+func badKind(k storage.Key) error {
+	return fmt.Errorf("memory: %w: unknown property kind %v", storage.ErrInvalidName, k.Kind)
 }
 
 // Load implements storage.Backend.
@@ -239,16 +243,26 @@ func (b *Backend) Set(ctx context.Context, name string, k storage.Key, m storage
 	if err := checkKey(k); err != nil {
 		return nil, nil, err
 	}
-	s := b.lookup(name, true)
-	ic, rec, err := b.idem.begin(ctx, name, "set", k, &m)
-	if rec != nil || err != nil {
-		b.dropIfEmpty(name, s)
-		s.mu.Unlock()
-		if err != nil {
-			return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
+	return b.set(ctx, name, b.lookup(name, true), k, m)
+}
+
+// set is Set on s, the subject's entry, locked; it unlocks it.
+func (b *Backend) set(ctx context.Context, name string, s *subject, k storage.Key, m storage.Mutation) (any, any, error) {
+	var ic *idemCall
+	if key, ok := storage.IdempotencyKeyFrom(ctx); ok {
+		var rec *idemRecord
+		var err error
+		ic, rec, err = b.idem.beginKey(ctx, key, name, "set", k, &m)
+		if rec != nil || err != nil {
+			b.dropIfEmpty(name, s)
+			s.mu.Unlock()
+			if err != nil {
+				return nil, nil, fmt.Errorf("memory: set %q of subject %q: %w", k.Name, name, err)
+			}
+			return rec.nv, rec.old, nil
 		}
-		return rec.nv, rec.old, nil
 	}
+	var err error
 	ps := s.set(k.Kind)
 	i := ps.find(k.Name)
 	var old, nv any
@@ -305,7 +319,12 @@ func (b *Backend) Get(ctx context.Context, name string, k storage.Key) (any, err
 	if err := checkKey(k); err != nil {
 		return nil, err
 	}
-	s := b.lookup(name, false)
+	return get(name, b.lookup(name, false), k)
+}
+
+// get is Get on s, the subject's entry, locked (nil: no such subject); it
+// unlocks it.
+func get(name string, s *subject, k storage.Key) (any, error) {
 	if s == nil {
 		return nil, fmt.Errorf("memory: property %q of subject %q: %w", k.Name, name, storage.ErrNotFound)
 	}
@@ -325,7 +344,11 @@ func (b *Backend) Delete(ctx context.Context, name string, k storage.Key) (any, 
 	if err := checkKey(k); err != nil {
 		return nil, err
 	}
-	s := b.lookup(name, true) // a keyed retry may find the subject gone
+	return b.del(ctx, name, b.lookup(name, true), k) // a keyed retry may find the subject gone
+}
+
+// del is Delete on s, the subject's entry, locked; it unlocks it.
+func (b *Backend) del(ctx context.Context, name string, s *subject, k storage.Key) (any, error) {
 	defer s.mu.Unlock()
 	ic, rec, err := b.idem.begin(ctx, name, "delete", k, nil)
 	if rec != nil || err != nil {
