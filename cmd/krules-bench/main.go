@@ -4,12 +4,18 @@
 //
 // Rows of the memory, bolt and sqlite backends always run; Redis, PostgreSQL and NATS
 // rows run when KRULES_REDIS_URL, KRULES_POSTGRES_URL and KRULES_NATS_URL are
-// set. Each measurement is the median of -count runs (testing.Benchmark);
-// ratio = ns_per_op / baseline_ns_per_op measured in the same run.
+// set. A row and its baseline run as -count interleaved pairs (row then
+// baseline, baseline then row in the next pair, ...: ABBA order, so both sides
+// see the same drift of machine load and neither always runs first); each pair
+// gives one ratio row/baseline. ns_per_op and baseline_ns_per_op are the
+// medians of each side; ratio is the median of the pair ratios and ratio_min,
+// ratio_max their spread. -test.benchtime sets the length of one measurement
+// (default 1s; 200ms gives more pairs in the same time).
 //
 //	go run ./cmd/krules-bench                 # table
 //	go run ./cmd/krules-bench -json -count 5  # JSON, median of 5
 //	go run ./cmd/krules-bench -run redis/     # only rows whose name contains "redis/"
+//	go run ./cmd/krules-bench -run 'redis/|postgres/' -count 15 -test.benchtime 300ms
 package main
 
 import (
@@ -55,13 +61,16 @@ type Result struct {
 	Baseline         string  `json:"baseline"`
 	BaselineNsPerOp  float64 `json:"baseline_ns_per_op"`
 	Ratio            float64 `json:"ratio"`
+	RatioMin         float64 `json:"ratio_min,omitempty"`
+	RatioMax         float64 `json:"ratio_max,omitempty"`
+	Pairs            int     `json:"pairs,omitempty"`
 	baselineAllocsOp int64
 }
 
 func main() {
 	asJSON := flag.Bool("json", false, "print a JSON array instead of a table")
 	count := flag.Int("count", 3, "runs per measurement; the median is reported")
-	filter := flag.String("run", "", "only rows whose name contains this string")
+	filter := flag.String("run", "", "only rows whose name contains one of these |-separated strings")
 	flag.Parse()
 	testing.Init()
 	if *count < 1 {
@@ -80,17 +89,13 @@ func main() {
 			continue
 		}
 		for _, r := range rows {
-			if *filter != "" && !strings.Contains(r.Name, *filter) {
+			if !matches(r.Name, *filter) {
 				continue
 			}
-			res := Result{Name: r.Name, Baseline: r.Baseline}
-			res.NsPerOp, res.AllocsPerOp, res.BaselineNsPerOp, res.baselineAllocsOp = measure(r, *count)
-			if res.BaselineNsPerOp > 0 {
-				res.Ratio = res.NsPerOp / res.BaselineNsPerOp
-			}
+			res := measure(r, *count)
 			results = append(results, res)
 			if !*asJSON {
-				fmt.Fprintf(os.Stderr, "  %-28s %12.0f ns/op\n", r.Name, res.NsPerOp)
+				fmt.Fprintf(os.Stderr, "  %-28s %12.0f ns/op  ratio %.2f [%.2f-%.2f]\n", r.Name, res.NsPerOp, res.Ratio, res.RatioMin, res.RatioMax)
 			}
 		}
 		if cleanup != nil {
@@ -108,14 +113,16 @@ func main() {
 		return
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tratio\t")
+	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tbaseline allocs/op\tratio\tmin-max\tpairs\t")
 	for _, r := range results {
-		ratio, base := "-", "-"
+		ratio, base, ballocs, spread := "-", "-", "-", "-"
 		if r.BaselineNsPerOp > 0 {
 			ratio = fmt.Sprintf("%.2f", r.Ratio)
 			base = fmt.Sprintf("%.0f", r.BaselineNsPerOp)
+			ballocs = fmt.Sprintf("%d", r.baselineAllocsOp)
+			spread = fmt.Sprintf("%.2f-%.2f", r.RatioMin, r.RatioMax)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ratio)
+		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ballocs, ratio, spread, r.Pairs)
 	}
 	tw.Flush()
 }
@@ -136,24 +143,63 @@ func once(fn func(b *testing.B)) (sample, bool) {
 	return sample{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp()}, true
 }
 
-// measure runs the row and its baseline alternately (run, base, run, base,
-// ...) count times each, so both sides see the same drift of machine load,
-// and returns the medians: ns/op and allocs/op of each.
-func measure(r Row, count int) (ns float64, allocs int64, baseNs float64, baseAllocs int64) {
-	var runs, bases []sample
-	for i := 0; i < count; i++ {
-		if s, ok := once(r.Run); ok {
-			runs = append(runs, s)
-		}
-		if r.Base != nil {
-			if s, ok := once(r.Base); ok {
-				bases = append(bases, s)
-			}
+// matches reports whether name contains one of the |-separated parts of
+// filter (an empty filter matches every row).
+func matches(name, filter string) bool {
+	if filter == "" {
+		return true
+	}
+	for _, part := range strings.Split(filter, "|") {
+		if part != "" && strings.Contains(name, part) {
+			return true
 		}
 	}
-	m := medianOf(runs)
-	b := medianOf(bases)
-	return m.ns, m.allocs, b.ns, b.allocs
+	return false
+}
+
+// measure runs the row and its baseline as count interleaved pairs in ABBA
+// order (row, base; base, row; ...), so both sides see the same drift of
+// machine load and neither always runs first. It returns the medians of
+// ns/op and allocs/op of each side and the median, min and max of the
+// per-pair ratios (pairs where either side failed are dropped).
+func measure(r Row, count int) Result {
+	res := Result{Name: r.Name, Baseline: r.Baseline}
+	var runs, bases []sample
+	var ratios []float64
+	for i := 0; i < count; i++ {
+		var s, bs sample
+		var ok, bok bool
+		if r.Base == nil {
+			s, ok = once(r.Run)
+		} else if i%2 == 0 {
+			s, ok = once(r.Run)
+			bs, bok = once(r.Base)
+		} else {
+			bs, bok = once(r.Base)
+			s, ok = once(r.Run)
+		}
+		if ok {
+			runs = append(runs, s)
+		}
+		if bok {
+			bases = append(bases, bs)
+		}
+		if ok && bok && bs.ns > 0 {
+			ratios = append(ratios, s.ns/bs.ns)
+		}
+	}
+	m, b := medianOf(runs), medianOf(bases)
+	res.NsPerOp, res.AllocsPerOp = m.ns, m.allocs
+	res.BaselineNsPerOp, res.baselineAllocsOp = b.ns, b.allocs
+	if len(ratios) > 0 {
+		sort.Float64s(ratios)
+		res.Ratio = ratios[len(ratios)/2]
+		if len(ratios)%2 == 0 {
+			res.Ratio = (ratios[len(ratios)/2-1] + ratios[len(ratios)/2]) / 2
+		}
+		res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
+	}
+	return res
 }
 
 func medianOf(ss []sample) sample {
