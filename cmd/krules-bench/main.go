@@ -10,7 +10,11 @@
 // gives one ratio row/baseline. ns_per_op and baseline_ns_per_op are the
 // medians of each side; ratio is the median of the pair ratios and ratio_min,
 // ratio_max their spread. -test.benchtime sets the length of one measurement
-// (default 1s; 200ms gives more pairs in the same time).
+// (default 1s; 200ms gives more pairs in the same time). cpu_ns_per_op is the
+// CPU time of this process per op (rusage, user + system; median of the
+// pairs), which the load of other processes on the machine disturbs much less
+// than wall time; cpu_ratio compares it with the baseline's. Server CPU is
+// not in it.
 //
 //	go run ./cmd/krules-bench                 # table
 //	go run ./cmd/krules-bench -json -count 5  # JSON, median of 5
@@ -26,8 +30,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"text/tabwriter"
+	"time"
 )
 
 // Row is one measurement: Run is the krules operation, Base the raw baseline
@@ -64,15 +70,18 @@ type Result struct {
 	RatioMin         float64 `json:"ratio_min,omitempty"`
 	RatioMax         float64 `json:"ratio_max,omitempty"`
 	Pairs            int     `json:"pairs,omitempty"`
+	CPUNsPerOp       float64 `json:"cpu_ns_per_op,omitempty"`
+	BaselineCPUNsOp  float64 `json:"baseline_cpu_ns_per_op,omitempty"`
+	CPURatio         float64 `json:"cpu_ratio,omitempty"`
 	baselineAllocsOp int64
 }
 
 func main() {
+	testing.Init() // before Parse: -test.benchtime sets the length of one measurement
 	asJSON := flag.Bool("json", false, "print a JSON array instead of a table")
-	count := flag.Int("count", 3, "runs per measurement; the median is reported")
+	count := flag.Int("count", 3, "interleaved row/baseline pairs per row; medians and the ratio spread are reported")
 	filter := flag.String("run", "", "only rows whose name contains one of these |-separated strings")
 	flag.Parse()
-	testing.Init()
 	if *count < 1 {
 		*count = 1
 	}
@@ -113,7 +122,7 @@ func main() {
 		return
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tbaseline allocs/op\tratio\tmin-max\tpairs\t")
+	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tbaseline allocs/op\tratio\tmin-max\tpairs\tcpu µs/op\tbaseline cpu µs/op\tcpu ratio\t")
 	for _, r := range results {
 		ratio, base, ballocs, spread := "-", "-", "-", "-"
 		if r.BaselineNsPerOp > 0 {
@@ -122,7 +131,13 @@ func main() {
 			ballocs = fmt.Sprintf("%d", r.baselineAllocsOp)
 			spread = fmt.Sprintf("%.2f-%.2f", r.RatioMin, r.RatioMax)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ballocs, ratio, spread, r.Pairs)
+		cpu, bcpu, cratio := "-", "-", "-"
+		if r.CPURatio > 0 {
+			cpu = fmt.Sprintf("%.1f", r.CPUNsPerOp/1e3)
+			bcpu = fmt.Sprintf("%.1f", r.BaselineCPUNsOp/1e3)
+			cratio = fmt.Sprintf("%.2f", r.CPURatio)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ballocs, ratio, spread, r.Pairs, cpu, bcpu, cratio)
 	}
 	tw.Flush()
 }
@@ -130,17 +145,37 @@ func main() {
 type sample struct {
 	ns     float64
 	allocs int64
+	cpu    float64 // CPU time of this process per op, ns (user + system)
 }
 
 func once(fn func(b *testing.B)) (sample, bool) {
+	var cpu time.Duration
+	var n int
 	r := testing.Benchmark(func(b *testing.B) {
 		b.ReportAllocs()
+		// The last call is the measured one; the rusage reads sit outside
+		// the timed loop (b.Loop and parallel16 reset the timer).
+		c0 := selfCPU()
 		fn(b)
+		cpu, n = selfCPU()-c0, b.N
 	})
 	if r.N == 0 {
 		return sample{}, false
 	}
-	return sample{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp()}, true
+	s := sample{ns: float64(r.T.Nanoseconds()) / float64(r.N), allocs: r.AllocsPerOp()}
+	if n == r.N {
+		s.cpu = float64(cpu.Nanoseconds()) / float64(n)
+	}
+	return s, true
+}
+
+// selfCPU is the user + system CPU time this process has used so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // matches reports whether name contains one of the |-separated parts of
@@ -188,6 +223,9 @@ func measure(r Row, count int) Result {
 			ratios = append(ratios, s.ns/bs.ns)
 		}
 	}
+	if cr, cb := medianCPU(runs), medianCPU(bases); cr > 0 && cb > 0 {
+		res.CPUNsPerOp, res.BaselineCPUNsOp, res.CPURatio = cr, cb, cr/cb
+	}
 	m, b := medianOf(runs), medianOf(bases)
 	res.NsPerOp, res.AllocsPerOp = m.ns, m.allocs
 	res.BaselineNsPerOp, res.baselineAllocsOp = b.ns, b.allocs
@@ -200,6 +238,21 @@ func measure(r Row, count int) Result {
 		res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
 	}
 	return res
+}
+
+// medianCPU is the median CPU time per op of ss (0 when none was measured).
+func medianCPU(ss []sample) float64 {
+	var cs []float64
+	for _, s := range ss {
+		if s.cpu > 0 {
+			cs = append(cs, s.cpu)
+		}
+	}
+	if len(cs) == 0 {
+		return 0
+	}
+	sort.Float64s(cs)
+	return cs[len(cs)/2]
 }
 
 func medianOf(ss []sample) sample {
