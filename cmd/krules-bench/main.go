@@ -27,6 +27,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -80,10 +81,23 @@ func main() {
 	testing.Init() // before Parse: -test.benchtime sets the length of one measurement
 	asJSON := flag.Bool("json", false, "print a JSON array instead of a table")
 	count := flag.Int("count", 3, "interleaved row/baseline pairs per row; medians and the ratio spread are reported")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (rows and baselines) to this file")
 	filter := flag.String("run", "", "only rows whose name contains one of these |-separated strings")
 	flag.Parse()
 	if *count < 1 {
 		*count = 1
+	}
+
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "krules-bench:", err)
+			os.Exit(1)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 
 	results := []Result{}
