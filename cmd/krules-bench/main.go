@@ -16,6 +16,14 @@
 // than wall time; cpu_ratio compares it with the baseline's. Server CPU is
 // not in it.
 //
+// Single-goroutine rows that give Op and BaseOp are measured op by op
+// instead (-ops, default on; see measureOps): -count blocks of -block each
+// in which the row's op and the baseline's op alternate, every op timed; the
+// reported ns/op are median latencies and ratio their quotient, min-max the
+// spread of the per-block quotients. On a loaded machine this is much
+// steadier than comparing two benchmark runs, which a burst of load can hit
+// on one side only.
+//
 //	go run ./cmd/krules-bench                 # table
 //	go run ./cmd/krules-bench -json -count 5  # JSON, median of 5
 //	go run ./cmd/krules-bench -run redis/     # only rows whose name contains "redis/"
@@ -38,12 +46,28 @@ import (
 )
 
 // Row is one measurement: Run is the krules operation, Base the raw baseline
-// (nil for an absolute-only row).
+// (nil for an absolute-only row). A single-goroutine row may give Op and
+// BaseOp instead (one operation each, i counting the calls of that side from
+// 0): it is then measured interleaved op by op (see measureOps), and Run and
+// Base, when nil, loop over Op and BaseOp.
 type Row struct {
 	Name     string
 	Run      func(b *testing.B)
 	Baseline string
 	Base     func(b *testing.B)
+	Op       func(i int) error
+	BaseOp   func(i int) error
+}
+
+// loop is the benchmark body that calls op b.N times.
+func loop(op func(i int) error) func(b *testing.B) {
+	return func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			if err := op(i); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 }
 
 // Group produces the rows of one backend. Setup returns the rows, a cleanup
@@ -82,6 +106,8 @@ func main() {
 	asJSON := flag.Bool("json", false, "print a JSON array instead of a table")
 	count := flag.Int("count", 3, "interleaved row/baseline pairs per row; medians and the ratio spread are reported")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (rows and baselines) to this file")
+	opMode := flag.Bool("ops", true, "rows with Op/BaseOp: interleave row and baseline op by op (median latencies); false: as -count benchmark pairs like the other rows")
+	block := flag.Duration("block", 500*time.Millisecond, "with -ops: length of one block of interleaved ops; -count blocks per row")
 	filter := flag.String("run", "", "only rows whose name contains one of these |-separated strings")
 	flag.Parse()
 	if *count < 1 {
@@ -115,7 +141,18 @@ func main() {
 			if !matches(r.Name, *filter) {
 				continue
 			}
-			res := measure(r, *count)
+			var res Result
+			if r.Op != nil && r.BaseOp != nil && *opMode {
+				res = measureOps(r, *count, *block)
+			} else {
+				if r.Run == nil && r.Op != nil {
+					r.Run = loop(r.Op)
+				}
+				if r.Base == nil && r.BaseOp != nil {
+					r.Base = loop(r.BaseOp)
+				}
+				res = measure(r, *count)
+			}
 			results = append(results, res)
 			if !*asJSON {
 				fmt.Fprintf(os.Stderr, "  %-28s %12.0f ns/op  ratio %.2f [%.2f-%.2f]\n", r.Name, res.NsPerOp, res.Ratio, res.RatioMin, res.RatioMax)
@@ -252,6 +289,79 @@ func measure(r Row, count int) Result {
 		res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
 	}
 	return res
+}
+
+// measureOps measures a row with Op and BaseOp interleaved op by op: count
+// blocks of about block each, in which the row's op and the baseline's op
+// alternate (AB, BA, AB, ...), each timed on its own. Machine load then hits
+// both sides alike, and the median latency ignores the ops that a burst of
+// load or a preemption stretched. ns_per_op and baseline_ns_per_op are the
+// median latencies over all blocks, ratio their quotient, ratio_min and
+// ratio_max the extremes of the per-block quotients (pairs = blocks).
+// allocs/op come from testing.AllocsPerRun (200 calls); no CPU time is
+// reported (the two sides share the blocks). The first error stops the row.
+func measureOps(r Row, count int, block time.Duration) Result {
+	res := Result{Name: r.Name, Baseline: r.Baseline}
+	sides := [2]func(int) error{r.Op, r.BaseOp}
+	var calls [2]int
+	var err error
+	call := func(side int) float64 {
+		t0 := time.Now()
+		if e := sides[side](calls[side]); e != nil && err == nil {
+			err = e
+		}
+		calls[side]++
+		return float64(time.Since(t0).Nanoseconds())
+	}
+	for k := 0; k < 20 && err == nil; k++ { // warm up: connections, statements, caches
+		call(k % 2)
+		call(1 - k%2)
+	}
+	var all [2][]float64
+	var ratios []float64
+	for blk := 0; blk < count && err == nil; blk++ {
+		var lat [2][]float64
+		end := time.Now().Add(block)
+		for k := 0; (k < 20 || time.Now().Before(end)) && err == nil; k++ {
+			first := k % 2
+			lat[first] = append(lat[first], call(first))
+			lat[1-first] = append(lat[1-first], call(1-first))
+		}
+		if err != nil {
+			break
+		}
+		ratios = append(ratios, median(lat[0])/median(lat[1]))
+		all[0] = append(all[0], lat[0]...)
+		all[1] = append(all[1], lat[1]...)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "krules-bench: %s: %v\n", r.Name, err)
+		return res
+	}
+	res.NsPerOp, res.BaselineNsPerOp = median(all[0]), median(all[1])
+	res.Ratio = res.NsPerOp / res.BaselineNsPerOp
+	sort.Float64s(ratios)
+	res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
+	for side, dst := range []*int64{&res.AllocsPerOp, &res.baselineAllocsOp} {
+		f := sides[side]
+		*dst = int64(testing.AllocsPerRun(200, func() {
+			_ = f(calls[side])
+			calls[side]++
+		}))
+	}
+	return res
+}
+
+// median of xs (sorted in place; 0 when empty).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	sort.Float64s(xs)
+	if len(xs)%2 == 0 {
+		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	return xs[len(xs)/2]
 }
 
 // medianCPU is the median CPU time per op of ss (0 when none was measured).

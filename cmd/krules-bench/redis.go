@@ -169,77 +169,52 @@ func redisSetup() ([]Row, func(), error) {
 	const loadBaseline = "go-redis HGETALL + json.Unmarshal of each value"
 	const storeBaseline = "go-redis HSET of 100 fields (json.Marshal of each value)"
 
+	rawSetKey, rawGetKey := key("raw-set"), key("raw-get")
+	getSub := app.Subject("k-get", krules.NoCache())
+	setSub := app.Subject("k-set", krules.NoCache())
+	funcSub := app.Subject("k-func", krules.NoCache())
 	rows := []Row{
 		{
 			Name: "redis/set",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-set", krules.NoCache())
-				for i := 0; b.Loop(); i++ {
-					if _, _, err := s.Set(ctx, "n", i); err != nil {
-						b.Fatal(err)
-					}
-				}
+			Op: func(i int) error {
+				_, _, err := setSub.Set(ctx, "n", i)
+				return err
 			},
 			Baseline: "go-redis HSET (json.Marshal)",
-			Base: func(b *testing.B) {
-				k := key("raw-set")
-				for i := 0; b.Loop(); i++ {
-					v, _ := json.Marshal(i)
-					if err := raw.HSet(ctx, k, "pn", v).Err(); err != nil {
-						b.Fatal(err)
-					}
-				}
+			BaseOp: func(i int) error {
+				v, _ := json.Marshal(i)
+				return raw.HSet(ctx, rawSetKey, "pn", v).Err()
 			},
 		},
 		{
 			Name: "redis/get-nocache",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-get", krules.NoCache())
-				for b.Loop() {
-					if _, err := s.Get(ctx, "n"); err != nil {
-						b.Fatal(err)
-					}
-				}
+			Op: func(int) error {
+				_, err := getSub.Get(ctx, "n")
+				return err
 			},
 			Baseline: "go-redis HGET + json.Unmarshal",
-			Base: func(b *testing.B) {
-				k := key("raw-get")
-				for b.Loop() {
-					text, err := raw.HGet(ctx, k, "pn").Result()
-					if err != nil {
-						b.Fatal(err)
-					}
-					var v any
-					if err := json.Unmarshal([]byte(text), &v); err != nil {
-						b.Fatal(err)
-					}
+			BaseOp: func(int) error {
+				text, err := raw.HGet(ctx, rawGetKey, "pn").Result()
+				if err != nil {
+					return err
 				}
+				var v any
+				return json.Unmarshal([]byte(text), &v)
 			},
 		},
 		{
 			Name: "redis/update-func-c1",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-func", krules.NoCache())
-				for b.Loop() {
-					if _, _, err := s.Set(ctx, "n", incFunc); err != nil {
-						b.Fatal(err)
-					}
-				}
+			Op: func(int) error {
+				_, _, err := funcSub.Set(ctx, "n", incFunc)
+				return err
 			},
 			Baseline: "go-redis WATCH/HGET/MULTI-HSET-EXEC retry loop",
-			Base: func(b *testing.B) {
-				for b.Loop() {
-					if err := rawWatch("raw-func"); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(int) error { return rawWatch("raw-func") },
 		},
 		{
 			Name: "redis/update-func-c16",
 			Run: func(b *testing.B) {
-				s := app.Subject("k-func", krules.NoCache())
-				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", incFunc); return err })
+				parallel16(b, func() error { _, _, err := funcSub.Set(ctx, "n", incFunc); return err })
 			},
 			Baseline: "go-redis WATCH/HGET/MULTI-HSET-EXEC retry loop, 16 goroutines",
 			Base: func(b *testing.B) {
@@ -260,87 +235,53 @@ func redisSetup() ([]Row, func(), error) {
 		},
 		{
 			Name: "redis/store-100",
-			Run: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					s := app.Subject("k-store-100-"+strconv.Itoa(i), krules.WriteOnly())
-					for j, p := range props {
-						if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
-							b.Fatal(err)
-						}
-					}
-					if err := s.Store(ctx); err != nil {
-						b.Fatal(err)
+			Op: func(i int) error {
+				s := app.Subject("k-store-100-"+strconv.Itoa(i), krules.WriteOnly())
+				for j, p := range props {
+					if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
+						return err
 					}
 				}
+				return s.Store(ctx)
 			},
 			Baseline: storeBaseline,
-			Base: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					if err := rawStore100("raw-store-100-" + strconv.Itoa(i)); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(i int) error { return rawStore100("raw-store-100-" + strconv.Itoa(i)) },
 		},
 		{
 			Name: "redis/store-100-backend",
-			Run: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					batch := storage.Batch{Puts: make([]storage.Write, len(props))}
-					for j, p := range props {
-						batch.Puts[j] = storage.Write{Key: storage.Key{Kind: storage.Default, Name: p}, Value: values[j]}
-					}
-					if err := backend.Store(ctx, "kb-store-100-"+strconv.Itoa(i), batch); err != nil {
-						b.Fatal(err)
-					}
+			Op: func(i int) error {
+				batch := storage.Batch{Puts: make([]storage.Write, len(props))}
+				for j, p := range props {
+					batch.Puts[j] = storage.Write{Key: storage.Key{Kind: storage.Default, Name: p}, Value: values[j]}
 				}
+				return backend.Store(ctx, "kb-store-100-"+strconv.Itoa(i), batch)
 			},
 			Baseline: storeBaseline,
-			Base: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					if err := rawStore100("rawb-store-100-" + strconv.Itoa(i)); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(i int) error { return rawStore100("rawb-store-100-" + strconv.Itoa(i)) },
 		},
 		{
 			Name: "redis/load-100",
-			Run: func(b *testing.B) {
-				for b.Loop() {
-					v, err := app.Subject("k-load-100").Get(ctx, "prop-0")
-					if err != nil || v != int64(0) {
-						b.Fatal(v, err)
-					}
+			Op: func(int) error {
+				v, err := app.Subject("k-load-100").Get(ctx, "prop-0")
+				if err == nil && v != int64(0) {
+					err = fmt.Errorf("prop-0 = %v", v)
 				}
+				return err
 			},
 			Baseline: loadBaseline,
-			Base: func(b *testing.B) {
-				for b.Loop() {
-					if err := rawLoad100(); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(int) error { return rawLoad100() },
 		},
 		{
 			Name: "redis/load-100-backend",
-			Run: func(b *testing.B) {
-				for b.Loop() {
-					snap, err := backend.Load(ctx, "k-load-100")
-					if err != nil || len(snap.Props) != len(props) {
-						b.Fatal(len(snap.Props), err)
-					}
+			Op: func(int) error {
+				snap, err := backend.Load(ctx, "k-load-100")
+				if err == nil && len(snap.Props) != len(props) {
+					err = fmt.Errorf("loaded %d properties", len(snap.Props))
 				}
+				return err
 			},
 			Baseline: loadBaseline,
-			Base: func(b *testing.B) {
-				for b.Loop() {
-					if err := rawLoad100(); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(int) error { return rawLoad100() },
 		},
 	}
 	return rows, done, nil
