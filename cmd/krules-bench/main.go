@@ -19,8 +19,10 @@
 // Single-goroutine rows that give Op and BaseOp are measured op by op
 // instead (-ops, default on; see measureOps): -count blocks of -block each
 // in which the row's op and the baseline's op alternate, every op timed; the
-// reported ns/op are median latencies and ratio their quotient, min-max the
-// spread of the per-block quotients. On a loaded machine this is much
+// reported ns/op are median latencies and ratio the median of the per-block
+// quotients, min-max their spread. The -c16 rows that give Op16 and BaseOp16
+// alternate batches of 128 calls over 16 goroutines the same way (see
+// measureBatches; ns/op there is the batch time / 128, as throughput). On a loaded machine this is much
 // steadier than comparing two benchmark runs, which a burst of load can hit
 // on one side only.
 //
@@ -57,6 +59,12 @@ type Row struct {
 	Base     func(b *testing.B)
 	Op       func(i int) error
 	BaseOp   func(i int) error
+	// Op16 and BaseOp16 are the operation of a -c16 row and of its
+	// baseline, called by 16 goroutines at once: measured in alternating
+	// batches (see measureBatches); Run and Base, when nil, are parallel16
+	// loops over them.
+	Op16     func() error
+	BaseOp16 func() error
 }
 
 // loop is the benchmark body that calls op b.N times.
@@ -142,9 +150,20 @@ func main() {
 				continue
 			}
 			var res Result
-			if r.Op != nil && r.BaseOp != nil && *opMode {
+			switch {
+			case r.Op != nil && r.BaseOp != nil && *opMode:
 				res = measureOps(r, *count, *block)
-			} else {
+			case r.Op16 != nil && r.BaseOp16 != nil && *opMode:
+				res = measureBatches(r, *count, *block)
+			default:
+				if r.Run == nil && r.Op16 != nil {
+					op := r.Op16
+					r.Run = func(b *testing.B) { parallel16(b, op) }
+				}
+				if r.Base == nil && r.BaseOp16 != nil {
+					op := r.BaseOp16
+					r.Base = func(b *testing.B) { parallel16(b, op) }
+				}
 				if r.Run == nil && r.Op != nil {
 					r.Run = loop(r.Op)
 				}
@@ -296,8 +315,9 @@ func measure(r Row, count int) Result {
 // alternate (AB, BA, AB, ...), each timed on its own. Machine load then hits
 // both sides alike, and the median latency ignores the ops that a burst of
 // load or a preemption stretched. ns_per_op and baseline_ns_per_op are the
-// median latencies over all blocks, ratio their quotient, ratio_min and
-// ratio_max the extremes of the per-block quotients (pairs = blocks).
+// median latencies over all blocks, ratio the median of the per-block
+// quotients of the median latencies, ratio_min and ratio_max their extremes
+// (pairs = blocks).
 // allocs/op come from testing.AllocsPerRun (200 calls); no CPU time is
 // reported (the two sides share the blocks). The first error stops the row.
 func measureOps(r Row, count int, block time.Duration) Result {
@@ -339,7 +359,7 @@ func measureOps(r Row, count int, block time.Duration) Result {
 		return res
 	}
 	res.NsPerOp, res.BaselineNsPerOp = median(all[0]), median(all[1])
-	res.Ratio = res.NsPerOp / res.BaselineNsPerOp
+	res.Ratio = median(append([]float64(nil), ratios...))
 	sort.Float64s(ratios)
 	res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
 	for side, dst := range []*int64{&res.AllocsPerOp, &res.baselineAllocsOp} {
@@ -348,6 +368,91 @@ func measureOps(r Row, count int, block time.Duration) Result {
 			_ = f(calls[side])
 			calls[side]++
 		}))
+	}
+	return res
+}
+
+// measureBatches measures a -c16 row with Op16 and BaseOp16: count blocks
+// of about block each, in which batches of the row and of the baseline
+// alternate (AB, BA, ...); a batch is 16 goroutines making the same number
+// of calls each (1 to 8, so that one batch of the slower side takes about
+// block/8), timed as a whole. ns_per_op and baseline_ns_per_op are the
+// median batch times over all blocks divided by the calls of a batch
+// (throughput, as in parallel16), ratio the median of the per-block quotients, ratio_min and
+// ratio_max their extremes (pairs = blocks). CPU time per op is measured
+// over each side's batches. The first error stops the row.
+func measureBatches(r Row, count int, block time.Duration) Result {
+	res := Result{Name: r.Name, Baseline: r.Baseline}
+	sides := [2]func() error{r.Op16, r.BaseOp16}
+	var errMu sync.Mutex
+	var err error
+	var cpu [2]time.Duration
+	var ops [2]int
+	per := 1 // calls per goroutine in a batch
+	batch := func(side int) float64 {
+		var wg sync.WaitGroup
+		c0, t0 := selfCPU(), time.Now()
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range per {
+					if e := sides[side](); e != nil {
+						errMu.Lock()
+						if err == nil {
+							err = e
+						}
+						errMu.Unlock()
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		d := time.Since(t0)
+		cpu[side] += selfCPU() - c0
+		ops[side] += 16 * per
+		return float64(d.Nanoseconds())
+	}
+	batch(0) // warm up
+	batch(1)
+	if slow := max(batch(0), batch(1)); slow > 0 { // one call per goroutine
+		per = max(1, min(8, int(float64(block.Nanoseconds())/8/slow)))
+	}
+	cpu, ops = [2]time.Duration{}, [2]int{}
+	var all [2][]float64
+	var ratios []float64
+	for blk := 0; blk < count && err == nil; blk++ {
+		var lat [2][]float64
+		end := time.Now().Add(block)
+		for k := 0; (k < 4 || time.Now().Before(end)) && err == nil; k++ {
+			first := k % 2
+			lat[first] = append(lat[first], batch(first))
+			lat[1-first] = append(lat[1-first], batch(1-first))
+		}
+		if err != nil {
+			break
+		}
+		ratios = append(ratios, median(lat[0])/median(lat[1]))
+		all[0] = append(all[0], lat[0]...)
+		all[1] = append(all[1], lat[1]...)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "krules-bench: %s: %v\n", r.Name, err)
+		return res
+	}
+	res.NsPerOp, res.BaselineNsPerOp = median(all[0])/float64(16*per), median(all[1])/float64(16*per)
+	res.Ratio = median(append([]float64(nil), ratios...))
+	sort.Float64s(ratios)
+	res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
+	res.CPUNsPerOp = float64(cpu[0].Nanoseconds()) / float64(ops[0])
+	res.BaselineCPUNsOp = float64(cpu[1].Nanoseconds()) / float64(ops[1])
+	if res.BaselineCPUNsOp > 0 {
+		res.CPURatio = res.CPUNsPerOp / res.BaselineCPUNsOp
+	}
+	for side, dst := range []*int64{&res.AllocsPerOp, &res.baselineAllocsOp} {
+		f := sides[side]
+		*dst = int64(testing.AllocsPerRun(200, func() { _ = f() }))
 	}
 	return res
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -85,7 +84,7 @@ func postgresSetup() ([]Row, func(), error) {
 		}
 	}
 	fixtures := func() error {
-		for _, s := range []string{"k-get", "k-func", "k-inc", "raw-get", "raw-func", "raw-inc"} {
+		for _, s := range []string{"k-get", "k-func", "k-inc", "k-inc1", "raw-get", "raw-func", "raw-inc", "raw-inc1"} {
 			if _, _, err := app.Subject(s, krules.NoCache()).Set(ctx, "n", 0, krules.Muted()); err != nil {
 				return err
 			}
@@ -133,6 +132,8 @@ func postgresSetup() ([]Row, func(), error) {
 	setSub := app.Subject("k-set", krules.NoCache())
 	getSub := app.Subject("k-get", krules.NoCache())
 	funcSub := app.Subject("k-func", krules.NoCache())
+	inc16Sub := app.Subject("k-inc", krules.NoCache())
+	incSub := app.Subject("k-inc1", krules.NoCache())
 	rows := []Row{
 		{
 			Name: "postgres/set",
@@ -173,25 +174,28 @@ func postgresSetup() ([]Row, func(), error) {
 			BaseOp:   func(int) error { return rawFunc("raw-func") },
 		},
 		{
-			Name: "postgres/update-func-c16",
-			Run: func(b *testing.B) {
-				parallel16(b, func() error { _, _, err := funcSub.Set(ctx, "n", incFunc); return err })
-			},
+			Name:     "postgres/update-func-c16",
+			Op16:     func() error { _, _, err := funcSub.Set(ctx, "n", incFunc); return err },
 			Baseline: "pgx tx: SELECT FOR UPDATE + UPDATE, 16 goroutines",
-			Base: func(b *testing.B) {
-				parallel16(b, func() error { return rawFunc("raw-func") })
+			BaseOp16: func() error { return rawFunc("raw-func") },
+		},
+		{
+			Name: "postgres/inc",
+			Op: func(int) error {
+				_, _, err := incSub.Set(ctx, "n", krules.Inc(1))
+				return err
+			},
+			Baseline: "pgx single-statement jsonb increment",
+			BaseOp: func(int) error {
+				_, err := pool.Exec(ctx, rawInc, "raw-inc1", "n", 1)
+				return err
 			},
 		},
 		{
-			Name: "postgres/inc-c16",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-inc", krules.NoCache())
-				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", krules.Inc(1)); return err })
-			},
+			Name:     "postgres/inc-c16",
+			Op16:     func() error { _, _, err := inc16Sub.Set(ctx, "n", krules.Inc(1)); return err },
 			Baseline: "pgx single-statement jsonb increment, 16 goroutines",
-			Base: func(b *testing.B) {
-				parallel16(b, func() error { _, err := pool.Exec(ctx, rawInc, "raw-inc", "n", 1); return err })
-			},
+			BaseOp16: func() error { _, err := pool.Exec(ctx, rawInc, "raw-inc", "n", 1); return err },
 		},
 		{
 			Name: "postgres/store-100",

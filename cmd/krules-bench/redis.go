@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"testing"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -173,6 +172,8 @@ func redisSetup() ([]Row, func(), error) {
 	getSub := app.Subject("k-get", krules.NoCache())
 	setSub := app.Subject("k-set", krules.NoCache())
 	funcSub := app.Subject("k-func", krules.NoCache())
+	inc16Sub := app.Subject("k-inc", krules.NoCache())
+	rawIncKey := key("raw-inc")
 	rows := []Row{
 		{
 			Name: "redis/set",
@@ -212,26 +213,16 @@ func redisSetup() ([]Row, func(), error) {
 			BaseOp:   func(int) error { return rawWatch("raw-func") },
 		},
 		{
-			Name: "redis/update-func-c16",
-			Run: func(b *testing.B) {
-				parallel16(b, func() error { _, _, err := funcSub.Set(ctx, "n", incFunc); return err })
-			},
+			Name:     "redis/update-func-c16",
+			Op16:     func() error { _, _, err := funcSub.Set(ctx, "n", incFunc); return err },
 			Baseline: "go-redis WATCH/HGET/MULTI-HSET-EXEC retry loop, 16 goroutines",
-			Base: func(b *testing.B) {
-				parallel16(b, func() error { return rawWatch("raw-func") })
-			},
+			BaseOp16: func() error { return rawWatch("raw-func") },
 		},
 		{
-			Name: "redis/inc-c16",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-inc", krules.NoCache())
-				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", krules.Inc(1)); return err })
-			},
+			Name:     "redis/inc-c16",
+			Op16:     func() error { _, _, err := inc16Sub.Set(ctx, "n", krules.Inc(1)); return err },
 			Baseline: "go-redis EVALSHA increment script, 16 goroutines",
-			Base: func(b *testing.B) {
-				k := key("raw-inc")
-				parallel16(b, func() error { return rawIncScript.Run(ctx, raw, []string{k}, "pn", 1).Err() })
-			},
+			BaseOp16: func() error { return rawIncScript.Run(ctx, raw, []string{rawIncKey}, "pn", 1).Err() },
 		},
 		{
 			Name: "redis/store-100",
