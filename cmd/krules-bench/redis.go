@@ -21,8 +21,10 @@ import (
 // KRULES_REDIS_URL with the same options. set, get, update and inc go
 // through NoCache Subjects (every call reaches Redis); store-100 is 100
 // cached Sets on a fresh WriteOnly handle (no load before the writes) plus
-// Store, load-100 a fresh handle's first read. The -backend rows measure
-// the same two at the storage.Backend level. The -c16 rows run 16 goroutines
+// Store, load-100 a fresh handle's first read; the -backend rows measure
+// these two at the storage.Backend level. set-writeonly is one Set + Store
+// on a WriteOnly, Muted handle (a blind HSET: no old value is read, unlike
+// set). The -c16 rows run 16 goroutines
 // on ONE subject and property. Every key lives under a prefix of this run,
 // removed afterwards.
 func init() {
@@ -180,6 +182,23 @@ func redisSetup() ([]Row, func(), error) {
 			Op: func(i int) error {
 				_, _, err := setSub.Set(ctx, "n", i)
 				return err
+			},
+			Baseline: "go-redis HSET (json.Marshal)",
+			BaseOp: func(i int) error {
+				v, _ := json.Marshal(i)
+				return raw.HSet(ctx, rawSetKey, "pn", v).Err()
+			},
+		},
+		{
+			// The blind write a user can choose: no old value is read
+			// (a WriteOnly, Muted handle: one cached Set, then Store = HSET).
+			Name: "redis/set-writeonly",
+			Op: func(i int) error {
+				s := app.Subject("k-set-wo", krules.WriteOnly(), krules.Muted())
+				if _, _, err := s.Set(ctx, "n", i); err != nil {
+					return err
+				}
+				return s.Store(ctx)
 			},
 			Baseline: "go-redis HSET (json.Marshal)",
 			BaseOp: func(i int) error {
