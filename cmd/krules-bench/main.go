@@ -1,6 +1,9 @@
 // Command krules-bench measures the hot paths of krules against the raw driver
 // doing the same work, in one run, and prints a table or (-json) a JSON array
-// of {"name","ns_per_op","allocs_per_op","baseline","baseline_ns_per_op","ratio"}.
+// of {"name","ns_per_op","allocs_per_op","baseline","baseline_ns_per_op",
+// "baseline_allocs_per_op","ratio","ratio_min","ratio_max","pairs",
+// "cpu_ns_per_op","baseline_cpu_ns_per_op","cpu_ratio"} (the last ones omitted when
+// not measured).
 //
 // Rows of the memory, bolt and sqlite backends always run; Redis, PostgreSQL and NATS
 // rows run when KRULES_REDIS_URL, KRULES_POSTGRES_URL and KRULES_NATS_URL are
@@ -106,7 +109,7 @@ type Result struct {
 	CPUNsPerOp       float64 `json:"cpu_ns_per_op,omitempty"`
 	BaselineCPUNsOp  float64 `json:"baseline_cpu_ns_per_op,omitempty"`
 	CPURatio         float64 `json:"cpu_ratio,omitempty"`
-	baselineAllocsOp int64
+	BaselineAllocsOp int64   `json:"baseline_allocs_per_op"`
 }
 
 func main() {
@@ -198,7 +201,7 @@ func main() {
 		if r.BaselineNsPerOp > 0 {
 			ratio = fmt.Sprintf("%.2f", r.Ratio)
 			base = fmt.Sprintf("%.0f", r.BaselineNsPerOp)
-			ballocs = fmt.Sprintf("%d", r.baselineAllocsOp)
+			ballocs = fmt.Sprintf("%d", r.BaselineAllocsOp)
 			spread = fmt.Sprintf("%.2f-%.2f", r.RatioMin, r.RatioMax)
 		}
 		cpu, bcpu, cratio := "-", "-", "-"
@@ -298,7 +301,7 @@ func measure(r Row, count int) Result {
 	}
 	m, b := medianOf(runs), medianOf(bases)
 	res.NsPerOp, res.AllocsPerOp = m.ns, m.allocs
-	res.BaselineNsPerOp, res.baselineAllocsOp = b.ns, b.allocs
+	res.BaselineNsPerOp, res.BaselineAllocsOp = b.ns, b.allocs
 	if len(ratios) > 0 {
 		sort.Float64s(ratios)
 		res.Ratio = ratios[len(ratios)/2]
@@ -362,7 +365,7 @@ func measureOps(r Row, count int, block time.Duration) Result {
 	res.Ratio = median(append([]float64(nil), ratios...))
 	sort.Float64s(ratios)
 	res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
-	for side, dst := range []*int64{&res.AllocsPerOp, &res.baselineAllocsOp} {
+	for side, dst := range []*int64{&res.AllocsPerOp, &res.BaselineAllocsOp} {
 		f := sides[side]
 		*dst = int64(testing.AllocsPerRun(200, func() {
 			_ = f(calls[side])
@@ -450,7 +453,7 @@ func measureBatches(r Row, count int, block time.Duration) Result {
 	if res.BaselineCPUNsOp > 0 {
 		res.CPURatio = res.CPUNsPerOp / res.BaselineCPUNsOp
 	}
-	for side, dst := range []*int64{&res.AllocsPerOp, &res.baselineAllocsOp} {
+	for side, dst := range []*int64{&res.AllocsPerOp, &res.BaselineAllocsOp} {
 		f := sides[side]
 		*dst = int64(testing.AllocsPerRun(200, func() { _ = f() }))
 	}
