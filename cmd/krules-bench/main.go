@@ -195,7 +195,7 @@ func main() {
 		return
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tbaseline allocs/op\tratio\tmin-max\tpairs\tcpu µs/op\tbaseline cpu µs/op\tcpu ratio\t")
+	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tbaseline allocs/op\tratio\tmin-max\tpairs\tcpu ns/op\tbaseline cpu ns/op\tcpu ratio\t")
 	for _, r := range results {
 		ratio, base, ballocs, spread := "-", "-", "-", "-"
 		if r.BaselineNsPerOp > 0 {
@@ -206,8 +206,8 @@ func main() {
 		}
 		cpu, bcpu, cratio := "-", "-", "-"
 		if r.CPURatio > 0 {
-			cpu = fmt.Sprintf("%.1f", r.CPUNsPerOp/1e3)
-			bcpu = fmt.Sprintf("%.1f", r.BaselineCPUNsOp/1e3)
+			cpu = fmt.Sprintf("%.0f", r.CPUNsPerOp)
+			bcpu = fmt.Sprintf("%.0f", r.BaselineCPUNsOp)
 			cratio = fmt.Sprintf("%.2f", r.CPURatio)
 		}
 		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ballocs, ratio, spread, r.Pairs, cpu, bcpu, cratio)
