@@ -46,17 +46,14 @@ func init() {
 	})
 }
 
-// setLoop is a NoCache Set of a changing value, so every call is an
+// setOp is a NoCache Set of a changing value, so every call is an
 // effective change (and, in feed mode, writes a record).
-func setLoop(app *krules.App) func(b *testing.B) {
-	return func(b *testing.B) {
-		ctx := context.Background()
-		s := app.Subject("k-set", krules.NoCache())
-		for i := 0; b.Loop(); i++ {
-			if _, _, err := s.Set(ctx, "n", i); err != nil {
-				b.Fatal(err)
-			}
-		}
+func setOp(app *krules.App) func(i int) error {
+	ctx := context.Background()
+	s := app.Subject("k-set", krules.NoCache())
+	return func(i int) error {
+		_, _, err := s.Set(ctx, "n", i)
+		return err
 	}
 }
 
@@ -83,9 +80,9 @@ func feedRedisSetup() ([]Row, func(), error) {
 	}
 	rows := []Row{{
 		Name:     "redis/set-feed",
-		Run:      setLoop(krules.New(krules.WithStorage(fed))),
+		Op:       setOp(krules.New(krules.WithStorage(fed))),
 		Baseline: "redis/set (feed off)",
-		Base:     setLoop(krules.New(krules.WithStorage(plain))),
+		BaseOp:   setOp(krules.New(krules.WithStorage(plain))),
 	}}
 	return rows, done, nil
 }
@@ -114,9 +111,9 @@ func feedPostgresSetup() ([]Row, func(), error) {
 	}
 	rows := []Row{{
 		Name:     "postgres/set-feed",
-		Run:      setLoop(krules.New(krules.WithStorage(fed))),
+		Op:       setOp(krules.New(krules.WithStorage(fed))),
 		Baseline: "postgres/set (feed off)",
-		Base:     setLoop(krules.New(krules.WithStorage(plain))),
+		BaseOp:   setOp(krules.New(krules.WithStorage(plain))),
 	}}
 	return rows, done, nil
 }

@@ -1,17 +1,40 @@
 // Command krules-bench measures the hot paths of krules against the raw driver
 // doing the same work, in one run, and prints a table or (-json) a JSON array
-// of {"name","ns_per_op","allocs_per_op","baseline","baseline_ns_per_op","ratio","extra"}
-// (extra: the row's own metrics, b.ReportMetric, e.g. the latency
-// percentiles of the feed/*-e2e rows; the table prints them last).
+// of {"name","ns_per_op","allocs_per_op","baseline","baseline_ns_per_op",
+// "baseline_allocs_per_op","ratio","ratio_min","ratio_max","pairs",
+// "cpu_ns_per_op","baseline_cpu_ns_per_op","cpu_ratio","extra"} (the last ones
+// omitted when not measured; extra: the row's own metrics, b.ReportMetric,
+// e.g. the latency percentiles of the feed/*-e2e rows, median over the runs;
+// the table prints them last).
 //
 // Rows of the memory, bolt and sqlite backends always run; Redis, PostgreSQL and NATS
 // rows run when KRULES_REDIS_URL, KRULES_POSTGRES_URL and KRULES_NATS_URL are
-// set. Each measurement is the median of -count runs (testing.Benchmark);
-// ratio = ns_per_op / baseline_ns_per_op measured in the same run.
+// set. A row and its baseline run as -count interleaved pairs (row then
+// baseline, baseline then row in the next pair, ...: ABBA order, so both sides
+// see the same drift of machine load and neither always runs first); each pair
+// gives one ratio row/baseline. ns_per_op and baseline_ns_per_op are the
+// medians of each side; ratio is the median of the pair ratios and ratio_min,
+// ratio_max their spread. -test.benchtime sets the length of one measurement
+// (default 1s; 200ms gives more pairs in the same time). cpu_ns_per_op is the
+// CPU time of this process per op (rusage, user + system; median of the
+// pairs), which the load of other processes on the machine disturbs much less
+// than wall time; cpu_ratio compares it with the baseline's. Server CPU is
+// not in it.
+//
+// Single-goroutine rows that give Op and BaseOp are measured op by op
+// instead (-ops, default on; see measureOps): -count blocks of -block each
+// in which the row's op and the baseline's op alternate, every op timed; the
+// reported ns/op are median latencies and ratio the median of the per-block
+// quotients, min-max their spread. The -c16 rows that give Op16 and BaseOp16
+// alternate batches of 128 calls over 16 goroutines the same way (see
+// measureBatches; ns/op there is the batch time / 128, as throughput). On a loaded machine this is much
+// steadier than comparing two benchmark runs, which a burst of load can hit
+// on one side only.
 //
 //	go run ./cmd/krules-bench                 # table
 //	go run ./cmd/krules-bench -json -count 5  # JSON, median of 5
 //	go run ./cmd/krules-bench -run redis/     # only rows whose name contains "redis/"
+//	go run ./cmd/krules-bench -run 'redis/|postgres/' -count 15 -test.benchtime 300ms
 package main
 
 import (
@@ -19,25 +42,49 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
 )
 
 // Row is one measurement: Run is the krules operation, Base the raw baseline
-// (nil for an absolute-only row).
+// (nil for an absolute-only row). A single-goroutine row may give Op and
+// BaseOp instead (one operation each, i counting the calls of that side from
+// 0): it is then measured interleaved op by op (see measureOps), and Run and
+// Base, when nil, loop over Op and BaseOp.
 type Row struct {
 	Name     string
 	Run      func(b *testing.B)
 	Baseline string
 	Base     func(b *testing.B)
-	// Benchtime is the -test.benchtime of the row's runs; 0: the testing
-	// default (1 s).
+	// Benchtime is the -test.benchtime of the row's runs; 0: the flag's
+	// value (testing's default 1 s).
 	Benchtime time.Duration
+	Op        func(i int) error
+	BaseOp    func(i int) error
+	// Op16 and BaseOp16 are the operation of a -c16 row and of its
+	// baseline, called by 16 goroutines at once: measured in alternating
+	// batches (see measureBatches); Run and Base, when nil, are parallel16
+	// loops over them.
+	Op16     func() error
+	BaseOp16 func() error
+}
+
+// loop is the benchmark body that calls op b.N times.
+func loop(op func(i int) error) func(b *testing.B) {
+	return func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			if err := op(i); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 }
 
 // Group produces the rows of one backend. Setup returns the rows, a cleanup
@@ -62,21 +109,42 @@ type Result struct {
 	Baseline         string             `json:"baseline"`
 	BaselineNsPerOp  float64            `json:"baseline_ns_per_op"`
 	Ratio            float64            `json:"ratio"`
+	RatioMin         float64            `json:"ratio_min,omitempty"`
+	RatioMax         float64            `json:"ratio_max,omitempty"`
+	Pairs            int                `json:"pairs,omitempty"`
+	CPUNsPerOp       float64            `json:"cpu_ns_per_op,omitempty"`
+	BaselineCPUNsOp  float64            `json:"baseline_cpu_ns_per_op,omitempty"`
+	CPURatio         float64            `json:"cpu_ratio,omitempty"`
+	BaselineAllocsOp int64              `json:"baseline_allocs_per_op"`
 	Extra            map[string]float64 `json:"extra,omitempty"`
-	baselineAllocsOp int64
 }
 
 func main() {
+	testing.Init() // before Parse: -test.benchtime sets the length of one measurement
 	asJSON := flag.Bool("json", false, "print a JSON array instead of a table")
-	count := flag.Int("count", 3, "runs per measurement; the median is reported")
-	filter := flag.String("run", "", "only rows whose name contains this string")
+	count := flag.Int("count", 3, "interleaved row/baseline pairs per row; medians and the ratio spread are reported")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (rows and baselines) to this file")
+	opMode := flag.Bool("ops", true, "rows with Op/BaseOp: interleave row and baseline op by op (median latencies); false: as -count benchmark pairs like the other rows")
+	block := flag.Duration("block", 500*time.Millisecond, "with -ops: length of one block of interleaved ops; -count blocks per row")
+	filter := flag.String("run", "", "only rows whose name contains one of these |-separated strings")
 	if code := runChild(); code >= 0 { // a child process of the feed/*-e2e rows
 		os.Exit(code)
 	}
 	flag.Parse()
-	testing.Init()
 	if *count < 1 {
 		*count = 1
+	}
+
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "krules-bench:", err)
+			os.Exit(1)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 
 	results := []Result{}
@@ -91,17 +159,35 @@ func main() {
 			continue
 		}
 		for _, r := range rows {
-			if *filter != "" && !strings.Contains(r.Name, *filter) {
+			if !matches(r.Name, *filter) {
 				continue
 			}
-			res := Result{Name: r.Name, Baseline: r.Baseline}
-			res.NsPerOp, res.AllocsPerOp, res.Extra, res.BaselineNsPerOp, res.baselineAllocsOp = measure(r, *count)
-			if res.BaselineNsPerOp > 0 {
-				res.Ratio = res.NsPerOp / res.BaselineNsPerOp
+			var res Result
+			switch {
+			case r.Op != nil && r.BaseOp != nil && *opMode:
+				res = measureOps(r, *count, *block)
+			case r.Op16 != nil && r.BaseOp16 != nil && *opMode:
+				res = measureBatches(r, *count, *block)
+			default:
+				if r.Run == nil && r.Op16 != nil {
+					op := r.Op16
+					r.Run = func(b *testing.B) { parallel16(b, op) }
+				}
+				if r.Base == nil && r.BaseOp16 != nil {
+					op := r.BaseOp16
+					r.Base = func(b *testing.B) { parallel16(b, op) }
+				}
+				if r.Run == nil && r.Op != nil {
+					r.Run = loop(r.Op)
+				}
+				if r.Base == nil && r.BaseOp != nil {
+					r.Base = loop(r.BaseOp)
+				}
+				res = measure(r, *count)
 			}
 			results = append(results, res)
 			if !*asJSON {
-				fmt.Fprintf(os.Stderr, "  %-28s %12.0f ns/op\n", r.Name, res.NsPerOp)
+				fmt.Fprintf(os.Stderr, "  %-28s %12.0f ns/op  ratio %.2f [%.2f-%.2f]\n", r.Name, res.NsPerOp, res.Ratio, res.RatioMin, res.RatioMax)
 			}
 		}
 		if cleanup != nil {
@@ -119,14 +205,22 @@ func main() {
 		return
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tratio\textra\t")
+	fmt.Fprintln(tw, "name\tns/op\tallocs/op\tbaseline\tbaseline ns/op\tbaseline allocs/op\tratio\tmin-max\tpairs\tcpu ns/op\tbaseline cpu ns/op\tcpu ratio\textra\t")
 	for _, r := range results {
-		ratio, base := "-", "-"
+		ratio, base, ballocs, spread := "-", "-", "-", "-"
 		if r.BaselineNsPerOp > 0 {
 			ratio = fmt.Sprintf("%.2f", r.Ratio)
 			base = fmt.Sprintf("%.0f", r.BaselineNsPerOp)
+			ballocs = fmt.Sprintf("%d", r.BaselineAllocsOp)
+			spread = fmt.Sprintf("%.2f-%.2f", r.RatioMin, r.RatioMax)
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ratio, extraText(r.Extra))
+		cpu, bcpu, cratio := "-", "-", "-"
+		if r.CPURatio > 0 {
+			cpu = fmt.Sprintf("%.0f", r.CPUNsPerOp)
+			bcpu = fmt.Sprintf("%.0f", r.BaselineCPUNsOp)
+			cratio = fmt.Sprintf("%.2f", r.CPURatio)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t\n", r.Name, r.NsPerOp, r.AllocsPerOp, r.Baseline, base, ballocs, ratio, spread, r.Pairs, cpu, bcpu, cratio, extraText(r.Extra))
 	}
 	tw.Flush()
 }
@@ -151,44 +245,282 @@ func extraText(m map[string]float64) string {
 type sample struct {
 	ns     float64
 	allocs int64
+	cpu    float64 // CPU time of this process per op, ns (user + system)
 	extra  map[string]float64
 }
 
+// once runs fn as one benchmark, with -test.benchtime set to benchtime
+// when that is not 0.
 func once(fn func(b *testing.B), benchtime time.Duration) (sample, bool) {
 	if benchtime > 0 {
 		old := flag.Lookup("test.benchtime").Value.String()
 		_ = flag.Set("test.benchtime", benchtime.String())
 		defer func() { _ = flag.Set("test.benchtime", old) }()
 	}
+	var cpu time.Duration
+	var n int
 	r := testing.Benchmark(func(b *testing.B) {
 		b.ReportAllocs()
+		// The last call is the measured one; the rusage reads sit outside
+		// the timed loop (b.Loop and parallel16 reset the timer).
+		c0 := selfCPU()
 		fn(b)
+		cpu, n = selfCPU()-c0, b.N
 	})
 	if r.N == 0 {
 		return sample{}, false
 	}
-	return sample{float64(r.T.Nanoseconds()) / float64(r.N), r.AllocsPerOp(), r.Extra}, true
+	s := sample{ns: float64(r.T.Nanoseconds()) / float64(r.N), allocs: r.AllocsPerOp(), extra: r.Extra}
+	if n == r.N {
+		s.cpu = float64(cpu.Nanoseconds()) / float64(n)
+	}
+	return s, true
 }
 
-// measure runs the row and its baseline alternately (run, base, run, base,
-// ...) count times each, so both sides see the same drift of machine load,
-// and returns the medians: ns/op and allocs/op of each, and the median of
-// each of the row's extra metrics over its runs.
-func measure(r Row, count int) (ns float64, allocs int64, extra map[string]float64, baseNs float64, baseAllocs int64) {
-	var runs, bases []sample
-	for i := 0; i < count; i++ {
-		if s, ok := once(r.Run, r.Benchtime); ok {
-			runs = append(runs, s)
-		}
-		if r.Base != nil {
-			if s, ok := once(r.Base, r.Benchtime); ok {
-				bases = append(bases, s)
-			}
+// selfCPU is the user + system CPU time this process has used so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// matches reports whether name contains one of the |-separated parts of
+// filter (an empty filter matches every row).
+func matches(name, filter string) bool {
+	if filter == "" {
+		return true
+	}
+	for _, part := range strings.Split(filter, "|") {
+		if part != "" && strings.Contains(name, part) {
+			return true
 		}
 	}
-	m := medianOf(runs)
-	b := medianOf(bases)
-	return m.ns, m.allocs, medianExtra(runs), b.ns, b.allocs
+	return false
+}
+
+// measure runs the row and its baseline as count interleaved pairs in ABBA
+// order (row, base; base, row; ...), so both sides see the same drift of
+// machine load and neither always runs first. It returns the medians of
+// ns/op and allocs/op of each side and the median, min and max of the
+// per-pair ratios (pairs where either side failed are dropped).
+func measure(r Row, count int) Result {
+	res := Result{Name: r.Name, Baseline: r.Baseline}
+	var runs, bases []sample
+	var ratios []float64
+	for i := 0; i < count; i++ {
+		var s, bs sample
+		var ok, bok bool
+		if r.Base == nil {
+			s, ok = once(r.Run, r.Benchtime)
+		} else if i%2 == 0 {
+			s, ok = once(r.Run, r.Benchtime)
+			bs, bok = once(r.Base, r.Benchtime)
+		} else {
+			bs, bok = once(r.Base, r.Benchtime)
+			s, ok = once(r.Run, r.Benchtime)
+		}
+		if ok {
+			runs = append(runs, s)
+		}
+		if bok {
+			bases = append(bases, bs)
+		}
+		if ok && bok && bs.ns > 0 {
+			ratios = append(ratios, s.ns/bs.ns)
+		}
+	}
+	if cr, cb := medianCPU(runs), medianCPU(bases); cr > 0 && cb > 0 {
+		res.CPUNsPerOp, res.BaselineCPUNsOp, res.CPURatio = cr, cb, cr/cb
+	}
+	res.Extra = medianExtra(runs)
+	m, b := medianOf(runs), medianOf(bases)
+	res.NsPerOp, res.AllocsPerOp = m.ns, m.allocs
+	res.BaselineNsPerOp, res.BaselineAllocsOp = b.ns, b.allocs
+	if len(ratios) > 0 {
+		sort.Float64s(ratios)
+		res.Ratio = ratios[len(ratios)/2]
+		if len(ratios)%2 == 0 {
+			res.Ratio = (ratios[len(ratios)/2-1] + ratios[len(ratios)/2]) / 2
+		}
+		res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
+	}
+	return res
+}
+
+// measureOps measures a row with Op and BaseOp interleaved op by op: count
+// blocks of about block each, in which the row's op and the baseline's op
+// alternate (AB, BA, AB, ...), each timed on its own. Machine load then hits
+// both sides alike, and the median latency ignores the ops that a burst of
+// load or a preemption stretched. ns_per_op and baseline_ns_per_op are the
+// median latencies over all blocks, ratio the median of the per-block
+// quotients of the median latencies, ratio_min and ratio_max their extremes
+// (pairs = blocks).
+// allocs/op come from testing.AllocsPerRun (200 calls); no CPU time is
+// reported (the two sides share the blocks). The first error stops the row.
+func measureOps(r Row, count int, block time.Duration) Result {
+	res := Result{Name: r.Name, Baseline: r.Baseline}
+	sides := [2]func(int) error{r.Op, r.BaseOp}
+	var calls [2]int
+	var err error
+	call := func(side int) float64 {
+		t0 := time.Now()
+		if e := sides[side](calls[side]); e != nil && err == nil {
+			err = e
+		}
+		calls[side]++
+		return float64(time.Since(t0).Nanoseconds())
+	}
+	for k := 0; k < 20 && err == nil; k++ { // warm up: connections, statements, caches
+		call(k % 2)
+		call(1 - k%2)
+	}
+	var all [2][]float64
+	var ratios []float64
+	for blk := 0; blk < count && err == nil; blk++ {
+		var lat [2][]float64
+		end := time.Now().Add(block)
+		for k := 0; (k < 20 || time.Now().Before(end)) && err == nil; k++ {
+			first := k % 2
+			lat[first] = append(lat[first], call(first))
+			lat[1-first] = append(lat[1-first], call(1-first))
+		}
+		if err != nil {
+			break
+		}
+		ratios = append(ratios, median(lat[0])/median(lat[1]))
+		all[0] = append(all[0], lat[0]...)
+		all[1] = append(all[1], lat[1]...)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "krules-bench: %s: %v\n", r.Name, err)
+		return res
+	}
+	res.NsPerOp, res.BaselineNsPerOp = median(all[0]), median(all[1])
+	res.Ratio = median(append([]float64(nil), ratios...))
+	sort.Float64s(ratios)
+	res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
+	for side, dst := range []*int64{&res.AllocsPerOp, &res.BaselineAllocsOp} {
+		f := sides[side]
+		*dst = int64(testing.AllocsPerRun(200, func() {
+			_ = f(calls[side])
+			calls[side]++
+		}))
+	}
+	return res
+}
+
+// measureBatches measures a -c16 row with Op16 and BaseOp16: count blocks
+// of about block each, in which batches of the row and of the baseline
+// alternate (AB, BA, ...); a batch is 16 goroutines making the same number
+// of calls each (1 to 8, so that one batch of the slower side takes about
+// block/8), timed as a whole. ns_per_op and baseline_ns_per_op are the
+// median batch times over all blocks divided by the calls of a batch
+// (throughput, as in parallel16), ratio the median of the per-block quotients, ratio_min and
+// ratio_max their extremes (pairs = blocks). CPU time per op is measured
+// over each side's batches. The first error stops the row.
+func measureBatches(r Row, count int, block time.Duration) Result {
+	res := Result{Name: r.Name, Baseline: r.Baseline}
+	sides := [2]func() error{r.Op16, r.BaseOp16}
+	var errMu sync.Mutex
+	var err error
+	var cpu [2]time.Duration
+	var ops [2]int
+	per := 1 // calls per goroutine in a batch
+	batch := func(side int) float64 {
+		var wg sync.WaitGroup
+		c0, t0 := selfCPU(), time.Now()
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range per {
+					if e := sides[side](); e != nil {
+						errMu.Lock()
+						if err == nil {
+							err = e
+						}
+						errMu.Unlock()
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		d := time.Since(t0)
+		cpu[side] += selfCPU() - c0
+		ops[side] += 16 * per
+		return float64(d.Nanoseconds())
+	}
+	batch(0) // warm up
+	batch(1)
+	if slow := max(batch(0), batch(1)); slow > 0 { // one call per goroutine
+		per = max(1, min(8, int(float64(block.Nanoseconds())/8/slow)))
+	}
+	cpu, ops = [2]time.Duration{}, [2]int{}
+	var all [2][]float64
+	var ratios []float64
+	for blk := 0; blk < count && err == nil; blk++ {
+		var lat [2][]float64
+		end := time.Now().Add(block)
+		for k := 0; (k < 4 || time.Now().Before(end)) && err == nil; k++ {
+			first := k % 2
+			lat[first] = append(lat[first], batch(first))
+			lat[1-first] = append(lat[1-first], batch(1-first))
+		}
+		if err != nil {
+			break
+		}
+		ratios = append(ratios, median(lat[0])/median(lat[1]))
+		all[0] = append(all[0], lat[0]...)
+		all[1] = append(all[1], lat[1]...)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "krules-bench: %s: %v\n", r.Name, err)
+		return res
+	}
+	res.NsPerOp, res.BaselineNsPerOp = median(all[0])/float64(16*per), median(all[1])/float64(16*per)
+	res.Ratio = median(append([]float64(nil), ratios...))
+	sort.Float64s(ratios)
+	res.RatioMin, res.RatioMax, res.Pairs = ratios[0], ratios[len(ratios)-1], len(ratios)
+	res.CPUNsPerOp = float64(cpu[0].Nanoseconds()) / float64(ops[0])
+	res.BaselineCPUNsOp = float64(cpu[1].Nanoseconds()) / float64(ops[1])
+	if res.BaselineCPUNsOp > 0 {
+		res.CPURatio = res.CPUNsPerOp / res.BaselineCPUNsOp
+	}
+	for side, dst := range []*int64{&res.AllocsPerOp, &res.BaselineAllocsOp} {
+		f := sides[side]
+		*dst = int64(testing.AllocsPerRun(200, func() { _ = f() }))
+	}
+	return res
+}
+
+// median of xs (sorted in place; 0 when empty).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	sort.Float64s(xs)
+	if len(xs)%2 == 0 {
+		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
+	return xs[len(xs)/2]
+}
+
+// medianCPU is the median CPU time per op of ss (0 when none was measured).
+func medianCPU(ss []sample) float64 {
+	var cs []float64
+	for _, s := range ss {
+		if s.cpu > 0 {
+			cs = append(cs, s.cpu)
+		}
+	}
+	if len(cs) == 0 {
+		return 0
+	}
+	sort.Float64s(cs)
+	return cs[len(cs)/2]
 }
 
 // medianExtra is the median of every extra metric over the samples that
@@ -206,11 +538,10 @@ func medianExtra(ss []sample) map[string]float64 {
 					vs = append(vs, v)
 				}
 			}
-			sort.Float64s(vs)
 			if out == nil {
 				out = map[string]float64{}
 			}
-			out[k] = vs[len(vs)/2]
+			out[k] = median(vs)
 		}
 	}
 	return out

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -85,7 +84,7 @@ func postgresSetup() ([]Row, func(), error) {
 		}
 	}
 	fixtures := func() error {
-		for _, s := range []string{"k-get", "k-func", "k-inc", "raw-get", "raw-func", "raw-inc"} {
+		for _, s := range []string{"k-get", "k-func", "k-inc", "k-inc1", "raw-get", "raw-func", "raw-inc", "raw-inc1"} {
 			if _, _, err := app.Subject(s, krules.NoCache()).Set(ctx, "n", 0, krules.Muted()); err != nil {
 				return err
 			}
@@ -130,155 +129,125 @@ func postgresSetup() ([]Row, func(), error) {
 		return tx.Commit(ctx)
 	}
 
+	setSub := app.Subject("k-set", krules.NoCache())
+	getSub := app.Subject("k-get", krules.NoCache())
+	funcSub := app.Subject("k-func", krules.NoCache())
+	inc16Sub := app.Subject("k-inc", krules.NoCache())
+	incSub := app.Subject("k-inc1", krules.NoCache())
 	rows := []Row{
 		{
 			Name: "postgres/set",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-set", krules.NoCache())
-				for i := 0; b.Loop(); i++ {
-					if _, _, err := s.Set(ctx, "n", i); err != nil {
-						b.Fatal(err)
-					}
-				}
+			Op: func(i int) error {
+				_, _, err := setSub.Set(ctx, "n", i)
+				return err
 			},
 			Baseline: "pgx upsert (jsonb merge)",
-			Base: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					v, _ := json.Marshal(i)
-					if _, err := pool.Exec(ctx, rawUpsert, "raw-set", "n", v); err != nil {
-						b.Fatal(err)
-					}
-				}
+			BaseOp: func(i int) error {
+				v, _ := json.Marshal(i)
+				_, err := pool.Exec(ctx, rawUpsert, "raw-set", "n", v)
+				return err
 			},
 		},
 		{
 			Name: "postgres/get-nocache",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-get", krules.NoCache())
-				for b.Loop() {
-					if _, err := s.Get(ctx, "n"); err != nil {
-						b.Fatal(err)
-					}
-				}
+			Op: func(int) error {
+				_, err := getSub.Get(ctx, "n")
+				return err
 			},
 			Baseline: "pgx select properties->key + json.Unmarshal",
-			Base: func(b *testing.B) {
-				for b.Loop() {
-					var raw []byte
-					if err := pool.QueryRow(ctx, rawGet, "raw-get", "n").Scan(&raw); err != nil {
-						b.Fatal(err)
-					}
-					var v any
-					if err := json.Unmarshal(raw, &v); err != nil {
-						b.Fatal(err)
-					}
+			BaseOp: func(int) error {
+				var raw []byte
+				if err := pool.QueryRow(ctx, rawGet, "raw-get", "n").Scan(&raw); err != nil {
+					return err
 				}
+				var v any
+				return json.Unmarshal(raw, &v)
 			},
 		},
 		{
 			Name: "postgres/update-func-c1",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-func", krules.NoCache())
-				for b.Loop() {
-					if _, _, err := s.Set(ctx, "n", incFunc); err != nil {
-						b.Fatal(err)
-					}
-				}
+			Op: func(int) error {
+				_, _, err := funcSub.Set(ctx, "n", incFunc)
+				return err
 			},
 			Baseline: "pgx tx: SELECT FOR UPDATE + UPDATE",
-			Base: func(b *testing.B) {
-				for b.Loop() {
-					if err := rawFunc("raw-func"); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(int) error { return rawFunc("raw-func") },
 		},
 		{
-			Name: "postgres/update-func-c16",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-func", krules.NoCache())
-				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", incFunc); return err })
-			},
+			Name:     "postgres/update-func-c16",
+			Op16:     func() error { _, _, err := funcSub.Set(ctx, "n", incFunc); return err },
 			Baseline: "pgx tx: SELECT FOR UPDATE + UPDATE, 16 goroutines",
-			Base: func(b *testing.B) {
-				parallel16(b, func() error { return rawFunc("raw-func") })
+			BaseOp16: func() error { return rawFunc("raw-func") },
+		},
+		{
+			Name: "postgres/inc",
+			Op: func(int) error {
+				_, _, err := incSub.Set(ctx, "n", krules.Inc(1))
+				return err
+			},
+			Baseline: "pgx single-statement jsonb increment",
+			BaseOp: func(int) error {
+				_, err := pool.Exec(ctx, rawInc, "raw-inc1", "n", 1)
+				return err
 			},
 		},
 		{
-			Name: "postgres/inc-c16",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-inc", krules.NoCache())
-				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", krules.Inc(1)); return err })
-			},
+			Name:     "postgres/inc-c16",
+			Op16:     func() error { _, _, err := inc16Sub.Set(ctx, "n", krules.Inc(1)); return err },
 			Baseline: "pgx single-statement jsonb increment, 16 goroutines",
-			Base: func(b *testing.B) {
-				parallel16(b, func() error { _, err := pool.Exec(ctx, rawInc, "raw-inc", "n", 1); return err })
-			},
+			BaseOp16: func() error { _, err := pool.Exec(ctx, rawInc, "raw-inc", "n", 1); return err },
 		},
 		{
 			Name: "postgres/store-100",
-			Run: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					s := app.Subject("k-store-100-"+strconv.Itoa(i%64), krules.WriteOnly())
-					for j, p := range props {
-						if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
-							b.Fatal(err)
-						}
-					}
-					if err := s.Store(ctx); err != nil {
-						b.Fatal(err)
+			Op: func(i int) error {
+				s := app.Subject("k-store-100-"+strconv.Itoa(i%64), krules.WriteOnly())
+				for j, p := range props {
+					if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
+						return err
 					}
 				}
+				return s.Store(ctx)
 			},
 			Baseline: "pgx upsert of a 100-key object (json.Marshal of a map)",
-			Base: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					m := make(map[string]any, len(props))
-					for j, p := range props {
-						m[p] = values[j]
-					}
-					obj, err := json.Marshal(m)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if _, err := pool.Exec(ctx, rawStore, "raw-store-100-"+strconv.Itoa(i%64), obj); err != nil {
-						b.Fatal(err)
-					}
+			BaseOp: func(i int) error {
+				m := make(map[string]any, len(props))
+				for j, p := range props {
+					m[p] = values[j]
 				}
+				obj, err := json.Marshal(m)
+				if err != nil {
+					return err
+				}
+				_, err = pool.Exec(ctx, rawStore, "raw-store-100-"+strconv.Itoa(i%64), obj)
+				return err
 			},
 		},
 		{
 			Name: "postgres/load-100",
-			Run: func(b *testing.B) {
-				for b.Loop() {
-					d, err := app.Subject("k-load-100").Dict(ctx)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if len(d) < len(props) {
-						b.Fatalf("loaded %d keys", len(d))
-					}
+			Op: func(int) error {
+				d, err := app.Subject("k-load-100").Dict(ctx)
+				if err == nil && len(d) < len(props) {
+					err = fmt.Errorf("loaded %d keys", len(d))
 				}
+				return err
 			},
 			Baseline: "pgx select both columns + json.Unmarshal",
-			Base: func(b *testing.B) {
-				for b.Loop() {
-					var p, e []byte
-					if err := pool.QueryRow(ctx, rawLoad, "raw-load-100").Scan(&p, &e); err != nil {
-						b.Fatal(err)
-					}
-					var pm, em map[string]any
-					if err := json.Unmarshal(p, &pm); err != nil {
-						b.Fatal(err)
-					}
-					if err := json.Unmarshal(e, &em); err != nil {
-						b.Fatal(err)
-					}
-					if len(pm) != len(props) {
-						b.Fatalf("loaded %d keys", len(pm))
-					}
+			BaseOp: func(int) error {
+				var p, e []byte
+				if err := pool.QueryRow(ctx, rawLoad, "raw-load-100").Scan(&p, &e); err != nil {
+					return err
 				}
+				var pm, em map[string]any
+				if err := json.Unmarshal(p, &pm); err != nil {
+					return err
+				}
+				if err := json.Unmarshal(e, &em); err != nil {
+					return err
+				}
+				if len(pm) != len(props) {
+					return fmt.Errorf("loaded %d keys", len(pm))
+				}
+				return nil
 			},
 		},
 	}

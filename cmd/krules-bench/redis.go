@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"testing"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -22,8 +21,10 @@ import (
 // KRULES_REDIS_URL with the same options. set, get, update and inc go
 // through NoCache Subjects (every call reaches Redis); store-100 is 100
 // cached Sets on a fresh WriteOnly handle (no load before the writes) plus
-// Store, load-100 a fresh handle's first read. The -backend rows measure
-// the same two at the storage.Backend level. The -c16 rows run 16 goroutines
+// Store, load-100 a fresh handle's first read; the -backend rows measure
+// these two at the storage.Backend level. set-writeonly is one Set + Store
+// on a WriteOnly, Muted handle (a blind HSET: no old value is read, unlike
+// set). The -c16 rows run 16 goroutines
 // on ONE subject and property. Every key lives under a prefix of this run,
 // removed afterwards.
 func init() {
@@ -169,178 +170,128 @@ func redisSetup() ([]Row, func(), error) {
 	const loadBaseline = "go-redis HGETALL + json.Unmarshal of each value"
 	const storeBaseline = "go-redis HSET of 100 fields (json.Marshal of each value)"
 
+	rawSetKey, rawGetKey := key("raw-set"), key("raw-get")
+	getSub := app.Subject("k-get", krules.NoCache())
+	setSub := app.Subject("k-set", krules.NoCache())
+	funcSub := app.Subject("k-func", krules.NoCache())
+	inc16Sub := app.Subject("k-inc", krules.NoCache())
+	rawIncKey := key("raw-inc")
 	rows := []Row{
 		{
 			Name: "redis/set",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-set", krules.NoCache())
-				for i := 0; b.Loop(); i++ {
-					if _, _, err := s.Set(ctx, "n", i); err != nil {
-						b.Fatal(err)
-					}
-				}
+			Op: func(i int) error {
+				_, _, err := setSub.Set(ctx, "n", i)
+				return err
 			},
 			Baseline: "go-redis HSET (json.Marshal)",
-			Base: func(b *testing.B) {
-				k := key("raw-set")
-				for i := 0; b.Loop(); i++ {
-					v, _ := json.Marshal(i)
-					if err := raw.HSet(ctx, k, "pn", v).Err(); err != nil {
-						b.Fatal(err)
-					}
+			BaseOp: func(i int) error {
+				v, _ := json.Marshal(i)
+				return raw.HSet(ctx, rawSetKey, "pn", v).Err()
+			},
+		},
+		{
+			// The blind write a user can choose: no old value is read
+			// (a WriteOnly, Muted handle: one cached Set, then Store = HSET).
+			Name: "redis/set-writeonly",
+			Op: func(i int) error {
+				s := app.Subject("k-set-wo", krules.WriteOnly(), krules.Muted())
+				if _, _, err := s.Set(ctx, "n", i); err != nil {
+					return err
 				}
+				return s.Store(ctx)
+			},
+			Baseline: "go-redis HSET (json.Marshal)",
+			BaseOp: func(i int) error {
+				v, _ := json.Marshal(i)
+				return raw.HSet(ctx, rawSetKey, "pn", v).Err()
 			},
 		},
 		{
 			Name: "redis/get-nocache",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-get", krules.NoCache())
-				for b.Loop() {
-					if _, err := s.Get(ctx, "n"); err != nil {
-						b.Fatal(err)
-					}
-				}
+			Op: func(int) error {
+				_, err := getSub.Get(ctx, "n")
+				return err
 			},
 			Baseline: "go-redis HGET + json.Unmarshal",
-			Base: func(b *testing.B) {
-				k := key("raw-get")
-				for b.Loop() {
-					text, err := raw.HGet(ctx, k, "pn").Result()
-					if err != nil {
-						b.Fatal(err)
-					}
-					var v any
-					if err := json.Unmarshal([]byte(text), &v); err != nil {
-						b.Fatal(err)
-					}
+			BaseOp: func(int) error {
+				text, err := raw.HGet(ctx, rawGetKey, "pn").Result()
+				if err != nil {
+					return err
 				}
+				var v any
+				return json.Unmarshal([]byte(text), &v)
 			},
 		},
 		{
 			Name: "redis/update-func-c1",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-func", krules.NoCache())
-				for b.Loop() {
-					if _, _, err := s.Set(ctx, "n", incFunc); err != nil {
-						b.Fatal(err)
-					}
-				}
+			Op: func(int) error {
+				_, _, err := funcSub.Set(ctx, "n", incFunc)
+				return err
 			},
 			Baseline: "go-redis WATCH/HGET/MULTI-HSET-EXEC retry loop",
-			Base: func(b *testing.B) {
-				for b.Loop() {
-					if err := rawWatch("raw-func"); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(int) error { return rawWatch("raw-func") },
 		},
 		{
-			Name: "redis/update-func-c16",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-func", krules.NoCache())
-				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", incFunc); return err })
-			},
+			Name:     "redis/update-func-c16",
+			Op16:     func() error { _, _, err := funcSub.Set(ctx, "n", incFunc); return err },
 			Baseline: "go-redis WATCH/HGET/MULTI-HSET-EXEC retry loop, 16 goroutines",
-			Base: func(b *testing.B) {
-				parallel16(b, func() error { return rawWatch("raw-func") })
-			},
+			BaseOp16: func() error { return rawWatch("raw-func") },
 		},
 		{
-			Name: "redis/inc-c16",
-			Run: func(b *testing.B) {
-				s := app.Subject("k-inc", krules.NoCache())
-				parallel16(b, func() error { _, _, err := s.Set(ctx, "n", krules.Inc(1)); return err })
-			},
+			Name:     "redis/inc-c16",
+			Op16:     func() error { _, _, err := inc16Sub.Set(ctx, "n", krules.Inc(1)); return err },
 			Baseline: "go-redis EVALSHA increment script, 16 goroutines",
-			Base: func(b *testing.B) {
-				k := key("raw-inc")
-				parallel16(b, func() error { return rawIncScript.Run(ctx, raw, []string{k}, "pn", 1).Err() })
-			},
+			BaseOp16: func() error { return rawIncScript.Run(ctx, raw, []string{rawIncKey}, "pn", 1).Err() },
 		},
 		{
 			Name: "redis/store-100",
-			Run: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					s := app.Subject("k-store-100-"+strconv.Itoa(i), krules.WriteOnly())
-					for j, p := range props {
-						if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
-							b.Fatal(err)
-						}
-					}
-					if err := s.Store(ctx); err != nil {
-						b.Fatal(err)
+			Op: func(i int) error {
+				s := app.Subject("k-store-100-"+strconv.Itoa(i), krules.WriteOnly())
+				for j, p := range props {
+					if _, _, err := s.Set(ctx, p, values[j], krules.Muted()); err != nil {
+						return err
 					}
 				}
+				return s.Store(ctx)
 			},
 			Baseline: storeBaseline,
-			Base: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					if err := rawStore100("raw-store-100-" + strconv.Itoa(i)); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(i int) error { return rawStore100("raw-store-100-" + strconv.Itoa(i)) },
 		},
 		{
 			Name: "redis/store-100-backend",
-			Run: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					batch := storage.Batch{Puts: make([]storage.Write, len(props))}
-					for j, p := range props {
-						batch.Puts[j] = storage.Write{Key: storage.Key{Kind: storage.Default, Name: p}, Value: values[j]}
-					}
-					if err := backend.Store(ctx, "kb-store-100-"+strconv.Itoa(i), batch); err != nil {
-						b.Fatal(err)
-					}
+			Op: func(i int) error {
+				batch := storage.Batch{Puts: make([]storage.Write, len(props))}
+				for j, p := range props {
+					batch.Puts[j] = storage.Write{Key: storage.Key{Kind: storage.Default, Name: p}, Value: values[j]}
 				}
+				return backend.Store(ctx, "kb-store-100-"+strconv.Itoa(i), batch)
 			},
 			Baseline: storeBaseline,
-			Base: func(b *testing.B) {
-				for i := 0; b.Loop(); i++ {
-					if err := rawStore100("rawb-store-100-" + strconv.Itoa(i)); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(i int) error { return rawStore100("rawb-store-100-" + strconv.Itoa(i)) },
 		},
 		{
 			Name: "redis/load-100",
-			Run: func(b *testing.B) {
-				for b.Loop() {
-					v, err := app.Subject("k-load-100").Get(ctx, "prop-0")
-					if err != nil || v != int64(0) {
-						b.Fatal(v, err)
-					}
+			Op: func(int) error {
+				v, err := app.Subject("k-load-100").Get(ctx, "prop-0")
+				if err == nil && v != int64(0) {
+					err = fmt.Errorf("prop-0 = %v", v)
 				}
+				return err
 			},
 			Baseline: loadBaseline,
-			Base: func(b *testing.B) {
-				for b.Loop() {
-					if err := rawLoad100(); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(int) error { return rawLoad100() },
 		},
 		{
 			Name: "redis/load-100-backend",
-			Run: func(b *testing.B) {
-				for b.Loop() {
-					snap, err := backend.Load(ctx, "k-load-100")
-					if err != nil || len(snap.Props) != len(props) {
-						b.Fatal(len(snap.Props), err)
-					}
+			Op: func(int) error {
+				snap, err := backend.Load(ctx, "k-load-100")
+				if err == nil && len(snap.Props) != len(props) {
+					err = fmt.Errorf("loaded %d properties", len(snap.Props))
 				}
+				return err
 			},
 			Baseline: loadBaseline,
-			Base: func(b *testing.B) {
-				for b.Loop() {
-					if err := rawLoad100(); err != nil {
-						b.Fatal(err)
-					}
-				}
-			},
+			BaseOp:   func(int) error { return rawLoad100() },
 		},
 	}
 	return rows, done, nil

@@ -95,3 +95,35 @@ func BenchmarkStore100(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkSet measures the plain-value Set (one script call returning the
+// old text) and the feed-mode Set against a raw HSET of the same field.
+//
+//	go test -run '^$' -bench 'Set$' -benchmem ./storage/redis/
+func BenchmarkSet(b *testing.B) {
+	ctx := context.Background()
+	for _, feed := range []bool{false, true} {
+		name := "backend"
+		if feed {
+			name = "backend-feed"
+		}
+		b.Run(name, func(b *testing.B) {
+			be := open(b, redis.Config{ChangeFeed: feed})
+			for i := 0; b.Loop(); i++ {
+				if _, _, err := be.Set(ctx, "set", P("n"), storage.Mutation{Value: int64(i)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("raw-hset", func(b *testing.B) {
+		be := open(b, redis.Config{})
+		k := be.Key("raw")
+		for i := 0; b.Loop(); i++ {
+			text, _ := storage.Marshal(int64(i))
+			if err := be.Client().HSet(ctx, k, "pn", text).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -41,9 +41,9 @@ func (b *Backend) ChangeFeed() bool { return b.cfg.ChangeFeed }
 // FeedKey returns the name of the feed stream: "f:" + Config.Prefix +
 // "changes". The per-subject versions live in the hash "f:" + Prefix +
 // "seq" and the relay lease in "f:" + Prefix + "lease".
-func (b *Backend) FeedKey() string { return "f:" + b.cfg.Prefix + "changes" }
+func (b *Backend) FeedKey() string { return b.feedKey }
 
-func (b *Backend) seqKey() string   { return "f:" + b.cfg.Prefix + "seq" }
+func (b *Backend) seqKey() string   { return b.seqKeyName }
 func (b *Backend) leaseKey() string { return "f:" + b.cfg.Prefix + "lease" }
 
 // feedEpilogue appends a record for field ARGV[1] when its value changed
@@ -244,14 +244,14 @@ func (b *Backend) feedPlan(ctx context.Context, s *script, subject string, k sto
 // runKeys executes s with several keys (see run).
 func (s *script) runKeys(ctx context.Context, c goredis.UniversalClient, write bool, keys []string, args ...any) (any, error) {
 	full := make([]any, 0, 3+len(keys)+len(args))
-	full = append(full, "evalsha", s.sha, len(keys))
+	full = append(full, "evalsha", s.shaArg, len(keys))
 	for _, k := range keys {
 		full = append(full, k)
 	}
 	full = append(full, args...)
 	v, err := process(ctx, c, write, full)
 	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
-		full[0], full[1] = "eval", s.src
+		full[0], full[1] = "eval", s.srcArg
 		v, err = process(ctx, c, write, full)
 	}
 	return v, err

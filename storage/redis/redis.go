@@ -95,6 +95,9 @@ type Backend struct {
 	closed atomic.Bool
 	locks  keyLocks
 
+	// feedKey and seqKeyName are FeedKey() and seqKey(), built once.
+	feedKey, seqKeyName string
+
 	// watch selects the WATCH/MULTI/EXEC design for update functions instead
 	// of read + compare-and-set; kept for the measurement in the tests.
 	watch bool
@@ -119,7 +122,9 @@ var (
 // unless SetLogger was called (see SetLogger: process-wide).
 func New(client goredis.UniversalClient, cfg Config) *Backend {
 	installDefaultLogger()
-	return &Backend{client: client, cfg: cfg.withDefaults()}
+	b := &Backend{client: client, cfg: cfg.withDefaults()}
+	b.feedKey, b.seqKeyName = "f:"+b.cfg.Prefix+"changes", "f:"+b.cfg.Prefix+"seq"
+	return b
 }
 
 // Open connects to the Redis at url (redis://[user:pass@]host:port/db or
@@ -419,7 +424,9 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	return m.Value, old, nil
 }
 
-var opNames = [...]string{storage.OpInc: "inc", storage.OpAppend: "append", storage.OpMax: "max", storage.OpMin: "min"}
+// opNames are the script's operation names, boxed once (an argument list of
+// go-redis is []any).
+var opNames = [...]any{storage.OpInc: "inc", storage.OpAppend: "append", storage.OpMax: "max", storage.OpMin: "min"}
 
 func (b *Backend) setOp(ctx context.Context, subject string, k storage.Key, op *storage.Op) (any, any, error) {
 	if op.Kind < storage.OpInc || op.Kind > storage.OpMin {

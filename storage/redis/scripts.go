@@ -14,11 +14,15 @@ import (
 type script struct {
 	src string
 	sha string
+	// shaArg and srcArg are sha and src boxed once, so that building a
+	// call's argument list does not allocate them again.
+	shaArg, srcArg any
 }
 
 func newScript(src string) *script {
 	h := sha1.Sum([]byte(src))
-	return &script{src: src, sha: hex.EncodeToString(h[:])}
+	sha := hex.EncodeToString(h[:])
+	return &script{src: src, sha: sha, shaArg: sha, srcArg: src}
 }
 
 // noRetryCmd is a command go-redis must not send a second time after a
@@ -36,12 +40,12 @@ func (noRetryCmd) NoRetry() bool { return true }
 // run older servers.)
 func (s *script) run(ctx context.Context, c goredis.UniversalClient, write bool, key string, args ...any) (any, error) {
 	full := make([]any, 0, 4+len(args))
-	full = append(full, "evalsha", s.sha, 1, key)
+	full = append(full, "evalsha", s.shaArg, 1, key)
 	full = append(full, args...)
 	v, err := process(ctx, c, write, full)
 	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
 		// Not executed: safe to send again with the source.
-		full[0], full[1] = "eval", s.src
+		full[0], full[1] = "eval", s.srcArg
 		v, err = process(ctx, c, write, full)
 	}
 	return v, err
