@@ -51,7 +51,13 @@ import (
 // Both sides encode each CloudEvent while the clock runs. Besides ns/op,
 // each run prints events/s, p50/p99 publish→handled latency and the CPU
 // per event of this process, the local nats-server and redis-server (read
-// from /proc) to stderr; -nats-cpuprofile writes a CPU profile per row. Needs KRULES_NATS_URL and KRULES_REDIS_URL.
+// from /proc; -cpu-nats-pid, -cpu-redis-pid count one process of each
+// when the machine runs others) to stderr; -nats-cpuprofile writes a CPU
+// profile per row, -nats-server-profile a nats-server one (server started
+// with --profile), -nats-varz prints the server's messages in and out per
+// event (server started with -m). The 3-worker row starts the clock only
+// once every worker owns its fair share of the partitions, and prints the
+// shares. Needs KRULES_NATS_URL and KRULES_REDIS_URL.
 func init() {
 	register(Group{
 		Name:    "nats",

@@ -557,7 +557,7 @@ func (w *Worker) runLane(p *partition, l *lane) {
 		p.mu.Lock()
 		delete(p.held, it.seq)
 		l.q = l.q[1:]
-		wake := len(p.held) < maxHeld
+		wake := len(p.held) == resumeHeld
 		p.mu.Unlock()
 		if wake {
 			select {
