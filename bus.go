@@ -332,9 +332,12 @@ func (t *table) match(eventType string) []*Handler {
 	if e := ps.Load(); e != nil && e.typ == eventType { // same string data: no byte compare
 		return e.hs
 	}
-	hs := t.matchHashed(eventType)
-	ps.Store(&cacheEntry{typ: eventType, hs: hs})
-	return hs
+	// The second level's entry goes in the first-level slot too (no new
+	// entry): a type string decoded afresh for each event (transports) has
+	// a new address every time, and must not allocate per emit.
+	e := t.matchHashed(eventType)
+	ps.Store(e)
+	return e.hs
 }
 
 // matchValid is match for an event type that is not yet validated: it
@@ -354,17 +357,18 @@ func (t *table) matchValid(eventType string) ([]*Handler, error) {
 	return t.match(eventType), nil
 }
 
-// matchHashed is match's second level, keyed by the type's bytes.
-func (t *table) matchHashed(eventType string) []*Handler {
+// matchHashed is match's second level, keyed by the type's bytes: it
+// returns the type's entry, found or added.
+func (t *table) matchHashed(eventType string) *cacheEntry {
 	h := maphash.String(t.cache.seed, eventType)
 	s1, s2 := t.cache.slot(h), t.cache.slot(h>>32)
 	e1 := s1.Load()
 	if e1 != nil && e1.typ == eventType {
-		return e1.hs
+		return e1
 	}
 	e2 := s2.Load()
 	if e2 != nil && e2.typ == eventType {
-		return e2.hs
+		return e2
 	}
 	hs := t.lookup(eventType)
 	// Two candidate slots: take a free one, else evict one of the two
@@ -374,8 +378,9 @@ func (t *table) matchHashed(eventType string) []*Handler {
 	if e1 != nil && (e2 == nil || h&(1<<20) != 0) {
 		victim = s2
 	}
-	victim.Store(&cacheEntry{typ: eventType, hs: hs})
-	return hs
+	e := &cacheEntry{typ: eventType, hs: hs}
+	victim.Store(e)
+	return e
 }
 
 // lookup computes the handlers of an event type from the index (built).
@@ -466,7 +471,9 @@ func (c *matchCache) slot(h uint64) *atomic.Pointer[cacheEntry] {
 // invalid subject; ErrCascadeDepth) or when ctx is cancelled, which stops
 // the dispatch before the next handler. A nil payload is an empty one.
 // Options (EmitOption): WithExtra, WithMeta. Outbound hooks (App.Outbound)
-// see the event after the local handlers.
+// see the event after the local handlers. The bytes of eventType must not
+// change after the call (an ordinary Go string never does; a string made
+// with unsafe.String over a reused buffer would confuse the match cache).
 func (a *App) Emit(ctx context.Context, eventType string, subject *Subject, payload Payload, opts ...EmitOption) error {
 	if len(opts) == 0 {
 		return a.emit(ctx, eventType, subject, payload, nil, nil)

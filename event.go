@@ -182,7 +182,11 @@ type Extra map[string]any
 // An Event stays valid after its handlers return (it is not reused), so a
 // handler may keep it or hand it to a goroutine. Events are allocated in
 // blocks of eighteen: an Event kept for long keeps its block (2.7 KB)
-// and what the block's other events refer to (payloads, values) alive.
+// and what the block's other events refer to (payloads, old and new values,
+// subject handles, contexts) alive. The handler's ctx is part of its Event,
+// so a goroutine or derived context that outlives the handler keeps the
+// block too. A handler that keeps events of large values for long should
+// keep what it needs from them (or a copy) instead.
 type Event struct {
 	// Type is the event type ("order.created", PropertyChanged, ...).
 	Type string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -77,5 +78,45 @@ func TestMatchCacheSharedBytes(t *testing.T) {
 		if err := app.Emit(ctx, strings.Clone(backing[:4]), s, nil); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestMatchCacheFreshTypeStrings: a type string decoded afresh for each
+// event (as transports do: a new address each time) reuses the cached
+// entry of its type instead of adding one per emit; the emits of such
+// strings allocate no more than those of a constant type.
+func TestMatchCacheFreshTypeStrings(t *testing.T) {
+	app, _ := newApp(t)
+	n := 0
+	app.On("a.*").Do(func(context.Context, *krules.Event) error { n++; return nil })
+	s := app.Subject("s")
+	const emits = 4000
+	types := make([]string, emits)
+	for i := range types {
+		types[i] = strings.Clone(fmt.Sprintf("a.t%d", i%64))
+	}
+	mallocs := func(typeOf func(i int) string) float64 {
+		for i := range 64 { // warm the cache
+			if err := app.Emit(ctx, typeOf(i), s, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for i := range emits {
+			if err := app.Emit(ctx, typeOf(i), s, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		return float64(after.Mallocs-before.Mallocs) / emits
+	}
+	constant := mallocs(func(i int) string { return types[i%64] })
+	fresh := mallocs(func(i int) string { return types[i] })
+	if fresh > constant+0.2 {
+		t.Fatalf("emits of fresh type strings: %.2f allocs each, of constant ones %.2f", fresh, constant)
+	}
+	if n != 2*(64+emits) {
+		t.Fatalf("handler ran %d times, want %d", n, 2*(64+emits))
 	}
 }
