@@ -376,23 +376,7 @@ func measureOps(r Row, count int, block time.Duration) Result {
 		call(k % 2)
 		call(1 - k%2)
 	}
-	var all [2][]float64
-	var ratios []float64
-	for blk := 0; blk < count && err == nil; blk++ {
-		var lat [2][]float64
-		end := time.Now().Add(block)
-		for k := 0; (k < 20 || time.Now().Before(end)) && err == nil; k++ {
-			first := k % 2
-			lat[first] = append(lat[first], call(first))
-			lat[1-first] = append(lat[1-first], call(1-first))
-		}
-		if err != nil {
-			break
-		}
-		ratios = append(ratios, median(lat[0])/median(lat[1]))
-		all[0] = append(all[0], lat[0]...)
-		all[1] = append(all[1], lat[1]...)
-	}
+	all, ratios := alternate(count, block, 20, call, func() bool { return err != nil })
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "krules-bench: %s: %v\n", r.Name, err)
 		return res
@@ -459,23 +443,8 @@ func measureBatches(r Row, count int, block time.Duration) Result {
 		per = max(1, min(8, int(float64(block.Nanoseconds())/8/slow)))
 	}
 	cpu, ops = [2]time.Duration{}, [2]int{}
-	var all [2][]float64
-	var ratios []float64
-	for blk := 0; blk < count && err == nil; blk++ {
-		var lat [2][]float64
-		end := time.Now().Add(block)
-		for k := 0; (k < 4 || time.Now().Before(end)) && err == nil; k++ {
-			first := k % 2
-			lat[first] = append(lat[first], batch(first))
-			lat[1-first] = append(lat[1-first], batch(1-first))
-		}
-		if err != nil {
-			break
-		}
-		ratios = append(ratios, median(lat[0])/median(lat[1]))
-		all[0] = append(all[0], lat[0]...)
-		all[1] = append(all[1], lat[1]...)
-	}
+	failed := func() bool { errMu.Lock(); defer errMu.Unlock(); return err != nil }
+	all, ratios := alternate(count, block, 4, batch, failed)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "krules-bench: %s: %v\n", r.Name, err)
 		return res
@@ -494,6 +463,30 @@ func measureBatches(r Row, count int, block time.Duration) Result {
 		*dst = int64(testing.AllocsPerRun(200, func() { _ = f() }))
 	}
 	return res
+}
+
+// alternate runs count blocks of about block each (at least minPairs pairs)
+// in which timed(0), the row, and timed(1), the baseline, alternate (AB,
+// BA, AB, ...). It returns every timing of each side and, per block, the
+// quotient of the two sides' median timings. It stops at the first block in
+// which failed reports true (that block gives no quotient).
+func alternate(count int, block time.Duration, minPairs int, timed func(side int) float64, failed func() bool) (all [2][]float64, ratios []float64) {
+	for blk := 0; blk < count && !failed(); blk++ {
+		var lat [2][]float64
+		end := time.Now().Add(block)
+		for k := 0; (k < minPairs || time.Now().Before(end)) && !failed(); k++ {
+			first := k % 2
+			lat[first] = append(lat[first], timed(first))
+			lat[1-first] = append(lat[1-first], timed(1-first))
+		}
+		if failed() {
+			break
+		}
+		ratios = append(ratios, median(lat[0])/median(lat[1]))
+		all[0] = append(all[0], lat[0]...)
+		all[1] = append(all[1], lat[1]...)
+	}
+	return all, ratios
 }
 
 // median of xs (sorted in place; 0 when empty).
