@@ -130,30 +130,39 @@ func (s *Subject) check(k storage.Kind, prop string) error {
 // listeners returns the handlers of the event a write of kind k will emit
 // (none for extended properties or Muted) and ctx's cascade depth, and
 // refuses the write with ErrCascadeDepth when that emit would exceed the
-// cascade limit.
-func (s *Subject) listeners(ctx context.Context, k storage.Kind, o *callOptions, eventType string) (*table, []*Handler, int, error) {
+// cascade limit. The event is PropertyDeleted when deleted is true, else
+// PropertyChanged.
+func (s *Subject) listeners(ctx context.Context, k storage.Kind, o *callOptions, deleted bool) (*table, []*Handler, int, error) {
 	if k != storage.Default || o.muted {
 		return nil, nil, 0, nil
 	}
 	if s.app.feed.on {
-		if err := s.feedCheck(ctx, k, o, eventType); err != nil { // change feed hook
+		if err := s.feedCheck(ctx, k, o, builtinType(deleted)); err != nil { // change feed hook
 			return nil, nil, 0, err
 		}
 	}
 	t := s.app.eventTable() // change feed hook: no local handlers under FeedRemote
 	t.once.Do(t.build)
 	hs := t.changed
-	if eventType != PropertyChanged { // a constant: compared by pointer first
+	if deleted {
 		hs = t.deleted
 	}
 	if !t.wants(hs) {
 		return t, hs, 0, nil
 	}
-	depth, err := s.app.checkDepth(ctx, eventType, s)
+	depth, err := s.app.checkDepth(ctx, builtinType(deleted), s)
 	if err != nil {
 		return nil, nil, 0, err
 	}
 	return t, hs, depth, nil
+}
+
+// builtinType is PropertyDeleted or PropertyChanged.
+func builtinType(deleted bool) string {
+	if deleted {
+		return PropertyDeleted
+	}
+	return PropertyChanged
 }
 
 // emitProperty dispatches a built-in property event (lazy: lazyChanged or
@@ -312,7 +321,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 			}
 		}
 	}
-	t, hs, depth, err := s.listeners(ctx, k, o, PropertyChanged)
+	t, hs, depth, err := s.listeners(ctx, k, o, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -552,7 +561,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 			}
 		}
 	}
-	t, hs, depth, err := s.listeners(ctx, k, &o, PropertyDeleted)
+	t, hs, depth, err := s.listeners(ctx, k, &o, true)
 	if err != nil {
 		return err
 	}
