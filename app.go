@@ -28,6 +28,8 @@ type App struct {
 	regMu sync.Mutex // serialises writers of table
 	table atomic.Pointer[table]
 	seq   uint64
+
+	slabs eventSlabs // the current blocks Events are carved from (event.go)
 }
 
 // ErrorHandler receives every error returned by a handler (after its

@@ -498,7 +498,7 @@ func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payl
 	if !ok {
 		return err
 	}
-	ev := newEvent()
+	ev := a.newEvent()
 	ev.Type, ev.Subject, ev.payload, ev.Extra, ev.app, ev.meta = eventType, subject, payload, extra, a, meta
 	if payload == nil {
 		ev.lazy = lazyEmpty

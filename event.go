@@ -7,6 +7,8 @@ import (
 	"math"
 	"reflect"
 	"sync"
+	"sync/atomic"
+	"unsafe"
 )
 
 // Built-in event types, emitted by Subject.
@@ -185,8 +187,11 @@ type Extra map[string]any
 // and what the block's other events refer to (payloads, old and new values,
 // subject handles, contexts) alive. The handler's ctx is part of its Event,
 // so a goroutine or derived context that outlives the handler keeps the
-// block too. A handler that keeps events of large values for long should
-// keep what it needs from them (or a copy) instead.
+// block too. The App itself holds its few current blocks until they are
+// full, so the last events it dispatched (at most 17 per block, four
+// blocks) stay reachable until about as many more are emitted. A handler
+// that keeps events of large values for long should keep what it needs
+// from them (or a copy) instead.
 type Event struct {
 	// Type is the event type ("order.created", PropertyChanged, ...).
 	Type string
@@ -355,34 +360,66 @@ func depthOf(ctx context.Context) int {
 	return 0
 }
 
-// eventSlabSize is how many Events one allocation holds (see newEvent).
+// eventSlabSize is how many Events one allocation holds (see
+// App.newEvent).
 const eventSlabSize = 18 // 18 x 144 B + 8: fills the 2688-byte size class
 
 // eventSlab is a block of Events allocated at once and handed out one by
-// one; an Event is never handed out twice.
+// one, each index claimed by one atomic add; an Event is never handed out
+// twice.
 type eventSlab struct {
+	n   atomic.Uint32 // indexes claimed so far (may pass eventSlabSize: full)
 	evs [eventSlabSize]Event
-	n   int
 }
 
-// eventSlabs holds partly used slabs, per P: a slab is taken out while an
-// Event is carved from it, so no two goroutines share one.
-var eventSlabs sync.Pool
+// eventStripes is how many current slabs an App keeps: goroutines emitting
+// at once on one App mostly claim from different slabs, so they do not
+// contend on one cache line.
+const (
+	eventStripeBits = 2
+	eventStripes    = 1 << eventStripeBits
+)
+
+// eventSlabs holds an App's current slabs, one per stripe, each on its own
+// cache line.
+type eventSlabs [eventStripes]struct {
+	cur atomic.Pointer[eventSlab]
+	_   [56]byte
+}
 
 // newEvent returns a new, zero Event. Events are allocated eighteen at a
 // time (one heap allocation per eighteen emits instead of one per emit) and
 // never reused, so a handler may keep its Event as long as it likes; the
-// cost is that a kept Event keeps the memory of its slab (2.7 KB)
-// alive until every Event of the slab is unreachable.
-func newEvent() *Event {
-	sl, _ := eventSlabs.Get().(*eventSlab)
-	if sl == nil {
-		sl = new(eventSlab)
+// cost is that a kept Event keeps the memory of its slab (2.7 KB) alive
+// until every Event of the slab is unreachable, and that the App keeps its
+// current slabs (up to 17 handed-out Events each) until they are full.
+//
+// The stripe is picked from the address of the calling goroutine's stack,
+// which differs between goroutines: it spreads concurrent emitters, and a
+// collision costs only contention, never correctness.
+func (a *App) newEvent() *Event {
+	var probe byte
+	st := &a.slabs[(uint64(uintptr(unsafe.Pointer(&probe))>>13)*0x9E3779B97F4A7C15)>>(64-eventStripeBits)].cur
+	sl := st.Load()
+	if sl != nil {
+		if i := sl.n.Add(1); i <= eventSlabSize {
+			return &sl.evs[i-1]
+		}
 	}
-	ev := &sl.evs[sl.n]
-	sl.n++
-	if sl.n < eventSlabSize {
-		eventSlabs.Put(sl)
+	return newSlab(st, sl)
+}
+
+// newSlab installs a new slab in st, whose current slab old is full (or
+// nil), and returns its first Event; if another goroutine installed one
+// first, it claims from that one instead.
+func newSlab(st *atomic.Pointer[eventSlab], old *eventSlab) *Event {
+	fresh := new(eventSlab)
+	fresh.n.Store(1)
+	for !st.CompareAndSwap(old, fresh) {
+		old = st.Load()
+		if i := old.n.Add(1); i <= eventSlabSize {
+			return &old.evs[i-1] // fresh is dropped unused: rare
+		}
 	}
-	return ev
+	return &fresh.evs[0]
 }

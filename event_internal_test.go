@@ -3,6 +3,7 @@ package krules
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"unsafe"
 )
@@ -34,5 +35,43 @@ func TestKeptEventsAreNeverReused(t *testing.T) {
 			t.Fatalf("kept event %d is %s %v (seen before: %v)", i, ev.Type, ev.Payload(), seen[ev])
 		}
 		seen[ev] = true
+	}
+}
+
+// TestConcurrentEmitsGetDistinctEvents: goroutines emitting at once on one
+// App (sharing stripes and racing to install new slabs) never get the same
+// Event, and each keeps its own content.
+func TestConcurrentEmitsGetDistinctEvents(t *testing.T) {
+	app := New()
+	const goroutines, per = 8, 3*eventSlabSize + 5
+	kept := make([][]*Event, goroutines)
+	app.On("e").Do(func(ctx context.Context, ev *Event) error {
+		g := ev.Payload()["g"].(int)
+		kept[g] = append(kept[g], ev)
+		return nil
+	})
+	s := app.Subject("s")
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range per {
+				if err := app.Emit(context.Background(), "e", s, Payload{"g": g, "i": i}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	seen := map[*Event]bool{}
+	for g, evs := range kept {
+		if len(evs) != per {
+			t.Fatalf("goroutine %d: %d events handled, want %d", g, len(evs), per)
+		}
+		for i, ev := range evs {
+			if ev.Payload()["g"] != g || ev.Payload()["i"] != i || seen[ev] {
+				t.Fatalf("goroutine %d event %d is %v (seen before: %v)", g, i, ev.Payload(), seen[ev])
+			}
+			seen[ev] = true
+		}
 	}
 }

@@ -176,7 +176,7 @@ func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, dep
 	if lazy == lazyDeleted {
 		typ = PropertyDeleted
 	}
-	ev := newEvent()
+	ev := s.app.newEvent()
 	ev.Type, ev.Subject, ev.PropertyName, ev.OldValue, ev.NewValue, ev.Extra, ev.app, ev.lazy = typ, s, prop, old, nv, extra, s.app, lazy
 	return s.app.deliver(ctx, t, hs, ev, depth)
 }
