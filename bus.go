@@ -494,8 +494,14 @@ func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payl
 	if subject.nameErr != nil {
 		return fmt.Errorf("krules: emit %q: %w", eventType, subject.nameErr)
 	}
-	depth, ok, err := a.admit(ctx, t, hs, eventType, subject)
-	if !ok {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !t.wants(hs) {
+		return nil
+	}
+	depth, err := a.checkDepth(ctx, eventType, subject)
+	if err != nil {
 		return err
 	}
 	ev := a.newEvent()
@@ -508,28 +514,21 @@ func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payl
 	return a.deliver(ctx, t, hs, ev, depth)
 }
 
-// checkDepth refuses (and logs) an emit nested deeper than the cascade limit.
+// checkDepth refuses (and logs) an emit nested deeper than the cascade
+// limit; it returns ctx's cascade depth.
 func (a *App) checkDepth(ctx context.Context, eventType string, subject *Subject) (int, error) {
 	depth := depthOf(ctx)
 	if depth >= a.cascadeLimit {
-		a.logger.ErrorContext(ctx, "krules: cascade depth limit exceeded", "event", eventType, "subject", subject.name, "limit", a.cascadeLimit)
-		return depth, fmt.Errorf("krules: emit %q on %q: %w (limit %d)", eventType, subject.name, ErrCascadeDepth, a.cascadeLimit)
+		return depth, a.tooDeep(ctx, eventType, subject)
 	}
 	return depth, nil
 }
 
-// admit decides whether an event matched to hs in t is dispatched: ok is
-// false (with a nil error) when nobody wants it, false with an error when
-// ctx is done or the cascade limit is reached. depth is ctx's cascade depth.
-func (a *App) admit(ctx context.Context, t *table, hs []*Handler, eventType string, subject *Subject) (depth int, ok bool, err error) {
-	if err := ctx.Err(); err != nil {
-		return 0, false, err
-	}
-	if !t.wants(hs) {
-		return 0, false, nil
-	}
-	depth, err = a.checkDepth(ctx, eventType, subject)
-	return depth, err == nil, err
+// tooDeep logs and returns the ErrCascadeDepth error of checkDepth (kept
+// out of it so that it inlines).
+func (a *App) tooDeep(ctx context.Context, eventType string, subject *Subject) error {
+	a.logger.ErrorContext(ctx, "krules: cascade depth limit exceeded", "event", eventType, "subject", subject.name, "limit", a.cascadeLimit)
+	return fmt.Errorf("krules: emit %q on %q: %w (limit %d)", eventType, subject.name, ErrCascadeDepth, a.cascadeLimit)
 }
 
 // deliver runs the handlers hs (matched in table t) and the outbound hooks
