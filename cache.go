@@ -198,6 +198,21 @@ func (c *propCache) toMap() map[string]any {
 	return m
 }
 
+// pendingOnly returns a cache of c's unsaved changes only (puts and
+// deletes, with their stamps), in c's order.
+func (c *propCache) pendingOnly() propCache {
+	var out propCache
+	for i := range c.ents {
+		switch e := &c.ents[i]; e.state {
+		case stDirty:
+			out.put(e.name, e.v, true, e.gen)
+		case stDeleted:
+			out.remove(e.name, true, e.gen)
+		}
+	}
+	return out
+}
+
 // hasPending reports whether the cache holds changes Store has not written.
 func (c *propCache) hasPending() bool { return c.pending > 0 }
 

@@ -39,7 +39,11 @@ import (
 // write of a property replaces that property's unsaved change made before
 // the NoCache write began, and keeps one made by a cached Set or Delete
 // while the NoCache write was in flight (that change is the later one:
-// Store writes it over the NoCache write).
+// Store writes it over the NoCache write). When a NoCache call's result may
+// be older than what the cache holds (another NoCache call on the same
+// handle overlapped it, or the handle reloaded while it was in flight), the
+// call does not patch the cache: it drops the loaded values, keeps the
+// unsaved changes, and the next access reloads.
 type Subject struct {
 	app     *App
 	name    string
@@ -58,11 +62,19 @@ type Subject struct {
 	props  propCache
 	ext    propCache
 	// wgen is the write clock: each cached Set or Delete (under mu) takes
-	// the next value and stamps its cache entry with it; a NoCache write
-	// reads it (without mu) when it begins, so afterDirect tells the
-	// pending changes made before it (superseded) from those made while it
-	// was in flight (kept).
-	wgen atomic.Uint64
+	// the next value and stamps its cache entry with it, and each load
+	// takes one too (loadGen); a NoCache call reads it (without mu) when it
+	// begins, so afterDirect tells the pending changes made before it
+	// (superseded) from those made while it was in flight (kept), and a
+	// cache loaded while it was in flight (which may hold later writes).
+	wgen    atomic.Uint64
+	loadGen uint64 // wgen of the last load (under mu)
+	// NoCache calls on a cached handle: dseq counts those begun, dflight
+	// those in flight. afterDirect patches the cache only for a call that
+	// overlapped no other one, since the order in which overlapping calls
+	// reached the store is unknown (directBegin).
+	dseq    atomic.Uint64
+	dflight atomic.Int32
 
 	feedPending map[string]*storage.ChangeMeta // change feed: metadata of cached writes (changefeed.go)
 }
@@ -98,13 +110,25 @@ func (s *Subject) loadLocked(ctx context.Context) error {
 	s.ext = newPropCache(snap.Ext)
 	for j, c := range []*propCache{&s.props, &s.ext} {
 		for i := range blind[j].ents {
-			if e := &blind[j].ents[i]; e.state == stDirty {
+			switch e := &blind[j].ents[i]; e.state {
+			case stDirty:
 				c.put(e.name, e.v, true, e.gen)
+			case stDeleted: // left by unloadLocked
+				c.remove(e.name, true, e.gen)
 			}
 		}
 	}
 	s.loaded = true
+	s.loadGen = s.wgen.Add(1)
 	return nil
+}
+
+// unloadLocked drops the loaded part of the cache and keeps the unsaved
+// changes: the next access reloads the subject and puts them back on top
+// (as for a WriteOnly handle's blind writes).
+func (s *Subject) unloadLocked() {
+	s.loaded = false
+	s.props, s.ext = s.props.pendingOnly(), s.ext.pendingOnly()
 }
 
 func what(k storage.Kind) string {
@@ -181,26 +205,58 @@ func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, dep
 	return s.app.deliver(ctx, t, hs, ev, depth)
 }
 
-// afterDirect brings the handle's cache (if loaded) in line with a NoCache
-// call's result: v is the stored value (present false: the property is not
-// stored); write tells a write from a read, and start is the write clock
-// (wgen) when a write began. A cache without unsaved changes is dropped, so
-// the next cached read reloads: that stays right whatever order concurrent
-// NoCache calls finish in. A cache with unsaved changes is patched: a write
+// directTok is a NoCache call on a cached handle, from directBegin to
+// afterDirect or directEnd.
+type directTok struct {
+	on      bool   // begun (false on a NoCache handle: nothing to patch)
+	overlap bool   // another NoCache call of the handle was in flight at the start
+	start   uint64 // the write clock (wgen) at the start
+	seq     uint64 // dseq at the start
+}
+
+// directBegin marks the start of a NoCache call (a store call) on a handle
+// that has a cache; the call must end with afterDirect or directEnd.
+func (s *Subject) directBegin() directTok {
+	seq := s.dseq.Add(1)
+	n := s.dflight.Add(1)
+	return directTok{on: true, overlap: n > 1, start: s.wgen.Load(), seq: seq}
+}
+
+// directEnd ends a NoCache call that does not patch the cache (it failed,
+// or it was replayed).
+func (s *Subject) directEnd(tok directTok) {
+	if tok.on {
+		s.dflight.Add(-1)
+	}
+}
+
+// afterDirect ends a NoCache call tok (begun with directBegin) and brings
+// the handle's cache (if loaded) in line with its result: v is the stored
+// value (present false: the property is not stored); write tells a write
+// from a read. A cache without unsaved changes is dropped, so the next
+// cached read reloads: that stays right whatever order concurrent NoCache
+// calls finish in. A cache with unsaved changes is patched: a write
 // replaces the property and its pending change made before the write began
-// (stamp <= start), and keeps a pending change made while it was in flight
-// (stamp > start: a later write); a read only refreshes properties without
-// a pending change, so it never loses an unsaved write.
+// (stamp <= tok.start), and keeps a pending change made while it was in
+// flight (stamp > tok.start: a later write); a read only refreshes
+// properties without a pending change, so it never loses an unsaved write.
+// When the call's result may be older than what the cache holds (another
+// NoCache call of the handle overlapped it, or the cache was loaded while
+// it was in flight, after a Store perhaps), the cache is not patched but
+// unloaded, keeping its unsaved changes: the next access reloads.
 //
 // A NoCache handle has no cache to patch (its cached reads load afresh, and
-// it makes no cached writes): callers skip afterDirect there.
-func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool, start uint64) {
+// it makes no cached writes): callers skip directBegin and afterDirect
+// there.
+func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool, tok directTok) {
 	s.mu.Lock()
-	s.afterDirectLocked(k, prop, v, present, write, start)
+	stale := tok.overlap || s.dseq.Load() != tok.seq || s.loadGen > tok.start
+	s.dflight.Add(-1)
+	s.afterDirectLocked(k, prop, v, present, write, tok.start, stale)
 	s.mu.Unlock()
 }
 
-func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present, write bool, start uint64) {
+func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present, write bool, start uint64, stale bool) {
 	c := s.cache(k)
 	if !s.loaded {
 		if write && len(c.ents) > 0 && !c.pendingAfter(prop, start) {
@@ -219,7 +275,15 @@ func (s *Subject) afterDirectLocked(k storage.Kind, prop string, v any, present,
 		if c.pendingAfter(prop, start) {
 			return
 		}
+		if stale {
+			c.remove(prop, false, 0) // superseded, if pending before the write
+			s.unloadLocked()
+			return
+		}
 	} else if c.isPending(prop) {
+		return
+	} else if stale {
+		s.unloadLocked()
 		return
 	}
 	if present {
@@ -332,20 +396,25 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	}
 	var nv, old any
 	if o.noCache {
-		start := s.wgen.Load()
+		var tok directTok
+		if !s.base.noCache {
+			tok = s.directBegin()
+		}
 		if s.mem.Bound() {
 			nv, old, err = s.mem.Set(s.feedCtx(bctx, o), storage.Key{Kind: k, Name: prop}, mut)
 		} else {
 			nv, old, err = s.app.backend.Set(s.feedCtx(bctx, o), s.name, storage.Key{Kind: k, Name: prop}, mut)
 		}
 		if err != nil {
+			s.directEnd(tok)
 			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
 		if hasIdem && storage.Replayed(bctx) {
+			s.directEnd(tok)
 			return nv, old, nil // the first call wrote and emitted
 		}
-		if !s.base.noCache {
-			s.afterDirect(k, prop, nv, true, true, start)
+		if tok.on {
+			s.afterDirect(k, prop, nv, true, true, tok)
 		}
 	} else {
 		s.mu.Lock()
@@ -429,14 +498,18 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 	if o.noCache {
 		var v any
 		var err error
+		var tok directTok
+		if !s.base.noCache {
+			tok = s.directBegin()
+		}
 		if s.mem.Bound() {
 			v, err = s.mem.Get(ctx, storage.Key{Kind: k, Name: prop})
 		} else {
 			v, err = s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
 		}
 		if errors.Is(err, ErrNotFound) {
-			if !s.base.noCache {
-				s.afterDirect(k, prop, nil, false, false, 0)
+			if tok.on {
+				s.afterDirect(k, prop, nil, false, false, tok)
 			}
 			if o.hasDef {
 				return o.def, nil
@@ -444,10 +517,11 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 			return nil, s.notFound(k, prop)
 		}
 		if err != nil {
+			s.directEnd(tok)
 			return nil, fmt.Errorf("krules: get %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		if !s.base.noCache {
-			s.afterDirect(k, prop, v, true, false, 0)
+		if tok.on {
+			s.afterDirect(k, prop, v, true, false, tok)
 		}
 		return v, nil
 	}
@@ -570,23 +644,28 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 	}
 	var old any
 	if o.noCache {
-		start := s.wgen.Load()
+		var tok directTok
+		if !s.base.noCache {
+			tok = s.directBegin()
+		}
 		if s.mem.Bound() {
 			old, err = s.mem.Delete(s.feedCtx(bctx, &o), storage.Key{Kind: k, Name: prop})
 		} else {
 			old, err = s.app.backend.Delete(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop})
 		}
-		if errors.Is(err, ErrNotFound) {
-			return s.notFound(k, prop)
-		}
 		if err != nil {
+			s.directEnd(tok)
+			if errors.Is(err, ErrNotFound) {
+				return s.notFound(k, prop)
+			}
 			return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
 		if hasIdem && storage.Replayed(bctx) {
+			s.directEnd(tok)
 			return nil // the first call deleted and emitted
 		}
-		if !s.base.noCache {
-			s.afterDirect(k, prop, nil, false, true, start)
+		if tok.on {
+			s.afterDirect(k, prop, nil, false, true, tok)
 		}
 	} else {
 		s.mu.Lock()
