@@ -107,7 +107,10 @@ func TestOverlappingNoCacheCallsLeaveTheCacheRight(t *testing.T) {
 		{"slow-get/set", func(s *krules.Subject) error { _, err := s.Get(ctx, "p", krules.NoCache()); return err }, true,
 			func(s *krules.Subject) error { _, _, err := s.Set(ctx, "p", int64(2), krules.NoCache()); return err }, 2},
 		{"slow-get/inc", func(s *krules.Subject) error { _, err := s.Get(ctx, "p", krules.NoCache()); return err }, true,
-			func(s *krules.Subject) error { _, _, err := s.Set(ctx, "p", krules.Inc(10), krules.NoCache()); return err }, 11},
+			func(s *krules.Subject) error {
+				_, _, err := s.Set(ctx, "p", krules.Inc(10), krules.NoCache())
+				return err
+			}, 11},
 		{"slow-set/set", func(s *krules.Subject) error { _, _, err := s.Set(ctx, "p", int64(5), krules.NoCache()); return err }, false,
 			func(s *krules.Subject) error { _, _, err := s.Set(ctx, "p", int64(2), krules.NoCache()); return err }, 2},
 	} {
