@@ -144,6 +144,11 @@ func (p *propSet) snapshot() []storage.Property {
 	return out
 }
 
+// release drops the data of a subject that is gone (locked): a Ref still
+// pointing to the entry keeps only the empty entry, not the properties,
+// until its next call resolves the name again.
+func (s *subject) release() { s.props, s.ext = propSet{}, propSet{} }
+
 func (s *subject) set(k storage.Kind) *propSet {
 	if k == storage.Extended {
 		return &s.ext
@@ -384,6 +389,7 @@ func (b *Backend) dropIfEmpty(name string, s *subject) {
 	}
 	b.mu.Unlock()
 	s.gone = true
+	s.release()
 }
 
 // Flush implements storage.Backend.
@@ -406,6 +412,7 @@ func (b *Backend) Flush(ctx context.Context, name string) error {
 	b.mu.Unlock()
 	s.gone = true
 	b.feedFlush(ctx, name, s) // change feed hook
+	s.release()
 	s.mu.Unlock()
 	return nil
 }

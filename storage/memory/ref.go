@@ -18,7 +18,9 @@ import (
 // (Bound reports false) and its methods must not be called. After InitRef,
 // a Ref is safe for concurrent use. A flushed or emptied subject leaves
 // its entry: the Ref notices and resolves the name again on its next call,
-// so it never writes to a subject that is gone.
+// so it never writes to a subject that is gone. Until that call the Ref
+// keeps the old entry (a few dozen bytes), never the subject's properties:
+// the backend drops them when the subject goes.
 type Ref struct {
 	b    *Backend
 	name string

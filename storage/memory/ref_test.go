@@ -3,8 +3,12 @@ package memory_test
 import (
 	"context"
 	"errors"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
+	"unsafe"
+	"weak"
 
 	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/memory"
@@ -115,5 +119,41 @@ func TestRefConcurrentWithFlush(t *testing.T) {
 	}
 	if v, err := b.Get(ctx, "s", pk("n")); err != nil || v != int64(10) {
 		t.Fatalf("n = %v, %v after 10 increments following the last Flush, want 10", v, err)
+	}
+}
+
+// TestRefDoesNotKeepAFlushedSubjectsData: a Ref that is not called again
+// after its subject is flushed does not keep the subject's
+// properties reachable.
+func TestRefDoesNotKeepAFlushedSubjectsData(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		gone func(b *memory.Backend, r *memory.Ref) error
+	}{
+		{"flush", func(b *memory.Backend, _ *memory.Ref) error { return b.Flush(ctx, "s") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := memory.New()
+			var r memory.Ref
+			b.InitRef(&r, "s")
+			big := strings.Repeat("x", 1<<20) // stored as is: strings are not copied
+			wp := weak.Make(unsafe.StringData(big))
+			if _, _, err := r.Set(ctx, pk("big"), storage.Mutation{Value: big}); err != nil {
+				t.Fatal(err)
+			}
+			big = ""
+			if err := tc.gone(b, &r); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				runtime.GC()
+			}
+			if wp.Value() != nil {
+				t.Fatal("the flushed subject's value is still reachable through the Ref")
+			}
+			runtime.KeepAlive(&r)
+			runtime.KeepAlive(b)
+		})
 	}
 }
