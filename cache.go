@@ -16,7 +16,7 @@ const (
 
 // entry is one property of a propCache: its name, value, whether Store
 // must write it, and for a pending entry the handle's write clock when the
-// cached write was made (Subject.wgen; 0 for entries not written by a
+// cached write was made (Subject.dseq; 0 for entries not written by a
 // cached write).
 type entry struct {
 	name  string

@@ -61,20 +61,16 @@ type Subject struct {
 	loaded bool
 	props  propCache
 	ext    propCache
-	// wgen is the write clock: each cached Set or Delete (under mu) takes
-	// the next value and stamps its cache entry with it, and each load
-	// takes one too (loadGen); a NoCache call reads it (without mu) when it
-	// begins, so afterDirect tells the pending changes made before it
-	// (superseded) from those made while it was in flight (kept), and a
-	// cache loaded while it was in flight (which may hold later writes).
-	wgen    atomic.Uint64
-	loadGen uint64 // wgen of the last load (under mu)
-	// NoCache calls on a cached handle: dseq counts those begun, dflight
-	// those in flight. afterDirect patches the cache only for a call that
-	// overlapped no other one, since the order in which overlapping calls
-	// reached the store is unknown (directBegin).
+	// dseq is the handle's clock: it counts the NoCache calls begun on the
+	// handle (directBegin, without mu). Each cached Set or Delete stamps
+	// its cache entry with its value and each load records it (loadGen),
+	// both under mu, so afterDirect tells the pending changes made before
+	// a NoCache call began (superseded by a write) from those made while
+	// it was in flight (kept), a cache loaded while it was in flight
+	// (which may hold later writes), and another NoCache call begun since.
 	dseq    atomic.Uint64
-	dflight atomic.Int32
+	loadGen uint64       // dseq at the end of the last load (under mu)
+	dflight atomic.Int32 // NoCache calls in flight on the handle
 
 	feedPending map[string]*storage.ChangeMeta // change feed: metadata of cached writes (changefeed.go)
 }
@@ -119,7 +115,7 @@ func (s *Subject) loadLocked(ctx context.Context) error {
 		}
 	}
 	s.loaded = true
-	s.loadGen = s.wgen.Add(1)
+	s.loadGen = s.dseq.Load()
 	return nil
 }
 
@@ -206,26 +202,33 @@ func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, dep
 }
 
 // directTok is a NoCache call on a cached handle, from directBegin to
-// afterDirect or directEnd.
-type directTok struct {
-	on      bool   // begun (false on a NoCache handle: nothing to patch)
-	overlap bool   // another NoCache call of the handle was in flight at the start
-	start   uint64 // the write clock (wgen) at the start
-	seq     uint64 // dseq at the start
-}
+// afterDirect or directEnd: dseq after the call began, with tokOverlap set
+// when another NoCache call of the handle was in flight then. Zero is no
+// call (a NoCache handle has no cache to patch).
+type directTok uint64
+
+const tokOverlap directTok = 1 << 63
+
+func (t directTok) on() bool { return t != 0 }
+
+// start is dseq just before the call began: a cache entry stamped, or a
+// load recorded, later than start was made while the call was in flight.
+func (t directTok) start() uint64 { return uint64(t&^tokOverlap) - 1 }
 
 // directBegin marks the start of a NoCache call (a store call) on a handle
 // that has a cache; the call must end with afterDirect or directEnd.
 func (s *Subject) directBegin() directTok {
-	seq := s.dseq.Add(1)
-	n := s.dflight.Add(1)
-	return directTok{on: true, overlap: n > 1, start: s.wgen.Load(), seq: seq}
+	t := directTok(s.dseq.Add(1))
+	if s.dflight.Add(1) > 1 {
+		t |= tokOverlap
+	}
+	return t
 }
 
 // directEnd ends a NoCache call that does not patch the cache (it failed,
 // or it was replayed).
 func (s *Subject) directEnd(tok directTok) {
-	if tok.on {
+	if tok.on() {
 		s.dflight.Add(-1)
 	}
 }
@@ -237,8 +240,8 @@ func (s *Subject) directEnd(tok directTok) {
 // cached read reloads: that stays right whatever order concurrent NoCache
 // calls finish in. A cache with unsaved changes is patched: a write
 // replaces the property and its pending change made before the write began
-// (stamp <= tok.start), and keeps a pending change made while it was in
-// flight (stamp > tok.start: a later write); a read only refreshes
+// (stamp <= tok.start()), and keeps a pending change made while it was in
+// flight (stamp > tok.start(): a later write); a read only refreshes
 // properties without a pending change, so it never loses an unsaved write.
 // When the call's result may be older than what the cache holds (another
 // NoCache call of the handle overlapped it, or the cache was loaded while
@@ -250,9 +253,11 @@ func (s *Subject) directEnd(tok directTok) {
 // there.
 func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool, tok directTok) {
 	s.mu.Lock()
-	stale := tok.overlap || s.dseq.Load() != tok.seq || s.loadGen > tok.start
+	// tok != dseq: another call began since, or one was in flight at the
+	// start (tokOverlap).
+	stale := uint64(tok) != s.dseq.Load() || s.loadGen > tok.start()
 	s.dflight.Add(-1)
-	s.afterDirectLocked(k, prop, v, present, write, tok.start, stale)
+	s.afterDirectLocked(k, prop, v, present, write, tok.start(), stale)
 	s.mu.Unlock()
 }
 
@@ -413,7 +418,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 			s.directEnd(tok)
 			return nv, old, nil // the first call wrote and emitted
 		}
-		if tok.on {
+		if tok.on() {
 			s.afterDirect(k, prop, nv, true, true, tok)
 		}
 	} else {
@@ -441,7 +446,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 				return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 			}
 		}
-		c.putAt(i, prop, nv, true, s.wgen.Add(1))
+		c.putAt(i, prop, nv, true, s.dseq.Load())
 		s.noteFeed(ctx, k, prop, o) // change feed hook
 		s.mu.Unlock()
 	}
@@ -508,7 +513,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 			v, err = s.app.backend.Get(ctx, s.name, storage.Key{Kind: k, Name: prop})
 		}
 		if errors.Is(err, ErrNotFound) {
-			if tok.on {
+			if tok.on() {
 				s.afterDirect(k, prop, nil, false, false, tok)
 			}
 			if o.hasDef {
@@ -520,7 +525,7 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 			s.directEnd(tok)
 			return nil, fmt.Errorf("krules: get %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
-		if tok.on {
+		if tok.on() {
 			s.afterDirect(k, prop, v, true, false, tok)
 		}
 		return v, nil
@@ -664,7 +669,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 			s.directEnd(tok)
 			return nil // the first call deleted and emitted
 		}
-		if tok.on {
+		if tok.on() {
 			s.afterDirect(k, prop, nil, false, true, tok)
 		}
 	} else {
@@ -680,7 +685,7 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 			return s.notFound(k, prop)
 		}
 		old = v
-		c.remove(prop, true, s.wgen.Add(1))
+		c.remove(prop, true, s.dseq.Load())
 		s.noteFeed(ctx, k, prop, &o) // change feed hook
 		s.mu.Unlock()
 	}
