@@ -69,8 +69,7 @@ type Subject struct {
 	// it was in flight (kept), a cache loaded while it was in flight
 	// (which may hold later writes), and another NoCache call begun since.
 	dseq    atomic.Uint64
-	loadGen uint64       // dseq at the end of the last load (under mu)
-	dflight atomic.Int32 // NoCache calls in flight on the handle
+	loadGen uint64 // dseq at the end of the last load (under mu)
 
 	feedPending map[string]*storage.ChangeMeta // change feed: metadata of cached writes (changefeed.go)
 }
@@ -202,36 +201,20 @@ func (s *Subject) emitProperty(ctx context.Context, t *table, hs []*Handler, dep
 }
 
 // directTok is a NoCache call on a cached handle, from directBegin to
-// afterDirect or directEnd: dseq after the call began, with tokOverlap set
-// when another NoCache call of the handle was in flight then. Zero is no
-// call (a NoCache handle has no cache to patch).
+// afterDirect: dseq just after the call began. Zero is no call (a NoCache
+// handle has no cache to patch).
 type directTok uint64
-
-const tokOverlap directTok = 1 << 63
 
 func (t directTok) on() bool { return t != 0 }
 
 // start is dseq just before the call began: a cache entry stamped, or a
 // load recorded, later than start was made while the call was in flight.
-func (t directTok) start() uint64 { return uint64(t&^tokOverlap) - 1 }
+func (t directTok) start() uint64 { return uint64(t) - 1 }
 
 // directBegin marks the start of a NoCache call (a store call) on a handle
-// that has a cache; the call must end with afterDirect or directEnd.
-func (s *Subject) directBegin() directTok {
-	t := directTok(s.dseq.Add(1))
-	if s.dflight.Add(1) > 1 {
-		t |= tokOverlap
-	}
-	return t
-}
-
-// directEnd ends a NoCache call that does not patch the cache (it failed,
-// or it was replayed).
-func (s *Subject) directEnd(tok directTok) {
-	if tok.on() {
-		s.dflight.Add(-1)
-	}
-}
+// that has a cache. A call that fails or is replayed just drops its token;
+// one that succeeds passes it to afterDirect.
+func (s *Subject) directBegin() directTok { return directTok(s.dseq.Add(1)) }
 
 // afterDirect ends a NoCache call tok (begun with directBegin) and brings
 // the handle's cache (if loaded) in line with its result: v is the stored
@@ -253,10 +236,12 @@ func (s *Subject) directEnd(tok directTok) {
 // there.
 func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write bool, tok directTok) {
 	s.mu.Lock()
-	// tok != dseq: another call began since, or one was in flight at the
-	// start (tokOverlap).
+	// Another NoCache call began since (it may have reached the store
+	// before this one, or after: that order is unknown), or the cache was
+	// loaded while this one was in flight. A call that began before this
+	// one and ends after it sees this one's begin and is stale itself, so
+	// of overlapping calls only the last to begin may patch.
 	stale := uint64(tok) != s.dseq.Load() || s.loadGen > tok.start()
-	s.dflight.Add(-1)
 	s.afterDirectLocked(k, prop, v, present, write, tok.start(), stale)
 	s.mu.Unlock()
 }
@@ -411,11 +396,9 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 			nv, old, err = s.app.backend.Set(s.feedCtx(bctx, o), s.name, storage.Key{Kind: k, Name: prop}, mut)
 		}
 		if err != nil {
-			s.directEnd(tok)
 			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
 		if hasIdem && storage.Replayed(bctx) {
-			s.directEnd(tok)
 			return nv, old, nil // the first call wrote and emitted
 		}
 		if tok.on() {
@@ -522,7 +505,6 @@ func (s *Subject) get(ctx context.Context, k storage.Kind, prop string, opts []G
 			return nil, s.notFound(k, prop)
 		}
 		if err != nil {
-			s.directEnd(tok)
 			return nil, fmt.Errorf("krules: get %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
 		if tok.on() {
@@ -658,15 +640,13 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 		} else {
 			old, err = s.app.backend.Delete(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop})
 		}
+		if errors.Is(err, ErrNotFound) {
+			return s.notFound(k, prop)
+		}
 		if err != nil {
-			s.directEnd(tok)
-			if errors.Is(err, ErrNotFound) {
-				return s.notFound(k, prop)
-			}
 			return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
 		if hasIdem && storage.Replayed(bctx) {
-			s.directEnd(tok)
 			return nil // the first call deleted and emitted
 		}
 		if tok.on() {
