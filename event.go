@@ -399,7 +399,8 @@ type eventSlabs [eventStripes]struct {
 // collision costs only contention, never correctness.
 func (a *App) newEvent() *Event {
 	var probe byte
-	st := &a.slabs[(uint64(uintptr(unsafe.Pointer(&probe))>>13)*0x9E3779B97F4A7C15)>>(64-eventStripeBits)].cur
+	// >>11: goroutine stacks start at 2 KiB, so neighbouring goroutines differ there.
+	st := &a.slabs[(uint64(uintptr(unsafe.Pointer(&probe))>>11)*0x9E3779B97F4A7C15)>>(64-eventStripeBits)].cur
 	sl := st.Load()
 	if sl != nil {
 		if i := sl.n.Add(1); i <= eventSlabSize {
