@@ -379,20 +379,18 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 	if err != nil {
 		return nil, nil, err
 	}
-	if !(o.noCache && s.mem.Bound()) { // the memory store checks ctx itself
-		if err := ctx.Err(); err != nil {
-			return nil, nil, err
-		}
-	}
 	var nv, old any
 	if o.noCache {
 		var tok directTok
 		if !s.base.noCache {
 			tok = s.directBegin()
 		}
-		if s.mem.Bound() {
+		if s.mem.Bound() { // the memory store checks ctx itself
 			nv, old, err = s.mem.Set(s.feedCtx(bctx, o), storage.Key{Kind: k, Name: prop}, mut)
 		} else {
+			if err := ctx.Err(); err != nil {
+				return nil, nil, err
+			}
 			nv, old, err = s.app.backend.Set(s.feedCtx(bctx, o), s.name, storage.Key{Kind: k, Name: prop}, mut)
 		}
 		if err != nil {
@@ -405,6 +403,9 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 			s.afterDirect(k, prop, nv, true, true, tok)
 		}
 	} else {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
 		s.mu.Lock()
 		if !s.loaded && !(o.writeOnly && mut.Op == nil && mut.Func == nil) {
 			if err := s.loadLocked(ctx); err != nil {
