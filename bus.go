@@ -340,21 +340,26 @@ func (t *table) match(eventType string) []*Handler {
 	return e.hs
 }
 
-// matchValid is match for an event type that is not yet validated: it
-// returns ErrInvalidName for a type that is not a valid name. A type found
-// in the match cache was validated when it was added, so a cache hit skips
-// the validation.
-func (t *table) matchValid(eventType string) ([]*Handler, error) {
+// matchValid is match for an event type that is not yet validated: ok is
+// false for a type that is not a valid name (badType gives the error). A
+// type found in the match cache was validated when it was added, so a
+// cache hit skips the validation.
+func (t *table) matchValid(eventType string) (hs []*Handler, ok bool) {
 	t.once.Do(t.build)
 	if t.cache != nil {
 		if e := t.cache.pslot(eventType).Load(); e != nil && e.typ == eventType {
-			return e.hs, nil
+			return e.hs, true
 		}
 	}
 	if eventType == "" || len(eventType) > storage.MaxNameLen || !validString(eventType) {
-		return nil, fmt.Errorf("krules: emit: %w", storage.ValidateName("event type", eventType))
+		return nil, false
 	}
-	return t.match(eventType), nil
+	return t.match(eventType), true
+}
+
+// badType is the error of an event type matchValid refused.
+func badType(eventType string) error {
+	return fmt.Errorf("krules: emit: %w", storage.ValidateName("event type", eventType))
 }
 
 // matchHashed is match's second level, keyed by the type's bytes: it
@@ -484,9 +489,9 @@ func (a *App) Emit(ctx context.Context, eventType string, subject *Subject, payl
 
 func (a *App) emit(ctx context.Context, eventType string, subject *Subject, payload Payload, extra Extra, meta map[string]any) error {
 	t := a.table.Load()
-	hs, err := t.matchValid(eventType)
-	if err != nil {
-		return err
+	hs, ok := t.matchValid(eventType)
+	if !ok {
+		return badType(eventType)
 	}
 	if subject == nil {
 		return fmt.Errorf("krules: emit %q: %w: nil subject", eventType, ErrInvalidName)
