@@ -380,8 +380,9 @@ const (
 	eventStripes    = 1 << eventStripeBits
 )
 
-// eventSlabs holds an App's current slabs, one per stripe, each on its own
-// cache line.
+// eventSlabs holds an App's current slabs, one per stripe, 64 bytes apart
+// (the pointers change once per slab; the contended claim counters are in
+// the slabs themselves).
 type eventSlabs [eventStripes]struct {
 	cur atomic.Pointer[eventSlab]
 	_   [56]byte
