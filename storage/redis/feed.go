@@ -77,19 +77,24 @@ func withFeed(s *script) *script {
 
 // feedSetScript is the feed variant of setScript, written out (it is the
 // hot path): one HGET for both the returned old text and the record.
+// ARGV: field, text, record id, subject, metadata (may be left out when
+// empty: every argument costs the server a Lua string and a table slot).
+// Numbers handed to redis.call are text: Redis prints a Lua number with
+// snprintf("%.17g"), several times the cost of string.format('%d').
 var feedSetScript = newScript(sameLua + `
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if not __same(old, ARGV[2]) then
   local seq = string.format('%d', redis.call('HINCRBY', KEYS[3], ARGV[4], '1'))
+  local m = ARGV[5]
   if old then
-    if ARGV[5] ~= '' then
-      redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old, '_m', ARGV[5])
+    if m and m ~= '' then
+      redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old, '_m', m)
     else
       redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old)
     end
-  elseif ARGV[5] ~= '' then
-    redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_m', ARGV[5])
+  elseif m and m ~= '' then
+    redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_m', m)
   else
     redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2])
   end
@@ -260,6 +265,9 @@ func (b *Backend) feedSet(ctx context.Context, subject string, k storage.Key, te
 	}
 	full := []any{"evalsha", feedSetScript.shaArg, 3, key, b.feedKeyArg, b.seqKeyArg,
 		field(k), text, storage.NewChangeID(), subject, meta}
+	if meta == "" {
+		full = full[:len(full)-1] // the script reads a missing ARGV[5] as ''
+	}
 	v, err := process(ctx, b.client, true, full)
 	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
 		full[0], full[1] = "eval", feedSetScript.srcArg
