@@ -54,7 +54,7 @@ local __f = ARGV[1]
 local __after = redis.call('HGET', KEYS[1], __f)
 if not __same(__before, __after) then
   local n = #ARGV
-  local seq = redis.call('HINCRBY', KEYS[3], ARGV[n - 1], 1)
+  local seq = string.format('%d', redis.call('HINCRBY', KEYS[3], ARGV[n - 1], '1'))
   local r = {'_id', ARGV[n - 2], '_s', ARGV[n - 1], '_q', seq, '_p', __f}
   if __after then
     r[#r + 1] = '_t'; r[#r + 1] = 'c'; r[#r + 1] = '_n'; r[#r + 1] = __after
@@ -77,19 +77,24 @@ func withFeed(s *script) *script {
 
 // feedSetScript is the feed variant of setScript, written out (it is the
 // hot path): one HGET for both the returned old text and the record.
+// ARGV: field, text, record id, subject, metadata (may be left out when
+// empty: every argument costs the server a Lua string and a table slot).
+// Numbers handed to redis.call are text: Redis prints a Lua number with
+// snprintf("%.17g"), several times the cost of string.format('%d').
 var feedSetScript = newScript(sameLua + `
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if not __same(old, ARGV[2]) then
-  local seq = redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+  local seq = string.format('%d', redis.call('HINCRBY', KEYS[3], ARGV[4], '1'))
+  local m = ARGV[5]
   if old then
-    if ARGV[5] ~= '' then
-      redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old, '_m', ARGV[5])
+    if m and m ~= '' then
+      redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old, '_m', m)
     else
       redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_o', old)
     end
-  elseif ARGV[5] ~= '' then
-    redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_m', ARGV[5])
+  elseif m and m ~= '' then
+    redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2], '_m', m)
   else
     redis.call('XADD', KEYS[2], '*', '_id', ARGV[3], '_s', ARGV[4], '_q', seq, '_p', ARGV[1], '_t', 'c', '_n', ARGV[2])
   end
@@ -142,8 +147,8 @@ for _, f in ipairs(order) do
   local after = redis.call('HGET', KEYS[1], f)
   if m ~= '!' and not __same(before[f], after) then
     k = k + 1
-    local seq = redis.call('HINCRBY', KEYS[3], subj, 1)
-    local r = {'_id', idb .. '-' .. k, '_s', subj, '_q', seq, '_p', f}
+    local seq = string.format('%d', redis.call('HINCRBY', KEYS[3], subj, '1'))
+    local r = {'_id', string.format('%s-%d', idb, k), '_s', subj, '_q', seq, '_p', f}
     if after then
       r[#r + 1] = '_t'; r[#r + 1] = 'c'; r[#r + 1] = '_n'; r[#r + 1] = after
     else
@@ -178,8 +183,8 @@ table.sort(es)
 local k = 0
 local function rec(r)
   k = k + 1
-  local seq = redis.call('HINCRBY', KEYS[3], subj, 1)
-  local head = {'_id', idb .. '-' .. k, '_s', subj, '_q', seq}
+  local seq = string.format('%d', redis.call('HINCRBY', KEYS[3], subj, '1'))
+  local head = {'_id', string.format('%s-%d', idb, k), '_s', subj, '_q', seq}
   for j = 1, #r do head[#head + 1] = r[j] end
   if m ~= '' then head[#head + 1] = '_m'; head[#head + 1] = m end
   redis.call('XADD', KEYS[2], '*', unpack(head))
@@ -217,8 +222,13 @@ return 0
 // the JSON object {"extra", "depth", "tp", "ts"} (keys only when set; a nil
 // Extra is absent, an empty one stays empty).
 func encodeMeta(m *storage.ChangeMeta) (string, error) {
-	if m != nil && m.Muted {
+	switch {
+	case m == nil:
+		return "", nil
+	case m.Muted:
 		return "!", nil
+	case m.Extra == nil && m.Depth == 0 && m.TraceParent == "" && m.TraceState == "":
+		return "", nil // what EncodeChangeMeta gives, without its map
 	}
 	data, err := storage.EncodeChangeMeta(m)
 	return string(data), err
@@ -239,6 +249,31 @@ func (b *Backend) feedPlan(ctx context.Context, s *script, subject string, k sto
 		return s, nil, nil, nil
 	}
 	return feedVariant[s], []string{b.Key(subject), b.FeedKey(), b.seqKey()}, []any{storage.NewChangeID(), subject, meta}, nil
+}
+
+// feedSet is Set of a plain value in feed mode, without an idempotency
+// key: feedSetScript, or setScript for a muted write. Its argument list is
+// built in one piece (the hot path of a feed write).
+func (b *Backend) feedSet(ctx context.Context, subject string, k storage.Key, text []byte) (any, error) {
+	meta, err := encodeMeta(storage.ChangeFrom(ctx))
+	if err != nil {
+		return nil, err
+	}
+	key := b.Key(subject)
+	if meta == "!" {
+		return setScript.run(ctx, b.client, true, key, field(k), text)
+	}
+	full := []any{"evalsha", feedSetScript.shaArg, 3, key, b.feedKeyArg, b.seqKeyArg,
+		field(k), text, storage.NewChangeID(), subject, meta}
+	if meta == "" {
+		full = full[:len(full)-1] // the script reads a missing ARGV[5] as ''
+	}
+	v, err := process(ctx, b.client, true, full)
+	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
+		full[0], full[1] = "eval", feedSetScript.srcArg
+		v, err = process(ctx, b.client, true, full)
+	}
+	return v, err
 }
 
 // runKeys executes s with several keys (see run).

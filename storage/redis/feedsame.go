@@ -36,36 +36,37 @@ package redis
 // never the reverse: a real change is always recorded). The hot path, two
 // different canonical integers, costs two pattern matches.
 const sameLua = `
-local function __norm(s) if s == '-0' then return '0' end return s end
-local function __jnum(s)
-  local i = 1
-  if string.byte(s, 1) == 45 then i = 2 end
-  local _, e = string.find(s, '^0', i)
-  if not e then _, e = string.find(s, '^[1-9]%d*', i) end
-  if not e then return false end
-  i = e + 1
-  local _, f = string.find(s, '^%.%d+', i)
-  if f then i = f + 1 end
-  local _, g = string.find(s, '^[eE][%+%-]?%d+', i)
-  if g then i = g + 1 end
-  return i == #s + 1
-end
-local function __deq(x, y)
-  if type(x) ~= type(y) then return false end
-  if type(x) ~= 'table' then return x == y end
-  local n = 0
-  for k, v in pairs(x) do
-    local w = y[k]
-    if w == nil or not __deq(v, w) then return false end
-    n = n + 1
-  end
-  for _ in pairs(y) do n = n - 1 end
-  return n == 0
-end
 local function __same(a, b)
   if a == b then return true end
   if not a or not b or a == '' or b == '' then return false end
   if string.find(a, '^%-?[1-9]%d*$') and string.find(b, '^%-?[1-9]%d*$') then return false end
+  -- the slow path: its helpers are made only when it runs
+  local function __norm(s) if s == '-0' then return '0' end return s end
+  local function __jnum(s)
+    local i = 1
+    if string.byte(s, 1) == 45 then i = 2 end
+    local _, e = string.find(s, '^0', i)
+    if not e then _, e = string.find(s, '^[1-9]%d*', i) end
+    if not e then return false end
+    i = e + 1
+    local _, f = string.find(s, '^%.%d+', i)
+    if f then i = f + 1 end
+    local _, g = string.find(s, '^[eE][%+%-]?%d+', i)
+    if g then i = g + 1 end
+    return i == #s + 1
+  end
+  local function __deq(x, y)
+    if type(x) ~= type(y) then return false end
+    if type(x) ~= 'table' then return x == y end
+    local n = 0
+    for k, v in pairs(x) do
+      local w = y[k]
+      if w == nil or not __deq(v, w) then return false end
+      n = n + 1
+    end
+    for _ in pairs(y) do n = n - 1 end
+    return n == 0
+  end
   a = string.match(a, '^[ \t\n\r]*(.-)[ \t\n\r]*$')
   b = string.match(b, '^[ \t\n\r]*(.-)[ \t\n\r]*$')
   if a == b then return true end

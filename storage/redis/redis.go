@@ -95,8 +95,10 @@ type Backend struct {
 	closed atomic.Bool
 	locks  keyLocks
 
-	// feedKey and seqKeyName are FeedKey() and seqKey(), built once.
-	feedKey, seqKeyName string
+	// feedKey and seqKeyName are FeedKey() and seqKey(), built once, and
+	// boxed once for argument lists.
+	feedKey, seqKeyName   string
+	feedKeyArg, seqKeyArg any
 
 	// watch selects the WATCH/MULTI/EXEC design for update functions instead
 	// of read + compare-and-set; kept for the measurement in the tests.
@@ -124,6 +126,7 @@ func New(client goredis.UniversalClient, cfg Config) *Backend {
 	installDefaultLogger()
 	b := &Backend{client: client, cfg: cfg.withDefaults()}
 	b.feedKey, b.seqKeyName = "f:"+b.cfg.Prefix+"changes", "f:"+b.cfg.Prefix+"seq"
+	b.feedKeyArg, b.seqKeyArg = b.feedKey, b.seqKeyName
 	return b
 }
 
@@ -413,7 +416,12 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	if err != nil {
 		return nil, nil, propErr("set", subject, k, err)
 	}
-	res, err := b.runWrite(ctx, setScript, subject, k, field(k), text) // change feed hook
+	var res any
+	if _, keyed := storage.IdempotencyKeyFrom(ctx); !keyed && b.cfg.ChangeFeed && k.Kind == storage.Default {
+		res, err = b.feedSet(ctx, subject, k, text) // change feed hook, the hot path
+	} else {
+		res, err = b.runWrite(ctx, setScript, subject, k, field(k), text) // change feed hook
+	}
 	if err != nil && !errors.Is(err, goredis.Nil) {
 		return nil, nil, propErr("set", subject, k, err)
 	}
