@@ -312,14 +312,16 @@ func (r *Relay) publish(ctx context.Context, recs []storage.PendingChange) ([]st
 		}
 		bySubj[s] = append(bySubj[s], item{p, e})
 	}
-	type result struct {
+	// In flight, in publish order. JetStream acknowledges one stream's
+	// messages in the order they were stored, so waiting on the oldest
+	// future first loses nothing, and no goroutine per record is needed.
+	type flight struct {
+		f    jetstream.PubAckFuture
 		subj string
 		next int // index of the subject's next record
 		ref  string
-		err  error
 	}
-	results := make(chan result, len(order))
-	inflight := 0
+	queue := make([]flight, 0, len(recs))
 	send := func(s string, k int) {
 		it := bySubj[s][k]
 		f, err := r.pub.PublishEventAsync(ctx, r.cfg.Stream, it.e)
@@ -327,31 +329,33 @@ func (r *Relay) publish(ctx context.Context, recs []storage.PendingChange) ([]st
 			firstErr = cmpErr(firstErr, err)
 			return // the subject's later records stay in the store
 		}
-		inflight++
-		go func() {
-			res := result{subj: s, next: k + 1, ref: it.p.Ref}
-			select {
-			case <-f.Ok():
-			case res.err = <-f.Err():
-			case <-ctx.Done():
-				res.err = ctx.Err()
-			}
-			results <- res
-		}()
+		queue = append(queue, flight{f: f, subj: s, next: k + 1, ref: it.p.Ref})
 	}
 	for _, s := range order {
 		send(s, 0)
 	}
-	for inflight > 0 {
-		res := <-results
-		inflight--
-		if res.err != nil {
-			firstErr = cmpErr(firstErr, res.err)
+	for head := 0; head < len(queue); head++ {
+		fl := queue[head]
+		queue[head] = flight{}
+		var err error
+		select {
+		case <-fl.f.Ok():
+		case err = <-fl.f.Err():
+		case <-ctx.Done():
+			select { // an ack that is already in wins over the deadline
+			case <-fl.f.Ok():
+			case err = <-fl.f.Err():
+			default:
+				err = ctx.Err()
+			}
+		}
+		if err != nil {
+			firstErr = cmpErr(firstErr, err)
 			continue
 		}
-		done = append(done, res.ref)
-		if res.next < len(bySubj[res.subj]) {
-			send(res.subj, res.next)
+		done = append(done, fl.ref)
+		if fl.next < len(bySubj[fl.subj]) {
+			send(fl.subj, fl.next)
 		}
 	}
 	return done, firstErr

@@ -508,7 +508,7 @@ func (e *e2e) write(n int64, rate int) error {
 	var next atomic.Int64
 	var firstErr atomic.Value
 	t0 := time.Now()
-	for range 8 {
+	for range e2eWriters() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -537,6 +537,13 @@ func (e *e2e) write(n int64, rate int) error {
 		return err
 	}
 	return nil
+}
+
+func e2eWriters() int {
+	if n, err := strconv.Atoi(os.Getenv("KRULES_BENCH_FEED_WRITERS")); err == nil && n > 0 {
+		return n
+	}
+	return 8
 }
 
 // wait returns when the workers handled want changes in all.
