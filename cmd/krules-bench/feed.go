@@ -128,9 +128,15 @@ func feedPostgresSetup() ([]Row, func(), error) {
 // from its own clock (same machine, one clock) and the bench collects the
 // latencies at the end of each run. Two rows per store:
 //
-//	feed/<store>-e2e      8 writer goroutines as fast as they can over 200
+//	feed/<store>-e2e      the writer goroutines as fast as they can over 200
 //	                      subjects: changes/s = 1e9/ns_per_op (p99 here is queueing)
 //	feed/<store>-e2e-1k   the same writers paced to 1,000 changes/s: the latency
+//
+// The writers are goroutines of one App, as a user's request handlers
+// would be: 8 by default, KRULES_BENCH_FEED_WRITERS=<n> for another count
+// (on PostgreSQL more writers only help with a pool that has room for them,
+// pool_max_conns in KRULES_POSTGRES_URL: pgxpool's default is
+// max(4, GOMAXPROCS) connections).
 //
 // Each row reports p50-ms, p99-ms and changes/s (b.ReportMetric) and prints
 // the CPU per change of each process to stderr. With
@@ -423,8 +429,8 @@ func (e *e2e) cpu() (writer, relay, workers time.Duration, srv cpuSample) {
 	return srv.self, relay, workers, srv
 }
 
-// run measures b.N changes; rate 0: as fast as 8 writers go, else paced to
-// rate changes/s.
+// run measures b.N changes; rate 0: as fast as the writers go, else paced
+// to rate changes/s.
 func (e *e2e) run(rate int) func(b *testing.B) {
 	return func(b *testing.B) {
 		e.once.Do(func() {
@@ -485,8 +491,8 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 			if e.kind == "postgres" {
 				db = "pg " + us(srv.postgres)
 			}
-			fmt.Fprintf(os.Stderr, "  feed/%s-e2e rate=%d: %d changes in %v (%.0f/s), p50 %v, p99 %v, max %v; backlog at writers' end: relay %d, workers %d; cpu/change µs: writer %s relay %s workers %s nats %s %s\n",
-				e.kind, rate, n, wall.Round(time.Millisecond), float64(n)/wall.Seconds(), p50, p99, time.Duration(all[len(all)-1]), lagRelay, lagWorkers,
+			fmt.Fprintf(os.Stderr, "  feed/%s-e2e rate=%d writers=%d: %d changes in %v (%.0f/s), p50 %v, p99 %v, max %v; backlog at writers' end: relay %d, workers %d; cpu/change µs: writer %s relay %s workers %s nats %s %s\n",
+				e.kind, rate, e2eWriters(), n, wall.Round(time.Millisecond), float64(n)/wall.Seconds(), p50, p99, time.Duration(all[len(all)-1]), lagRelay, lagWorkers,
 				us(w1-w0), us(r1-r0), us(k1-k0), us(srv.nats), db)
 		}
 	}
@@ -501,8 +507,8 @@ func (e *e2e) warmUp() error {
 	return e.wait(start + 400)
 }
 
-// write makes n changes over 200 subjects with 8 goroutines, paced to rate
-// changes/s when rate > 0.
+// write makes n changes over 200 subjects with e2eWriters() goroutines,
+// paced to rate changes/s when rate > 0.
 func (e *e2e) write(n int64, rate int) error {
 	var wg sync.WaitGroup
 	var next atomic.Int64
@@ -539,6 +545,8 @@ func (e *e2e) write(n int64, rate int) error {
 	return nil
 }
 
+// e2eWriters is the number of writer goroutines: KRULES_BENCH_FEED_WRITERS,
+// default 8.
 func e2eWriters() int {
 	if n, err := strconv.Atoi(os.Getenv("KRULES_BENCH_FEED_WRITERS")); err == nil && n > 0 {
 		return n
