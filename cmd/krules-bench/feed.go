@@ -257,6 +257,8 @@ type e2e struct {
 	workers []*feedProc
 	relay   *feedProc
 	counter atomic.Int64
+	setMu   sync.Mutex
+	setLats []int64 // durations of the writers' Sets (ns) in the current run
 }
 
 // feedProc is a child process (feedchild.go) seen from the bench.
@@ -441,11 +443,14 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 		if e.err != nil {
 			b.Fatal(e.err)
 		}
-		for _, w := range e.workers { // forget the latencies of earlier runs
+		for _, w := range append([]*feedProc{e.relay}, e.workers...) { // forget the latencies of earlier runs
 			if _, err := w.latencies(); err != nil {
 				b.Fatal(err)
 			}
 		}
+		e.setMu.Lock()
+		e.setLats = e.setLats[:0]
+		e.setMu.Unlock()
 		w0, r0, k0, s0 := e.cpu()
 		start := e.handled()
 		b.ResetTimer()
@@ -476,9 +481,17 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 		if len(all) == 0 {
 			b.Fatal("no latencies reported")
 		}
+		read, err := e.relay.latencies()
+		if err != nil {
+			b.Fatal(err)
+		}
 		slices.Sort(all)
 		p50 := time.Duration(all[len(all)/2])
 		p99 := time.Duration(all[len(all)*99/100])
+		e.setMu.Lock()
+		setQ := quantiles(e.setLats)
+		e.setMu.Unlock()
+		readQ := quantiles(read)
 		b.ReportMetric(float64(p50)/1e6, "p50-ms")
 		b.ReportMetric(float64(p99)/1e6, "p99-ms")
 		b.ReportMetric(float64(n)/wall.Seconds(), "changes/s")
@@ -491,11 +504,21 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 			if e.kind == "postgres" {
 				db = "pg " + us(srv.postgres)
 			}
-			fmt.Fprintf(os.Stderr, "  feed/%s-e2e rate=%d writers=%d: %d changes in %v (%.0f/s), p50 %v, p99 %v, max %v; backlog at writers' end: relay %d, workers %d; cpu/change µs: writer %s relay %s workers %s nats %s %s\n",
-				e.kind, rate, e2eWriters(), n, wall.Round(time.Millisecond), float64(n)/wall.Seconds(), p50, p99, time.Duration(all[len(all)-1]), lagRelay, lagWorkers,
+			fmt.Fprintf(os.Stderr, "  feed/%s-e2e rate=%d writers=%d: %d changes in %v (%.0f/s), p50 %v, p99 %v, max %v (writer's Set: %s; commit -> relay read: %s); backlog at writers' end: relay %d, workers %d; cpu/change µs: writer %s relay %s workers %s nats %s %s\n",
+				e.kind, rate, e2eWriters(), n, wall.Round(time.Millisecond), float64(n)/wall.Seconds(), p50, p99, time.Duration(all[len(all)-1]), setQ, readQ, lagRelay, lagWorkers,
 				us(w1-w0), us(r1-r0), us(k1-k0), us(srv.nats), db)
 		}
 	}
+}
+
+// quantiles sorts l (ns) and formats its p50 and p99 ("-" when empty).
+func quantiles(l []int64) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	slices.Sort(l)
+	r := func(v int64) time.Duration { return time.Duration(v).Round(10 * time.Microsecond) }
+	return fmt.Sprintf("p50 %v p99 %v", r(l[len(l)/2]), r(l[len(l)*99/100]))
 }
 
 // warmUp writes every subject once and waits for the workers.
@@ -531,10 +554,15 @@ func (e *e2e) write(n int64, rate int) error {
 				}
 				i := e.counter.Add(1)
 				s := e.writer.Subject(fmt.Sprintf("e2e-%03d", i%200), krules.NoCache())
-				if _, _, err := s.Set(ctx, "v", i, krules.WithExtra(krules.Extra{extraCommitKey: time.Now().UnixNano()})); err != nil {
+				t := time.Now()
+				if _, _, err := s.Set(ctx, "v", i, krules.WithExtra(krules.Extra{extraCommitKey: t.UnixNano()})); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}
+				d := int64(time.Since(t))
+				e.setMu.Lock()
+				e.setLats = append(e.setLats, d)
+				e.setMu.Unlock()
 			}
 		}()
 	}
