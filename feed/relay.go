@@ -280,8 +280,14 @@ func (r *Relay) work(ctx context.Context, until time.Time) (err error) {
 }
 
 // refillAfter is how long publish waits on an acknowledgement before it
-// looks for records committed meanwhile (see publish).
-const refillAfter = 2 * time.Millisecond
+// looks for records committed meanwhile, and refillMax the batch size up to
+// which it does (see publish): a refill reads the batch's own records again
+// (the store has no cursor), so it is kept to small batches, where the
+// feed's load is low and a change would otherwise wait longest.
+const (
+	refillAfter = 2 * time.Millisecond
+	refillMax   = 32
+)
 
 // publish sends a batch, keeping each subject's records in order: the
 // first record of every subject is published at once (asynchronously); a
@@ -291,10 +297,11 @@ const refillAfter = 2 * time.Millisecond
 // more of the batch. It returns the refs of the records JetStream
 // acknowledged (or dead-lettered).
 //
-// Refill: when the batch emptied the feed (full is false) and an
-// acknowledgement takes longer than refillAfter, publish reads the feed
-// again without waiting and adds the records committed since (up to
-// Batch in all, the refs of removing skipped) to the running batch: a new
+// Refill: when the batch emptied the feed (full is false), holds fewer
+// than refillMax records and an acknowledgement takes longer than
+// refillAfter, publish reads the feed again without waiting and adds the
+// records committed since (up to Batch in all, the refs of removing
+// skipped) to the running batch: a new
 // subject's first record goes out at once, a subject of the batch gets
 // them queued behind its own records. So a change committed while
 // JetStream is slow to acknowledge the previous one waits for nothing
@@ -412,7 +419,7 @@ func (r *Relay) publish(ctx context.Context, recs []storage.PendingChange, full 
 	for head := 0; head < len(queue); head++ {
 		fl := queue[head]
 		queue[head] = flight{}
-		if tick == nil && !full && firstErr == nil && len(known) < r.cfg.Batch {
+		if tick == nil && !full && firstErr == nil && len(known) < min(refillMax, r.cfg.Batch) {
 			if timer == nil {
 				timer = time.NewTimer(refillAfter)
 			} else {
@@ -435,7 +442,7 @@ func (r *Relay) publish(ctx context.Context, recs []storage.PendingChange, full 
 		case <-tick:
 			tick = nil
 			refill()
-			if firstErr == nil && len(known) < r.cfg.Batch {
+			if firstErr == nil && len(known) < min(refillMax, r.cfg.Batch) {
 				timer.Reset(refillAfter)
 				tick = timer.C
 			}
