@@ -76,7 +76,7 @@
 //     order to the handlers. The removal of a published batch from the
 //     store runs while the next batch is read and published; a record read
 //     again while its removal runs is skipped, not republished. A batch
-//     that emptied the feed is refilled while JetStream is slow to
+//     that emptied the feed (under 32 records) is refilled while JetStream is slow to
 //     acknowledge (an ack not in after 2 ms: the feed is read again, the
 //     new records join the running batch, each behind its own subject's),
 //     so a change never waits for the acks of other subjects.
