@@ -75,7 +75,11 @@
 //     JetStream holds them in order; the workers' partitions keep that
 //     order to the handlers. The removal of a published batch from the
 //     store runs while the next batch is read and published; a record read
-//     again while its removal runs is skipped, not republished.
+//     again while its removal runs is skipped, not republished. A batch
+//     that emptied the feed (under 32 records) is refilled while JetStream is slow to
+//     acknowledge (an ack not in after 2 ms: the feed is read again, the
+//     new records join the running batch, each behind its own subject's),
+//     so a change never waits for the acks of other subjects.
 //   - At least once to the stream, once in it: a record published and not
 //     yet removed when the relay dies is published again under the same
 //     Nats-Msg-Id and dropped by JetStream within the stream's

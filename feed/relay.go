@@ -72,6 +72,9 @@ type Relay struct {
 	cfg   RelayConfig
 	log   *slog.Logger
 
+	// publishAsync is pub.PublishEventAsync (tests replace it).
+	publishAsync func(ctx context.Context, stream string, e *event.Event) (jetstream.PubAckFuture, error)
+
 	active                           atomic.Bool
 	published, dead, errs, takeovers atomic.Uint64
 }
@@ -105,7 +108,7 @@ func NewRelay(ctx context.Context, store storage.FeedStore, js jetstream.JetStre
 	if err != nil {
 		return nil, fmt.Errorf("feed: relay to %s: %w", cfg.Stream, err)
 	}
-	return &Relay{store: store, js: js, pub: pub, cfg: cfg, log: log}, nil
+	return &Relay{store: store, js: js, pub: pub, cfg: cfg, log: log, publishAsync: pub.PublishEventAsync}, nil
 }
 
 // Active reports whether the relay holds the lease.
@@ -226,7 +229,10 @@ func (r *Relay) work(ctx context.Context, until time.Time) (err error) {
 		if err != nil {
 			return err
 		}
+		full := len(recs) >= r.cfg.Batch
+		var removing map[string]bool
 		if ack != nil {
+			removing = ack.refs
 			// Its records may be in recs (read while they were being removed).
 			kept := recs[:0]
 			for _, p := range recs {
@@ -249,7 +255,7 @@ func (r *Relay) work(ctx context.Context, until time.Time) (err error) {
 		}
 		// A publish must not outlive the lease.
 		pctx, cancel := context.WithDeadline(ctx, until.Add(r.cfg.LeaseTTL-r.cfg.LeaseTTL/3))
-		done, perr := r.publish(pctx, recs)
+		done, perr := r.publish(pctx, recs, full, removing)
 		cancel()
 		if err := settle(); err != nil { // the previous removal, long finished as a rule
 			return err
@@ -273,6 +279,16 @@ func (r *Relay) work(ctx context.Context, until time.Time) (err error) {
 	}
 }
 
+// refillAfter is how long publish waits on an acknowledgement before it
+// looks for records committed meanwhile, and refillMax the batch size up to
+// which it does (see publish): a refill reads the batch's own records again
+// (the store has no cursor), so it is kept to small batches, where the
+// feed's load is low and a change would otherwise wait longest.
+const (
+	refillAfter = 2 * time.Millisecond
+	refillMax   = 32
+)
+
 // publish sends a batch, keeping each subject's records in order: the
 // first record of every subject is published at once (asynchronously); a
 // subject's next record is published when JetStream acknowledged its
@@ -280,79 +296,166 @@ func (r *Relay) work(ctx context.Context, until time.Time) (err error) {
 // those of other subjects. A subject whose record failed publishes nothing
 // more of the batch. It returns the refs of the records JetStream
 // acknowledged (or dead-lettered).
-func (r *Relay) publish(ctx context.Context, recs []storage.PendingChange) ([]string, error) {
+//
+// Refill: when the batch emptied the feed (full is false), holds fewer
+// than refillMax records and an acknowledgement takes longer than
+// refillAfter, publish reads the feed again without waiting and adds the
+// records committed since (up to Batch in all, the refs of removing
+// skipped) to the running batch: a new
+// subject's first record goes out at once, a subject of the batch gets
+// them queued behind its own records. So a change committed while
+// JetStream is slow to acknowledge the previous one waits for nothing
+// else but its own subject's earlier records.
+func (r *Relay) publish(ctx context.Context, recs []storage.PendingChange, full bool, removing map[string]bool) ([]string, error) {
 	type item struct {
 		p storage.PendingChange
 		e *event.Event
 	}
-	var order []string
-	bySubj := map[string][]item{}
+	// chain is a subject's records of the batch; items[:sent] were sent.
+	type chain struct {
+		items        []item
+		sent         int
+		busy, failed bool // one in flight; one failed (send no more)
+	}
+	// In flight, in publish order. JetStream acknowledges one stream's
+	// messages in the order they were stored, so waiting on the oldest
+	// future first loses nothing, and no goroutine per record is needed.
+	type flight struct {
+		f   jetstream.PubAckFuture
+		c   *chain
+		ref string
+	}
+	chains := map[string]*chain{}
+	known := make(map[string]bool, len(recs)) // refs of the batch
+	var queue []flight
 	var done []string
 	var firstErr error
-	for _, p := range recs {
+	// add puts a record into its subject's chain (dead-letters an
+	// undecodable one at once) and returns the chain, nil if none.
+	add := func(p storage.PendingChange) (*chain, error) {
+		known[p.Ref] = true
 		if p.Err != nil {
 			if err := r.deadLetter(ctx, p); err != nil {
-				return done, err
+				return nil, err
 			}
 			done = append(done, p.Ref)
-			continue
+			return nil, nil
 		}
 		e, err := Event(p.Change, r.cfg.Source)
 		if err != nil {
 			p.Err = err
 			if err := r.deadLetter(ctx, p); err != nil {
-				return done, err
+				return nil, err
 			}
 			done = append(done, p.Ref)
-			continue
+			return nil, nil
 		}
-		s := p.Change.Subject
-		if _, ok := bySubj[s]; !ok {
-			order = append(order, s)
+		c := chains[p.Change.Subject]
+		if c == nil {
+			c = &chain{}
+			chains[p.Change.Subject] = c
 		}
-		bySubj[s] = append(bySubj[s], item{p, e})
+		c.items = append(c.items, item{p, e})
+		return c, nil
 	}
-	type result struct {
-		subj string
-		next int // index of the subject's next record
-		ref  string
-		err  error
-	}
-	results := make(chan result, len(order))
-	inflight := 0
-	send := func(s string, k int) {
-		it := bySubj[s][k]
-		f, err := r.pub.PublishEventAsync(ctx, r.cfg.Stream, it.e)
+	// send publishes the chain's next record unless one is in flight.
+	send := func(c *chain) {
+		if c == nil || c.busy || c.failed || c.sent == len(c.items) {
+			return
+		}
+		it := c.items[c.sent]
+		f, err := r.publishAsync(ctx, r.cfg.Stream, it.e)
 		if err != nil {
 			firstErr = cmpErr(firstErr, err)
-			return // the subject's later records stay in the store
+			c.failed = true // the subject's later records stay in the store
+			return
 		}
-		inflight++
-		go func() {
-			res := result{subj: s, next: k + 1, ref: it.p.Ref}
-			select {
-			case <-f.Ok():
-			case res.err = <-f.Err():
-			case <-ctx.Done():
-				res.err = ctx.Err()
+		c.sent++
+		c.busy = true
+		queue = append(queue, flight{f: f, c: c, ref: it.p.Ref})
+	}
+	var starts []*chain
+	for _, p := range recs {
+		c, err := add(p)
+		if err != nil {
+			return done, err
+		}
+		if c != nil && len(c.items) == 1 {
+			starts = append(starts, c)
+		}
+	}
+	for _, c := range starts {
+		send(c)
+	}
+	// refill reads the records committed since the batch was read.
+	refill := func() {
+		more, err := r.store.ReadChanges(ctx, r.cfg.Batch+len(removing), 0)
+		if err != nil {
+			firstErr = cmpErr(firstErr, err)
+			return
+		}
+		for _, p := range more {
+			if known[p.Ref] || removing[p.Ref] {
+				continue
 			}
-			results <- res
-		}()
+			if len(known) >= r.cfg.Batch {
+				break
+			}
+			c, err := add(p)
+			if err != nil {
+				firstErr = cmpErr(firstErr, err)
+				return
+			}
+			send(c)
+		}
 	}
-	for _, s := range order {
-		send(s, 0)
-	}
-	for inflight > 0 {
-		res := <-results
-		inflight--
-		if res.err != nil {
-			firstErr = cmpErr(firstErr, res.err)
+	var timer *time.Timer
+	var tick <-chan time.Time
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for head := 0; head < len(queue); head++ {
+		fl := queue[head]
+		queue[head] = flight{}
+		if tick == nil && !full && firstErr == nil && len(known) < min(refillMax, r.cfg.Batch) {
+			if timer == nil {
+				timer = time.NewTimer(refillAfter)
+			} else {
+				timer.Reset(refillAfter)
+			}
+			tick = timer.C
+		}
+		var err error
+	wait:
+		select {
+		case <-fl.f.Ok():
+		case err = <-fl.f.Err():
+		case <-ctx.Done():
+			select { // an ack that is already in wins over the deadline
+			case <-fl.f.Ok():
+			case err = <-fl.f.Err():
+			default:
+				err = ctx.Err()
+			}
+		case <-tick:
+			tick = nil
+			refill()
+			if firstErr == nil && len(known) < min(refillMax, r.cfg.Batch) {
+				timer.Reset(refillAfter)
+				tick = timer.C
+			}
+			goto wait
+		}
+		fl.c.busy = false
+		if err != nil {
+			fl.c.failed = true
+			firstErr = cmpErr(firstErr, err)
 			continue
 		}
-		done = append(done, res.ref)
-		if res.next < len(bySubj[res.subj]) {
-			send(res.subj, res.next)
-		}
+		done = append(done, fl.ref)
+		send(fl.c)
 	}
 	return done, firstErr
 }

@@ -128,9 +128,15 @@ func feedPostgresSetup() ([]Row, func(), error) {
 // from its own clock (same machine, one clock) and the bench collects the
 // latencies at the end of each run. Two rows per store:
 //
-//	feed/<store>-e2e      8 writer goroutines as fast as they can over 200
+//	feed/<store>-e2e      the writer goroutines as fast as they can over 200
 //	                      subjects: changes/s = 1e9/ns_per_op (p99 here is queueing)
 //	feed/<store>-e2e-1k   the same writers paced to 1,000 changes/s: the latency
+//
+// The writers are goroutines of one App, as a user's request handlers
+// would be: 8 by default, KRULES_BENCH_FEED_WRITERS=<n> for another count
+// (on PostgreSQL more writers only help with a pool that has room for them,
+// pool_max_conns in KRULES_POSTGRES_URL: pgxpool's default is
+// max(4, GOMAXPROCS) connections).
 //
 // Each row reports p50-ms, p99-ms and changes/s (b.ReportMetric) and prints
 // the CPU per change of each process to stderr. With
@@ -251,6 +257,8 @@ type e2e struct {
 	workers []*feedProc
 	relay   *feedProc
 	counter atomic.Int64
+	setMu   sync.Mutex
+	setLats []int64 // durations of the writers' Sets (ns) in the current run
 }
 
 // feedProc is a child process (feedchild.go) seen from the bench.
@@ -423,8 +431,8 @@ func (e *e2e) cpu() (writer, relay, workers time.Duration, srv cpuSample) {
 	return srv.self, relay, workers, srv
 }
 
-// run measures b.N changes; rate 0: as fast as 8 writers go, else paced to
-// rate changes/s.
+// run measures b.N changes; rate 0: as fast as the writers go, else paced
+// to rate changes/s.
 func (e *e2e) run(rate int) func(b *testing.B) {
 	return func(b *testing.B) {
 		e.once.Do(func() {
@@ -435,11 +443,14 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 		if e.err != nil {
 			b.Fatal(e.err)
 		}
-		for _, w := range e.workers { // forget the latencies of earlier runs
+		for _, w := range append([]*feedProc{e.relay}, e.workers...) { // forget the latencies of earlier runs
 			if _, err := w.latencies(); err != nil {
 				b.Fatal(err)
 			}
 		}
+		e.setMu.Lock()
+		e.setLats = e.setLats[:0]
+		e.setMu.Unlock()
 		w0, r0, k0, s0 := e.cpu()
 		start := e.handled()
 		b.ResetTimer()
@@ -470,9 +481,17 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 		if len(all) == 0 {
 			b.Fatal("no latencies reported")
 		}
+		read, err := e.relay.latencies()
+		if err != nil {
+			b.Fatal(err)
+		}
 		slices.Sort(all)
 		p50 := time.Duration(all[len(all)/2])
 		p99 := time.Duration(all[len(all)*99/100])
+		e.setMu.Lock()
+		setQ := quantiles(e.setLats)
+		e.setMu.Unlock()
+		readQ := quantiles(read)
 		b.ReportMetric(float64(p50)/1e6, "p50-ms")
 		b.ReportMetric(float64(p99)/1e6, "p99-ms")
 		b.ReportMetric(float64(n)/wall.Seconds(), "changes/s")
@@ -485,11 +504,21 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 			if e.kind == "postgres" {
 				db = "pg " + us(srv.postgres)
 			}
-			fmt.Fprintf(os.Stderr, "  feed/%s-e2e rate=%d: %d changes in %v (%.0f/s), p50 %v, p99 %v, max %v; backlog at writers' end: relay %d, workers %d; cpu/change µs: writer %s relay %s workers %s nats %s %s\n",
-				e.kind, rate, n, wall.Round(time.Millisecond), float64(n)/wall.Seconds(), p50, p99, time.Duration(all[len(all)-1]), lagRelay, lagWorkers,
+			fmt.Fprintf(os.Stderr, "  feed/%s-e2e rate=%d writers=%d: %d changes in %v (%.0f/s), p50 %v, p99 %v, max %v (writer's Set: %s; commit -> relay read: %s); backlog at writers' end: relay %d, workers %d; cpu/change µs: writer %s relay %s workers %s nats %s %s\n",
+				e.kind, rate, e2eWriters(), n, wall.Round(time.Millisecond), float64(n)/wall.Seconds(), p50, p99, time.Duration(all[len(all)-1]), setQ, readQ, lagRelay, lagWorkers,
 				us(w1-w0), us(r1-r0), us(k1-k0), us(srv.nats), db)
 		}
 	}
+}
+
+// quantiles sorts l (ns) and formats its p50 and p99 ("-" when empty).
+func quantiles(l []int64) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	slices.Sort(l)
+	r := func(v int64) time.Duration { return time.Duration(v).Round(10 * time.Microsecond) }
+	return fmt.Sprintf("p50 %v p99 %v", r(l[len(l)/2]), r(l[len(l)*99/100]))
 }
 
 // warmUp writes every subject once and waits for the workers.
@@ -501,14 +530,14 @@ func (e *e2e) warmUp() error {
 	return e.wait(start + 400)
 }
 
-// write makes n changes over 200 subjects with 8 goroutines, paced to rate
-// changes/s when rate > 0.
+// write makes n changes over 200 subjects with e2eWriters() goroutines,
+// paced to rate changes/s when rate > 0.
 func (e *e2e) write(n int64, rate int) error {
 	var wg sync.WaitGroup
 	var next atomic.Int64
 	var firstErr atomic.Value
 	t0 := time.Now()
-	for range 8 {
+	for range e2eWriters() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -525,10 +554,15 @@ func (e *e2e) write(n int64, rate int) error {
 				}
 				i := e.counter.Add(1)
 				s := e.writer.Subject(fmt.Sprintf("e2e-%03d", i%200), krules.NoCache())
-				if _, _, err := s.Set(ctx, "v", i, krules.WithExtra(krules.Extra{extraCommitKey: time.Now().UnixNano()})); err != nil {
+				t := time.Now()
+				if _, _, err := s.Set(ctx, "v", i, krules.WithExtra(krules.Extra{extraCommitKey: t.UnixNano()})); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}
+				d := int64(time.Since(t))
+				e.setMu.Lock()
+				e.setLats = append(e.setLats, d)
+				e.setMu.Unlock()
 			}
 		}()
 	}
@@ -537,6 +571,15 @@ func (e *e2e) write(n int64, rate int) error {
 		return err
 	}
 	return nil
+}
+
+// e2eWriters is the number of writer goroutines: KRULES_BENCH_FEED_WRITERS,
+// default 8.
+func e2eWriters() int {
+	if n, err := strconv.Atoi(os.Getenv("KRULES_BENCH_FEED_WRITERS")); err == nil && n > 0 {
+		return n
+	}
+	return 8
 }
 
 // wait returns when the workers handled want changes in all.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/feed"
+	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/postgres"
 	"github.com/krules-go/krules/storage/redis"
 	knats "github.com/krules-go/krules/transport/nats"
@@ -35,11 +36,12 @@ import (
 //
 // Protocol, one text line each way: the child prints "ready" when it is
 // set up (a relay: when it holds the lease), then "s <count> <owned>" when
-// either changed (at most every 2 ms; count = changes handled by a
+// either changed (at most every statusEvery; count = changes handled by a
 // worker, records published by a relay; owned = partitions a worker owns).
 // On the line "lat" from the parent a worker answers "l" followed by the
 // latencies (ns, space separated) measured since the previous "lat", and
-// forgets them. The child exits when its stdin ends (the parent exited or
+// forgets them; a relay answers the same with its commit -> read latencies
+// (see readProbe). The child exits when its stdin ends (the parent exited or
 // closed it) and, on Linux, when the parent dies (Pdeathsig).
 const (
 	envChild       = "KRULES_BENCH_CHILD"
@@ -156,7 +158,8 @@ func feedChild(role string) error {
 			return err
 		}
 		defer closeStore()
-		r, err := feed.NewRelay(ctx, store, js, feed.RelayConfig{Stream: stream})
+		probe := &readProbe{feedStore: store, seen: map[string]bool{}}
+		r, err := feed.NewRelay(ctx, probe, js, feed.RelayConfig{Stream: stream})
 		if err != nil {
 			return err
 		}
@@ -168,13 +171,13 @@ func feedChild(role string) error {
 		}
 		count = func() int64 { return int64(r.Stats().Published) }
 		owned = func() int64 { return 0 }
-		lat = func() []int64 { return nil }
+		lat = probe.take
 		out.line("ready")
 	default:
 		return fmt.Errorf("unknown child role %q", role)
 	}
 
-	tick := time.NewTicker(2 * time.Millisecond)
+	tick := time.NewTicker(statusEvery)
 	defer tick.Stop()
 	lastC, lastO := int64(-1), int64(-1)
 	for {
@@ -205,6 +208,50 @@ func feedChild(role string) error {
 		}
 	}
 }
+
+// readProbe is the relay child's store: it notes, for each record the
+// relay reads for the first time, the time from the writer's clock in its
+// Extra until ReadChanges returned it ("commit -> relay read"), so that
+// the bench can tell the store's share of the end-to-end latency from
+// NATS's and the workers'.
+type readProbe struct {
+	feedStore
+	mu   sync.Mutex
+	seen map[string]bool // refs read since the last take (a read can return a record again while its removal runs)
+	lats []int64
+}
+
+func (p *readProbe) ReadChanges(ctx context.Context, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	recs, err := p.feedStore.ReadChanges(ctx, n, wait)
+	now := time.Now().UnixNano()
+	p.mu.Lock()
+	for _, r := range recs {
+		if p.seen[r.Ref] {
+			continue
+		}
+		p.seen[r.Ref] = true
+		if t, ok := extraNanos(r.Change.Extra[extraCommitKey]); ok {
+			p.lats = append(p.lats, now-t)
+		}
+	}
+	p.mu.Unlock()
+	return recs, err
+}
+
+func (p *readProbe) take() []int64 {
+	p.mu.Lock()
+	l := p.lats
+	p.lats = nil
+	clear(p.seen) // take is called between runs, when nothing is in flight
+	p.mu.Unlock()
+	return l
+}
+
+// statusEvery is how often a child reports a changed count: often enough
+// for the parent's end-of-run wait (the wall time of a row of several
+// seconds is overstated by at most this), rarely enough that the reports
+// cost no visible CPU per change (at 2 ms they were ~7 % of a worker's).
+const statusEvery = 10 * time.Millisecond
 
 // extraNanos reads the writer's clock from a decoded Extra value.
 func extraNanos(v any) (int64, bool) {

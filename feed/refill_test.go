@@ -1,0 +1,163 @@
+package feed_test
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/krules-go/krules"
+	"github.com/krules-go/krules/feed"
+	"github.com/krules-go/krules/storage/memory"
+)
+
+// heldAck is a PubAckFuture whose outcome is passed on only once gate is
+// closed: JetStream "slow to acknowledge".
+type heldAck struct {
+	jetstream.PubAckFuture
+	ok  chan *jetstream.PubAck
+	err chan error
+}
+
+func (h *heldAck) Ok() <-chan *jetstream.PubAck { return h.ok }
+func (h *heldAck) Err() <-chan error            { return h.err }
+
+func holdAcks(gate <-chan struct{}) func(jetstream.PubAckFuture) jetstream.PubAckFuture {
+	return func(f jetstream.PubAckFuture) jetstream.PubAckFuture {
+		h := &heldAck{PubAckFuture: f, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
+		go func() {
+			select {
+			case a := <-f.Ok():
+				<-gate
+				h.ok <- a
+			case err := <-f.Err():
+				<-gate
+				h.err <- err
+			}
+		}()
+		return h
+	}
+}
+
+// TestRelayRefillsWhileAcksAreSlow: while JetStream has not acknowledged
+// subject a's first change, the relay publishes a change of subject b
+// committed meanwhile (it does not wait for a's acknowledgement), but not
+// a's second change, which waits for its predecessor's. Once the
+// acknowledgements come, every record is published once, in order per
+// subject, and removed.
+func TestRelayRefillsWhileAcksAreSlow(t *testing.T) {
+	js := connect(t)
+	stream := newStream(t, js)
+	store := memory.New(memory.WithChangeFeed())
+	var mu sync.Mutex
+	var seen []string // "subject/value" in publish order
+	sub, err := js.Conn().Subscribe(stream+".p.*", func(m *natsgo.Msg) {
+		var ce struct {
+			Subject string         `json:"subject"`
+			Data    map[string]any `json:"data"`
+		}
+		if err := json.Unmarshal(m.Data, &ce); err != nil {
+			t.Errorf("published message: %v", err)
+			return
+		}
+		mu.Lock()
+		seen = append(seen, ce.Subject+"/"+jsonText(ce.Data["value"]))
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := js.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r, err := feed.NewRelay(ctx, store, js, feed.RelayConfig{Stream: stream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	var release sync.Once
+	open := func() { release.Do(func() { close(gate) }) }
+	t.Cleanup(open)
+	feed.WrapPublish(r, holdAcks(gate))
+	rctx, cancel := context.WithCancel(ctx)
+	stopped := make(chan struct{})
+	go func() { _ = r.Run(rctx); close(stopped) }()
+	t.Cleanup(func() { open(); cancel(); <-stopped })
+
+	writer := krules.New(krules.WithStorage(store))
+	set := func(subject string, v int) {
+		t.Helper()
+		if _, _, err := writer.Subject(subject, krules.NoCache()).Set(ctx, "v", v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitSeen := func(what string) []string {
+		t.Helper()
+		for end := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+			mu.Lock()
+			s := append([]string(nil), seen...)
+			mu.Unlock()
+			for _, x := range s {
+				if x == what {
+					return s
+				}
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%s not published within 10 s (published: %v)", what, s)
+			}
+		}
+	}
+	set("a", 1)
+	waitSeen("a/1") // published; its acknowledgement is held
+	set("a", 2)
+	set("b", 1)
+	s := waitSeen("b/1")
+	for _, x := range s {
+		if x == "a/2" {
+			t.Fatalf("a/2 published before a/1 was acknowledged: %v", s)
+		}
+	}
+	open()
+	waitSeen("a/2")
+	for end := time.Now().Add(10 * time.Second); r.Stats().Published < 3; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("relay removed %d of 3 records", r.Stats().Published)
+		}
+	}
+	pending, err := store.ReadChanges(ctx, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pending) != 0 {
+		t.Errorf("%d records left in the store", len(pending))
+	}
+	time.Sleep(50 * time.Millisecond) // a second publish would arrive by now
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"a/1", "b/1", "a/2"}; !equalStrings(seen, want) {
+		t.Errorf("published %v, want %v", seen, want)
+	}
+}
+
+func jsonText(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
