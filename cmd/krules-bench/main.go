@@ -42,11 +42,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"text/tabwriter"
@@ -80,11 +82,62 @@ type Row struct {
 func loop(op func(i int) error) func(b *testing.B) {
 	return func(b *testing.B) {
 		for i := 0; b.Loop(); i++ {
+			if interrupted.Load() {
+				b.SkipNow()
+			}
 			if err := op(i); err != nil {
 				b.Fatal(err)
 			}
 		}
 	}
+}
+
+// interrupted is set by SIGINT or SIGTERM: the measurement loops stop, and
+// the main loop runs the group's cleanup and exits with status 130, so that
+// Ctrl-C leaves no keys, schemas or streams behind.
+var interrupted atomic.Bool
+
+// pending is the cleanup of the group being measured.
+var pending struct {
+	sync.Mutex
+	cleanup func()
+}
+
+func setCleanup(f func()) {
+	pending.Lock()
+	pending.cleanup = f
+	pending.Unlock()
+}
+
+// exitInterrupted runs the pending cleanup (once) and exits with status 130.
+func exitInterrupted() {
+	pending.Lock() // held until exit: no other cleanup runs
+	if pending.cleanup != nil {
+		pending.cleanup()
+	}
+	os.Exit(130)
+}
+
+// stopOnSignal handles SIGINT and SIGTERM: the running row stops at its next
+// operation and the main loop calls exitInterrupted. A row that does not
+// return within 15 s (a row with its own loop) is cleaned up under its feet;
+// a second signal exits at once. (Child processes of the e2e rows die with
+// the parent: see pdeathsig.)
+func stopOnSignal() {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		interrupted.Store(true)
+		fmt.Fprintln(os.Stderr, "krules-bench: interrupted: cleaning up (interrupt again to exit at once)")
+		select {
+		case <-sigs:
+			os.Exit(130)
+		case <-time.After(15 * time.Second):
+			go func() { <-sigs; os.Exit(130) }()
+			exitInterrupted()
+		}
+	}()
 }
 
 // Group produces the rows of one backend. Setup returns the rows, a cleanup
@@ -147,6 +200,8 @@ func main() {
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 
+	stopOnSignal()
+
 	results := []Result{}
 	for _, g := range groups {
 		if g.Enabled != nil && !g.Enabled() {
@@ -158,6 +213,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "krules-bench: %s rows skipped: %v\n", g.Name, err)
 			continue
 		}
+		setCleanup(cleanup)
 		for _, r := range rows {
 			if !matches(r.Name, *filter) {
 				continue
@@ -185,11 +241,15 @@ func main() {
 				}
 				res = measure(r, *count)
 			}
+			if interrupted.Load() {
+				exitInterrupted()
+			}
 			results = append(results, res)
 			if !*asJSON {
 				fmt.Fprintf(os.Stderr, "  %-28s %12.0f ns/op  ratio %.2f [%.2f-%.2f]\n", r.Name, res.NsPerOp, res.Ratio, res.RatioMin, res.RatioMax)
 			}
 		}
+		setCleanup(nil)
 		if cleanup != nil {
 			cleanup()
 		}
@@ -377,6 +437,9 @@ func measureOps(r Row, count int, block time.Duration) Result {
 		call(1 - k%2)
 	}
 	all, ratios := alternate(count, block, 20, call, func() bool { return err != nil })
+	if interrupted.Load() {
+		return res
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "krules-bench: %s: %v\n", r.Name, err)
 		return res
@@ -445,6 +508,9 @@ func measureBatches(r Row, count int, block time.Duration) Result {
 	cpu, ops = [2]time.Duration{}, [2]int{}
 	failed := func() bool { errMu.Lock(); defer errMu.Unlock(); return err != nil }
 	all, ratios := alternate(count, block, 4, batch, failed)
+	if interrupted.Load() {
+		return res
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "krules-bench: %s: %v\n", r.Name, err)
 		return res
@@ -471,15 +537,15 @@ func measureBatches(r Row, count int, block time.Duration) Result {
 // quotient of the two sides' median timings. It stops at the first block in
 // which failed reports true (that block gives no quotient).
 func alternate(count int, block time.Duration, minPairs int, timed func(side int) float64, failed func() bool) (all [2][]float64, ratios []float64) {
-	for blk := 0; blk < count && !failed(); blk++ {
+	for blk := 0; blk < count && !failed() && !interrupted.Load(); blk++ {
 		var lat [2][]float64
 		end := time.Now().Add(block)
-		for k := 0; (k < minPairs || time.Now().Before(end)) && !failed(); k++ {
+		for k := 0; (k < minPairs || time.Now().Before(end)) && !failed() && !interrupted.Load(); k++ {
 			first := k % 2
 			lat[first] = append(lat[first], timed(first))
 			lat[1-first] = append(lat[1-first], timed(1-first))
 		}
-		if failed() {
+		if failed() || interrupted.Load() {
 			break
 		}
 		ratios = append(ratios, median(lat[0])/median(lat[1]))
@@ -563,6 +629,9 @@ func parallel16(b *testing.B, body func() error) {
 		go func() {
 			defer wg.Done()
 			for range n {
+				if interrupted.Load() {
+					return
+				}
 				if err := body(); err != nil {
 					b.Error(err)
 					return

@@ -33,7 +33,7 @@ import (
 // relay reads the oldest rows by pos and deletes the published ones; it
 // never remembers a "last pos", so a transaction that commits late with a
 // smaller pos (another subject) is still relayed. A NOTIFY on the channel
-// FeedChannel() wakes the relay.
+// FeedChannel(), sent after the commit (notify.go), wakes the relay.
 
 var (
 	_ storage.ChangeFeeder = (*Backend)(nil)
@@ -77,6 +77,7 @@ func (b *Backend) initFeed() error {
 		return pgx.Identifier{n}.Sanitize()
 	}
 	f := &b.feed
+	b.notify.done = make(chan struct{})
 	f.table, f.seqTable = ident(name+"_feed"), ident(name+"_feed_seq")
 	h := fnv.New32a()
 	h.Write([]byte(b.table))
@@ -160,8 +161,9 @@ func (b *Backend) ensureFeedSchema(ctx context.Context) error {
 
 // feedSetTemplate is setTemplate plus the record: ch keeps the change when
 // the new value differs from the old (jsonb equality), sq bumps the
-// subject's version, rec writes the record, nt notifies the relay. Every
-// step reads the one before, so they run after the row lock of old.
+// subject's version, rec writes the record (the relay is notified after
+// the commit: notify.go). Every step reads the one before, so they run
+// after the row lock of old.
 // Extra parameters: $4 record id, $5 metadata (jsonb or NULL).
 const feedSetTemplate = `WITH old AS MATERIALIZED (
 	SELECT {C} -> $2::text AS v FROM {T} WHERE subject_name = $1::text FOR NO KEY UPDATE
@@ -182,10 +184,8 @@ const feedSetTemplate = `WITH old AS MATERIALIZED (
 	INSERT INTO {F} (id, subject_name, seq, kind, property, old_value, new_value, meta)
 	SELECT $4::text, $1::text, sq.seq, 'c', $2::text, ch.o, ch.nv, $5::jsonb FROM sq, ch
 	RETURNING 1
-), nt AS (
-	SELECT pg_notify({CH}, '') FROM rec
 )
-SELECT (SELECT v FROM old), (SELECT r FROM up), EXISTS (SELECT 1 FROM up) AND (SELECT count(*) FROM nt) >= 0`
+SELECT (SELECT v FROM old), (SELECT r FROM up), EXISTS (SELECT 1 FROM up) AND (SELECT count(*) FROM rec) >= 0`
 
 // feedDelTemplate is delTemplate plus the record. Extra parameters: $3
 // record id, $4 metadata.
@@ -203,16 +203,14 @@ const feedDelTemplate = `WITH old AS MATERIALIZED (
 	INSERT INTO {F} (id, subject_name, seq, kind, property, old_value, meta)
 	SELECT $3::text, $1::text, sq.seq, 'd', $2::text, (SELECT v FROM old), $4::jsonb FROM sq
 	RETURNING 1
-), nt AS (
-	SELECT pg_notify({CH}, '') FROM rec
 )
-SELECT (SELECT v FROM old), (SELECT count(*) FROM up) + 0 * (SELECT count(*) FROM nt)`
+SELECT (SELECT v FROM old), (SELECT count(*) FROM up) + 0 * (SELECT count(*) FROM rec)`
 
 func feedDel(table string) string { return strings.ReplaceAll(feedDelTemplate, "{T}", table) }
 
 // feedInsert writes the records $3 (a JSON array of {"id", "k", "p", "x",
 // "o", "n", "s", "m"}) of subject $1, $2 of them, with consecutive
-// versions, and notifies the relay ($4 unused placeholder-free).
+// versions (the relay is notified after the commit: notify.go).
 const feedInsert = `WITH sq AS (
 	INSERT INTO {Q} AS q (subject_name, seq) VALUES ($1::text, $2::bigint)
 	ON CONFLICT (subject_name) DO UPDATE SET seq = q.seq + $2::bigint
@@ -225,7 +223,7 @@ const feedInsert = `WITH sq AS (
 	ORDER BY e.ord
 	RETURNING 1
 )
-SELECT count(*) FROM (SELECT pg_notify({CH}, '') FROM rec) AS n`
+SELECT count(*) FROM rec`
 
 // buildFeedSet returns the feed variant of a set/op statement.
 func (b *Backend) buildFeedSet(nv, ok, ret string) string {
@@ -417,6 +415,7 @@ func (b *Backend) feedStore(ctx context.Context, subject string, batch storage.B
 		return wrap(ctx, "store", subject, "", err)
 	}
 	committed = true
+	b.feedCommitted()
 	return nil
 }
 
@@ -469,6 +468,7 @@ func (b *Backend) feedFlush(ctx context.Context, subject string) error {
 		return wrap(ctx, "flush", subject, "", err)
 	}
 	committed = true
+	b.feedCommitted()
 	return nil
 }
 

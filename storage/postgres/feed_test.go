@@ -141,3 +141,67 @@ func TestFeedReadWaitsAndLease(t *testing.T) {
 }
 
 func TestFeedIdempotent(t *testing.T) { feedtest.Idempotent(t, newFeedBackend(t)) }
+
+// TestFeedEveryWriteWakesTheRead: the NOTIFY is sent after the commit
+// (notify.go) by every path that writes records: a plain Set, an Op, an
+// update function, a keyed Set, Delete, Store and Flush. A read waiting a
+// minute must return the path's record long before that.
+func TestFeedEveryWriteWakesTheRead(t *testing.T) {
+	ctx := context.Background()
+	b := newFeedBackend(t)
+	app := krules.New(krules.WithStorage(b))
+	if ok, err := b.FeedLease(ctx, "a", time.Minute); err != nil || !ok {
+		t.Fatalf("lease: %v %v", ok, err)
+	}
+	direct := app.Subject("w", krules.NoCache())
+	writes := []struct {
+		name  string
+		write func() error
+	}{
+		{"set", func() error { _, _, err := direct.Set(ctx, "x", 1); return err }},
+		{"op", func() error { _, _, err := direct.Set(ctx, "x", krules.Inc(1)); return err }},
+		{"update", func() error {
+			_, _, err := direct.Set(ctx, "x", krules.Update(func(old int64) int64 { return old + 1 }))
+			return err
+		}},
+		{"keyed", func() error { _, _, err := direct.Set(ctx, "x", 10, krules.IdempotencyKey("k1")); return err }},
+		{"delete", func() error { return direct.Delete(ctx, "x") }},
+		{"store", func() error {
+			s := app.Subject("w")
+			if _, _, err := s.Set(ctx, "y", 1); err != nil {
+				return err
+			}
+			return s.Store(ctx)
+		}},
+		{"flush", func() error { return app.Subject("w").Flush(ctx) }},
+	}
+	for _, w := range writes {
+		done := make(chan []storage.PendingChange, 1)
+		go func() {
+			r, err := b.ReadChanges(ctx, 10, time.Minute)
+			if err != nil {
+				t.Error(err)
+			}
+			done <- r
+		}()
+		time.Sleep(50 * time.Millisecond) // let the read start waiting
+		if err := w.write(); err != nil {
+			t.Fatalf("%s: %v", w.name, err)
+		}
+		select {
+		case r := <-done:
+			if len(r) == 0 {
+				t.Fatalf("%s: the woken read returned no record", w.name)
+			}
+			refs := make([]string, len(r))
+			for i, c := range r {
+				refs[i] = c.Ref
+			}
+			if err := b.AckChanges(ctx, refs); err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: no NOTIFY woke the read", w.name)
+		}
+	}
+}

@@ -136,6 +136,7 @@ func (b *Backend) keyed(ctx context.Context, op, subject string, k storage.Key, 
 			if replay {
 				storage.MarkReplayed(ctx)
 			} else {
+				b.feedCommitted() // change feed hook: wake the relay
 				b.purgeIdem(ctx, table)
 			}
 			return nv, old, nil

@@ -165,6 +165,9 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	if err := b.pool.QueryRow(ctx, sql, args...).Scan(&raw, &n); err != nil {
 		return nil, wrap(ctx, "delete", subject, k.Name, err)
 	}
+	if n != 0 {
+		b.feedCommitted() // change feed hook: wake the relay
+	}
 	old, exists, err := decode(raw)
 	if err != nil {
 		return nil, wrap(ctx, "delete", subject, k.Name, err)
@@ -397,6 +400,9 @@ func (b *Backend) setStatement(ctx context.Context, subject string, k storage.Ke
 	if err := b.pool.QueryRow(ctx, sql, args...).Scan(&oldRaw, &newRaw, &written); err != nil {
 		return nil, nil, wrap(ctx, "set", subject, k.Name, err)
 	}
+	if written {
+		b.feedCommitted() // change feed hook: wake the relay
+	}
 	old, _, err := decode(oldRaw)
 	if err != nil {
 		return nil, nil, wrap(ctx, "set", subject, k.Name, err)
@@ -498,6 +504,7 @@ func (b *Backend) setFunc(ctx context.Context, subject string, k storage.Key, m 
 		return nil, nil, wrap(ctx, "set", subject, k.Name, err)
 	}
 	committed = true
+	b.feedCommitted() // change feed hook: wake the relay
 	return nv, old, nil
 }
 

@@ -117,6 +117,7 @@ type Backend struct {
 	tq       tableQueries
 	closed   atomic.Bool
 	feed     feedState // change feed (feed.go)
+	notify   notifier  // wakes the relay after feed commits (notify.go)
 	idem     idemState
 }
 
@@ -223,6 +224,9 @@ func (b *Backend) Close() {
 		return
 	}
 	b.closeFeed() // change feed hook
+	if b.cfg.ChangeFeed {
+		b.stopNotify()
+	}
 	if b.ownsPool {
 		b.pool.Close()
 	}

@@ -43,8 +43,11 @@ func TestConformanceSplit(t *testing.T) {
 		}
 		t.Cleanup(func() { b.Close() })
 		mem := memory.New()
-		// Alternate members by the first byte of the name, so that subjects
-		// of one subtest land in different backends.
+		// Alternate members by the first byte of the name. The suite names
+		// its subjects "st-" + a random tag of [a-z0-9] per subtest + "-" +
+		// name, so routing by the first byte alone sent every suite subject
+		// to bolt ('s'); the longer "st-<c>" routes send each subtest to one
+		// member by its tag's first byte, half of them to each.
 		var routes []router.Route
 		for c := 0x20; c < 0x7f; c++ {
 			m := storage.Backend(mem)
@@ -52,6 +55,13 @@ func TestConformanceSplit(t *testing.T) {
 				m = b
 			}
 			routes = append(routes, router.Route{Prefix: string(rune(c)), Backend: m})
+		}
+		for i, c := range "abcdefghijklmnopqrstuvwxyz0123456789" {
+			m := storage.Backend(mem)
+			if i%2 == 1 {
+				m = b
+			}
+			routes = append(routes, router.Route{Prefix: "st-" + string(c), Backend: m})
 		}
 		r, err := router.New(routes, memory.New())
 		if err != nil {
