@@ -2,10 +2,12 @@ package krules_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/storage"
+	"github.com/krules-go/krules/storage/memory"
 )
 
 // getGateStore is a gateStore whose gate can also hold a direct Get after
@@ -148,6 +150,8 @@ func TestOverlappingNoCacheCallsLeaveTheCacheRight(t *testing.T) {
 // TestOverlappingNoCacheCallsKeepPendingChanges: when overlapping NoCache
 // calls make the handle reload instead of patching its cache, its unsaved
 // changes (a put and a delete) survive the reload, and Store writes them.
+// It guards the unload/reload path (loadLocked's merge of pending deletes),
+// not the stale check itself, which the two tests above cover.
 func TestOverlappingNoCacheCallsKeepPendingChanges(t *testing.T) {
 	g := &getGateStore{gateStore: newGateStore()}
 	app, _ := newApp(t, krules.WithStorage(g))
@@ -192,5 +196,85 @@ func TestOverlappingNoCacheCallsKeepPendingChanges(t *testing.T) {
 	}
 	if v, _ := stored(t, g.Backend, "s", "p"); v != int64(2) {
 		t.Fatalf("stored p = %v, want 2", v)
+	}
+}
+
+// failAfterWriteStore: an armed Set blocks until released, then writes and
+// returns an error, as a store whose reply was lost after it wrote.
+type failAfterWriteStore struct {
+	*gateStore
+	armed bool
+}
+
+func (g *failAfterWriteStore) Set(ctx context.Context, name string, k storage.Key, m storage.Mutation) (any, any, error) {
+	if g.armed {
+		g.armed = false
+		close(g.entered)
+		<-g.release
+		g.gateStore.Backend.Set(ctx, name, k, m)
+		return nil, nil, context.DeadlineExceeded // applied, reply lost
+	}
+	return g.gateStore.Backend.Set(ctx, name, k, m)
+}
+
+// TestFailedNoCacheWriteLeavesTheCacheRight: a NoCache write that fails may
+// have been applied, so the handle's cache must not keep an older value
+// (alone, and when another NoCache call patched the cache meanwhile).
+func TestFailedNoCacheWriteLeavesTheCacheRight(t *testing.T) {
+	for _, overlap := range []bool{false, true} {
+		g := &failAfterWriteStore{gateStore: newGateStore()}
+		app, _ := newApp(t, krules.WithStorage(g))
+		if _, _, err := app.Subject("s", krules.NoCache()).Set(ctx, "p", int64(1)); err != nil {
+			t.Fatal(err)
+		}
+		s := app.Subject("s")
+		if _, _, err := s.Set(ctx, "q", "pending"); err != nil { // loads the cache
+			t.Fatal(err)
+		}
+		g.armed = true
+		done := make(chan error, 1)
+		go func() { _, _, err := s.Set(ctx, "p", int64(5), krules.NoCache()); done <- err }()
+		<-g.entered
+		if overlap {
+			if _, _, err := s.Set(ctx, "p", int64(2), krules.NoCache()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		close(g.release)
+		if err := <-done; err == nil {
+			t.Fatal("the armed Set did not fail")
+		}
+		v, _ := s.Get(ctx, "p")
+		sv, _ := stored(t, g.Backend, "s", "p")
+		if v != sv {
+			t.Fatalf("overlap %v: cached p = %v, stored p = %v", overlap, v, sv)
+		}
+		if q, _ := s.Get(ctx, "q"); q != "pending" {
+			t.Fatalf("overlap %v: pending q = %v, want it kept", overlap, q)
+		}
+	}
+}
+
+// TestNoCacheDeleteOfMissingPropertyUpdatesTheCache: a NoCache Delete that
+// finds the property gone (another process deleted it) drops it from the
+// handle's loaded cache too.
+func TestNoCacheDeleteOfMissingPropertyUpdatesTheCache(t *testing.T) {
+	b := memory.New()
+	app, _ := newApp(t, krules.WithStorage(b))
+	if _, _, err := app.Subject("s", krules.NoCache()).Set(ctx, "p", 1); err != nil {
+		t.Fatal(err)
+	}
+	s := app.Subject("s")
+	if _, err := s.Get(ctx, "p"); err != nil { // loads the cache
+		t.Fatal(err)
+	}
+	if _, err := b.Delete(ctx, "s", storage.Key{Kind: storage.Default, Name: "p"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "p", krules.NoCache()); !errors.Is(err, krules.ErrNotFound) {
+		t.Fatalf("delete: %v, want ErrNotFound", err)
+	}
+	if ok, err := s.Has(ctx, "p"); err != nil || ok {
+		t.Fatalf("Has(p) = %v, %v after the store lost it", ok, err)
 	}
 }

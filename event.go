@@ -187,9 +187,10 @@ type Extra map[string]any
 // and what the block's other events refer to (payloads, old and new values,
 // subject handles, contexts) alive. The handler's ctx is part of its Event,
 // so a goroutine or derived context that outlives the handler keeps the
-// block too. The App itself holds its few current blocks until they are
-// full, so the last events it dispatched (at most 17 per block, four
-// blocks) stay reachable until about as many more are emitted. A handler
+// block too. The App itself holds its current blocks (one per stripe, four
+// in all) until the next emit on the same stripe after they are full, so
+// up to 4 x 18 recently dispatched events stay reachable until more are
+// emitted (indefinitely in an App that goes idle). A handler
 // that keeps events of large values for long should keep what it needs
 // from them (or a copy) instead.
 type Event struct {
@@ -393,7 +394,8 @@ type eventSlabs [eventStripes]struct {
 // never reused, so a handler may keep its Event as long as it likes; the
 // cost is that a kept Event keeps the memory of its slab (2.7 KB) alive
 // until every Event of the slab is unreachable, and that the App keeps its
-// current slabs (up to 17 handed-out Events each) until they are full.
+// current slabs (up to 18 handed-out Events each) until the next claim on
+// their stripe after they are full.
 //
 // The stripe is picked from the address of the calling goroutine's stack,
 // which differs between goroutines: it spreads concurrent emitters, and a

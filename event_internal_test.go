@@ -3,6 +3,7 @@ package krules
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"unsafe"
@@ -72,6 +73,44 @@ func TestConcurrentEmitsGetDistinctEvents(t *testing.T) {
 				t.Fatalf("goroutine %d event %d is %v (seen before: %v)", g, i, ev.Payload(), seen[ev])
 			}
 			seen[ev] = true
+		}
+	}
+}
+
+// TestEventClaimsAreDistinct hammers newEvent from many goroutines (more
+// than the stripes, yielding often so that claims of one block interleave)
+// and checks that no Event is handed out twice: a non-atomic claim of the
+// block index fails it.
+func TestEventClaimsAreDistinct(t *testing.T) {
+	app := New()
+	const G, N = 16, 20000
+	res := make([][]*Event, G)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for g := range G {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			out := make([]*Event, 0, N)
+			for i := range N {
+				out = append(out, app.newEvent())
+				if i%16 == 0 {
+					runtime.Gosched()
+				}
+			}
+			res[g] = out
+		}()
+	}
+	close(start)
+	wg.Wait()
+	seen := make(map[*Event]bool, G*N)
+	for _, r := range res {
+		for _, e := range r {
+			if seen[e] {
+				t.Fatal("an Event was handed out twice")
+			}
+			seen[e] = true
 		}
 	}
 }

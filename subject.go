@@ -212,8 +212,9 @@ func (t directTok) on() bool { return t != 0 }
 func (t directTok) start() uint64 { return uint64(t) - 1 }
 
 // directBegin marks the start of a NoCache call (a store call) on a handle
-// that has a cache. A call that fails or is replayed just drops its token;
-// one that succeeds passes it to afterDirect.
+// that has a cache. A call that succeeds passes its token to afterDirect;
+// one that fails calls afterFailed (the store may have written all the
+// same); one that is replayed drops it.
 func (s *Subject) directBegin() directTok { return directTok(s.dseq.Add(1)) }
 
 // afterDirect ends a NoCache call tok (begun with directBegin) and brings
@@ -243,6 +244,18 @@ func (s *Subject) afterDirect(k storage.Kind, prop string, v any, present, write
 	// of overlapping calls only the last to begin may patch.
 	stale := uint64(tok) != s.dseq.Load() || s.loadGen > tok.start()
 	s.afterDirectLocked(k, prop, v, present, write, tok.start(), stale)
+	s.mu.Unlock()
+}
+
+// afterFailed follows a NoCache write that failed: it may have been applied
+// all the same (a timeout after the store wrote), so a loaded cache is
+// unloaded (keeping the unsaved puts and deletes) and the next access
+// reloads what the store holds.
+func (s *Subject) afterFailed() {
+	s.mu.Lock()
+	if s.loaded {
+		s.unloadLocked()
+	}
 	s.mu.Unlock()
 }
 
@@ -394,6 +407,9 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 			nv, old, err = s.app.backend.Set(s.feedCtx(bctx, o), s.name, storage.Key{Kind: k, Name: prop}, mut)
 		}
 		if err != nil {
+			if tok.on() {
+				s.afterFailed()
+			}
 			return nil, nil, fmt.Errorf("krules: set %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
 		if hasIdem && storage.Replayed(bctx) {
@@ -642,9 +658,15 @@ func (s *Subject) del(ctx context.Context, k storage.Kind, prop string, opts []D
 			old, err = s.app.backend.Delete(s.feedCtx(bctx, &o), s.name, storage.Key{Kind: k, Name: prop})
 		}
 		if errors.Is(err, ErrNotFound) {
+			if tok.on() { // the store lacks prop: so does the cache now
+				s.afterDirect(k, prop, nil, false, false, tok)
+			}
 			return s.notFound(k, prop)
 		}
 		if err != nil {
+			if tok.on() {
+				s.afterFailed()
+			}
 			return fmt.Errorf("krules: delete %s %q of subject %q: %w", what(k), prop, s.name, err)
 		}
 		if hasIdem && storage.Replayed(bctx) {
