@@ -190,6 +190,30 @@ func redisSetup() ([]Row, func(), error) {
 			},
 		},
 		{
+			// The same krules Set against the raw way to do the same job:
+			// a Set returns the old value, atomically with the write, which
+			// go-redis does with a MULTI/EXEC of HGET + HSET (one round
+			// trip). redis/set's bare HSET reads nothing.
+			Name: "redis/set-atomic",
+			Op: func(i int) error {
+				_, _, err := setSub.Set(ctx, "n", i)
+				return err
+			},
+			Baseline: "go-redis MULTI HGET+HSET EXEC",
+			BaseOp: func(i int) error {
+				v, _ := json.Marshal(i)
+				_, err := raw.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+					p.HGet(ctx, rawSetKey, "pn")
+					p.HSet(ctx, rawSetKey, "pn", v)
+					return nil
+				})
+				if errors.Is(err, goredis.Nil) {
+					err = nil // the first HGET of a missing field
+				}
+				return err
+			},
+		},
+		{
 			// The blind write a user can choose: no old value is read
 			// (a WriteOnly, Muted handle: one cached Set, then Store = HSET).
 			Name: "redis/set-writeonly",
