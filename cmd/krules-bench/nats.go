@@ -282,13 +282,18 @@ func (r *natsRun) check(b *testing.B, ordered bool) {
 	if !ordered {
 		return // raw has no ordering: its violations are not failures
 	}
+	fail := func(format string, args ...any) {
+		err := fmt.Errorf("%s: "+format, append([]any{r.name}, args...)...)
+		fmt.Fprintln(os.Stderr, "krules-bench:", err) // testing.Benchmark does not print b.Fatal's text
+		b.Fatal(err)
+	}
 	if r.violations > 0 {
-		b.Fatalf("%d per-subject order violations", r.violations)
+		fail("%d per-subject order violations", r.violations)
 	}
 	per := int64(r.n / natsBenchSubjects)
 	for s := range natsBenchSubjects {
 		if got := last[benchSubject(s)]; got != per {
-			b.Fatalf("subject %s: last seq %d, want %d", benchSubject(s), got, per)
+			fail("subject %s: last seq %d, want %d", benchSubject(s), got, per)
 		}
 	}
 }
@@ -393,7 +398,7 @@ func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration
 			b.Fatal(err)
 		}
 	}
-	waitDone(b, r.finished)
+	nb.waitDone(b, name, r)
 	b.StopTimer()
 	return time.Since(start)
 }
@@ -438,7 +443,7 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 			break
 		}
 	}
-	waitDone(b, r.finished)
+	nb.waitDone(b, name, r)
 	b.StopTimer()
 	return time.Since(start)
 }
@@ -470,10 +475,45 @@ func waitSpread(b *testing.B, ps []*natsProc, parts int) {
 	b.Fatal("workers did not take their fair shares of the partitions within a minute")
 }
 
-func waitDone(b *testing.B, finished chan struct{}) {
+// waitDone waits for the run's last event (2 minutes at most; then it
+// prints the missing events and the state of the stream's consumers).
+func (nb *natsBench) waitDone(b *testing.B, stream string, r *natsRun) {
+	js := nb.js
 	select {
-	case <-finished:
-	case <-time.After(5 * time.Minute):
-		b.Fatal(errors.New("events not handled within 5 minutes"))
+	case <-r.finished:
+		return
+	case <-time.After(2 * time.Minute):
 	}
+	var missing []int
+	for i := range r.handled {
+		if r.handled[i].Load() == 0 && len(missing) < 10 {
+			missing = append(missing, i)
+		}
+	}
+	var counts []string
+	if nb.backend != nil {
+		app := krules.New(krules.WithStorage(nb.backend))
+		for _, i := range missing {
+			v, err := app.Subject(benchSubject(i), krules.NoCache()).Get(context.Background(), "n")
+			counts = append(counts, fmt.Sprintf("%s n=%v (%v)", benchSubject(i), v, err))
+		}
+	}
+	err := fmt.Errorf("%s: %d of %d events handled within 2 minutes; missing (first 10) %v; their subjects' counters %v", r.name, r.count.Load(), r.n, missing, counts)
+	fmt.Fprintln(os.Stderr, "krules-bench:", err) // testing.Benchmark does not print b.Fatal's text
+	ctx := context.Background()
+	if st, e := js.Stream(ctx, stream); e == nil {
+		for names := st.ConsumerNames(ctx); ; {
+			n, ok := <-names.Name()
+			if !ok {
+				break
+			}
+			if c, e := st.Consumer(ctx, n); e == nil {
+				if ci, e := c.Info(ctx); e == nil {
+					fmt.Fprintf(os.Stderr, "  consumer %s: pending %d ack-pending %d waiting %d redelivered %d delivered %d/%d ack floor %d/%d\n",
+						n, ci.NumPending, ci.NumAckPending, ci.NumWaiting, ci.NumRedelivered, ci.Delivered.Consumer, ci.Delivered.Stream, ci.AckFloor.Consumer, ci.AckFloor.Stream)
+				}
+			}
+		}
+	}
+	b.Fatal(err)
 }

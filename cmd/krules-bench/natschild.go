@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -285,12 +284,9 @@ func (p *natsProc) read(rd io.Reader, r *natsRun) {
 	defer close(p.exit)
 	br := bufio.NewReaderSize(rd, 1<<16)
 	for {
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			// A long "h" line: read the rest of it.
-			rest, err2 := br.ReadString('\n')
-			line, err = append(append([]byte(nil), line...), rest...), err2
-		}
+		// Not ReadSlice: an "h" line outgrows any buffer when the child's
+		// reporting goroutine was starved for a while.
+		line, err := br.ReadBytes('\n')
 		if err != nil {
 			return
 		}
