@@ -78,15 +78,16 @@ func (h *handledLog) add(i int64, t int64) {
 	h.mu.Unlock()
 }
 
-// take returns the pending line (nil when none) and starts a new one.
+// take returns the pending line (nil when none) and starts a new one in
+// spare, a line already written (never the one returned).
 func (h *handledLog) take(spare []byte) []byte {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	b := h.buf
-	h.buf = spare[:0]
-	h.mu.Unlock()
 	if len(b) == 0 {
-		return nil
+		return nil // keep h.buf: spare must not become it while it is spare
 	}
+	h.buf = spare[:0]
 	return b
 }
 
