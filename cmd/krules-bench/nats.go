@@ -373,11 +373,11 @@ func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration
 	}
 	// The first worker creates the group's consumers and lease bucket, the
 	// others join it.
-	first, err := spawnNats(r, "nats-worker", name, nb.prefix, 1)
+	first, err := spawnNats(r, "nats-worker", name, nb.prefix, 0, 1)
 	if err != nil {
 		b.Fatal(err)
 	}
-	rest, err := spawnNats(r, "nats-worker", name, nb.prefix, workers-1)
+	rest, err := spawnNats(r, "nats-worker", name, nb.prefix, 1, workers-1)
 	r.procs = append(first, rest...)
 	defer stopNats(r.procs)
 	if err != nil {
@@ -414,7 +414,7 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 		b.Fatal(err)
 	}
 	var err error
-	r.procs, err = spawnNats(r, "nats-raw", name, nb.prefix, consumers)
+	r.procs, err = spawnNats(r, "nats-raw", name, nb.prefix, 0, consumers)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -234,14 +234,14 @@ type natsProc struct {
 
 // spawnNats starts n children of the role on the stream, each reporting
 // handled events to r, and waits for their "ready". With -nats-cpuprofile
-// each child writes a profile to <prefix><row>.w<k>.prof.
-func spawnNats(r *natsRun, role, stream, redisPrefix string, n int) ([]*natsProc, error) {
+// child k (counting from first) writes a profile to <prefix><row>.w<k>.prof.
+func spawnNats(r *natsRun, role, stream, redisPrefix string, first, n int) ([]*natsProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	var ps []*natsProc
-	for k := range n {
+	for k := first; k < first+n; k++ {
 		cmd := exec.Command(exe)
 		cmd.Env = append(os.Environ(), envChild+"="+role, envNatsStream+"="+stream, envNatsPrefix+"="+redisPrefix)
 		if *natsProfile != "" {
