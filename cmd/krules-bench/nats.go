@@ -299,13 +299,17 @@ func (r *natsRun) check(b *testing.B, ordered bool) {
 }
 
 // cpuText is the CPU per event of each worker process, of this process
-// (self: the publisher) and of the servers.
-func (r *natsRun) cpuText() string {
+// (self: the publisher) and of the servers; total is all of them (µs).
+func (r *natsRun) cpuText() (text string, total float64) {
 	var ws []string
+	d := r.cpu.sub(r.cpu0)
+	sum := d.self + d.nats + d.redis + d.postgres
 	for _, p := range r.procs {
 		ws = append(ws, strconv.FormatFloat(float64((p.cpu-p.cpu0).Microseconds())/float64(r.n), 'f', 1, 64))
+		sum += p.cpu - p.cpu0
 	}
-	return "workers [" + strings.Join(ws, " ") + "] " + r.cpu.sub(r.cpu0).perEvent(r.n)
+	total = float64(sum.Microseconds()) / float64(r.n)
+	return "workers [" + strings.Join(ws, " ") + "] " + d.perEvent(r.n) + " total " + strconv.FormatFloat(total, 'f', 1, 64), total
 }
 
 func (r *natsRun) latencies() (p50, p99 time.Duration) {
@@ -318,8 +322,9 @@ func (r *natsRun) latencies() (p50, p99 time.Duration) {
 }
 
 // loop runs b.N runs of run (one op = one run of natsEvents events) and
-// prints each run's rate, latencies and CPU; the events/s, p50 and p99 of
-// the run also go to the table's extra column (ordered rows).
+// prints each run's rate, latencies and CPU; the events/s, p50, p99 and
+// the total CPU per event (workers, publisher, servers) of the run also go
+// to the table's extra column (ordered rows).
 func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsRun, int) time.Duration, workers int, ordered bool) {
 	b.StopTimer()
 	for range b.N {
@@ -328,9 +333,10 @@ func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsR
 		elapsed := run(b, r, workers)
 		r.check(b, ordered)
 		p50, p99 := r.latencies()
+		cpu, total := r.cpuText()
 		fmt.Fprintf(os.Stderr, "    %-24s %6d events in %7.3fs = %7.0f events/s  p50 %8s  p99 %8s  (out of order %d, repeated %d)  %s\n",
 			name, r.n, elapsed.Seconds(), float64(r.n)/elapsed.Seconds(), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), r.violations, r.repeats,
-			r.cpuText())
+			cpu)
 		if *natsVarz != "" {
 			fmt.Fprintf(os.Stderr, "      server msgs/event: in %.2f out %.2f\n", float64(r.vz.In-r.vz0.In)/float64(r.n), float64(r.vz.Out-r.vz0.Out)/float64(r.n))
 		}
@@ -338,6 +344,7 @@ func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsR
 			b.ReportMetric(float64(r.n)/elapsed.Seconds(), "ev/s")
 			b.ReportMetric(float64(p50)/1e6, "p50-ms")
 			b.ReportMetric(float64(p99)/1e6, "p99-ms")
+			b.ReportMetric(total, "cpu-µs/ev")
 		}
 	}
 }
