@@ -312,6 +312,27 @@ func (r *natsRun) cpuText() (text string, total float64) {
 	return "workers [" + strings.Join(ws, " ") + "] " + d.perEvent(r.n) + " total " + strconv.FormatFloat(total, 'f', 1, 64), total
 }
 
+// tail counts the slowest 1 % of the events by partition of n (the
+// partition a krules Publisher puts their subject in): a stall of one
+// partition shows as one large count, a stall of everything as an even
+// spread.
+func (r *natsRun) tail(n int) []int {
+	type lat struct {
+		i int
+		d int64
+	}
+	ls := make([]lat, r.n)
+	for i := range ls {
+		ls[i] = lat{i, r.handled[i].Load() - r.published[i].Load()}
+	}
+	slices.SortFunc(ls, func(a, b lat) int { return cmp.Compare(b.d, a.d) })
+	out := make([]int, n)
+	for _, l := range ls[:r.n/100] {
+		out[knats.PartitionOf(benchSubject(l.i), n)]++
+	}
+	return out
+}
+
 func (r *natsRun) latencies() (p50, p99 time.Duration) {
 	ls := make([]int64, r.n)
 	for i := range ls {
@@ -341,6 +362,11 @@ func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsR
 			fmt.Fprintf(os.Stderr, "      server msgs/event: in %.2f out %.2f\n", float64(r.vz.In-r.vz0.In)/float64(r.n), float64(r.vz.Out-r.vz0.Out)/float64(r.n))
 		}
 		if ordered {
+			parts := *natsParts
+			if parts == 0 {
+				parts = knats.DefaultPartitions
+			}
+			fmt.Fprintf(os.Stderr, "      slowest 1%% of the events by partition: %v\n", r.tail(parts))
 			b.ReportMetric(float64(r.n)/elapsed.Seconds(), "ev/s")
 			b.ReportMetric(float64(p50)/1e6, "p50-ms")
 			b.ReportMetric(float64(p99)/1e6, "p99-ms")
