@@ -180,6 +180,9 @@ func main() {
 	opMode := flag.Bool("ops", true, "rows with Op/BaseOp: interleave row and baseline op by op (median latencies); false: as -count benchmark pairs like the other rows")
 	block := flag.Duration("block", 500*time.Millisecond, "with -ops: length of one block of interleaved ops; -count blocks per row")
 	filter := flag.String("run", "", "only rows whose name contains one of these |-separated strings")
+	if code := runNatsChild(); code >= 0 { // a worker process of the nats/* rows
+		os.Exit(code)
+	}
 	if code := runChild(); code >= 0 { // a child process of the feed/*-e2e rows
 		os.Exit(code)
 	}

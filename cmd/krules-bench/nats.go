@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,22 +40,25 @@ import (
 // order is checked per subject (a run with an order violation or a lost
 // event fails). Stream, consumers and workers are set up outside the clock.
 //
-//   - nats/ordered-1-worker, nats/ordered-3-workers: transport/nats Workers
-//     (stream of DefaultPartitions partitions, or -nats-partitions; default
-//     WorkerConfig), 1 or 3 Worker
-//     instances in this process, each with its own App and NATS connection
-//     (not separate processes: the end-to-end tests of transport/nats run
-//     real worker processes).
+//   - nats/ordered-1-worker, nats/ordered-3-workers: 1 or 3 worker
+//     processes (natschild.go), each a transport/nats Worker with its own
+//     App and NATS connection (stream of DefaultPartitions partitions, or
+//     -nats-partitions; default WorkerConfig).
 //   - baseline nats/raw-consumer-1, -3: a plain stream, one durable pull
 //     consumer (MaxAckPending 1000, explicit fire-and-forget acks) read by 1
-//     or 3 goroutines with their own connection; no ordering.
+//     or 3 processes with their own connection; no ordering.
+//
+// The worker processes report every event they handled with its finishing
+// time; the order is checked over those times. The publisher stays in this
+// process.
 //
 // Both sides encode each CloudEvent while the clock runs. Besides ns/op,
 // each run prints events/s, p50/p99 publish→handled latency and the CPU
-// per event of this process, the local nats-server and redis-server (read
-// from /proc; -cpu-nats-pid, -cpu-redis-pid count one process of each
+// per event of this process (the publisher), of each worker process, the
+// local nats-server and redis-server (read from /proc; -cpu-nats-pid, -cpu-redis-pid count one process of each
 // when the machine runs others) to stderr; -nats-cpuprofile writes a CPU
-// profile per row, -nats-server-profile a nats-server one (server started
+// profile per row (this process: <prefix><row>.prof; worker k:
+// <prefix><row>.w<k>.prof), -nats-server-profile a nats-server one (server started
 // with --profile), -nats-varz prints the server's messages in and out per
 // event (server started with -m). The 3-worker row starts the clock only
 // once every worker owns its fair share of the partitions, and prints the
@@ -131,10 +136,10 @@ func natsSetup() ([]Row, func(), error) {
 		nc.Close()
 		backend.Close()
 	}
-	b := &natsBench{url: natsURL, js: js, backend: backend}
+	b := &natsBench{url: natsURL, js: js, backend: backend, prefix: prefix}
 	rows := []Row{
-		{Name: "nats/ordered-1-worker", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-1-worker", b.krules, 1) }, Baseline: "nats/raw-consumer-1", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-1", b.raw, 1) }},
-		{Name: "nats/ordered-3-workers", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-3-workers", b.krules, 3) }, Baseline: "nats/raw-consumer-3", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-3", b.raw, 3) }},
+		{Name: "nats/ordered-1-worker", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-1-worker", b.krules, 1, true) }, Baseline: "nats/raw-consumer-1", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-1", b.raw, 1, false) }},
+		{Name: "nats/ordered-3-workers", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-3-workers", b.krules, 3, true) }, Baseline: "nats/raw-consumer-3", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-3", b.raw, 3, false) }},
 	}
 	return rows, cleanup, nil
 }
@@ -143,6 +148,7 @@ type natsBench struct {
 	url     string
 	js      jetstream.JetStream
 	backend *redis.Backend
+	prefix  string // Redis key prefix of the workers' writes
 	seq     atomic.Int64
 }
 
@@ -154,22 +160,31 @@ func (nb *natsBench) streamName() string {
 type natsRun struct {
 	n         int
 	published []atomic.Int64 // unix nanos, by event index
-	handled   []atomic.Int64
+	handled   []atomic.Int64 // unix nanos of its first handling, by event index
 	count     atomic.Int64
 	finished  chan struct{}
 	cpu0, cpu cpuSample // CPU used when the first event was published and when the last was handled
 	vz0, vz   varz      // server message counters then
 	name      string
 	prof      *os.File
+	procs     []*natsProc // the worker processes
 
-	mu         sync.Mutex
-	last       map[string]int64 // subject -> last seq handled
+	mu   sync.Mutex
+	recs []handledRec // every handling reported, repeats included
+
+	// Set by check.
 	violations int
 	repeats    int
 }
 
+// handledRec is one handling of event i, finished at t (unix ns).
+type handledRec struct {
+	i int
+	t int64
+}
+
 func newNatsRun(n int) *natsRun {
-	return &natsRun{n: n, published: make([]atomic.Int64, n), handled: make([]atomic.Int64, n), finished: make(chan struct{}), last: map[string]int64{}}
+	return &natsRun{n: n, published: make([]atomic.Int64, n), handled: make([]atomic.Int64, n), finished: make(chan struct{}), recs: make([]handledRec, 0, n+n/8)}
 }
 
 // begin is called right before the first publish: it samples the CPU
@@ -203,30 +218,26 @@ func (r *natsRun) begin(b *testing.B) {
 		}()
 	}
 	r.vz0 = takeVarz()
+	for _, p := range r.procs {
+		p.cpu0 = procCPU(p.cmd.Process.Pid)
+	}
 	r.cpu0 = takeCPU()
 }
 
 // event i: subject i % subjects, per-subject seq i / subjects + 1.
 func benchSubject(i int) string { return fmt.Sprintf("bench-%03d", i%natsBenchSubjects) }
 
-// saw records the handling of event i (of subject subj, per-subject seq).
-func (r *natsRun) saw(i int, subj string, seq int64) {
+// handledAt records a handling of event i, finished at t (unix ns), as a
+// worker process reported it.
+func (r *natsRun) handledAt(i int, t int64) {
 	r.mu.Lock()
-	switch last := r.last[subj]; {
-	case seq == last+1:
-		r.last[subj] = seq
-	case seq <= last:
-		r.repeats++ // a redelivery of an event already handled
-		if seq < last {
-			r.violations++
-		}
-	default:
-		r.violations++
-		r.last[subj] = seq
-	}
+	r.recs = append(r.recs, handledRec{i, t})
 	r.mu.Unlock()
-	if r.handled[i].CompareAndSwap(0, time.Now().UnixNano()) && int(r.count.Add(1)) == r.n {
+	if r.handled[i].CompareAndSwap(0, t) && int(r.count.Add(1)) == r.n {
 		r.cpu = takeCPU()
+		for _, p := range r.procs {
+			p.cpu = procCPU(p.cmd.Process.Pid)
+		}
 		r.vz = takeVarz()
 		if r.prof != nil {
 			pprof.StopCPUProfile()
@@ -236,18 +247,90 @@ func (r *natsRun) saw(i int, subj string, seq int64) {
 	}
 }
 
-func (r *natsRun) check(b *testing.B) {
+// order replays the handlings in the order they finished (the events of a
+// subject run one after the other, so their finishing times order them,
+// across processes too) and counts the order violations (an event handled
+// after a later one of its subject) and the repeats (redeliveries of an
+// event already handled). It returns the last seq handled per subject.
+func (r *natsRun) order() map[string]int64 {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	recs := slices.Clone(r.recs)
+	r.mu.Unlock()
+	slices.SortStableFunc(recs, func(a, b handledRec) int { return cmp.Compare(a.t, b.t) })
+	last := map[string]int64{}
+	r.violations, r.repeats = 0, 0
+	for _, h := range recs {
+		subj, seq := benchSubject(h.i), int64(h.i/natsBenchSubjects+1)
+		switch l := last[subj]; {
+		case seq == l+1:
+			last[subj] = seq
+		case seq <= l:
+			r.repeats++
+			if seq < l {
+				r.violations++
+			}
+		default:
+			r.violations++
+			last[subj] = seq
+		}
+	}
+	return last
+}
+
+func (r *natsRun) check(b *testing.B, ordered bool) {
+	last := r.order()
+	if !ordered {
+		return // raw has no ordering: its violations are not failures
+	}
+	fail := func(format string, args ...any) {
+		err := fmt.Errorf("%s: "+format, append([]any{r.name}, args...)...)
+		fmt.Fprintln(os.Stderr, "krules-bench:", err) // testing.Benchmark does not print b.Fatal's text
+		b.Fatal(err)
+	}
 	if r.violations > 0 {
-		b.Fatalf("%d per-subject order violations", r.violations)
+		fail("%d per-subject order violations", r.violations)
 	}
 	per := int64(r.n / natsBenchSubjects)
 	for s := range natsBenchSubjects {
-		if got := r.last[benchSubject(s)]; got != per {
-			b.Fatalf("subject %s: last seq %d, want %d", benchSubject(s), got, per)
+		if got := last[benchSubject(s)]; got != per {
+			fail("subject %s: last seq %d, want %d", benchSubject(s), got, per)
 		}
 	}
+}
+
+// cpuText is the CPU per event of each worker process, of this process
+// (self: the publisher) and of the servers; total is all of them (µs).
+func (r *natsRun) cpuText() (text string, total float64) {
+	var ws []string
+	d := r.cpu.sub(r.cpu0)
+	sum := d.self + d.nats + d.redis + d.postgres
+	for _, p := range r.procs {
+		ws = append(ws, strconv.FormatFloat(float64((p.cpu-p.cpu0).Microseconds())/float64(r.n), 'f', 1, 64))
+		sum += p.cpu - p.cpu0
+	}
+	total = float64(sum.Microseconds()) / float64(r.n)
+	return "workers [" + strings.Join(ws, " ") + "] " + d.perEvent(r.n) + " total " + strconv.FormatFloat(total, 'f', 1, 64), total
+}
+
+// tail counts the slowest 1 % of the events by partition of n (the
+// partition a krules Publisher puts their subject in): a stall of one
+// partition shows as one large count, a stall of everything as an even
+// spread.
+func (r *natsRun) tail(n int) []int {
+	type lat struct {
+		i int
+		d int64
+	}
+	ls := make([]lat, r.n)
+	for i := range ls {
+		ls[i] = lat{i, r.handled[i].Load() - r.published[i].Load()}
+	}
+	slices.SortFunc(ls, func(a, b lat) int { return cmp.Compare(b.d, a.d) })
+	out := make([]int, n)
+	for _, l := range ls[:r.n/100] {
+		out[knats.PartitionOf(benchSubject(l.i), n)]++
+	}
+	return out
 }
 
 func (r *natsRun) latencies() (p50, p99 time.Duration) {
@@ -260,20 +343,34 @@ func (r *natsRun) latencies() (p50, p99 time.Duration) {
 }
 
 // loop runs b.N runs of run (one op = one run of natsEvents events) and
-// prints each run's rate and latencies.
-func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsRun, int) time.Duration, workers int) {
+// prints each run's rate, latencies and CPU; the events/s, p50, p99 and
+// the total CPU per event (workers, publisher, servers) of the run also go
+// to the table's extra column (ordered rows).
+func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsRun, int) time.Duration, workers int, ordered bool) {
 	b.StopTimer()
 	for range b.N {
 		r := newNatsRun(natsEvents())
 		r.name = name
 		elapsed := run(b, r, workers)
-		r.check(b)
+		r.check(b, ordered)
 		p50, p99 := r.latencies()
-		fmt.Fprintf(os.Stderr, "    %-24s %6d events in %7.3fs = %7.0f events/s  p50 %8s  p99 %8s  (out of order or repeated %d)  %s\n",
-			name, r.n, elapsed.Seconds(), float64(r.n)/elapsed.Seconds(), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), r.repeats,
-			r.cpu.sub(r.cpu0).perEvent(r.n))
+		cpu, total := r.cpuText()
+		fmt.Fprintf(os.Stderr, "    %-24s %6d events in %7.3fs = %7.0f events/s  p50 %8s  p99 %8s  (out of order %d, repeated %d)  %s\n",
+			name, r.n, elapsed.Seconds(), float64(r.n)/elapsed.Seconds(), p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), r.violations, r.repeats,
+			cpu)
 		if *natsVarz != "" {
 			fmt.Fprintf(os.Stderr, "      server msgs/event: in %.2f out %.2f\n", float64(r.vz.In-r.vz0.In)/float64(r.n), float64(r.vz.Out-r.vz0.Out)/float64(r.n))
+		}
+		if ordered {
+			parts := *natsParts
+			if parts == 0 {
+				parts = knats.DefaultPartitions
+			}
+			fmt.Fprintf(os.Stderr, "      slowest 1%% of the events by partition: %v\n", r.tail(parts))
+			b.ReportMetric(float64(r.n)/elapsed.Seconds(), "ev/s")
+			b.ReportMetric(float64(p50)/1e6, "p50-ms")
+			b.ReportMetric(float64(p99)/1e6, "p99-ms")
+			b.ReportMetric(total, "cpu-µs/ev")
 		}
 	}
 }
@@ -307,35 +404,23 @@ func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration
 	if err != nil {
 		b.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	var ws []*knats.Worker
-	for range workers {
-		nc, err := knats.Connect(nb.url, natsgo.RetryOnFailedConnect(false))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer nc.Close()
-		js, _ := jetstream.New(nc)
-		app := krules.New(krules.WithStorage(nb.backend))
-		app.On("bench.event").Do(func(ctx context.Context, ev *krules.Event) error {
-			if _, _, err := ev.Subject.Set(ctx, "n", krules.Inc(1), krules.NoCache()); err != nil {
-				return err
-			}
-			i, _ := ev.Payload()["i"].(int64)
-			seq, _ := ev.Payload()["seq"].(int64)
-			r.saw(int(i), ev.Subject.Name(), seq)
-			return nil
-		})
-		w, err := knats.NewWorker(ctx, js, app, knats.WorkerConfig{Stream: name})
-		if err != nil {
-			b.Fatal(err)
-		}
-		ws = append(ws, w)
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = w.Run(runCtx) }()
+	// The first worker creates the group's consumers and lease bucket, the
+	// others join it.
+	first, err := spawnNats(r, "nats-worker", name, nb.prefix, 0, 1)
+	if err != nil {
+		b.Fatal(err)
 	}
-	waitSpread(b, ws, ws[0].Partitions())
+	rest, err := spawnNats(r, "nats-worker", name, nb.prefix, 1, workers-1)
+	r.procs = append(first, rest...)
+	defer stopNats(r.procs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	parts := *natsParts
+	if parts == 0 {
+		parts = knats.DefaultPartitions
+	}
+	waitSpread(b, r.procs, parts)
 	evs := benchEvents(b, r.n)
 	r.begin(b)
 	start := time.Now()
@@ -346,12 +431,9 @@ func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration
 			b.Fatal(err)
 		}
 	}
-	waitDone(b, r.finished)
+	nb.waitDone(b, name, r)
 	b.StopTimer()
-	elapsed := time.Since(start)
-	stop()
-	wg.Wait()
-	return elapsed
+	return time.Since(start)
 }
 
 func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration {
@@ -361,49 +443,15 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 		b.Fatal(err)
 	}
 	defer nb.js.DeleteStream(ctx, name)
-	cons, err := nb.js.CreateOrUpdateConsumer(ctx, name, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1000})
+	if _, err := nb.js.CreateOrUpdateConsumer(ctx, name, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1000}); err != nil {
+		b.Fatal(err)
+	}
+	var err error
+	r.procs, err = spawnNats(r, "nats-raw", name, nb.prefix, 0, consumers)
 	if err != nil {
 		b.Fatal(err)
 	}
-	rc := nb.backend.Client()
-	var wg sync.WaitGroup
-	var its []jetstream.MessagesContext
-	for range consumers {
-		nc, err := natsgo.Connect(nb.url)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer nc.Close()
-		js, _ := jetstream.New(nc)
-		c, err := js.Consumer(ctx, name, cons.CachedInfo().Name)
-		if err != nil {
-			b.Fatal(err)
-		}
-		it, err := c.Messages()
-		if err != nil {
-			b.Fatal(err)
-		}
-		its = append(its, it)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				m, err := it.Next()
-				if err != nil {
-					return
-				}
-				var e event.Event
-				if err := e.UnmarshalJSON(m.Data()); err != nil {
-					continue
-				}
-				var pl struct{ I, Seq int64 }
-				_ = e.DataAs(&pl)
-				rc.HIncrBy(ctx, nb.backend.Key(e.Subject()), "pn", 1)
-				_ = m.Ack()
-				r.saw(int(pl.I), e.Subject(), pl.Seq)
-			}
-		}()
-	}
+	defer stopNats(r.procs)
 	evs := benchEvents(b, r.n)
 	r.begin(b)
 	start := time.Now()
@@ -428,38 +476,29 @@ func (nb *natsBench) raw(b *testing.B, r *natsRun, consumers int) time.Duration 
 			break
 		}
 	}
-	waitDone(b, r.finished)
+	nb.waitDone(b, name, r)
 	b.StopTimer()
-	elapsed := time.Since(start)
-	for _, it := range its {
-		it.Stop()
-	}
-	wg.Wait()
-	// Raw has no ordering: its order violations are not failures.
-	r.mu.Lock()
-	r.violations = 0
-	r.mu.Unlock()
-	return elapsed
+	return time.Since(start)
 }
 
-// waitSpread waits until the workers own all partitions between them and
-// each owns its fair share (parts/len(ws), rounded down or up: the group has
-// settled after the joins, so no rebalance runs on the clock), and prints
-// the shares.
-func waitSpread(b *testing.B, ws []*knats.Worker, parts int) {
+// waitSpread waits until the worker processes own all partitions between
+// them and each owns its fair share (parts/len(ps), rounded down or up: the
+// group has settled after the joins, so no rebalance runs on the clock),
+// and prints the shares.
+func waitSpread(b *testing.B, ps []*natsProc, parts int) {
 	deadline := time.Now().Add(time.Minute)
-	lo, hi := parts/len(ws), (parts+len(ws)-1)/len(ws)
+	lo, hi := int64(parts/len(ps)), int64((parts+len(ps)-1)/len(ps))
 	for time.Now().Before(deadline) {
-		total, fair := 0, true
-		var shares []int
-		for _, w := range ws {
-			n := len(w.Owned())
+		total, fair := int64(0), true
+		var shares []int64
+		for _, p := range ps {
+			n := p.owned.Load()
 			shares = append(shares, n)
 			total += n
 			fair = fair && n >= lo && n <= hi
 		}
-		if total == parts && fair {
-			if len(ws) > 1 {
+		if total == int64(parts) && fair {
+			if len(ps) > 1 {
 				fmt.Fprintf(os.Stderr, "    partitions per worker: %v\n", shares)
 			}
 			return
@@ -469,10 +508,45 @@ func waitSpread(b *testing.B, ws []*knats.Worker, parts int) {
 	b.Fatal("workers did not take their fair shares of the partitions within a minute")
 }
 
-func waitDone(b *testing.B, finished chan struct{}) {
+// waitDone waits for the run's last event (2 minutes at most; then it
+// prints the missing events and the state of the stream's consumers).
+func (nb *natsBench) waitDone(b *testing.B, stream string, r *natsRun) {
+	js := nb.js
 	select {
-	case <-finished:
-	case <-time.After(5 * time.Minute):
-		b.Fatal(errors.New("events not handled within 5 minutes"))
+	case <-r.finished:
+		return
+	case <-time.After(2 * time.Minute):
 	}
+	var missing []int
+	for i := range r.handled {
+		if r.handled[i].Load() == 0 && len(missing) < 10 {
+			missing = append(missing, i)
+		}
+	}
+	var counts []string
+	if nb.backend != nil {
+		app := krules.New(krules.WithStorage(nb.backend))
+		for _, i := range missing {
+			v, err := app.Subject(benchSubject(i), krules.NoCache()).Get(context.Background(), "n")
+			counts = append(counts, fmt.Sprintf("%s n=%v (%v)", benchSubject(i), v, err))
+		}
+	}
+	err := fmt.Errorf("%s: %d of %d events handled within 2 minutes; missing (first 10) %v; their subjects' counters %v", r.name, r.count.Load(), r.n, missing, counts)
+	fmt.Fprintln(os.Stderr, "krules-bench:", err) // testing.Benchmark does not print b.Fatal's text
+	ctx := context.Background()
+	if st, e := js.Stream(ctx, stream); e == nil {
+		for names := st.ConsumerNames(ctx); ; {
+			n, ok := <-names.Name()
+			if !ok {
+				break
+			}
+			if c, e := st.Consumer(ctx, n); e == nil {
+				if ci, e := c.Info(ctx); e == nil {
+					fmt.Fprintf(os.Stderr, "  consumer %s: pending %d ack-pending %d waiting %d redelivered %d delivered %d/%d ack floor %d/%d\n",
+						n, ci.NumPending, ci.NumAckPending, ci.NumWaiting, ci.NumRedelivered, ci.Delivered.Consumer, ci.Delivered.Stream, ci.AckFloor.Consumer, ci.AckFloor.Stream)
+				}
+			}
+		}
+	}
+	b.Fatal(err)
 }
