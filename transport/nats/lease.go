@@ -76,6 +76,15 @@ func newMemberID() string {
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 }
 
+// jsErrSubjectOverlap is the JetStream API error code of a stream create
+// whose subjects overlap an existing stream's (nats.go names no constant).
+const jsErrSubjectOverlap jetstream.ErrorCode = 10065
+
+func isSubjectOverlap(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrSubjectOverlap
+}
+
 // ensureLeaseBucket opens (or creates) the group's lease bucket and checks
 // its TTL.
 func ensureLeaseBucket(ctx context.Context, js jetstream.JetStream, stream, group string, ttl time.Duration, replicas int) (jetstream.KeyValue, time.Time, error) {
@@ -89,6 +98,14 @@ func ensureLeaseBucket(ctx context.Context, js jetstream.JetStream, stream, grou
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			kv, err = js.KeyValue(ctx, name)
+		} else if isSubjectOverlap(err) {
+			// Another worker's create of the same bucket was in flight (seen
+			// once in TestEndToEndThreeWorkerProcesses on a loaded machine):
+			// look again. A stream of someone else's that overlaps the
+			// bucket's subjects keeps the create's error.
+			if again, aerr := js.KeyValue(ctx, name); aerr == nil {
+				kv, err = again, nil
+			}
 		}
 	}
 	if err != nil {
