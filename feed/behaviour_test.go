@@ -18,6 +18,7 @@ import (
 // A record that cannot be decoded is dead-lettered with its reason and
 // does not block the records after it.
 func TestUndecodableRecordDeadLettered(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	js := connect(t)
 	stream := newStream(t, js)
@@ -59,6 +60,7 @@ func TestUndecodableRecordDeadLettered(t *testing.T) {
 // subject again, through the feed) ends in ErrCascadeDepth at the writer:
 // the depth travels with the records.
 func TestCascadeAcrossProcesses(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	js := connect(t)
 	stream := newStream(t, js)

@@ -55,6 +55,7 @@ const idemWorkerKills = 10
 // (a worker killed after its handler's writes and before its ack applies
 // the change twice).
 func TestCrash(t *testing.T) {
+	t.Parallel()
 	t.Run("redis", func(t *testing.T) {
 		t.Parallel()
 		url := testenv.RedisURL(t)

@@ -16,6 +16,7 @@ import (
 // each subject's versions one after the other (checked in Redis by the
 // handlers themselves), and every committed change is handled.
 func TestOrderAcrossProcesses(t *testing.T) {
+	t.Parallel()
 	t.Run("redis", func(t *testing.T) {
 		t.Parallel()
 		prefix := testenv.Unique("krmulti") + ":"

@@ -39,6 +39,7 @@ func (o *outage) FeedLease(ctx context.Context, owner string, ttl time.Duration)
 // A store outage pauses the relay; it resumes by itself and relays what
 // was committed meanwhile.
 func TestRelayResumesAfterOutage(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	js := connect(t)
 	stream := newStream(t, js)

@@ -35,6 +35,7 @@ func (s *slowAck) AckChanges(ctx context.Context, refs []string) error {
 // (seen on a core NATS subscription, which JetStream's de-duplication does
 // not hide), the next batch is, and every record is removed in the end.
 func TestRelaySkipsRecordsBeingRemoved(t *testing.T) {
+	t.Parallel()
 	js := connect(t)
 	stream := newStream(t, js)
 	store := &slowAck{Backend: memory.New(memory.WithChangeFeed()), delay: 300 * time.Millisecond}

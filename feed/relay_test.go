@@ -60,6 +60,7 @@ func writeSubjects(t testing.TB, app *krules.App, n int) (perSubject int) {
 // subject's versions strictly increasing without a gap. The stores run in
 // parallel (each its own stream, key prefix, table or file).
 func TestRelayOrder(t *testing.T) {
+	t.Parallel()
 	for _, bk := range backends {
 		t.Run(bk.name, func(t *testing.T) { t.Parallel(); testRelayOrder(t, bk.open(t)) })
 	}

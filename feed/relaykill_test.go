@@ -27,6 +27,7 @@ const relayChildTTL = 300 * time.Millisecond
 // moment and replaced, relayKills times. Every committed change reaches
 // the handler once (JetStream drops the re-published copies) and in order.
 func TestRelayKilled(t *testing.T) {
+	t.Parallel()
 	url, nurl := testenv.RedisURL(t), testenv.NATSURL(t)
 	js := connect(t)
 	stream := newStream(t, js)

@@ -21,6 +21,7 @@ import (
 // handler span (middleware/otel) is a consumer span whose parent is the
 // span A's Set ran in, and the handler's ctx carries that trace.
 func TestTraceAcrossTheFeed(t *testing.T) {
+	t.Parallel()
 	for _, bk := range backends {
 		t.Run(bk.name, func(t *testing.T) { t.Parallel(); testTraceAcrossTheFeed(t, bk.open(t)) })
 	}

@@ -230,6 +230,7 @@ func sortedAny(v any) []string {
 }
 
 func TestCLIBolt(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "cli.db")
 	exercise(t, "bolt://"+path, "", true)
 	// --storage overrides KRULES_STORAGE, before or after "subject".
@@ -241,6 +242,7 @@ func TestCLIBolt(t *testing.T) {
 }
 
 func TestCLIBoltPersistsBetweenRuns(t *testing.T) {
+	t.Parallel()
 	u := "bolt://" + filepath.Join(t.TempDir(), "p.db")
 	run(t, u, 0, "subject", "set", "counter", "n", "41")
 	run(t, u, 0, "subject", "set", "counter", "n", "42")
@@ -250,6 +252,7 @@ func TestCLIBoltPersistsBetweenRuns(t *testing.T) {
 }
 
 func TestCLINoStorageIsAUsageError(t *testing.T) {
+	t.Parallel()
 	// Without --storage and KRULES_STORAGE the command refuses to work on a
 	// memory:// store that nothing survives.
 	for _, args := range [][]string{{"subject", "set", "a", "n", "1"}, {"subject", "get", "a", "n"}, {"subject", "list"}} {
@@ -265,6 +268,7 @@ func TestCLINoStorageIsAUsageError(t *testing.T) {
 }
 
 func TestCLIHelpShowsEachDefaultOnce(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{{"--help"}, {"subject", "--help"}, {"subject", "get", "--help"}, {"events", "tail", "--help"}, {"events", "dead", "--help"}, {"events", "replay", "--help"}} {
 		r := run(t, "", 0, args...)
 		for _, line := range strings.Split(r.stdout, "\n") {
@@ -280,6 +284,7 @@ func TestCLIHelpShowsEachDefaultOnce(t *testing.T) {
 }
 
 func TestCLIBadStorageURL(t *testing.T) {
+	t.Parallel()
 	for _, u := range []string{"mongodb://h/db", "bolt://relative/x.db", "http://[::1", "/tmp/no-scheme.db", "bolt:///x.db?bogus=1"} {
 		r := run(t, "", 2, "subject", "--storage", u, "get", "a", "n")
 		if !strings.Contains(r.stderr, "storage URL") {
@@ -290,6 +295,7 @@ func TestCLIBadStorageURL(t *testing.T) {
 }
 
 func TestCLIBadInputCreatesNoFile(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "never.db")
 	u := "bolt://" + path
 	run(t, u, 2, "subject", "set", "a", "n", "not-json")
@@ -306,6 +312,7 @@ func TestCLIBadInputCreatesNoFile(t *testing.T) {
 }
 
 func TestCLIHelpOnEveryCommand(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{
 		{"--help"}, {"-h"}, {"help"}, {"subject", "--help"},
 		{"subject", "get", "--help"}, {"subject", "set", "--help"}, {"subject", "delete", "--help"},
@@ -319,6 +326,7 @@ func TestCLIHelpOnEveryCommand(t *testing.T) {
 }
 
 func TestCLILockedFileIsAFailure(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "locked.db")
 	b, err := bolt.Open(path, bolt.Config{})
 	if err != nil {

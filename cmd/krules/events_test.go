@@ -66,6 +66,7 @@ func publish(t *testing.T, p *knats.Publisher, typ, subject string, payload krul
 }
 
 func TestEventsTailAll(t *testing.T) {
+	t.Parallel()
 	url, js, stream := natsStream(t, knats.RetentionLimits)
 	// A worker group exists (its consumers), and is not disturbed by tail.
 	if _, err := knats.NewWorker(t.Context(), js, krules.New(), knats.WorkerConfig{Stream: stream, Group: "g"}); err != nil {
@@ -146,6 +147,7 @@ func jsonEqual(a, b any) bool {
 // Without --all, tail starts with the next event: it prints an event
 // published while it runs.
 func TestEventsTailLive(t *testing.T) {
+	t.Parallel()
 	url, js, stream := natsStream(t, knats.RetentionLimits)
 	p := publisher(t, js, stream)
 	publish(t, p, "old.event", "s-0", nil) // before tail: not printed
@@ -179,6 +181,7 @@ func TestEventsTailLive(t *testing.T) {
 }
 
 func TestEventsDeadAndReplay(t *testing.T) {
+	t.Parallel()
 	url, js, stream := natsStream(t, knats.RetentionInterest)
 	var fail atomic.Bool
 	fail.Store(true)
@@ -285,6 +288,7 @@ func TestEventsDeadAndReplay(t *testing.T) {
 }
 
 func TestEventsUnreachableServer(t *testing.T) {
+	t.Parallel()
 	r := run(t, "", 3, "events", "dead", "--nats", "nats://127.0.0.1:1", "--stream", "s", "--timeout", "2s")
 	if !strings.Contains(r.stderr, "connect") {
 		t.Errorf("stderr %q", r.stderr)

@@ -12,6 +12,7 @@ import (
 )
 
 func TestCLIRedis(t *testing.T) {
+	t.Parallel()
 	u := testenv.WithParam(t, testenv.RedisURL(t), "prefix", testenv.Unique("cli")+":")
 	exercise(t, u, "", false) // exercise flushes every subject it created
 	// --storage on the command line, the shape of the issue.
@@ -23,6 +24,7 @@ func TestCLIRedis(t *testing.T) {
 }
 
 func TestCLIPostgres(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	table := testenv.Unique("cli")
 	u := testenv.WithParam(t, testenv.PostgresURL(t), "table", table)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/feed/feedtest"
+	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/bolt"
 	"github.com/krules-go/krules/storage/storagetest"
@@ -31,11 +32,15 @@ func TestFeedRecords(t *testing.T) { feedtest.Records(t, openFeed(t, ""), false)
 
 func TestFeedIdempotent(t *testing.T) { feedtest.Idempotent(t, openFeed(t, "")) }
 
-// The data behaviour is the same with the feed on.
+// The data behaviour is the same with the feed on. Under the race detector
+// the concurrent subtests make a quarter of their rounds (raceScaleDown):
+// bbolt serialises the writers of a file in one write transaction with or
+// without the feed, and TestConformance runs the full counts.
 func TestFeedConformance(t *testing.T) {
 	storagetest.RunConfig(t, storagetest.Config{
-		Parallel: fileParallel,
-		New:      func(t *testing.T) storage.Backend { return openFeed(t, "") },
+		Parallel:  fileParallel,
+		ScaleDown: raceScaleDown(),
+		New:       func(t *testing.T) storage.Backend { return openFeed(t, "") },
 	})
 }
 
@@ -276,4 +281,15 @@ func TestFeedReadBlocksAndLease(t *testing.T) {
 	if _, err := b.ReadChanges(ctx, 10, 0); !errors.Is(err, storage.ErrClosed) {
 		t.Fatalf("ReadChanges after Close: %v", err)
 	}
+}
+
+// raceScaleDown is storagetest.Config.ScaleDown for the suites here that
+// run a quarter of the concurrent rounds under the race detector, where
+// every write costs an order of magnitude more; without it (CI's full-size
+// step) they run the full counts.
+func raceScaleDown() int {
+	if testenv.Race {
+		return 4
+	}
+	return 1
 }

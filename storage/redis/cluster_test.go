@@ -49,7 +49,10 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("multi-slot DEL: err = %v, want CROSSSLOT", err)
 	}
 
-	storagetest.RunConfig(t, storagetest.Config{Parallel: conformanceParallel, New: func(t *testing.T) storage.Backend {
+	// Under the race detector the concurrent subtests make a quarter of their
+	// rounds (raceScaleDown): the cluster changes where keys live, not the
+	// scripts that serialise updates, and TestConformance runs the full counts.
+	storagetest.RunConfig(t, storagetest.Config{Parallel: conformanceParallel, ScaleDown: raceScaleDown(), New: func(t *testing.T) storage.Backend {
 		b := redis.New(client, redis.Config{Prefix: testenv.Unique("cluster") + ":"})
 		t.Cleanup(func() { b.Close() })
 		return b
@@ -90,4 +93,15 @@ func TestCluster(t *testing.T) {
 			break // stopping early ends the per-node scans
 		}
 	})
+}
+
+// raceScaleDown is storagetest.Config.ScaleDown for the suites here that
+// run a quarter of the concurrent rounds under the race detector, where
+// every write costs an order of magnitude more; without it (CI's full-size
+// step) they run the full counts.
+func raceScaleDown() int {
+	if testenv.Race {
+		return 4
+	}
+	return 1
 }

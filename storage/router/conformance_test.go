@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/bolt"
 	"github.com/krules-go/krules/storage/memory"
@@ -19,9 +20,12 @@ import (
 // subject routed), mixing memory and bolt members.
 //
 // Every subtest has a backend of its own (a bolt file and memory members),
-// so up to 4 run at once.
+// so up to 4 run at once. Under the race detector the concurrent subtests
+// make a quarter of their rounds (raceScaleDown): the router takes no lock
+// of its own, every write goes to one member, and the members' own suites
+// run the full counts.
 func TestConformanceFallback(t *testing.T) {
-	storagetest.RunConfig(t, storagetest.Config{Parallel: 4, New: func(t *testing.T) storage.Backend {
+	storagetest.RunConfig(t, storagetest.Config{Parallel: 4, ScaleDown: raceScaleDown(), New: func(t *testing.T) storage.Backend {
 		b, err := bolt.Open(filepath.Join(t.TempDir(), "r.db"), bolt.Config{NoSync: true})
 		if err != nil {
 			t.Fatal(err)
@@ -36,7 +40,7 @@ func TestConformanceFallback(t *testing.T) {
 }
 
 func TestConformanceSplit(t *testing.T) {
-	storagetest.RunConfig(t, storagetest.Config{Parallel: 4, New: func(t *testing.T) storage.Backend {
+	storagetest.RunConfig(t, storagetest.Config{Parallel: 4, ScaleDown: raceScaleDown(), New: func(t *testing.T) storage.Backend {
 		b, err := bolt.Open(filepath.Join(t.TempDir(), "r.db"), bolt.Config{NoSync: true})
 		if err != nil {
 			t.Fatal(err)
@@ -118,4 +122,15 @@ func TestIdempotencyMemberWithoutKeys(t *testing.T) {
 	if _, _, err := r.Set(ctx, "other", k, storage.Mutation{Value: int64(1)}); err != nil {
 		t.Errorf("keyed Set on the fallback: %v", err)
 	}
+}
+
+// raceScaleDown is storagetest.Config.ScaleDown for the suites here that
+// run a quarter of the concurrent rounds under the race detector, where
+// every write costs an order of magnitude more; without it (CI's full-size
+// step) they run the full counts.
+func raceScaleDown() int {
+	if testenv.Race {
+		return 4
+	}
+	return 1
 }

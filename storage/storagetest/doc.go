@@ -44,7 +44,8 @@
 //   - exact totals from 32 goroutines × 500 atomic updates, by update
 //     function and by OpInc, while other properties of the same subject
 //     are written (100 updates under the race detector, 50 with
-//     testing.Short());
+//     testing.Short(); Config.ScaleDown divides them for a backend with
+//     expensive, serialised writes);
 //   - storage.Lister, when implemented;
 //   - through a krules App on the backend: the Subject write cache and
 //     Store, NoCache, delete-then-set before Store, Flush events, extended

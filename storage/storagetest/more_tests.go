@@ -301,9 +301,10 @@ func testCancelled(t *testing.T, s *suite) {
 // concurrency returns the goroutine and update counts of the concurrent
 // tests: 32 × 500; 32 × 100 under the race detector, which checks the same
 // exact totals and finds data races with any count but makes every update
-// an order of magnitude slower; 32 × 50 with -short. The update count is at
-// least 5 (some tests run a fifth of it).
-func concurrency() (goroutines, updates int) {
+// an order of magnitude slower; 32 × 50 with -short. Config.ScaleDown
+// divides the update count, which stays at least 5 (some tests run a fifth
+// of it).
+func (s *suite) concurrency() (goroutines, updates int) {
 	updates = 500
 	switch {
 	case testing.Short():
@@ -311,19 +312,15 @@ func concurrency() (goroutines, updates int) {
 	case testenv.Race:
 		updates = 100
 	}
-	return 32, max(updates/slowBackend, 5)
+	return 32, max(updates/max(s.scaleDown, 1), 5)
 }
-
-// slowBackend divides the concurrent workloads; the package's own tests
-// raise it for their deliberately slow file-based backend.
-var slowBackend = 1
 
 // hammer runs goroutines × updates increments-by-one of k with m and
 // checks the exact outcome: every Set returned old = new-1, the returned new
 // values are exactly 1..N, and the stored value is N.
 func hammer(t *testing.T, s *suite, subj string, k storage.Key, m storage.Mutation, what string) {
 	t.Helper()
-	goroutines, updates := concurrency()
+	goroutines, updates := s.concurrency()
 	var (
 		mu        sync.Mutex
 		vals      []int64
@@ -394,7 +391,7 @@ func testConcurrentOpInc(t *testing.T, s *suite) {
 // same subject are written by plain Sets and Store batches.
 func testConcurrentMixed(t *testing.T, s *suite) {
 	subj := s.subject("conc-mixed")
-	goroutines, updates := concurrency()
+	goroutines, updates := s.concurrency()
 	updates /= 5
 	report, errs := mixedWorkload(s.ctx, s.b, subj, 0, goroutines, updates)
 	for _, err := range errs {
@@ -406,7 +403,7 @@ func testConcurrentMixed(t *testing.T, s *suite) {
 // testConcurrentSubjects: goroutines working on different subjects do not
 // interfere.
 func testConcurrentSubjects(t *testing.T, s *suite) {
-	goroutines, updates := concurrency()
+	goroutines, updates := s.concurrency()
 	updates /= 5
 	inc, _ := storage.NewOp(storage.OpInc, 1)
 	subjects := make([]string, goroutines)

@@ -12,8 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
+	"github.com/krules-go/krules/internal/testenv"
 	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/memory"
 )
@@ -30,9 +32,7 @@ func TestRunFileStore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: every operation rewrites a file")
 	}
-	slowBackend = 25
-	t.Cleanup(func() { slowBackend = 1 })
-	RunConfig(t, Config{Parallel: 4, New: func(t *testing.T) storage.Backend { return openFileStore(t, randomName("st_"), false) }})
+	RunConfig(t, Config{Parallel: 4, ScaleDown: 25, New: func(t *testing.T) storage.Backend { return openFileStore(t, randomName("st_"), false) }})
 }
 
 // TestRunParallel: with Config.Parallel the subtests overlap (more than
@@ -63,6 +63,46 @@ func TestRunParallel(t *testing.T) {
 				t.Errorf("one after another: %d backends were open at once, want 1", most)
 			case parallel > 1 && (most < 2 || most > parallel):
 				t.Errorf("Parallel=%d: at most %d backends were open at once, want 2..%d", parallel, most, parallel)
+			}
+		})
+	}
+}
+
+// countingSets wraps the memory backend and counts the update-function
+// Sets of subjects whose name ends with suffix.
+type countingSets struct {
+	*memory.Backend
+	suffix string
+	n      *atomic.Int64
+}
+
+func (c countingSets) Set(ctx context.Context, subject string, k storage.Key, m storage.Mutation) (any, any, error) {
+	if m.Func != nil && strings.HasSuffix(subject, c.suffix) {
+		c.n.Add(1)
+	}
+	return c.Backend.Set(ctx, subject, k, m)
+}
+
+// TestRunScaleDown: Config.ScaleDown divides the rounds of the concurrent
+// subtests (Concurrency/FuncExactTotal makes 2 × 32 × updates update-function
+// Sets), keeping at least 5 updates per goroutine.
+func TestRunScaleDown(t *testing.T) {
+	full := 500
+	switch {
+	case testing.Short():
+		full = 50
+	case testenv.Race:
+		full = 100
+	}
+	for _, scale := range []int{0, 20, 1000} {
+		t.Run(fmt.Sprintf("ScaleDown=%d", scale), func(t *testing.T) {
+			var n atomic.Int64
+			RunConfig(t, Config{Parallel: 4, ScaleDown: scale, New: func(t *testing.T) storage.Backend {
+				return countingSets{Backend: memory.New(), suffix: "-conc-func", n: &n}
+			}})
+			want := 2 * 32 * max(full/max(scale, 1), 5)
+			if got := n.Load(); got != int64(want) {
+				t.Errorf("ScaleDown=%d: Concurrency/FuncExactTotal made %d update-function Sets, want %d", scale, got, want)
 			}
 		})
 	}

@@ -34,11 +34,13 @@ var subjectTests = []struct {
 
 // subjectSubtests returns the Subject-level tests: a krules App on the
 // backend.
-func subjectSubtests(newBackend func(t *testing.T) storage.Backend) []subtest {
+func subjectSubtests(cfg Config) []subtest {
 	out := make([]subtest, 0, len(subjectTests))
 	for _, tc := range subjectTests {
 		out = append(out, subtest{tc.name, func(t *testing.T) {
-			tc.fn(t, newAppSuite(t, newBackend))
+			a := newAppSuite(t, cfg.New)
+			a.scaleDown = cfg.ScaleDown
+			tc.fn(t, a)
 		}})
 	}
 	return out
@@ -534,7 +536,7 @@ func testSubjectNamesApp(t *testing.T, a *appSuite) {
 func testSubjectConcurrent(t *testing.T, a *appSuite) {
 	ctx, name := a.ctx, a.subject("concurrent")
 	a.record = false
-	goroutines, updates := concurrency()
+	goroutines, updates := a.concurrency()
 	var (
 		mu        sync.Mutex
 		incSteps  []int64
