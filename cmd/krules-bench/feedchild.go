@@ -80,24 +80,38 @@ func (o *childOut) line(s string) {
 	o.mu.Unlock()
 }
 
+// childStart sets up a child process of the e2e and nats rows: warnings
+// only on stderr (level, which the child raises at shutdown), and the CPU
+// profile the parent asked for (envCPUProfile); stop ends the profile.
+func childStart() (level *slog.LevelVar, stop func(), err error) {
+	level = new(slog.LevelVar)
+	level.Set(slog.LevelWarn)
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+	stop = func() {}
+	if path := os.Getenv(envCPUProfile); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		stop = func() { pprof.StopCPUProfile(); f.Close() }
+	}
+	return level, stop, nil
+}
+
 func feedChild(role string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Warnings while measuring; at shutdown (stdin EOF) the workers' lease
 	// hand-over warnings are expected and silenced.
-	level := new(slog.LevelVar)
-	level.Set(slog.LevelWarn)
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
-	if path := os.Getenv(envCPUProfile); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	level, stopProfile, err := childStart()
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	nc, err := knats.Connect(os.Getenv("KRULES_NATS_URL"), natsgo.RetryOnFailedConnect(false))
 	if err != nil {
 		return err

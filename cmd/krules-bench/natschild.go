@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,19 +93,11 @@ func (h *handledLog) take(spare []byte) []byte {
 func natsChild(role string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	level := new(slog.LevelVar)
-	level.Set(slog.LevelWarn)
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
-	if path := os.Getenv(envCPUProfile); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	level, stopProfile, err := childStart()
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	stream := os.Getenv(envNatsStream)
 	backend, err := redis.Open(ctx, os.Getenv("KRULES_REDIS_URL"), redis.Config{Prefix: os.Getenv(envNatsPrefix)})
 	if err != nil {
