@@ -9,7 +9,7 @@
 //
 // It is the README's test command:
 //
-//	go test -race -gcflags='modernc.org/...=-d=checkptr=0' -count=1 -json ./... | go run ./internal/cmd/testsummary
+//	go test -race -p 4 -gcflags='modernc.org/...=-d=checkptr=0' -count=1 -json ./... | go run ./internal/cmd/testsummary
 //
 // It exits with status 1 when a test, a package or a build failed, or when
 // the input holds no test event at all (go test could not start), and 0
