@@ -153,22 +153,32 @@ func parseClass(pat []rune, i int) (token, int, bool) {
 		tok.neg = true
 		chunks[0] = chunks[0][1:]
 	}
-	// Chunks are joined by range hyphens: the last character of one chunk and
-	// the first of the next are a range's ends; the others are literal.
+	// The class is the chunks joined by range hyphens, read the way Python's
+	// re reads it: a character followed by a joining hyphen and another
+	// character is a range; a joining hyphen with nothing before it (the
+	// first chunk emptied by the cleanup, e.g. "[b-0!-0]" becomes "[^-0]")
+	// or nothing after it is a literal '-'.
+	type elem struct {
+		r    rune
+		join bool
+	}
+	var elems []elem
 	for ci, c := range chunks {
-		start, end := 0, len(c)
 		if ci > 0 {
-			start = 1
+			elems = append(elems, elem{'-', true})
 		}
-		if ci < len(chunks)-1 {
-			end = len(c) - 1
-			if end >= 0 && len(chunks[ci+1]) > 0 {
-				tok.items = append(tok.items, classItem{c[len(c)-1], chunks[ci+1][0]})
-			}
+		for _, r := range c {
+			elems = append(elems, elem{r: r})
 		}
-		for x := start; x < end; x++ {
-			tok.items = append(tok.items, classItem{c[x], c[x]})
+	}
+	for p := 0; p < len(elems); p++ {
+		lo := elems[p].r
+		if p+2 < len(elems) && elems[p+1].join {
+			tok.items = append(tok.items, classItem{lo, elems[p+2].r})
+			p += 2
+			continue
 		}
+		tok.items = append(tok.items, classItem{lo, lo})
 	}
 	return tok, next, true
 }

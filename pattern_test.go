@@ -52,6 +52,18 @@ func TestPatternMatch(t *testing.T) {
 		{"a\\b", "a\\b", true},
 		{"", "", true},
 		{"", "x", false},
+		// The cleanup of reversed ranges can leave a joining hyphen with
+		// nothing before it, which Python's re reads as a literal '-'
+		// (CPython 3.11: "[b-0!-0]" translates to "[^-0]", "[c-a-z]" to
+		// "[\-z]"). Found by FuzzPattern.
+		{"[b-0!-0]", "0", false},
+		{"[b-0!-0]", "-", false},
+		{"[b-0!-0]", "!", true},
+		{"[c-a-z]", "z", true},
+		{"[c-a-z]", "-", true},
+		{"[c-a-z]", "c", false},
+		{"[!b-a-z]", "-", false},
+		{"[!b-a-z]", "q", true},
 	}
 	for _, tt := range tests {
 		p := compilePattern(tt.pat)
@@ -179,6 +191,7 @@ func FuzzPattern(f *testing.F) {
 		{"user.*", "user.created"}, {"[a-c-e]", "-"}, {"[!z-a]x", "mx"}, {"a*b?c", "aXXbYc"},
 		{"[]-a]", "^"}, {"[!]]*", "]]"}, {"*[*", "a[b"}, {"[a-]", "-"}, {"[x-a-z]", "y"},
 		{"[!x-ab-c]", "b"}, {"**?", "é"}, {"[\\]", "\\"},
+		{"[b-0!-0]", "0"}, {"[c-a-z]", "-"},
 	}
 	for _, s := range seeds {
 		f.Add(s[0], s[1])
