@@ -533,7 +533,7 @@ func TestBuiltInOps(t *testing.T) {
 			{"n", krules.Inc(1), int64(1)},
 			{"n", krules.Inc(-3), int64(-2)},
 			{"n", krules.Inc(0.5), -1.5},
-			{"big", 9007199254740990, int64(9007199254740990)},
+			{"big", int64(9007199254740990), int64(9007199254740990)},
 			{"big", krules.Inc(1), int64(9007199254740991)},
 			{"hist", krules.Append("a"), []any{"a"}},
 			{"hist", krules.Append("b", 2), []any{"a", "b", int64(2)}},
