@@ -61,12 +61,20 @@ func takeCPU() cpuSample {
 			continue
 		}
 		f := strings.Fields(st[closing+1:])
-		if len(f) < 13 {
+		if len(f) < 15 {
 			continue
 		}
-		ut, _ := strconv.ParseInt(f[11], 10, 64) // utime, clock ticks (field 14)
-		sy, _ := strconv.ParseInt(f[12], 10, 64) // stime (field 15)
-		*dst += time.Duration(ut+sy) * (time.Second / 100)
+		// utime and stime (fields 14, 15), and cutime and cstime (16, 17):
+		// the CPU of reaped children. A PostgreSQL backend that exits
+		// between two samples moves its CPU from its own line to the
+		// postmaster's children total, so the sum never goes down (it did
+		// when only live processes were counted).
+		var ticks int64
+		for _, k := range []int{11, 12, 13, 14} {
+			n, _ := strconv.ParseInt(f[k], 10, 64)
+			ticks += n
+		}
+		*dst += time.Duration(ticks) * (time.Second / 100)
 	}
 	return s
 }
