@@ -7,6 +7,7 @@ import (
 	"math"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/krules-go/krules/internal/testenv"
@@ -162,4 +163,55 @@ func storedText(t *testing.T, pool *pgxpool.Pool, table, subject string) string 
 		return ""
 	}
 	return *s
+}
+
+// The one-statement Set reads its row straight from the driver's buffers
+// and passes its names as pgtype.TextValuer: the same results in each query
+// exec mode of pgx that knows the parameter types. (QueryExecModeExec and
+// the simple protocol send the []byte JSON arguments of every write as
+// bytea, which PostgreSQL refuses as JSON, before and after this change.)
+func TestSetStatementExecModes(t *testing.T) {
+	ctx := context.Background()
+	for _, mode := range []pgx.QueryExecMode{
+		pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec,
+	} {
+		t.Run(mode.String(), func(t *testing.T) {
+			pcfg, err := postgres.PoolConfig(testenv.PostgresURL(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pcfg.ConnConfig.DefaultQueryExecMode = mode
+			pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(pool.Close)
+			table := testenv.Unique("modes")
+			dropTable(t, pool, "", table)
+			b, err := postgres.New(ctx, pool, postgres.Config{Table: table})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(b.Close)
+			k := storage.Key{Kind: storage.Default, Name: "it's"}
+			subject := `s'; "x`
+			if _, old, err := b.Set(ctx, subject, k, storage.Mutation{Value: int64(40)}); err != nil || old != nil {
+				t.Fatalf("Set = (old %v, %v), want (nil, nil)", old, err)
+			}
+			inc, _ := storage.NewOp(storage.OpInc, 2)
+			if nv, old, err := b.Set(ctx, subject, k, storage.Mutation{Op: inc}); err != nil || nv != int64(42) || old != int64(40) {
+				t.Fatalf("Inc(2) = (%v, %v, %v), want (42, 40, nil)", nv, old, err)
+			}
+			app, _ := storage.NewOp(storage.OpAppend, []any{"x"})
+			if _, _, err := b.Set(ctx, subject, k, storage.Mutation{Op: app}); !errors.Is(err, storage.ErrInvalidValue) {
+				t.Fatalf("Append to a number: err = %v, want ErrInvalidValue", err)
+			}
+			if _, old, err := b.Set(ctx, subject, k, storage.Mutation{Value: map[string]any{"a": []any{"é", nil}}}); err != nil || old != int64(42) {
+				t.Fatalf("Set of an object = (old %v, %v), want (42, nil)", old, err)
+			}
+			if got, err := b.Get(ctx, subject, k); err != nil || !storage.Equal(got, map[string]any{"a": []any{"é", nil}}) {
+				t.Fatalf("Get = (%v, %v)", got, err)
+			}
+		})
+	}
 }
