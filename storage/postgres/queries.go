@@ -56,8 +56,9 @@ SELECT (SELECT v FROM old), (SELECT r FROM up), EXISTS (SELECT 1 FROM up)`
 // They run with the row locked, once per call, so they are written to do
 // little: a simple CASE evaluates jsonb_typeof(v) once (NULL for a missing
 // property, so it takes the ELSE branch), and the {NV} expressions rely on
-// {OK} having passed (setTemplate's WHERE runs before its select list): a
-// non-number there is absent.
+// {OK} having passed (the WHERE of setTemplate, and of feedSetTemplate,
+// which has the same INSERT ... SELECT, runs before the select list): a
+// stored value of another type than the operation's is absent there.
 const (
 	arg     = `$3::jsonb`
 	argNum  = `($3::jsonb)::numeric`
