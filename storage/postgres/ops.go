@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"iter"
 	"math/rand/v2"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/krules-go/krules/storage"
@@ -326,17 +329,20 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		default:
 			return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w: unknown operation %v", k.Name, subject, storage.ErrInvalidValue, m.Op.Kind)
 		}
-		argJSON, err := storage.Marshal(m.Op.Arg)
+		c := stmtCalls.Get().(*stmtCall)
+		defer c.put()
+		argJSON, err := appendArg(c.arg[:0], m.Op.Arg)
 		if err != nil {
 			return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %v argument: %w", k.Name, subject, m.Op.Kind, err)
 		}
+		c.arg = argJSON
 		if err := checkOpArg(m.Op); err != nil {
 			return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
 		}
 		if _, ok := storage.IdempotencyKeyFrom(ctx); ok {
 			return b.setKeyed(ctx, subject, k, m, sql, argJSON)
 		}
-		once = func() (any, any, error) { return b.setStatement(ctx, subject, k, sql, argJSON, m.Op) }
+		once = func() (any, any, error) { return b.setStatement(ctx, c, subject, k, sql, argJSON, m.Op) }
 	case m.Func != nil:
 		if _, ok := storage.IdempotencyKeyFrom(ctx); ok {
 			return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w: update functions cannot be made idempotent", k.Name, subject, storage.ErrIdempotencyUnsupported)
@@ -350,8 +356,10 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		if _, ok := storage.IdempotencyKeyFrom(ctx); ok {
 			return b.setKeyed(ctx, subject, k, m, q.set, data)
 		}
+		c := stmtCalls.Get().(*stmtCall)
+		defer c.put()
 		once = func() (any, any, error) {
-			_, old, err := b.setStatement(ctx, subject, k, q.set, data, nil)
+			_, old, err := b.setStatement(ctx, c, subject, k, q.set, data, nil)
 			return m.Value, old, err
 		}
 	}
@@ -389,45 +397,147 @@ func checkOpArg(op *storage.Op) error {
 	return nil
 }
 
-// setStatement runs the one-statement Set (plain value or operation).
-func (b *Backend) setStatement(ctx context.Context, subject string, k storage.Key, sql string, arg []byte, op *storage.Op) (any, any, error) {
-	var oldRaw, newRaw []byte
-	var written bool
-	sql, args, err := b.feedSet(ctx, k, sql, subject, k.Name, arg) // change feed hook
-	if err != nil {
-		return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
+// setStatement runs the one-statement Set (plain value or operation); c
+// holds the call's arguments and result (see stmtCall).
+func (b *Backend) setStatement(ctx context.Context, c *stmtCall, subject string, k storage.Key, sql string, arg []byte, op *storage.Op) (any, any, error) {
+	var args []any
+	if b.cfg.ChangeFeed {
+		var err error
+		sql, args, err = b.feedSet(ctx, k, sql, subject, k.Name, arg) // change feed hook
+		if err != nil {
+			return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
+		}
+	} else {
+		c.subject.s, c.name.s = subject, k.Name
+		c.args = [3]any{&c.subject, &c.name, arg}
+		args = c.args[:]
 	}
-	if err := b.pool.QueryRow(ctx, sql, args...).Scan(&oldRaw, &newRaw, &written); err != nil {
+	r := &c.row
+	r.decodeNew = op != nil
+	if err := b.pool.QueryRow(ctx, sql, args...).Scan(r); err != nil {
 		return nil, nil, wrap(ctx, "set", subject, k.Name, err)
 	}
-	if written {
+	if r.written {
 		b.feedCommitted() // change feed hook: wake the relay
 	}
-	old, _, err := decode(oldRaw)
-	if err != nil {
-		return nil, nil, wrap(ctx, "set", subject, k.Name, err)
-	}
-	if !written {
+	old := r.old
+	if !r.written {
 		if op != nil {
 			if _, err := op.Apply(old, true); err != nil {
 				// The stored value has the wrong type (the statement's
 				// condition and Op.Apply agree on the types).
 				return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
 			}
-			if op.Kind == storage.OpAppend && oldRaw != nil {
+			if op.Kind == storage.OpAppend && r.oldFound {
 				// A list the statement leaves to Go (see arrOK).
 				return b.setFunc(ctx, subject, k, storage.Mutation{Op: op})
 			}
 		}
 		return nil, nil, errRetry
 	}
-	var nv any
-	if op != nil {
-		if nv, _, err = decode(newRaw); err != nil {
-			return nil, nil, wrap(ctx, "set", subject, k.Name, err)
-		}
+	return r.nv, old, nil
+}
+
+// stmtCall holds the arguments and the result of a one-statement Set,
+// pooled (stmtCalls): putting a string or a pointer to a local variable in
+// an interface costs an allocation, and pgx takes its arguments and scan
+// targets as interfaces. One goroutine uses a stmtCall between Get and put.
+type stmtCall struct {
+	subject, name textArg
+	args          [3]any
+	arg           []byte // buffer of the operation's JSON argument
+	row           stmtRow
+}
+
+var stmtCalls = sync.Pool{New: func() any { return new(stmtCall) }}
+
+// put clears c (it must not keep values alive) and returns it to the pool;
+// a grown argument buffer is dropped.
+func (c *stmtCall) put() {
+	arg := c.arg[:0]
+	if cap(arg) > 1024 {
+		arg = nil
 	}
-	return nv, old, nil
+	*c = stmtCall{arg: arg}
+	stmtCalls.Put(c)
+}
+
+// textArg passes a string to pgx as a text parameter without boxing it
+// (pgtype.TextValuer).
+type textArg struct{ s string }
+
+// TextValue implements pgtype.TextValuer.
+func (t *textArg) TextValue() (pgtype.Text, error) { return pgtype.Text{String: t.s, Valid: true}, nil }
+
+// appendArg appends the JSON text of an operation's argument to buf (an
+// int64, the common case, without storage.Marshal's allocation).
+func appendArg(buf []byte, v any) ([]byte, error) {
+	if n, ok := v.(int64); ok {
+		return strconv.AppendInt(buf, n, 10), nil
+	}
+	data, err := storage.Marshal(v)
+	if err != nil {
+		return buf, err
+	}
+	return append(buf, data...), nil
+}
+
+// stmtRow scans the row of setTemplate (old value, new value, written)
+// straight from the driver's buffers (pgx.RowScanner), decoding the JSON
+// there: no copy of the raw values and no per-call scan plans.
+type stmtRow struct {
+	decodeNew bool // decode the new value (operations)
+	old, nv   any
+	oldFound  bool
+	written   bool
+}
+
+// ScanRow implements pgx.RowScanner.
+func (r *stmtRow) ScanRow(rows pgx.Rows) error {
+	vals, fds := rows.RawValues(), rows.FieldDescriptions()
+	if len(vals) != 3 || len(fds) != 3 {
+		return fmt.Errorf("postgres: set statement returned %d columns, want 3", len(vals))
+	}
+	oldRaw, err := jsonbText(vals[0], fds[0].Format)
+	if err != nil {
+		return err
+	}
+	newRaw, err := jsonbText(vals[1], fds[1].Format)
+	if err != nil {
+		return err
+	}
+	if r.written, err = boolValue(vals[2], fds[2].Format); err != nil {
+		return err
+	}
+	r.old, r.oldFound, _ = decode(oldRaw)
+	r.nv = nil
+	if r.decodeNew && r.written {
+		r.nv, _, _ = decode(newRaw)
+	}
+	return nil
+}
+
+// jsonbText returns the JSON text of a jsonb column value (binary format:
+// a version byte, 1, then the text); nil for SQL NULL.
+func jsonbText(v []byte, format int16) ([]byte, error) {
+	if v == nil || format == pgx.TextFormatCode {
+		return v, nil
+	}
+	if len(v) == 0 || v[0] != 1 {
+		return nil, fmt.Errorf("postgres: unknown jsonb binary format (version byte %v)", v[:min(len(v), 1)])
+	}
+	return v[1:], nil
+}
+
+// boolValue decodes a non-NULL boolean column value.
+func boolValue(v []byte, format int16) (bool, error) {
+	switch {
+	case format == pgx.BinaryFormatCode && len(v) == 1:
+		return v[0] == 1, nil
+	case format == pgx.TextFormatCode && len(v) == 1:
+		return v[0] == 't', nil
+	}
+	return false, fmt.Errorf("postgres: cannot read %q (format %d) as a boolean", v, format)
 }
 
 // setFunc runs one attempt of an update function in a transaction holding

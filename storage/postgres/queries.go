@@ -52,38 +52,53 @@ SELECT (SELECT v FROM old), (SELECT r FROM up), EXISTS (SELECT 1 FROM up)`
 
 // Expressions of the built-in operations over v (stored jsonb or NULL) and
 // $3 (the argument). A missing property or a JSON null counts as absent.
+//
+// They run with the row locked, once per call, so they are written to do
+// little: a simple CASE evaluates jsonb_typeof(v) once (NULL for a missing
+// property, so it takes the ELSE branch), and the {NV} expressions rely on
+// {OK} having passed (the WHERE of setTemplate, and of feedSetTemplate,
+// which has the same INSERT ... SELECT, runs before the select list): a
+// stored value of another type than the operation's is absent there.
 const (
-	absent  = `(v IS NULL OR jsonb_typeof(v) = 'null')`
-	isNum   = `jsonb_typeof(v) = 'number'`
 	arg     = `$3::jsonb`
 	argNum  = `($3::jsonb)::numeric`
-	incExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN ` + isNum + ` THEN to_jsonb(v::numeric + ` + argNum + `) END`
-	maxExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN ` + isNum + ` THEN (CASE WHEN v::numeric >= ` + argNum + ` THEN v ELSE ` + arg + ` END) END`
-	minExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN ` + isNum + ` THEN (CASE WHEN v::numeric <= ` + argNum + ` THEN v ELSE ` + arg + ` END) END`
-	appExpr = `CASE WHEN ` + absent + ` THEN ` + arg + ` WHEN jsonb_typeof(v) = 'array' THEN v || ` + arg + ` END`
+	incExpr = `CASE jsonb_typeof(v) WHEN 'number' THEN to_jsonb(v::numeric + ` + argNum + `) ELSE ` + arg + ` END`
+	maxExpr = `CASE jsonb_typeof(v) WHEN 'number' THEN (CASE WHEN v::numeric >= ` + argNum + ` THEN v ELSE ` + arg + ` END) ELSE ` + arg + ` END`
+	minExpr = `CASE jsonb_typeof(v) WHEN 'number' THEN (CASE WHEN v::numeric <= ` + argNum + ` THEN v ELSE ` + arg + ` END) ELSE ` + arg + ` END`
+	appExpr = `CASE jsonb_typeof(v) WHEN 'array' THEN v || ` + arg + ` ELSE ` + arg + ` END`
+	// okNull ends the CASE of an {OK}: a JSON null and a missing property
+	// (jsonb_typeof NULL) pass, a value of any other type is refused.
+	okNull = ` WHEN 'null' THEN true ELSE v IS NULL END`
 	// numOK refuses a stored number beyond the float64 range (numeric holds
 	// it; Go loads it as a storage.Invalid): nothing is written.
-	numOK = `(` + absent + ` OR (` + isNum + ` AND abs(v::numeric) <= 1.7976931348623157e308))`
+	numOK = `CASE jsonb_typeof(v) WHEN 'number' THEN abs(v::numeric) <= ` + maxFloat + okNull
 	// arrOK leaves a stored list with more than 512 brackets to Go (it may
 	// nest deeper than the value model allows): nothing is written, and
 	// setStatement appends in a transaction instead.
-	arrOK = `(` + absent + ` OR (jsonb_typeof(v) = 'array' AND length(v::text) - length(replace(replace(v::text, '[', ''), '{', '')) <= 512))`
+	arrOK = `CASE jsonb_typeof(v) WHEN 'array' THEN length(v::text) - length(replace(replace(v::text, '[', ''), '{', '')) <= 512` + okNull
 )
 
-// incOK is the condition of Inc (see setTemplate's {OK}).
+// incOK is the condition of Inc (see setTemplate's {OK}) over a stored
+// number n = v and the argument a = $3, sum s = n + a (numeric, exact):
+//
+//   - s beyond float64 is refused (numeric has no such limit, but every
+//     reader decodes numbers as float64): nothing is written, and Op.Apply
+//     then reports ErrInvalidValue as on every other backend;
+//   - an integer sum of two integers (integral and within int64, as the
+//     value model reads them) outside the int64 range is refused (Op.Apply
+//     reports storage.ErrOverflow), as every backend does.
+//
+// |s| <= MaxInt64 passes both at once, so the usual call evaluates one sum
+// and one comparison; only a larger sum takes the full test (incSlow).
 const (
-	int64V   = `(v::numeric = trunc(v::numeric) AND v::numeric BETWEEN -9223372036854775808 AND 9223372036854775807)`
-	int64Arg = `(` + argNum + ` = trunc(` + argNum + `) AND ` + argNum + ` BETWEEN -9223372036854775808 AND 9223372036854775807)`
-	sumNum   = `(v::numeric + ` + argNum + `)`
-	int64Sum = `(` + sumNum + ` = trunc(` + sumNum + `) AND ` + sumNum + ` BETWEEN -9223372036854775808 AND 9223372036854775807)`
-	// incOK also refuses a sum beyond float64 (numeric has no such limit, but
-	// every reader decodes numbers as float64): nothing is written, and
-	// Op.Apply then reports ErrInvalidValue as on every other backend.
-	//
-	// It also refuses an integer sum of two integers outside the int64 range
-	// (Op.Apply reports storage.ErrOverflow), as every backend does.
-	incOK = `(` + absent + ` OR (` + isNum + ` AND abs(v::numeric + ` + argNum + `) <= 1.7976931348623157e308 AND NOT (` +
-		int64V + ` AND ` + int64Arg + ` AND NOT ` + int64Sum + `)))`
+	maxFloat = `1.7976931348623157e308`
+	int64Min = `-9223372036854775808`
+	int64Max = `9223372036854775807`
+	incSum   = `(v::numeric + ` + argNum + `)`
+	incSlow  = `abs(` + incSum + `) <= ` + maxFloat + ` AND NOT (` + isInt64V + ` AND ` + isInt64A + ` AND NOT (` + incSum + ` BETWEEN ` + int64Min + ` AND ` + int64Max + `))`
+	isInt64V = `(v::numeric = trunc(v::numeric) AND v::numeric BETWEEN ` + int64Min + ` AND ` + int64Max + `)`
+	isInt64A = `(` + argNum + ` = trunc(` + argNum + `) AND ` + argNum + ` BETWEEN ` + int64Min + ` AND ` + int64Max + `)`
+	incOK    = `CASE jsonb_typeof(v) WHEN 'number' THEN (abs(` + incSum + `) <= ` + int64Max + ` OR (` + incSlow + `))` + okNull
 )
 
 // delTemplate removes one property in one statement and returns its old
