@@ -137,6 +137,11 @@ func (r *Relay) workCursor(ctx context.Context, fc storage.FeedCursor, until tim
 		p.head++
 		if p.head == len(p.queue) {
 			p.queue, p.head = p.queue[:0], 0
+		} else if p.head >= 256 && p.head*2 >= len(p.queue) {
+			// Never empty at saturation: move the pending part down.
+			n := copy(p.queue, p.queue[p.head:])
+			clear(p.queue[n:])
+			p.queue, p.head = p.queue[:n], 0
 		}
 		c := fl.c
 		done(c.items[0].ref)

@@ -47,8 +47,10 @@ type RelayConfig struct {
 	// LeaseTTL + LeaseTTL/3 after the active relay died. Default
 	// DefaultLeaseTTL (5 s).
 	LeaseTTL time.Duration
-	// Batch bounds the records read and published at once. Default
-	// DefaultBatch.
+	// Batch bounds the records read and published at once: over a store
+	// with a cursor (storage.FeedCursor: Redis, memory) the records read
+	// and not yet acknowledged by JetStream, else the records of one batch.
+	// Default DefaultBatch.
 	Batch int
 	// Logger for store and publish problems. Default slog.Default().
 	Logger *slog.Logger
