@@ -28,7 +28,7 @@ import (
 // many records at a low rate: the removal is off the latency path).
 const (
 	removeAt    = 64
-	removeAfter = 5 * time.Millisecond
+	removeAfter = 20 * time.Millisecond
 )
 
 // pipe is the state of a cursor relay while it holds the lease.
