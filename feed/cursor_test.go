@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,5 +129,48 @@ func TestRelayReadsEachRecordOnce(t *testing.T) {
 	}
 	if again > 0 {
 		t.Errorf("%d of %d records read more than once", again, len(store.reads))
+	}
+}
+
+// readCalls counts the reads of a cursor store.
+type readCalls struct {
+	storage.FeedCursor
+	n atomic.Int64
+}
+
+func (c *readCalls) ReadChangesAfter(ctx context.Context, after string, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	c.n.Add(1)
+	return c.FeedCursor.ReadChangesAfter(ctx, after, n, wait)
+}
+
+// TestRelayIdleCursor: an idle relay over a cursor store makes one
+// blocking read per LeaseTTL/3 (a loop that reads again at once would make
+// thousands in the window), and still relays a change at once.
+func TestRelayIdleCursor(t *testing.T) {
+	t.Parallel()
+	js := connect(t)
+	stream := newStream(t, js)
+	mem := memory.New(memory.WithChangeFeed())
+	store := &readCalls{FeedCursor: mem}
+	const ttl = 300 * time.Millisecond
+	r, _ := startRelay(t, store, js, feed.RelayConfig{Stream: stream, LeaseTTL: ttl})
+	for end := time.Now().Add(10 * time.Second); !r.Active(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("relay not active within 10 s")
+		}
+	}
+	n0 := store.n.Load()
+	const window = 600 * time.Millisecond
+	time.Sleep(window) // the measurement window, not a synchronisation
+	if n := store.n.Load() - n0; n > int64(window/(ttl/3))+3 {
+		t.Errorf("idle relay read %d times in %v (LeaseTTL/3 = %v)", n, window, ttl/3)
+	}
+	if _, _, err := krules.New(krules.WithStorage(mem)).Subject("s", krules.NoCache()).Set(context.Background(), "v", 1); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(10 * time.Second); r.Stats().Published < 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("change not relayed within 10 s")
+		}
 	}
 }
