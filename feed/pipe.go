@@ -103,8 +103,15 @@ func (r *Relay) workCursor(ctx context.Context, fc storage.FeedCursor, until tim
 	}
 	reqs := make(chan readReq, 1)
 	results := make(chan readResult, 1)
-	defer close(reqs)
+	readerDone := make(chan struct{})
+	defer func() {
+		// A running read ends by until (its wait) or with ctx: when work
+		// returns, the relay no longer uses the store.
+		close(reqs)
+		<-readerDone
+	}()
 	go func() {
+		defer close(readerDone)
 		for q := range reqs {
 			recs, err := fc.ReadChangesAfter(ctx, q.after, q.n, q.wait)
 			results <- readResult{recs, err}
