@@ -71,15 +71,29 @@
 //     remembering a "last id"). The relay publishes a subject's records one
 //     after another (its next record when JetStream acknowledged the
 //     previous one; different subjects in parallel, none waiting for the
-//     acks of another) and stops a subject at its first failed publish, so
+//     acks of another) and stops a subject at its first failed publish
+//     (the cursor pipeline below: every subject, until it restarts), so
 //     JetStream holds them in order; the workers' partitions keep that
-//     order to the handlers. The removal of a published batch from the
-//     store runs while the next batch is read and published; a record read
-//     again while its removal runs is skipped, not republished. A batch
-//     that emptied the feed (under 32 records) is refilled while JetStream is slow to
-//     acknowledge (an ack not in after 2 ms: the feed is read again, the
-//     new records join the running batch, each behind its own subject's),
-//     so a change never waits for the acks of other subjects.
+//     order to the handlers.
+//   - Reading: over a store whose feed order is commit order across
+//     subjects (storage.FeedCursor: Redis stream ids, memory) the relay
+//     is one continuous pipeline: it reads with a cursor only the records
+//     committed after the last one it read (each record is read once),
+//     while earlier ones are in flight; a new record is published at once
+//     unless its subject has one in flight, up to RelayConfig.Batch
+//     records unacknowledged; acknowledged records are removed in batches
+//     (64, or after 20 ms) while reading and publishing go on. An error or a
+//     lost lease drops the pipeline: the next start reads the feed from the
+//     beginning, and what was published but not yet removed is published
+//     again under the same Nats-Msg-Id. Without a cursor (PostgreSQL,
+//     bbolt) the relay works in batches of the oldest records: the removal
+//     of a published batch runs while the next batch is read and
+//     published; a record read again while its removal runs is skipped,
+//     not republished. A batch that emptied the feed (under 32 records) is
+//     refilled while JetStream is slow to acknowledge (an ack not in after
+//     2 ms: the feed is read again, the new records join the running
+//     batch, each behind its own subject's), so a change never waits for
+//     the acks of other subjects.
 //   - At least once to the stream, once in it: a record published and not
 //     yet removed when the relay dies is published again under the same
 //     Nats-Msg-Id and dropped by JetStream within the stream's
@@ -123,7 +137,8 @@
 // LISTEN/NOTIFY (every record's transaction notifies the channel
 // postgres.Backend.FeedChannel), bbolt an in-process notification sent by
 // every commit that wrote a record. An idle relay makes one blocking call per
-// TTL/3 and otherwise sleeps.
+// TTL/3 and otherwise sleeps; a busy one over Redis makes one XREAD per
+// group of records that arrive together.
 //
 // # Which handlers run: the policy
 //

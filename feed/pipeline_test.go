@@ -12,6 +12,7 @@ import (
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/feed"
+	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/memory"
 )
 
@@ -34,8 +35,19 @@ func (s *slowAck) AckChanges(ctx context.Context, refs []string) error {
 // because their removal has not finished are not published a second time
 // (seen on a core NATS subscription, which JetStream's de-duplication does
 // not hide), the next batch is, and every record is removed in the end.
+// Over the memory store as it is (the relay reads with its cursor and never
+// reads a record again) and with the cursor hidden (the batch path).
 func TestRelaySkipsRecordsBeingRemoved(t *testing.T) {
 	t.Parallel()
+	for _, cursor := range []bool{true, false} {
+		t.Run(map[bool]string{true: "cursor", false: "batch"}[cursor], func(t *testing.T) {
+			t.Parallel()
+			testRelaySkipsRecordsBeingRemoved(t, cursor)
+		})
+	}
+}
+
+func testRelaySkipsRecordsBeingRemoved(t *testing.T, cursor bool) {
 	js := connect(t)
 	stream := newStream(t, js)
 	store := &slowAck{Backend: memory.New(memory.WithChangeFeed()), delay: 300 * time.Millisecond}
@@ -64,7 +76,11 @@ func TestRelaySkipsRecordsBeingRemoved(t *testing.T) {
 		}
 	}
 	write(0, 20) // one batch
-	r, _ := startRelay(t, store, js, feed.RelayConfig{Stream: stream})
+	var rs storage.FeedStore = store
+	if !cursor {
+		rs = noCursor{store}
+	}
+	r, _ := startRelay(t, rs, js, feed.RelayConfig{Stream: stream})
 	// The first batch is published and its removal runs; the next changes
 	// arrive while it runs.
 	for end := time.Now().Add(10 * time.Second); store.acks.Load() == 0; time.Sleep(time.Millisecond) {

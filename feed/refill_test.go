@@ -12,6 +12,7 @@ import (
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/feed"
+	"github.com/krules-go/krules/storage"
 	"github.com/krules-go/krules/storage/memory"
 )
 
@@ -49,10 +50,31 @@ func holdAcks(gate <-chan struct{}) func(jetstream.PubAckFuture) jetstream.PubAc
 // a's second change, which waits for its predecessor's. Once the
 // acknowledgements come, every record is published once, in order per
 // subject, and removed.
+//
+// It runs on the memory store twice: as it is (the relay reads with its
+// cursor, storage.FeedCursor) and behind a wrapper that hides the cursor
+// (the relay refills its batch, the path of PostgreSQL and bbolt).
 func TestRelayRefillsWhileAcksAreSlow(t *testing.T) {
+	t.Parallel()
+	for _, cursor := range []bool{true, false} {
+		t.Run(map[bool]string{true: "cursor", false: "refill"}[cursor], func(t *testing.T) {
+			t.Parallel()
+			testRelayRefillsWhileAcksAreSlow(t, cursor)
+		})
+	}
+}
+
+// noCursor hides a store's storage.FeedCursor.
+type noCursor struct{ storage.FeedStore }
+
+func testRelayRefillsWhileAcksAreSlow(t *testing.T, cursor bool) {
 	js := connect(t)
 	stream := newStream(t, js)
-	store := memory.New(memory.WithChangeFeed())
+	mem := memory.New(memory.WithChangeFeed())
+	var store storage.FeedStore = mem
+	if !cursor {
+		store = noCursor{mem}
+	}
 	var mu sync.Mutex
 	var seen []string // "subject/value" in publish order
 	sub, err := js.Conn().Subscribe(stream+".p.*", func(m *natsgo.Msg) {
@@ -90,7 +112,7 @@ func TestRelayRefillsWhileAcksAreSlow(t *testing.T) {
 	go func() { _ = r.Run(rctx); close(stopped) }()
 	t.Cleanup(func() { open(); cancel(); <-stopped })
 
-	writer := krules.New(krules.WithStorage(store))
+	writer := krules.New(krules.WithStorage(mem))
 	set := func(subject string, v int) {
 		t.Helper()
 		if _, _, err := writer.Subject(subject, krules.NoCache()).Set(ctx, "v", v); err != nil {

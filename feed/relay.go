@@ -47,8 +47,10 @@ type RelayConfig struct {
 	// LeaseTTL + LeaseTTL/3 after the active relay died. Default
 	// DefaultLeaseTTL (5 s).
 	LeaseTTL time.Duration
-	// Batch bounds the records read and published at once. Default
-	// DefaultBatch.
+	// Batch bounds the records read and published at once: over a store
+	// with a cursor (storage.FeedCursor: Redis, memory) the records read
+	// and not yet acknowledged by JetStream, else the records of one batch.
+	// Default DefaultBatch.
 	Batch int
 	// Logger for store and publish problems. Default slog.Default().
 	Logger *slog.Logger
@@ -74,6 +76,8 @@ type Relay struct {
 
 	// publishAsync is pub.PublishEventAsync (tests replace it).
 	publishAsync func(ctx context.Context, stream string, e *event.Event) (jetstream.PubAckFuture, error)
+
+	pipe *pipe // the cursor relay's pipeline (pipe.go), while it holds the lease
 
 	active                           atomic.Bool
 	published, dead, errs, takeovers atomic.Uint64
@@ -126,6 +130,7 @@ func (r *Relay) Stats() Stats {
 // itself. Run may be called once at a time per Relay.
 func (r *Relay) Run(ctx context.Context) error {
 	defer func() {
+		r.dropPipe()
 		if r.active.Swap(false) {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			_ = r.store.ReleaseFeedLease(rctx, r.cfg.Owner)
@@ -144,11 +149,13 @@ func (r *Relay) Run(ctx context.Context) error {
 		ok, err := r.store.FeedLease(ctx, r.cfg.Owner, r.cfg.LeaseTTL)
 		if err != nil {
 			r.fail("lease", err)
+			r.dropPipe()
 			r.active.Store(false)
 			pause = min(max(2*pause, 50*time.Millisecond), tick)
 			continue
 		}
 		if !ok {
+			r.dropPipe()
 			r.active.Store(false)
 			pause = tick // standby
 			continue
@@ -160,6 +167,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		pause = 0
 		renew := start.Add(tick)
 		if err := r.work(ctx, renew); err != nil {
+			r.dropPipe()
 			if ctx.Err() != nil {
 				break
 			}
@@ -198,6 +206,9 @@ func (a *storeAck) finished() bool {
 // republished. At most one removal runs at a time; work waits for it
 // before it returns.
 func (r *Relay) work(ctx context.Context, until time.Time) (err error) {
+	if fc, ok := r.store.(storage.FeedCursor); ok {
+		return r.workCursor(ctx, fc, until)
+	}
 	var ack *storeAck
 	// settle waits for the running removal and reports its error.
 	settle := func() error {

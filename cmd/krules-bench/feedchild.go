@@ -173,7 +173,11 @@ func feedChild(role string) error {
 		}
 		defer closeStore()
 		probe := &readProbe{feedStore: store, seen: map[string]bool{}}
-		r, err := feed.NewRelay(ctx, probe, js, feed.RelayConfig{Stream: stream})
+		var relayStore storage.FeedStore = probe
+		if fc, ok := store.(storage.FeedCursor); ok {
+			relayStore = &cursorProbe{probe, fc}
+		}
+		r, err := feed.NewRelay(ctx, relayStore, js, feed.RelayConfig{Stream: stream})
 		if err != nil {
 			return err
 		}
@@ -237,19 +241,40 @@ type readProbe struct {
 
 func (p *readProbe) ReadChanges(ctx context.Context, n int, wait time.Duration) ([]storage.PendingChange, error) {
 	recs, err := p.feedStore.ReadChanges(ctx, n, wait)
+	p.note(recs, true)
+	return recs, err
+}
+
+// cursorProbe is readProbe over a store with a cursor (storage.FeedCursor),
+// so that the relay keeps using it.
+type cursorProbe struct {
+	*readProbe
+	fc storage.FeedCursor
+}
+
+func (p *cursorProbe) ReadChangesAfter(ctx context.Context, after string, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	recs, err := p.fc.ReadChangesAfter(ctx, after, n, wait)
+	p.note(recs, false) // a cursor reads each record once
+	return recs, err
+}
+
+// note records the commit -> read latency of the records read for the
+// first time (again: recs may hold records read before).
+func (p *readProbe) note(recs []storage.PendingChange, again bool) {
 	now := time.Now().UnixNano()
 	p.mu.Lock()
 	for _, r := range recs {
-		if p.seen[r.Ref] {
-			continue
+		if again {
+			if p.seen[r.Ref] {
+				continue
+			}
+			p.seen[r.Ref] = true
 		}
-		p.seen[r.Ref] = true
 		if t, ok := extraNanos(r.Change.Extra[extraCommitKey]); ok {
 			p.lats = append(p.lats, now-t)
 		}
 	}
 	p.mu.Unlock()
-	return recs, err
 }
 
 func (p *readProbe) take() []int64 {

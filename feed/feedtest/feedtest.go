@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/storage"
@@ -160,4 +161,89 @@ func Idempotent(t *testing.T, b Backend) {
 		!storage.Equal(got[0].New, int64(5)) || got[1].Seq != got[0].Seq+1 {
 		t.Fatalf("records of 3 keyed Incs and 2 keyed Deletes: %+v; want one change and one deletion", got)
 	}
+}
+
+// CursorBackend is a backend whose feed has a cursor (storage.FeedCursor).
+type CursorBackend interface {
+	storage.Backend
+	storage.FeedCursor
+}
+
+// Cursor checks storage.FeedCursor on an empty feed of b: "" reads from
+// the start; a cursor returns only the records committed after it, in
+// commit order, also while earlier ones are not yet removed and after the
+// cursor's own record was removed; max bounds a read; an empty read waits
+// up to wait and is woken by a commit.
+func Cursor(t *testing.T, b CursorBackend) {
+	t.Helper()
+	ctx := context.Background()
+	app := krules.New(krules.WithStorage(b))
+	set := func(subject string, v int) {
+		t.Helper()
+		mustSet(t, app.Subject(subject, krules.NoCache()), "v", v)
+	}
+	read := func(after string, n int, wait time.Duration) []storage.PendingChange {
+		t.Helper()
+		recs, err := b.ReadChangesAfter(ctx, after, n, wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.Err != nil {
+				t.Fatalf("record %s: %v", r.Ref, r.Err)
+			}
+		}
+		return recs
+	}
+	values := func(recs []storage.PendingChange) string {
+		s := ""
+		for _, r := range recs {
+			s += fmt.Sprintf("%s/%v ", r.Change.Subject, r.Change.New)
+		}
+		return s
+	}
+	set("a", 1)
+	set("b", 1)
+	set("a", 2)
+	all := read("", 10, 0)
+	if got, want := values(all), "a/1 b/1 a/2 "; got != want {
+		t.Fatalf("read from the start: %q, want %q", got, want)
+	}
+	if got := values(read("", 2, 0)); got != "a/1 b/1 " {
+		t.Errorf("read of 2 from the start: %q", got)
+	}
+	if got := values(read(all[0].Ref, 10, 0)); got != "b/1 a/2 " {
+		t.Errorf("read after the first: %q", got)
+	}
+	if got := read(all[2].Ref, 10, 0); len(got) != 0 {
+		t.Errorf("read after the last: %q", values(got))
+	}
+	// The cursor's record removed, the next commit still follows it.
+	if err := b.AckChanges(ctx, []string{all[0].Ref, all[2].Ref}); err != nil {
+		t.Fatal(err)
+	}
+	set("c", 1)
+	if got := values(read(all[2].Ref, 10, 0)); got != "c/1 " {
+		t.Errorf("read after a removed record: %q", got)
+	}
+	if got := values(read("", 10, 0)); got != "b/1 c/1 " {
+		t.Errorf("read from the start after a removal: %q", got)
+	}
+	// A waiting read is woken by a commit.
+	last := read("", 10, 0)
+	done := make(chan []storage.PendingChange, 1)
+	go func() {
+		recs, _ := b.ReadChangesAfter(ctx, last[len(last)-1].Ref, 10, 20*time.Second)
+		done <- recs
+	}()
+	set("d", 1)
+	select {
+	case recs := <-done:
+		if got := values(recs); got != "d/1 " {
+			t.Errorf("woken read: %q", got)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("a waiting read was not woken by a commit")
+	}
+	Drain(t, b)
 }

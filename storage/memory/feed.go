@@ -2,6 +2,8 @@ package memory
 
 import (
 	"context"
+	"fmt"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -26,6 +28,7 @@ func WithChangeFeed() Option {
 var (
 	_ storage.ChangeFeeder = (*Backend)(nil)
 	_ storage.FeedStore    = (*Backend)(nil)
+	_ storage.FeedCursor   = (*Backend)(nil)
 )
 
 // ChangeFeed implements storage.ChangeFeeder.
@@ -134,6 +137,13 @@ func (b *Backend) feedFlush(ctx context.Context, name string, s *subject) {
 
 // ReadChanges implements storage.FeedStore.
 func (b *Backend) ReadChanges(ctx context.Context, max int, wait time.Duration) ([]storage.PendingChange, error) {
+	return b.ReadChangesAfter(ctx, "", max, wait)
+}
+
+// ReadChangesAfter implements storage.FeedCursor: refs are a counter that
+// increases with every record, under the feed's lock. A ref that is not a
+// number is an error.
+func (b *Backend) ReadChangesAfter(ctx context.Context, after string, max int, wait time.Duration) ([]storage.PendingChange, error) {
 	f := b.feed
 	if f == nil {
 		return nil, nil
@@ -141,12 +151,24 @@ func (b *Backend) ReadChanges(ctx context.Context, max int, wait time.Duration) 
 	if max <= 0 {
 		max = 1
 	}
+	var from uint64
+	if after != "" {
+		n, err := strconv.ParseUint(after, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("memory: change feed cursor %q: %w", after, err)
+		}
+		from = n
+	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
 		f.mu.Lock()
-		if n := min(max, len(f.pending)); n > 0 {
-			out := append([]storage.PendingChange(nil), f.pending[:n]...)
+		i := sort.Search(len(f.pending), func(i int) bool {
+			n, _ := strconv.ParseUint(f.pending[i].Ref, 10, 64)
+			return n > from
+		})
+		if n := min(max, len(f.pending)-i); n > 0 {
+			out := append([]storage.PendingChange(nil), f.pending[i:i+n]...)
 			f.mu.Unlock()
 			return out, nil
 		}

@@ -21,3 +21,7 @@ func TestFeedConformance(t *testing.T) {
 func TestFeedIdempotent(t *testing.T) {
 	feedtest.Idempotent(t, memory.New(memory.WithChangeFeed()))
 }
+
+func TestFeedCursor(t *testing.T) {
+	feedtest.Cursor(t, memory.New(memory.WithChangeFeed()))
+}

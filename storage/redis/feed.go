@@ -33,6 +33,7 @@ import (
 var (
 	_ storage.ChangeFeeder = (*Backend)(nil)
 	_ storage.FeedStore    = (*Backend)(nil)
+	_ storage.FeedCursor   = (*Backend)(nil)
 )
 
 // ChangeFeed implements storage.ChangeFeeder: Config.ChangeFeed.
@@ -344,14 +345,26 @@ func (b *Backend) feedFlush(ctx context.Context, subject string) error {
 // stream (published records are deleted), blocking up to wait (rounded up
 // to a millisecond) when the stream is empty.
 func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	return b.ReadChangesAfter(ctx, "", n, wait)
+}
+
+// ReadChangesAfter implements storage.FeedCursor with XREAD after the
+// stream entry id after ("" for the start), blocking up to wait (rounded
+// up to a millisecond) when no entry follows it. Stream ids increase in
+// commit order (one script per write), so no record committed later can
+// sort before after.
+func (b *Backend) ReadChangesAfter(ctx context.Context, after string, n int, wait time.Duration) ([]storage.PendingChange, error) {
 	if err := b.open(ctx); err != nil {
 		return nil, err
+	}
+	if after == "" {
+		after = "0-0"
 	}
 	block := time.Duration(-1)
 	if wait > 0 {
 		block = max(wait, time.Millisecond)
 	}
-	res, err := b.client.XRead(ctx, &goredis.XReadArgs{Streams: []string{b.FeedKey(), "0-0"}, Count: int64(max(n, 1)), Block: block}).Result()
+	res, err := b.client.XRead(ctx, &goredis.XReadArgs{Streams: []string{b.FeedKey(), after}, Count: int64(max(n, 1)), Block: block}).Result()
 	if errors.Is(err, goredis.Nil) {
 		return nil, nil
 	}
@@ -360,6 +373,9 @@ func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([
 	}
 	var out []storage.PendingChange
 	for _, st := range res {
+		if out == nil {
+			out = make([]storage.PendingChange, 0, len(st.Messages))
+		}
 		for _, m := range st.Messages {
 			c, err := decodeRecord(m)
 			out = append(out, storage.PendingChange{Ref: m.ID, Change: c, Err: err})

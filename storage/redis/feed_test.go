@@ -167,3 +167,7 @@ func BenchmarkFeedSet(b *testing.B) {
 }
 
 func TestFeedIdempotent(t *testing.T) { feedtest.Idempotent(t, openFeed(t)) }
+
+func TestFeedCursor(t *testing.T) {
+	feedtest.Cursor(t, openFeed(t))
+}
