@@ -333,6 +333,19 @@ func (r *natsRun) tail(n int) []int {
 	return out
 }
 
+// finish is, per partition of n, when its last event was handled (ms after
+// the first publish): a partition that lagged behind the others shows as a
+// late finish.
+func (r *natsRun) finish(n int) []int64 {
+	t0 := r.published[0].Load()
+	out := make([]int64, n)
+	for i := range r.n {
+		k := knats.PartitionOf(benchSubject(i), n)
+		out[k] = max(out[k], (r.handled[i].Load()-t0)/1e6)
+	}
+	return out
+}
+
 func (r *natsRun) latencies() (p50, p99 time.Duration) {
 	ls := make([]int64, r.n)
 	for i := range ls {
@@ -367,6 +380,7 @@ func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsR
 				parts = knats.DefaultPartitions
 			}
 			fmt.Fprintf(os.Stderr, "      slowest 1%% of the events by partition: %v\n", r.tail(parts))
+			fmt.Fprintf(os.Stderr, "      last event handled, by partition (ms after the first publish): %v\n", r.finish(parts))
 			b.ReportMetric(float64(r.n)/elapsed.Seconds(), "ev/s")
 			b.ReportMetric(float64(p50)/1e6, "p50-ms")
 			b.ReportMetric(float64(p99)/1e6, "p99-ms")
