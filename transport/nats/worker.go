@@ -440,7 +440,13 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		// sent to a previous owner's pull): it comes again after AckWait.
 		// Hold everything from here until it did (watchGate), so that
 		// nothing of its subject overtakes it.
-		p.gated = true
+		if !p.gated {
+			p.gated = true
+			select {
+			case p.gates <- struct{}{}: // wake watchGate
+			default:
+			}
+		}
 	}
 	p.dseq = md.Sequence.Consumer
 	if it, ok := p.held[md.Sequence.Stream]; ok {
@@ -632,7 +638,7 @@ func (w *Worker) handle(ctx context.Context, p *partition, it *item, deliveries 
 		if stale {
 			// A newer owner of the partition applied events of this
 			// subject: our lease is gone.
-			p.lost.Store(true)
+			p.fence()
 			return errAbandon
 		}
 		if applied {
