@@ -220,6 +220,7 @@ func (r *natsRun) begin(b *testing.B) {
 	r.vz0 = takeVarz()
 	for _, p := range r.procs {
 		p.cpu0 = procCPU(p.cmd.Process.Pid)
+		p.sys0 = procSyscalls(p.cmd.Process.Pid)
 	}
 	r.cpu0 = takeCPU()
 }
@@ -237,6 +238,7 @@ func (r *natsRun) handledAt(i int, t int64) {
 		r.cpu = takeCPU()
 		for _, p := range r.procs {
 			p.cpu = procCPU(p.cmd.Process.Pid)
+			p.sys = procSyscalls(p.cmd.Process.Pid)
 		}
 		r.vz = takeVarz()
 		if r.prof != nil {
@@ -302,14 +304,16 @@ func (r *natsRun) check(b *testing.B, ordered bool) {
 // (self: the publisher) and of the servers; total is all of them (µs).
 func (r *natsRun) cpuText() (text string, total float64) {
 	var ws []string
+	var sc int64
 	d := r.cpu.sub(r.cpu0)
 	sum := d.self + d.nats + d.redis + d.postgres
 	for _, p := range r.procs {
 		ws = append(ws, strconv.FormatFloat(float64((p.cpu-p.cpu0).Microseconds())/float64(r.n), 'f', 1, 64))
+		sc += p.sys - p.sys0
 		sum += p.cpu - p.cpu0
 	}
 	total = float64(sum.Microseconds()) / float64(r.n)
-	return "workers [" + strings.Join(ws, " ") + "] " + d.perEvent(r.n) + " total " + strconv.FormatFloat(total, 'f', 1, 64), total
+	return "workers [" + strings.Join(ws, " ") + "] (" + strconv.FormatFloat(float64(sc)/float64(r.n), 'f', 2, 64) + " read+write syscalls/event) " + d.perEvent(r.n) + " total " + strconv.FormatFloat(total, 'f', 1, 64), total
 }
 
 // tail counts the slowest 1 % of the events by partition of n (the
@@ -344,6 +348,27 @@ func (r *natsRun) finish(n int) []int64 {
 		out[k] = max(out[k], (r.handled[i].Load()-t0)/1e6)
 	}
 	return out
+}
+
+// procSyscalls is the number of read and write system calls of process
+// pid so far (/proc/<pid>/io syscr + syscw; 0 where unreadable): each is a
+// wake-up of the other side of a socket, the cost that batching saves.
+func procSyscalls(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "syscr: "); ok {
+			c, _ := strconv.ParseInt(v, 10, 64)
+			n += c
+		} else if v, ok := strings.CutPrefix(l, "syscw: "); ok {
+			c, _ := strconv.ParseInt(v, 10, 64)
+			n += c
+		}
+	}
+	return n
 }
 
 func (r *natsRun) latencies() (p50, p99 time.Duration) {

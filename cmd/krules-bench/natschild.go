@@ -221,6 +221,8 @@ type natsProc struct {
 	owned atomic.Int64
 	cpu0  time.Duration // CPU used when the run's first event was published
 	cpu   time.Duration // and when its last was handled
+	sys0  int64         // read+write system calls then (procSyscalls)
+	sys   int64
 }
 
 // spawnNats starts n children of the role on the stream, each reporting
