@@ -235,6 +235,36 @@ type partition struct {
 	wg    sync.WaitGroup // lanes
 	room  chan struct{}  // a lane finished an event (waitRoom), capacity 1
 	gates chan struct{}  // the partition was gated (a delivery gap): wakes watchGate, capacity 1
+
+	// The stream sequences of the events this owner finished last (acked,
+	// dead-lettered, duplicates): a delivery of one of them is a copy the
+	// server sent before it had our ack, dropped by dispatch. finRing holds
+	// them in finishing order (finKeep at most), fin is its set.
+	fin     map[uint64]struct{}
+	finRing []uint64
+	finNext int
+}
+
+// finKeep is how many finished sequences a partition remembers: twice the
+// consumer's MaxAckPending, the most events that can be out (delivered and
+// not acked at the server) besides the copy of a finished one.
+const finKeep = 2 * partitionMaxAckPending
+
+// finishedLocked records that the event of stream sequence seq is finished.
+// p.mu is held.
+func (p *partition) finishedLocked(seq uint64) {
+	if p.fin == nil {
+		p.fin = make(map[uint64]struct{}, finKeep)
+		p.finRing = make([]uint64, 0, finKeep)
+	}
+	if len(p.finRing) < finKeep {
+		p.finRing = append(p.finRing, seq)
+	} else {
+		delete(p.fin, p.finRing[p.finNext])
+		p.finRing[p.finNext] = seq
+		p.finNext = (p.finNext + 1) % finKeep
+	}
+	p.fin[seq] = struct{}{}
 }
 
 func (p *partition) requestStop() { p.stopOnce.Do(func() { close(p.stop) }) }

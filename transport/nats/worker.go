@@ -449,6 +449,18 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		}
 	}
 	p.dseq = md.Sequence.Consumer
+	if _, ok := p.fin[md.Sequence.Stream]; ok {
+		// A copy of an event this owner finished: the server sent it
+		// again before it had our ack (its AckWait lapsed while it
+		// waited behind a slow event in the client's pull buffer, where
+		// it gets no heartbeat). Running it again would run it after
+		// later events of its subject: ack it (again) and drop it.
+		p.mu.Unlock()
+		if w.valid(p) {
+			_ = m.Ack()
+		}
+		return
+	}
 	if it, ok := p.held[md.Sequence.Stream]; ok {
 		// A redelivery of an event we hold (its AckWait lapsed): keep one
 		// copy, acked through the latest delivery.
@@ -562,6 +574,7 @@ func (w *Worker) runLane(p *partition, l *lane) {
 		}
 		p.mu.Lock()
 		delete(p.held, it.seq)
+		p.finishedLocked(it.seq)
 		l.q = l.q[1:]
 		wake := len(p.held) == resumeHeld
 		p.mu.Unlock()
