@@ -113,15 +113,8 @@ func natsChild(role string) error {
 	if err != nil {
 		return err
 	}
-	out := bufio.NewWriterSize(os.Stdout, 1<<16)
-	var outMu sync.Mutex
-	line := func(b []byte) {
-		outMu.Lock()
-		out.Write(b)
-		out.WriteByte('\n')
-		out.Flush()
-		outMu.Unlock()
-	}
+	out := &childOut{w: bufio.NewWriterSize(os.Stdout, 1<<16)} // feedchild.go's line writer
+	line := func(b []byte) { out.line(string(b)) }
 	eof := make(chan struct{})
 	go func() { // stdin EOF ends the child
 		_, _ = io.Copy(io.Discard, os.Stdin)
