@@ -62,7 +62,10 @@ import (
 // with --profile), -nats-varz prints the server's messages in and out per
 // event (server started with -m). The 3-worker row starts the clock only
 // once every worker owns its fair share of the partitions, and prints the
-// shares. Needs KRULES_NATS_URL and KRULES_REDIS_URL.
+// shares. -nats-calibrate adds nats/calibrate-raw-vs-raw, the raw consumer
+// against itself: its ratio's spread is what the machine's load alone does
+// to a ratio (18 runs at load 5-9: 0.72-1.33x, 3 below 0.8x). Needs KRULES_NATS_URL and
+// KRULES_REDIS_URL.
 func init() {
 	register(Group{
 		Name:    "nats",
@@ -76,6 +79,7 @@ var (
 	natsParts   = flag.Int("nats-partitions", 0, "nats rows: partitions of the ordered stream (default: knats.DefaultPartitions)")
 	natsProfile = flag.String("nats-cpuprofile", "", "nats rows: write a CPU profile of each row's last run to <this prefix><row>.prof")
 	natsSrvProf = flag.String("nats-server-profile", "", "nats rows: the nats-server profiling URL (nats-server --profile port, http://127.0.0.1:6060); writes a 5 s server CPU profile from each run's first publish to <-nats-cpuprofile prefix><row>.server.prof")
+	natsCalib   = flag.Bool("nats-calibrate", false, "nats rows: add the row nats/calibrate-raw-vs-raw: the raw consumer (1 reader) against itself, the spread the machine's load alone gives a ratio")
 	natsVarz    = flag.String("nats-varz", "", "nats rows: the nats-server monitoring URL (http://127.0.0.1:8222); prints the messages the server took in and sent per event")
 )
 
@@ -140,6 +144,9 @@ func natsSetup() ([]Row, func(), error) {
 	rows := []Row{
 		{Name: "nats/ordered-1-worker", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-1-worker", b.krules, 1, true) }, Baseline: "nats/raw-consumer-1", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-1", b.raw, 1, false) }},
 		{Name: "nats/ordered-3-workers", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-3-workers", b.krules, 3, true) }, Baseline: "nats/raw-consumer-3", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-3", b.raw, 3, false) }},
+	}
+	if *natsCalib {
+		rows = append(rows, Row{Name: "nats/calibrate-raw-vs-raw", Run: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-1 (row)", b.raw, 1, false) }, Baseline: "nats/raw-consumer-1", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-1", b.raw, 1, false) }})
 	}
 	return rows, cleanup, nil
 }
