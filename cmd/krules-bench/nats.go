@@ -62,7 +62,10 @@ import (
 // with --profile), -nats-varz prints the server's messages in and out per
 // event (server started with -m). The 3-worker row starts the clock only
 // once every worker owns its fair share of the partitions, and prints the
-// shares. Needs KRULES_NATS_URL and KRULES_REDIS_URL.
+// shares. -nats-calibrate adds nats/calibrate-raw-vs-raw, the raw consumer
+// against itself: its ratio's spread is what the machine's load alone does
+// to a ratio (18 runs at load 5-9: 0.72-1.33x, 3 below 0.8x). Needs KRULES_NATS_URL and
+// KRULES_REDIS_URL.
 func init() {
 	register(Group{
 		Name:    "nats",
@@ -76,6 +79,7 @@ var (
 	natsParts   = flag.Int("nats-partitions", 0, "nats rows: partitions of the ordered stream (default: knats.DefaultPartitions)")
 	natsProfile = flag.String("nats-cpuprofile", "", "nats rows: write a CPU profile of each row's last run to <this prefix><row>.prof")
 	natsSrvProf = flag.String("nats-server-profile", "", "nats rows: the nats-server profiling URL (nats-server --profile port, http://127.0.0.1:6060); writes a 5 s server CPU profile from each run's first publish to <-nats-cpuprofile prefix><row>.server.prof")
+	natsCalib   = flag.Bool("nats-calibrate", false, "nats rows: add the row nats/calibrate-raw-vs-raw: the raw consumer (1 reader) against itself, the spread the machine's load alone gives a ratio")
 	natsVarz    = flag.String("nats-varz", "", "nats rows: the nats-server monitoring URL (http://127.0.0.1:8222); prints the messages the server took in and sent per event")
 )
 
@@ -140,6 +144,9 @@ func natsSetup() ([]Row, func(), error) {
 	rows := []Row{
 		{Name: "nats/ordered-1-worker", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-1-worker", b.krules, 1, true) }, Baseline: "nats/raw-consumer-1", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-1", b.raw, 1, false) }},
 		{Name: "nats/ordered-3-workers", Run: func(tb *testing.B) { b.loop(tb, "nats/ordered-3-workers", b.krules, 3, true) }, Baseline: "nats/raw-consumer-3", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-3", b.raw, 3, false) }},
+	}
+	if *natsCalib {
+		rows = append(rows, Row{Name: "nats/calibrate-raw-vs-raw", Run: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-1 (row)", b.raw, 1, false) }, Baseline: "nats/raw-consumer-1", Base: func(tb *testing.B) { b.loop(tb, "nats/raw-consumer-1", b.raw, 1, false) }})
 	}
 	return rows, cleanup, nil
 }
@@ -220,6 +227,7 @@ func (r *natsRun) begin(b *testing.B) {
 	r.vz0 = takeVarz()
 	for _, p := range r.procs {
 		p.cpu0 = procCPU(p.cmd.Process.Pid)
+		p.sys0 = procSyscalls(p.cmd.Process.Pid)
 	}
 	r.cpu0 = takeCPU()
 }
@@ -237,6 +245,7 @@ func (r *natsRun) handledAt(i int, t int64) {
 		r.cpu = takeCPU()
 		for _, p := range r.procs {
 			p.cpu = procCPU(p.cmd.Process.Pid)
+			p.sys = procSyscalls(p.cmd.Process.Pid)
 		}
 		r.vz = takeVarz()
 		if r.prof != nil {
@@ -302,14 +311,16 @@ func (r *natsRun) check(b *testing.B, ordered bool) {
 // (self: the publisher) and of the servers; total is all of them (µs).
 func (r *natsRun) cpuText() (text string, total float64) {
 	var ws []string
+	var sc int64
 	d := r.cpu.sub(r.cpu0)
 	sum := d.self + d.nats + d.redis + d.postgres
 	for _, p := range r.procs {
 		ws = append(ws, strconv.FormatFloat(float64((p.cpu-p.cpu0).Microseconds())/float64(r.n), 'f', 1, 64))
+		sc += p.sys - p.sys0
 		sum += p.cpu - p.cpu0
 	}
 	total = float64(sum.Microseconds()) / float64(r.n)
-	return "workers [" + strings.Join(ws, " ") + "] " + d.perEvent(r.n) + " total " + strconv.FormatFloat(total, 'f', 1, 64), total
+	return "workers [" + strings.Join(ws, " ") + "] (" + strconv.FormatFloat(float64(sc)/float64(r.n), 'f', 2, 64) + " read+write syscalls/event) " + d.perEvent(r.n) + " total " + strconv.FormatFloat(total, 'f', 1, 64), total
 }
 
 // tail counts the slowest 1 % of the events by partition of n (the
@@ -331,6 +342,40 @@ func (r *natsRun) tail(n int) []int {
 		out[knats.PartitionOf(benchSubject(l.i), n)]++
 	}
 	return out
+}
+
+// finish is, per partition of n, when its last event was handled (ms after
+// the first publish): a partition that lagged behind the others shows as a
+// late finish.
+func (r *natsRun) finish(n int) []int64 {
+	t0 := r.published[0].Load()
+	out := make([]int64, n)
+	for i := range r.n {
+		k := knats.PartitionOf(benchSubject(i), n)
+		out[k] = max(out[k], (r.handled[i].Load()-t0)/1e6)
+	}
+	return out
+}
+
+// procSyscalls is the number of read and write system calls of process
+// pid so far (/proc/<pid>/io syscr + syscw; 0 where unreadable): each is a
+// wake-up of the other side of a socket, the cost that batching saves.
+func procSyscalls(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "syscr: "); ok {
+			c, _ := strconv.ParseInt(v, 10, 64)
+			n += c
+		} else if v, ok := strings.CutPrefix(l, "syscw: "); ok {
+			c, _ := strconv.ParseInt(v, 10, 64)
+			n += c
+		}
+	}
+	return n
 }
 
 func (r *natsRun) latencies() (p50, p99 time.Duration) {
@@ -367,6 +412,7 @@ func (nb *natsBench) loop(b *testing.B, name string, run func(*testing.B, *natsR
 				parts = knats.DefaultPartitions
 			}
 			fmt.Fprintf(os.Stderr, "      slowest 1%% of the events by partition: %v\n", r.tail(parts))
+			fmt.Fprintf(os.Stderr, "      last event handled, by partition (ms after the first publish): %v\n", r.finish(parts))
 			b.ReportMetric(float64(r.n)/elapsed.Seconds(), "ev/s")
 			b.ReportMetric(float64(p50)/1e6, "p50-ms")
 			b.ReportMetric(float64(p99)/1e6, "p99-ms")

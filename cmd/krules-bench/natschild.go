@@ -113,15 +113,8 @@ func natsChild(role string) error {
 	if err != nil {
 		return err
 	}
-	out := bufio.NewWriterSize(os.Stdout, 1<<16)
-	var outMu sync.Mutex
-	line := func(b []byte) {
-		outMu.Lock()
-		out.Write(b)
-		out.WriteByte('\n')
-		out.Flush()
-		outMu.Unlock()
-	}
+	out := &childOut{w: bufio.NewWriterSize(os.Stdout, 1<<16)} // feedchild.go's line writer
+	line := func(b []byte) { out.line(string(b)) }
 	eof := make(chan struct{})
 	go func() { // stdin EOF ends the child
 		_, _ = io.Copy(io.Discard, os.Stdin)
@@ -221,6 +214,8 @@ type natsProc struct {
 	owned atomic.Int64
 	cpu0  time.Duration // CPU used when the run's first event was published
 	cpu   time.Duration // and when its last was handled
+	sys0  int64         // read+write system calls then (procSyscalls)
+	sys   int64
 }
 
 // spawnNats starts n children of the role on the stream, each reporting

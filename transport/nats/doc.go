@@ -116,7 +116,11 @@
 // its subject starts before it finished (if the events waiting behind it
 // fill the 256, the other subjects of its partition wait as well). One ticker per worker sends the
 // in-progress heartbeats (every AckWait/3) of all the events it holds,
-// running or waiting in their lanes.
+// running or waiting in their lanes. Events the client pulled ahead (up to
+// 128) but the owner does not hold yet get none: behind a slow event their
+// AckWait can lapse and the server send them again. A copy of an event the
+// owner already finished (it remembers the last 2,000 of each partition)
+// is acked and dropped, not run again after later events of its subject.
 //
 // Why it stays correct:
 //

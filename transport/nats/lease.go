@@ -217,8 +217,10 @@ type partition struct {
 	rev      uint64     // revision of our last lease write
 	released bool
 
-	validUntil atomic.Int64 // monotonic nanos (since Worker.t0) until which the lease is surely ours
-	lost       atomic.Bool  // fenced: lease lost (or given up at the shutdown deadline)
+	validUntil atomic.Int64  // monotonic nanos (since Worker.t0) until which the lease is surely ours
+	lost       atomic.Bool   // fenced: lease lost (or given up at the shutdown deadline); set by fence
+	lostCh     chan struct{} // closed by fence
+	lostOnce   sync.Once
 
 	stop     chan struct{} // closed: stop pulling, drain, hand back, release
 	stopOnce sync.Once
@@ -232,9 +234,47 @@ type partition struct {
 	lanes map[string]*lane
 	wg    sync.WaitGroup // lanes
 	room  chan struct{}  // a lane finished an event (waitRoom), capacity 1
+	gates chan struct{}  // the partition was gated (a delivery gap): wakes watchGate, capacity 1
+
+	// The stream sequences of the events this owner finished last (acked,
+	// dead-lettered, duplicates): a delivery of one of them is a copy the
+	// server sent before it had our ack, dropped by dispatch. finRing holds
+	// them in finishing order (finKeep at most), fin is its set.
+	fin     map[uint64]struct{}
+	finRing []uint64
+	finNext int
+}
+
+// finKeep is how many finished sequences a partition remembers: twice the
+// consumer's MaxAckPending, the most events that can be out (delivered and
+// not acked at the server) besides the copy of a finished one.
+const finKeep = 2 * partitionMaxAckPending
+
+// finishedLocked records that the event of stream sequence seq is finished.
+// p.mu is held.
+func (p *partition) finishedLocked(seq uint64) {
+	if p.fin == nil {
+		p.fin = make(map[uint64]struct{}, finKeep)
+		p.finRing = make([]uint64, 0, finKeep)
+	}
+	if len(p.finRing) < finKeep {
+		p.finRing = append(p.finRing, seq)
+	} else {
+		delete(p.fin, p.finRing[p.finNext])
+		p.finRing[p.finNext] = seq
+		p.finNext = (p.finNext + 1) % finKeep
+	}
+	p.fin[seq] = struct{}{}
 }
 
 func (p *partition) requestStop() { p.stopOnce.Do(func() { close(p.stop) }) }
+
+// fence marks the lease as lost (or given up): the worker acts on nothing
+// of the partition any more, and its pull stops.
+func (p *partition) fence() {
+	p.lost.Store(true)
+	p.lostOnce.Do(func() { close(p.lostCh) })
+}
 
 func (p *partition) stopping() bool {
 	select {
@@ -402,7 +442,7 @@ func (w *Worker) renewLease(ctx context.Context, p *partition) {
 		p.rev = rev
 		p.validUntil.Store(sent + int64(w.cfg.AckWait-w.leaseGuard()))
 	case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound):
-		p.lost.Store(true)
+		p.fence()
 		w.log.Warn("krules/nats: partition lease lost", "stream", w.cfg.Stream, "partition", p.k, "error", err)
 	default:
 		w.log.Warn("krules/nats: partition lease renewal failed", "stream", w.cfg.Stream, "partition", p.k, "error", err)
@@ -482,8 +522,9 @@ func (w *Worker) acquire(ctx context.Context, k int) *partition {
 	}
 	p := &partition{
 		k: k, key: key, c: w.consum[k], epoch: rev, rev: rev,
-		stop: make(chan struct{}), done: make(chan struct{}),
-		held: map[uint64]*item{}, lanes: map[string]*lane{}, gated: true, room: make(chan struct{}, 1),
+		stop: make(chan struct{}), done: make(chan struct{}), lostCh: make(chan struct{}),
+		held: map[uint64]*item{}, lanes: map[string]*lane{}, gated: true,
+		room: make(chan struct{}, 1), gates: make(chan struct{}, 1),
 	}
 	p.validUntil.Store(sent + int64(w.cfg.AckWait-w.leaseGuard()))
 	return p
@@ -566,7 +607,7 @@ func (w *Worker) runPartition(hctx context.Context, p *partition, forced <-chan 
 	// Fence the lanes that did not finish; wait until our pull requests are
 	// gone, then hand the events not done back in stream order, so that
 	// the next owner gets them first, in order.
-	p.lost.Store(true)
+	p.fence()
 	w.waitNoPull(p, time.Now().Add(w.pullExpiry()+time.Second))
 	p.mu.Lock()
 	var rest []*item
@@ -680,20 +721,25 @@ func (w *Worker) waitQuiet(p *partition) bool {
 // counts no more events of the partition delivered and unacknowledged than
 // this worker holds: then whatever a previous owner had left (acked late,
 // handed back, or expired and redelivered) is settled or in our hands, and
-// sorting by stream sequence restores the order.
+// sorting by stream sequence restores the order. It asks the server every
+// 50 ms while the partition is gated, and sleeps (no timer) while it is
+// not, until dispatch gates it again (p.gates).
 func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
 	for {
 		p.mu.Lock()
 		gated, before := p.gated, len(p.held)
 		p.mu.Unlock()
+		var t *time.Timer
+		var tick <-chan time.Time
 		if gated {
 			ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
 			info, err := p.c.Info(ictx)
 			cancel()
 			if err == nil && info.NumAckPending <= before {
 				w.openGate(p)
+			} else {
+				t = time.NewTimer(50 * time.Millisecond)
+				tick = t.C
 			}
 		}
 		select {
@@ -701,7 +747,11 @@ func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
 			return
 		case <-p.stop:
 			return
-		case <-t.C:
+		case <-tick:
+		case <-p.gates:
+		}
+		if t != nil {
+			t.Stop()
 		}
 	}
 }
@@ -722,21 +772,12 @@ func (w *Worker) pull(p *partition, fatal func(error)) {
 	defer gateWG.Wait() // no gate opening once pull returned (the lanes drain then)
 	defer close(watchDone)
 	go func() {
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-p.stop:
-				it.Drain()
-				return
-			case <-watchDone:
-				return
-			case <-t.C:
-				if p.lost.Load() {
-					it.Stop() // lease gone: touch nothing more
-					return
-				}
-			}
+		select {
+		case <-p.stop:
+			it.Drain()
+		case <-p.lostCh:
+			it.Stop() // lease gone: touch nothing more
+		case <-watchDone:
 		}
 	}()
 	for {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -112,7 +113,7 @@ func PartitionOf(subject string, n int) int {
 
 // PartitionSubject returns the NATS subject of partition k of a stream.
 func PartitionSubject(stream string, k int) string {
-	return fmt.Sprintf("%s.p.%d", stream, k)
+	return stream + ".p." + strconv.Itoa(k) // not Sprintf: it showed in the publisher's profile (~8%)
 }
 
 // DeadLetterSubject returns the NATS subject dead letters of a stream go to

@@ -440,9 +440,27 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		// sent to a previous owner's pull): it comes again after AckWait.
 		// Hold everything from here until it did (watchGate), so that
 		// nothing of its subject overtakes it.
-		p.gated = true
+		if !p.gated {
+			p.gated = true
+			select {
+			case p.gates <- struct{}{}: // wake watchGate
+			default:
+			}
+		}
 	}
 	p.dseq = md.Sequence.Consumer
+	if _, ok := p.fin[md.Sequence.Stream]; ok {
+		// A copy of an event this owner finished: the server sent it
+		// again before it had our ack (its AckWait lapsed while it
+		// waited behind a slow event in the client's pull buffer, where
+		// it gets no heartbeat). Running it again would run it after
+		// later events of its subject: ack it (again) and drop it.
+		p.mu.Unlock()
+		if w.valid(p) {
+			_ = m.Ack()
+		}
+		return
+	}
 	if it, ok := p.held[md.Sequence.Stream]; ok {
 		// A redelivery of an event we hold (its AckWait lapsed): keep one
 		// copy, acked through the latest delivery.
@@ -556,6 +574,7 @@ func (w *Worker) runLane(p *partition, l *lane) {
 		}
 		p.mu.Lock()
 		delete(p.held, it.seq)
+		p.finishedLocked(it.seq)
 		l.q = l.q[1:]
 		wake := len(p.held) == resumeHeld
 		p.mu.Unlock()
@@ -632,7 +651,7 @@ func (w *Worker) handle(ctx context.Context, p *partition, it *item, deliveries 
 		if stale {
 			// A newer owner of the partition applied events of this
 			// subject: our lease is gone.
-			p.lost.Store(true)
+			p.fence()
 			return errAbandon
 		}
 		if applied {

@@ -739,3 +739,63 @@ func TestOwnerHoldsBoundedEvents(t *testing.T) {
 	}
 	waitIdle(t, js, stream, 10*time.Second)
 }
+
+// A partition blocked on a slow event: the events the client pulled ahead
+// but the owner does not hold yet (it is at MaxHeld) get no heartbeat, so
+// their AckWait lapses and the server sends them again, after the first
+// copies. A copy of an event the owner already finished must not run it
+// again (after later events of its subject): it is acked and dropped. Seen
+// in TestEndToEndThreeWorkerProcesses/plain on a loaded machine (AckWait
+// 5 s): "saw 8 after 16".
+func TestRedeliveryOfFinishedEventIsDropped(t *testing.T) {
+	t.Parallel()
+	_, js := connect(t)
+	stream := newStream(t, js, 1)
+	ctx := context.Background()
+	const ackWait = time.Second
+	n := knats.MaxHeld + knats.FetchBatch + 50
+	warm := make(chan struct{})
+	rec := newRecorder(n)
+	app := krules.New()
+	app.On("warm").Do(func(ctx context.Context, ev *krules.Event) error { close(warm); return nil })
+	app.On("e").Do(func(ctx context.Context, ev *krules.Event) error {
+		if seqOf(ev) == 1 {
+			// A slow event: longer than AckWait, so that what waits
+			// behind it outside the owner's hold lapses.
+			select {
+			case <-time.After(3 * ackWait):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		rec.add(record{subject: ev.Subject.Name(), seq: seqOf(ev)})
+		return nil
+	})
+	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream, AckWait: ackWait})
+	startWorker(t, w)
+	p := publisher(t, js, stream)
+	if _, err := p.Publish(ctx, "warm", "w", nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-warm:
+	case <-time.After(30 * time.Second):
+		t.Fatal("warm-up event not handled")
+	}
+	for i := 1; i <= n; i++ {
+		if _, err := p.Publish(ctx, "e", "s", krules.Payload{"seq": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.wait(t, 30*time.Second)
+	waitIdle(t, js, stream, 10*time.Second)
+	all := rec.all()
+	for i, r := range all {
+		if r.seq != int64(i+1) {
+			t.Fatalf("handled as number %d: event %d (a finished event ran again?)", i+1, r.seq)
+		}
+	}
+	if len(all) != n {
+		t.Fatalf("%d handlings of %d events", len(all), n)
+	}
+}
