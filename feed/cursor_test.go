@@ -173,4 +173,7 @@ func TestRelayIdleCursor(t *testing.T) {
 			t.Fatal("change not relayed within 10 s")
 		}
 	}
+	if store.n.Load() == 0 {
+		t.Fatal("the relay never read through the cursor (the batch path ran)")
+	}
 }

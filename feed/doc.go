@@ -82,7 +82,10 @@
 //     while earlier ones are in flight; a new record is published at once
 //     unless its subject has one in flight, up to RelayConfig.Batch
 //     records unacknowledged; acknowledged records are removed in batches
-//     (64, or after 20 ms) while reading and publishing go on. An error or a
+//     (64, or after 20 ms) while reading and publishing go on (a slow
+//     removal pauses reading at 4 x Batch records waiting for it; while
+//     anything is in flight a read blocks for 50 ms at most, so a failed
+//     publish is retried after the short pause of the doc). An error or a
 //     lost lease drops the pipeline: the next start reads the feed from the
 //     beginning, and what was published but not yet removed is published
 //     again under the same Nats-Msg-Id. Without a cursor (PostgreSQL,

@@ -19,3 +19,12 @@ func WrapPublish(r *Relay, wrap func(jetstream.PubAckFuture) jetstream.PubAckFut
 		return wrap(f), nil
 	}
 }
+
+// ReplacePublish lets a test replace the relay's asynchronous publish
+// (f gets the real one). Call it before Run.
+func ReplacePublish(r *Relay, f func(pub PublishFunc) PublishFunc) {
+	r.publishAsync = f(r.publishAsync)
+}
+
+// PublishFunc is the relay's asynchronous publish.
+type PublishFunc = func(ctx context.Context, stream string, e *event.Event) (jetstream.PubAckFuture, error)

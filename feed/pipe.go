@@ -31,6 +31,17 @@ const (
 	removeAfter = 20 * time.Millisecond
 )
 
+// busyWait caps a read's blocking wait while publishes or removals are in
+// flight: go-redis ends a blocking XREAD only at its own timeout, not when
+// ctx is cancelled, and an error of a publish must be retried after the
+// relay's short pause, not after the read's full wait (up to LeaseTTL/3).
+const busyWait = 50 * time.Millisecond
+
+// maxAckedBatches: reading stops while more than this many Batches of
+// acknowledged records wait for their removal (a slow AckChanges must hold
+// the pipeline back, not let the store and the pipeline's memory grow).
+const maxAckedBatches = 4
+
 // pipe is the state of a cursor relay while it holds the lease.
 type pipe struct {
 	cursor  string             // Ref of the last record read
@@ -88,6 +99,14 @@ func (r *Relay) workCursor(ctx context.Context, fc storage.FeedCursor, until tim
 	if p == nil {
 		p = &pipe{chains: map[string]*pchain{}}
 		r.pipe = p
+	}
+	if p.pending == 0 && len(p.acked) == 0 && p.ack == nil {
+		// Nothing in flight: read from the start of the feed again (what
+		// is there was committed after the last removal). A cursor kept
+		// while the feed was replaced underneath (a stream deleted and
+		// recreated, a failover to a replica with an earlier clock) would
+		// otherwise hide new records until the next error or lease change.
+		p.cursor = ""
 	}
 	leaseEnd := until.Add(r.cfg.LeaseTTL - r.cfg.LeaseTTL/3)
 	// A publish must not outlive the lease (it bounds the wait for room
@@ -184,7 +203,7 @@ func (r *Relay) workCursor(ctx context.Context, fc storage.FeedCursor, until tim
 				}
 				rec.Err = err
 			}
-			if err := r.deadLetter(ctx, rec); err != nil {
+			if err := r.deadLetter(pctx, rec); err != nil {
 				return err
 			}
 			done(rec.Ref)
@@ -230,9 +249,13 @@ func (r *Relay) workCursor(ctx context.Context, fc storage.FeedCursor, until tim
 				close(a.done)
 			}()
 		}
-		if reading == nil && p.pending < r.cfg.Batch && now.Before(until) {
+		if reading == nil && p.pending < r.cfg.Batch && len(p.acked) < maxAckedBatches*r.cfg.Batch && now.Before(until) {
 			reading = results
-			reqs <- readReq{p.cursor, r.cfg.Batch - p.pending, until.Sub(now)}
+			wait := until.Sub(now)
+			if p.pending > 0 || len(p.acked) > 0 || p.ack != nil {
+				wait = min(wait, busyWait)
+			}
+			reqs <- readReq{p.cursor, r.cfg.Batch - p.pending, wait}
 		}
 		if reading == nil && !now.Before(until) {
 			return nil // in-flight publishes and acked records stay in the pipeline

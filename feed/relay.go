@@ -49,8 +49,9 @@ type RelayConfig struct {
 	LeaseTTL time.Duration
 	// Batch bounds the records read and published at once: over a store
 	// with a cursor (storage.FeedCursor: Redis, memory) the records read
-	// and not yet acknowledged by JetStream, else the records of one batch.
-	// Default DefaultBatch.
+	// and not yet acknowledged by JetStream (and reading pauses while 4 x
+	// Batch acknowledged records wait for their removal), else the records
+	// of one batch. Default DefaultBatch.
 	Batch int
 	// Logger for store and publish problems. Default slog.Default().
 	Logger *slog.Logger

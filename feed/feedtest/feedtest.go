@@ -236,6 +236,9 @@ func Cursor(t *testing.T, b CursorBackend) {
 		recs, _ := b.ReadChangesAfter(ctx, last[len(last)-1].Ref, 10, 20*time.Second)
 		done <- recs
 	}()
+	// Give the read time to start waiting: one that starts after the
+	// commit returns at once, which passes without testing the wake-up.
+	time.Sleep(50 * time.Millisecond)
 	set("d", 1)
 	select {
 	case recs := <-done:
