@@ -88,8 +88,14 @@ type readFloor struct {
 	out          map[int64]struct{} // read, not yet removed by AckChanges
 	pending      bool               // pendS, pendN hold a horizon to pass
 	pendS, pendN int64
+	horizonAt    time.Time // when the last horizon was taken
 	off          bool
 }
+
+// horizonEvery is the least time between two horizons of the read floor: a
+// horizon costs the read a transaction with an xid, and a floor a few
+// milliseconds behind skips nearly all removed rows.
+const horizonEvery = 10 * time.Millisecond
 
 // reset forgets the floor (a new relay connection).
 func (fl *readFloor) reset() {
@@ -621,7 +627,11 @@ func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int) ([]storag
 	f := &b.feed
 	fl := &f.fl
 	fl.mu.Lock()
-	floor, horizon, read := fl.floor, !fl.pending && !fl.off, f.read
+	now := time.Now()
+	floor, horizon, read := fl.floor, !fl.pending && !fl.off && now.Sub(fl.horizonAt) >= horizonEvery, f.read
+	if horizon {
+		fl.horizonAt = now
+	}
 	if fl.off {
 		read = f.readPlain
 	}
