@@ -747,6 +747,12 @@ func (fl *readFloor) advance(poss []int64, full bool, xmin int64, horizon bool, 
 		fl.pending = false
 	}
 	if horizon {
+		if s+1 < fl.floor {
+			// The sequence went back (TRUNCATE ... RESTART IDENTITY, a
+			// table created anew): start from the beginning again.
+			fl.floor, fl.out = 0, nil
+			return
+		}
 		fl.pendS, fl.pendN, fl.pending = s, n, true
 	}
 }
