@@ -69,6 +69,9 @@ type Config struct {
 	// Flush, also writes a change record into the table Table+"_feed" in
 	// the same transaction; the subjects' versions live in
 	// Table+"_feed_seq". New creates both tables unless NoCreate is set.
+	// A Backend in feed mode opens, beyond its pool, one connection for
+	// the NOTIFY that wakes the relay (on its first write) and, when it
+	// runs the relay, one for LISTEN and the relay's lease.
 	// Default false.
 	ChangeFeed bool
 	// IdempotencyWindow is how long an idempotency key is remembered (see
