@@ -91,67 +91,6 @@ func TestCursorPublishFailureKeepsOrder(t *testing.T) {
 	}
 }
 
-// outageCursor is outage with the cursor of the store it wraps.
-type outageCursor struct {
-	*outage
-	fc    storage.FeedCursor
-	calls atomic.Int64
-}
-
-func (o *outageCursor) ReadChangesAfter(ctx context.Context, after string, n int, wait time.Duration) ([]storage.PendingChange, error) {
-	o.calls.Add(1)
-	if o.down.Load() {
-		return nil, errDown
-	}
-	return o.fc.ReadChangesAfter(ctx, after, n, wait)
-}
-
-func (o *outageCursor) AckChanges(ctx context.Context, refs []string) error {
-	if o.down.Load() {
-		return errDown
-	}
-	return o.fc.AckChanges(ctx, refs)
-}
-
-// TestCursorRelayResumesAfterOutage is TestRelayResumesAfterOutage on the
-// cursor path of Redis (outage hides storage.FeedCursor).
-func TestCursorRelayResumesAfterOutage(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	js := connect(t)
-	stream := newStream(t, js)
-	b := openRedis(t, "")
-	s := newSeen(20)
-	wapp := krules.New()
-	wapp.On(krules.PropertyChanged).Do(s.handler)
-	startWorker(t, js, wapp, knats.WorkerConfig{Stream: stream})
-	o := &outageCursor{outage: &outage{FeedStore: b}, fc: b}
-	r, _ := startRelay(t, o, js, feed.RelayConfig{Stream: stream, LeaseTTL: 300 * time.Millisecond})
-	sub := krules.New(krules.WithStorage(b)).Subject("o", krules.NoCache())
-	for i := 1; i <= 10; i++ {
-		if _, _, err := sub.Set(ctx, "v", i); err != nil {
-			t.Fatal(err)
-		}
-	}
-	o.down.Store(true)
-	for i := 11; i <= 20; i++ {
-		if _, _, err := sub.Set(ctx, "v", i); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for end := time.Now().Add(10 * time.Second); r.Stats().Errors == 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("the relay saw no error during the outage")
-		}
-	}
-	o.down.Store(false)
-	s.wait(t, 30*time.Second)
-	s.checkOrder(t, 20)
-	if o.calls.Load() == 0 {
-		t.Fatal("the cursor path was not used")
-	}
-}
-
 // waits records the wait of each read of a cursor store, and whether a
 // publish was outstanding when it started.
 type waits struct {
