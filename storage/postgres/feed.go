@@ -55,6 +55,7 @@ type feedState struct {
 	// horizon, seqCheck: the statements of the read floor (see readFloor).
 	readPlain         string // read without the floor
 	horizon, seqCheck string
+	seqID             string // the sequence's identity (see readFloor.seq)
 	fl                readFloor
 }
 
@@ -90,18 +91,46 @@ type readFloor struct {
 	pendS, pendN int64
 	horizonAt    time.Time // when the last horizon was taken
 	off          bool
+	// seq identifies the feed's sequence (oid, filenode, cache) as of the
+	// floor: TRUNCATE ... RESTART IDENTITY and ALTER SEQUENCE ... RESTART
+	// give it a new filenode, a table created anew a new oid. Every read
+	// checks it in the same round trip, after the read's statement (the
+	// first read after connecting records it, from floor 0); on a change
+	// the floor starts over and the read is done again from 0 (else the
+	// rows of the new sequence below the old floor would never be read,
+	// and the ones above it published first).
+	seq string
 }
 
 // horizonEvery is the least time between two horizons of the read floor: a
-// horizon costs the read a transaction with an xid, and a floor a few
-// milliseconds behind skips nearly all removed rows.
+// horizon costs the read a transaction with an xid (up to 100 xids a
+// second while the relay is busy, which brings the anti-wraparound VACUUM
+// of a busy server that much sooner), and a floor a few milliseconds
+// behind skips nearly all removed rows.
 const horizonEvery = 10 * time.Millisecond
 
 // reset forgets the floor (a new relay connection).
 func (fl *readFloor) reset() {
 	fl.mu.Lock()
-	fl.floor, fl.out, fl.pending = 0, nil, false
+	fl.floor, fl.out, fl.pending, fl.seq = 0, nil, false, ""
 	fl.mu.Unlock()
+}
+
+// sequenceChanged compares the feed sequence's identity id (oid/filenode/
+// cache) with the floor's: on the first call it records it; on a change it
+// resets the floor (and turns it off if the sequence now caches values).
+func (fl *readFloor) sequenceChanged(id string) bool {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if fl.seq == "" || fl.seq == id {
+		fl.seq = id
+		return false
+	}
+	fl.floor, fl.out, fl.pending, fl.seq = 0, nil, false, id
+	if !strings.HasSuffix(id, "/1") {
+		fl.off = true // a sequence with a cache (or gone): see readFloor
+	}
+	return true
 }
 
 // ChangeFeed implements storage.ChangeFeeder: Config.ChangeFeed.
@@ -155,6 +184,8 @@ func (b *Backend) initFeed() error {
 	f.horizon = r.Replace(`SELECT COALESCE(pg_sequence_last_value(pg_get_serial_sequence('{F}', 'pos')::regclass), 0)`)
 	f.seqCheck = r.Replace(`SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, s.seqcache FROM pg_sequence AS s
 	WHERE s.seqrelid = pg_get_serial_sequence('{F}', 'pos')::regclass AND pg_sequence_last_value(s.seqrelid) IS DISTINCT FROM -1`)
+	f.seqID = r.Replace(`SELECT COALESCE((SELECT s.seqrelid::oid::text || '/' || COALESCE(pg_relation_filenode(s.seqrelid)::text, '') || '/' || s.seqcache::text
+	FROM pg_sequence AS s WHERE s.seqrelid = pg_get_serial_sequence('{F}', 'pos')::regclass), '')`)
 	f.ack = r.Replace(`DELETE FROM {F} WHERE pos = ANY($1::bigint[])`)
 	return nil
 }
@@ -559,12 +590,18 @@ func (b *Backend) writeFlushRecords(ctx context.Context, conn interface {
 	}
 	recs = append(recs, feedRecord{ID: base + "-" + strconv.Itoa(len(recs)+1), K: "f", S: snap, M: meta})
 	q := pgx.Batch{}
+	// The transaction must have an xid before the insert takes its pos
+	// (see readFloor): the DELETE before may have found no row (a
+	// concurrent Flush committed first), and then the insert would be the
+	// first write; pg_current_xact_id assigns one (a no-op when there is).
+	q.Queue(`SELECT pg_current_xact_id()`)
 	q.Queue(b.feed.insert, subject, len(recs), recordsJSON(recs))
 	q.Queue(`COMMIT`)
 	br := conn.SendBatch(ctx, &q)
-	_, err = br.Exec()
-	if err == nil {
-		_, err = br.Exec()
+	for range q.Len() {
+		if _, err = br.Exec(); err != nil {
+			break
+		}
 	}
 	if cerr := br.Close(); err == nil {
 		err = cerr
@@ -624,11 +661,23 @@ func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([
 }
 
 func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int) ([]storage.PendingChange, error) {
+	out, again, err := b.readRowsOnce(ctx, conn, n)
+	if again {
+		// The sequence changed under the floor: read from 0.
+		out, _, err = b.readRowsOnce(ctx, conn, n)
+	}
+	return out, err
+}
+
+// readRowsOnce is one read of readRows; again: the feed's sequence was
+// found changed (readFloor.seq), the floor reset and the rows dropped.
+func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int) (_ []storage.PendingChange, again bool, _ error) {
 	f := &b.feed
 	fl := &f.fl
 	fl.mu.Lock()
 	now := time.Now()
 	floor, horizon, read := fl.floor, !fl.pending && !fl.off && now.Sub(fl.horizonAt) >= horizonEvery, f.read
+	check := !fl.off // the sequence's identity, recorded from the first read after connect
 	if horizon {
 		fl.horizonAt = now
 	}
@@ -644,6 +693,9 @@ func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int) ([]storag
 		q.Queue(`SET LOCAL synchronous_commit = off`)
 	}
 	q.Queue(read, n, floor)
+	if check {
+		q.Queue(f.seqID)
+	}
 	if horizon {
 		q.Queue(f.horizon)
 		q.Queue(`SELECT pg_current_xact_id()::text::bigint`)
@@ -654,13 +706,13 @@ func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int) ([]storag
 	if horizon {
 		for range 2 {
 			if _, err := br.Exec(); err != nil {
-				return nil, fmt.Errorf("postgres: read change feed: %w", err)
+				return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
 			}
 		}
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, fmt.Errorf("postgres: read change feed: %w", err)
+		return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
 	}
 	var out []storage.PendingChange
 	var xmin int64
@@ -672,7 +724,7 @@ func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int) ([]storag
 		var o, nv, snap, meta []byte
 		var at *time.Time
 		if err := rows.Scan(&xmin, &pos, &id, &subj, &seq, &kind, &prop, &ext, &o, &nv, &snap, &meta, &at); err != nil {
-			return nil, fmt.Errorf("postgres: read change feed: %w", err)
+			return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
 		}
 		if pos == nil || id == nil || subj == nil || seq == nil || kind == nil || ext == nil || at == nil {
 			continue // the empty feed's row (the columns are NOT NULL)
@@ -686,25 +738,34 @@ func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int) ([]storag
 		out = append(out, storage.PendingChange{Ref: strconv.FormatInt(*pos, 10), Change: c, Err: err})
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("postgres: read change feed: %w", err)
+		return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
+	}
+	var seqID string
+	if check {
+		if err := br.QueryRow().Scan(&seqID); err != nil {
+			return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
+		}
 	}
 	var hS, hN int64
 	if horizon {
 		if err := br.QueryRow().Scan(&hS); err != nil {
-			return nil, fmt.Errorf("postgres: read change feed: %w", err)
+			return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
 		}
 		if err := br.QueryRow().Scan(&hN); err != nil {
-			return nil, fmt.Errorf("postgres: read change feed: %w", err)
+			return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
 		}
 		if _, err := br.Exec(); err != nil {
-			return nil, fmt.Errorf("postgres: read change feed: %w", err)
+			return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
 		}
 	}
 	if err := br.Close(); err != nil {
-		return nil, fmt.Errorf("postgres: read change feed: %w", err)
+		return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
+	}
+	if check && fl.sequenceChanged(seqID) {
+		return nil, true, nil
 	}
 	fl.advance(poss, len(poss) >= n, xmin, horizon, hS, hN)
-	return out, nil
+	return out, false, nil
 }
 
 // advance records a read (see readFloor): the positions it returned (in

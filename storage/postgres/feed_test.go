@@ -318,3 +318,65 @@ func TestFeedReadFloorSequenceRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestFeedReadFloorRestartPastFloor: after TRUNCATE ... RESTART IDENTITY
+// with more new records than the old floor before the next read, every
+// new record is read, in order (the floor was kept: 30 of 60 were never
+// read, and the ones above the old floor came first; found in review).
+func TestFeedReadFloorRestartPastFloor(t *testing.T) {
+	ctx := context.Background()
+	b := newFeedBackend(t)
+	key := storage.Key{Kind: storage.Default, Name: "v"}
+	read := func() []storage.PendingChange {
+		t.Helper()
+		recs, err := b.ReadChanges(ctx, 100, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs := make([]string, len(recs))
+		for i, r := range recs {
+			refs[i] = r.Ref
+		}
+		if err := b.AckChanges(ctx, refs); err != nil {
+			t.Fatal(err)
+		}
+		return recs
+	}
+	// Raise the floor: reads more than horizonEvery (10 ms) apart.
+	for i := range 30 {
+		if _, _, err := b.Set(ctx, "s", key, storage.Mutation{Value: int64(i)}); err != nil {
+			t.Fatal(err)
+		}
+		read()
+		time.Sleep(11 * time.Millisecond)
+	}
+	read()
+	time.Sleep(11 * time.Millisecond)
+	read()
+	if _, err := b.Pool().Exec(ctx, `TRUNCATE `+b.FeedTable()+` RESTART IDENTITY`); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 60 {
+		if _, _, err := b.Set(ctx, "s", key, storage.Mutation{Value: int64(1000 + i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []any
+	for range 30 {
+		for _, r := range read() {
+			got = append(got, r.Change.New)
+		}
+		if len(got) >= 60 {
+			break
+		}
+		time.Sleep(15 * time.Millisecond)
+	}
+	if len(got) != 60 {
+		t.Fatalf("read %d of the 60 records written after the restart", len(got))
+	}
+	for i, v := range got {
+		if v != int64(1000+i) {
+			t.Fatalf("record %d after the restart is %v, want %d (order)", i, v, 1000+i)
+		}
+	}
+}

@@ -75,7 +75,7 @@ func (b *Backend) notifyLoop(wake, done <-chan struct{}, exited chan<- struct{})
 			cancel()
 		}
 	}()
-	var last time.Time
+	var last, noConnUntil time.Time
 	for {
 		select {
 		case <-done:
@@ -99,18 +99,30 @@ func (b *Backend) notifyLoop(wake, done <-chan struct{}, exited chan<- struct{})
 		}
 		last = time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		conn = b.sendNotify(ctx, conn, sql)
+		conn = b.sendNotify(ctx, conn, sql, &noConnUntil)
 		cancel()
 	}
 }
 
-// sendNotify runs sql on conn (connecting first when conn is nil), and
-// through the pool when that fails; it returns the connection to use next
-// time (nil: none). A failure only delays the relay (see notifier).
-func (b *Backend) sendNotify(ctx context.Context, conn *pgx.Conn, sql string) *pgx.Conn {
+// notifyConnRetry is how long the notifier uses the pool alone after its
+// own connection could not be opened (the server at max_connections,
+// credentials only the pool's BeforeConnect supplies): not a connection
+// attempt per NOTIFY.
+const notifyConnRetry = 5 * time.Second
+
+// sendNotify runs sql on conn (connecting first when conn is nil and no
+// connection attempt failed in the last notifyConnRetry, see noConnUntil),
+// and through the pool when that fails; it returns the connection to use
+// next time (nil: none). A failure only delays the relay (see notifier).
+func (b *Backend) sendNotify(ctx context.Context, conn *pgx.Conn, sql string, noConnUntil *time.Time) *pgx.Conn {
 	if conn == nil || conn.IsClosed() {
+		if time.Now().Before(*noConnUntil) {
+			_, _ = b.pool.Exec(ctx, sql)
+			return nil
+		}
 		c, err := pgx.ConnectConfig(ctx, b.pool.Config().ConnConfig.Copy())
 		if err != nil {
+			*noConnUntil = time.Now().Add(notifyConnRetry)
 			_, _ = b.pool.Exec(ctx, sql)
 			return nil
 		}
