@@ -230,21 +230,7 @@ func TestFeedReadFloorKeepsLateCommits(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := storage.Key{Kind: storage.Default, Name: "v"}
-	drain := func() []storage.PendingChange {
-		t.Helper()
-		recs, err := b.ReadChanges(ctx, 100, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		refs := make([]string, len(recs))
-		for i, r := range recs {
-			refs[i] = r.Ref
-		}
-		if err := b.AckChanges(ctx, refs); err != nil {
-			t.Fatal(err)
-		}
-		return recs
-	}
+	drain := func() []storage.PendingChange { return drainFeed(t, b) }
 	// Reads at once too: no transaction of this test completes before
 	// them (a horizon from the snapshot's xmax would pass the record).
 	for range 3 {
@@ -279,21 +265,7 @@ func TestFeedReadFloorSequenceRestart(t *testing.T) {
 	ctx := context.Background()
 	b := newFeedBackend(t)
 	key := storage.Key{Kind: storage.Default, Name: "v"}
-	read := func() []storage.PendingChange {
-		t.Helper()
-		recs, err := b.ReadChanges(ctx, 100, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		refs := make([]string, len(recs))
-		for i, r := range recs {
-			refs[i] = r.Ref
-		}
-		if err := b.AckChanges(ctx, refs); err != nil {
-			t.Fatal(err)
-		}
-		return recs
-	}
+	read := func() []storage.PendingChange { return drainFeed(t, b) }
 	for i := range 50 {
 		if _, _, err := b.Set(ctx, "s", key, storage.Mutation{Value: int64(i)}); err != nil {
 			t.Fatal(err)
@@ -327,21 +299,7 @@ func TestFeedReadFloorRestartPastFloor(t *testing.T) {
 	ctx := context.Background()
 	b := newFeedBackend(t)
 	key := storage.Key{Kind: storage.Default, Name: "v"}
-	read := func() []storage.PendingChange {
-		t.Helper()
-		recs, err := b.ReadChanges(ctx, 100, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		refs := make([]string, len(recs))
-		for i, r := range recs {
-			refs[i] = r.Ref
-		}
-		if err := b.AckChanges(ctx, refs); err != nil {
-			t.Fatal(err)
-		}
-		return recs
-	}
+	read := func() []storage.PendingChange { return drainFeed(t, b) }
 	// Raise the floor: reads more than horizonEvery (10 ms) apart.
 	for i := range 30 {
 		if _, _, err := b.Set(ctx, "s", key, storage.Mutation{Value: int64(i)}); err != nil {
@@ -379,4 +337,22 @@ func TestFeedReadFloorRestartPastFloor(t *testing.T) {
 			t.Fatalf("record %d after the restart is %v, want %d (order)", i, v, 1000+i)
 		}
 	}
+}
+
+// drainFeed reads up to 100 records of b's feed at once and removes them.
+func drainFeed(t *testing.T, b *postgres.Backend) []storage.PendingChange {
+	t.Helper()
+	ctx := context.Background()
+	recs, err := b.ReadChanges(ctx, 100, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := make([]string, len(recs))
+	for i, r := range recs {
+		refs[i] = r.Ref
+	}
+	if err := b.AckChanges(ctx, refs); err != nil {
+		t.Fatal(err)
+	}
+	return recs
 }
