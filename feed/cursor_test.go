@@ -60,19 +60,7 @@ func TestRelayReadsEachRecordOnce(t *testing.T) {
 	startWorker(t, js, wapp, knats.WorkerConfig{Stream: stream})
 
 	ctx := context.Background()
-	r, err := feed.NewRelay(ctx, store, js, feed.RelayConfig{Stream: stream})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gate := make(chan struct{})
-	var release sync.Once
-	open := func() { release.Do(func() { close(gate) }) }
-	t.Cleanup(open)
-	feed.WrapPublish(r, holdAcks(gate))
-	rctx, cancel := context.WithCancel(ctx)
-	stopped := make(chan struct{})
-	go func() { _ = r.Run(rctx); close(stopped) }()
-	t.Cleanup(func() { open(); cancel(); <-stopped })
+	r, open := startHeldRelay(t, store, js, stream)
 
 	writer := krules.New(krules.WithStorage(mem))
 	write := func(k int) {

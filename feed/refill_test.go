@@ -27,6 +27,26 @@ type heldAck struct {
 func (h *heldAck) Ok() <-chan *jetstream.PubAck { return h.ok }
 func (h *heldAck) Err() <-chan error            { return h.err }
 
+// startHeldRelay runs a relay over store whose JetStream acknowledgements
+// are held back until open is called (also at the end of the test).
+func startHeldRelay(t *testing.T, store storage.FeedStore, js jetstream.JetStream, stream string) (r *feed.Relay, open func()) {
+	t.Helper()
+	r, err := feed.NewRelay(context.Background(), store, js, feed.RelayConfig{Stream: stream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	var release sync.Once
+	open = func() { release.Do(func() { close(gate) }) }
+	t.Cleanup(open)
+	feed.WrapPublish(r, holdAcks(gate))
+	rctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { _ = r.Run(rctx); close(stopped) }()
+	t.Cleanup(func() { open(); cancel(); <-stopped })
+	return r, open
+}
+
 func holdAcks(gate <-chan struct{}) func(jetstream.PubAckFuture) jetstream.PubAckFuture {
 	return func(f jetstream.PubAckFuture) jetstream.PubAckFuture {
 		h := &heldAck{PubAckFuture: f, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
@@ -98,19 +118,7 @@ func testRelayRefillsWhileAcksAreSlow(t *testing.T, cursor bool) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	r, err := feed.NewRelay(ctx, store, js, feed.RelayConfig{Stream: stream})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gate := make(chan struct{})
-	var release sync.Once
-	open := func() { release.Do(func() { close(gate) }) }
-	t.Cleanup(open)
-	feed.WrapPublish(r, holdAcks(gate))
-	rctx, cancel := context.WithCancel(ctx)
-	stopped := make(chan struct{})
-	go func() { _ = r.Run(rctx); close(stopped) }()
-	t.Cleanup(func() { open(); cancel(); <-stopped })
+	r, open := startHeldRelay(t, store, js, stream)
 
 	writer := krules.New(krules.WithStorage(mem))
 	set := func(subject string, v int) {
