@@ -686,14 +686,7 @@ func TestOwnerHoldsBoundedEvents(t *testing.T) {
 	p := publisher(t, js, stream)
 	// One event handled: the owner has its partition and is past the start
 	// (it takes everything while it waits for a takeover to settle).
-	if _, err := p.Publish(ctx, "warm", "w", nil); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-warm:
-	case <-time.After(30 * time.Second):
-		t.Fatal("warm-up event not handled")
-	}
+	warmUp(t, p, warm)
 	for i := 1; i <= n; i++ {
 		if _, err := p.Publish(ctx, "e", "s", krules.Payload{"seq": i}); err != nil {
 			t.Fatal(err)
@@ -774,14 +767,7 @@ func TestRedeliveryOfFinishedEventIsDropped(t *testing.T) {
 	w := newWorker(t, js, app, knats.WorkerConfig{Stream: stream, AckWait: ackWait})
 	startWorker(t, w)
 	p := publisher(t, js, stream)
-	if _, err := p.Publish(ctx, "warm", "w", nil); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-warm:
-	case <-time.After(30 * time.Second):
-		t.Fatal("warm-up event not handled")
-	}
+	warmUp(t, p, warm)
 	for i := 1; i <= n; i++ {
 		if _, err := p.Publish(ctx, "e", "s", krules.Payload{"seq": i}); err != nil {
 			t.Fatal(err)
@@ -797,5 +783,19 @@ func TestRedeliveryOfFinishedEventIsDropped(t *testing.T) {
 	}
 	if len(all) != n {
 		t.Fatalf("%d handlings of %d events", len(all), n)
+	}
+}
+
+// warmUp publishes a "warm" event and waits until the handler that closes
+// warm ran: the worker owns its partition and is past its start.
+func warmUp(t *testing.T, p *knats.Publisher, warm <-chan struct{}) {
+	t.Helper()
+	if _, err := p.Publish(context.Background(), "warm", "w", nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-warm:
+	case <-time.After(30 * time.Second):
+		t.Fatal("warm-up event not handled")
 	}
 }
