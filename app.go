@@ -24,6 +24,9 @@ type App struct {
 	onError      ErrorHandler
 	cascadeLimit int
 	feed         feedState // change feed (changefeed.go)
+	// blind is the backend as a storage.BlindOps (nil when it is not one):
+	// the NoCache Ops of WriteOnly handles (blind.go).
+	blind storage.BlindOps
 
 	regMu sync.Mutex // serialises writers of table
 	table atomic.Pointer[table]
@@ -106,6 +109,7 @@ func New(opts ...Option) *App {
 	}
 	a.table.Store(newTable(nil, nil, nil))
 	a.initFeed() // change feed hook (changefeed.go)
+	a.blind, _ = a.backend.(storage.BlindOps)
 	return a
 }
 

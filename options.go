@@ -64,7 +64,9 @@ type NoCacheOption struct{}
 // through the subject handle's write cache. A cache the handle already holds
 // is patched so later cached reads agree. Given to App.Subject it applies to
 // every call of the handle. Has, Keys, ExtProps, Dict and Flush always work
-// on the (loaded) cache.
+// on the (loaded) cache. On a WriteOnly handle NoCache writes of plain
+// values and built-in Ops are blind: they return old value nil (see
+// WriteOnly).
 func NoCache() NoCacheOption { return NoCacheOption{} }
 
 func (NoCacheOption) setOption()     {}
@@ -89,20 +91,38 @@ func (ExtraOption) emitOption()   {}
 // SubjectOption.
 type WriteOnlyOption struct{}
 
-// WriteOnly makes App.Subject return a handle whose cached Set and SetExt of
-// a plain value do not load the subject from the store first: the write
-// goes to the handle's cache and Store writes it, as on any handle, so
-// setting N properties and storing costs one store round trip instead of a
-// load plus a store. Use it to write properties without reading them
-// (imports, projections).
+// WriteOnly makes App.Subject return a handle that writes without reading
+// the stored value first, where it can. Use it to write properties without
+// reading them (imports, projections, counters).
 //
-// The stored value is not known, so such a Set returns as old value the
-// one this handle wrote before, else nil, and (unless Muted) emits
-// PropertyChanged unless the new value Equals that old value: OldValue is
-// nil for the first write of a property. Everything that needs the stored
-// subject (Get, Has, Keys, Dict, ExtProps, Delete, Flush, Ops and update
+// Cached writes: a cached Set or SetExt of a plain value does not load the
+// subject from the store first: the write goes to the handle's cache and
+// Store writes it, as on any handle, so setting N properties and storing
+// costs one store round trip instead of a load plus a store. The stored
+// value is not known, so such a Set returns as old value the one this
+// handle wrote before, else nil, and (unless Muted) emits PropertyChanged
+// unless the new value Equals that old value: OldValue is nil for the
+// first write of a property. Everything that needs the stored subject
+// (Get, Has, Keys, Dict, ExtProps, Delete, Flush, cached Ops and update
 // functions) loads it as usual, with the handle's unsaved writes on top.
-// NoCache calls are unchanged.
+//
+// NoCache writes (NoCache given to App.Subject with WriteOnly, or to the
+// call on a WriteOnly handle: both mean the same) are blind: a NoCache Set
+// or SetExt of a plain value is one write that reads nothing (Redis HSET,
+// a PostgreSQL upsert), and a NoCache built-in Op (Inc, Append, Max, Min)
+// is applied without reading the old value back where the backend can
+// (storage.BlindOps: Redis Inc of an integer is one HINCRBY, PostgreSQL
+// runs one UPDATE ... RETURNING). The new value, and every error, are those
+// of the same call on a normal handle (a stored value of the wrong type,
+// an int64 overflow: nothing written); the old value returned is always
+// nil, on every backend. Unless Muted, such a Set always emits
+// PropertyChanged, with OldValue nil: the write is blind, so it cannot tell
+// a value that did not change. Update functions (Update, UpdateAny),
+// Delete, and every call with an IdempotencyKey keep the normal atomic path
+// and its old value. With a change feed (an App whose backend writes change
+// records, see App.ChangeFeed) NoCache writes are not blind either: the
+// change record needs the old value, so they return it and emit as on any
+// handle.
 func WriteOnly() WriteOnlyOption { return WriteOnlyOption{} }
 
 func (WriteOnlyOption) subjectOption() {}

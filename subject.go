@@ -20,7 +20,8 @@ import (
 // after Store. With NoCache (per call, or per handle via App.Subject) Set,
 // Get and Delete go straight to the store atomically, and patch the cache if
 // this handle has one. On a WriteOnly handle (App.Subject with WriteOnly)
-// cached Sets of plain values skip the first load (see WriteOnly).
+// cached Sets of plain values skip the first load, and NoCache Sets of
+// plain values and built-in Ops read no old value (see WriteOnly).
 //
 // Events fire on the calling goroutine after the write: Set emits
 // PropertyChanged when the value changed (storage.Equal), Delete emits
@@ -337,7 +338,9 @@ func (s *Subject) notFound(k storage.Kind, prop string) error {
 // the old value is the handle's own earlier write (nil before the first),
 // since the stored one is not loaded: a plain Set there emits unless it
 // repeats that earlier write, and its OldValue does not say whether the
-// store held the property.
+// store held the property. A NoCache Set of a plain value or a built-in Op
+// on a WriteOnly handle is blind: it returns old value nil and, unless
+// Muted, always emits, with OldValue nil (see WriteOnly).
 // Options (SetOption): Muted, WithExtra, NoCache, IdempotencyKey.
 //
 // In cache mode an update function runs under the handle's lock: it must
@@ -393,12 +396,17 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		return nil, nil, err
 	}
 	var nv, old any
+	// A blind write (see WriteOnly): a NoCache Set of a plain value or a
+	// built-in Op on a WriteOnly handle reads no old value.
+	blind := o.noCache && s.base.writeOnly && mut.Func == nil && !hasIdem && !s.app.feed.on
 	if o.noCache {
 		var tok directTok
 		if !s.base.noCache {
 			tok = s.directBegin()
 		}
-		if s.mem.Bound() { // the memory store checks ctx itself
+		if blind {
+			nv, err = s.setBlind(bctx, storage.Key{Kind: k, Name: prop}, mut)
+		} else if s.mem.Bound() { // the memory store checks ctx itself
 			nv, old, err = s.mem.Set(s.feedCtx(bctx, o), storage.Key{Kind: k, Name: prop}, mut)
 		} else {
 			if err := ctx.Err(); err != nil {
@@ -450,7 +458,7 @@ func (s *Subject) set(ctx context.Context, k storage.Kind, prop string, value an
 		s.noteFeed(ctx, k, prop, o) // change feed hook
 		s.mu.Unlock()
 	}
-	if t.wants(hs) && !storage.Equal(nv, old) {
+	if t.wants(hs) && (blind || !storage.Equal(nv, old)) {
 		if err := s.emitProperty(ctx, t, hs, depth, lazyChanged, prop, old, nv, o.extra); err != nil {
 			return nv, old, err
 		}

@@ -190,6 +190,26 @@ type Backend interface {
 	Capabilities() Capabilities
 }
 
+// BlindOps is an optional interface of a [Backend] that can apply a
+// built-in [Op] without reading the old value back, so the store does less
+// work than [Backend.Set] (Redis: one HINCRBY; PostgreSQL: one UPDATE ...
+// RETURNING instead of a statement that locks and reads the row first).
+// krules uses it for the NoCache Ops of a WriteOnly subject handle (see
+// krules.WriteOnly), and type-asserts it once per App. A backend without it
+// gets the same results through Set.
+type BlindOps interface {
+	// SetBlind applies op to one property atomically and returns the new
+	// value. The result and the error are those of Set(ctx, subject, k,
+	// Mutation{Op: op}) for the same stored value: a missing property (or a
+	// JSON null) takes the argument, a stored value of the wrong type fails
+	// with ErrInvalidValue, an integer Inc leaving the int64 range with
+	// ErrOverflow, and nothing is written on an error. An implementation
+	// falls back to Set whenever the blind path cannot decide on its own (a
+	// stored value it cannot vouch for, a change feed that needs the old
+	// value, an idempotency key in ctx). Safe for concurrent use.
+	SetBlind(ctx context.Context, subject string, k Key, op *Op) (newValue any, err error)
+}
+
 // Lister is implemented by backends that can enumerate subjects.
 type Lister interface {
 	// List yields the names of the stored subjects that start with prefix
