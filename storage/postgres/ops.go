@@ -447,6 +447,7 @@ type stmtCall struct {
 	args          [3]any
 	arg           []byte // buffer of the operation's JSON argument
 	row           stmtRow
+	blind         blindRow // SetBlind's result
 }
 
 var stmtCalls = sync.Pool{New: func() any { return new(stmtCall) }}

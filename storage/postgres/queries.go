@@ -1,6 +1,11 @@
 package postgres
 
-import "strings"
+import (
+	"regexp"
+	"strings"
+
+	"github.com/krules-go/krules/storage"
+)
 
 // queries holds the SQL text of every statement for one JSONB column
 // (properties or ext_properties). Parameters: $1 subject name, $2 property
@@ -16,6 +21,31 @@ type queries struct {
 	ensureRow string // Func path: create the row if missing
 	lockGet   string // Func path: lock the row, read the property
 	write     string // Func path: write the property in the locked row
+	// blind are the one-UPDATE forms of the operations (blindTemplate),
+	// indexed by storage.OpKind: no old value read back.
+	blind [5]string
+}
+
+// blindTemplate applies an operation in one plain UPDATE of the subject's
+// row and returns only the new value (Backend.SetBlind). {NV} and {OK} are
+// the expressions of setTemplate with v, the stored property, read from
+// the row being updated ({V}): under READ COMMITTED an UPDATE that finds
+// the row changed by a concurrent transaction waits for it and evaluates
+// SET and WHERE again on the latest version, so no increment is lost. When
+// the row is missing or {OK} refuses the stored value, no row is updated
+// and returned, and SetBlind runs the normal statement, which inserts the
+// row or reports the error.
+const blindTemplate = `UPDATE {T} AS s SET {C} = s.{C} || jsonb_build_object($2::text, {NV}), updated_at = NOW()
+	WHERE s.subject_name = $1::text AND ({OK})
+	RETURNING s.{C} -> $2::text`
+
+// stored matches v, the stored property, in the operation expressions.
+var stored = regexp.MustCompile(`\bv\b`)
+
+// blindQuery expands blindTemplate for the expressions nv and ok over v.
+func blindQuery(table, col, nv, ok string) string {
+	v := "(s." + col + " -> $2::text)"
+	return expand(blindTemplate, table, col, "{NV}", stored.ReplaceAllLiteralString(nv, v), "{OK}", stored.ReplaceAllLiteralString(ok, v))
 }
 
 // setTemplate writes one property in ONE statement and returns its old value:
@@ -132,6 +162,12 @@ func buildQueries(table, col string) queries {
 		ensureRow: expand(`INSERT INTO {T} (subject_name) VALUES ($1::text) ON CONFLICT (subject_name) DO NOTHING`, table, col),
 		lockGet:   expand(`SELECT {C} -> $2::text FROM {T} WHERE subject_name = $1::text FOR NO KEY UPDATE`, table, col),
 		write:     expand(`UPDATE {T} SET {C} = {C} || jsonb_build_object($2::text, $3::jsonb), updated_at = NOW() WHERE subject_name = $1::text`, table, col),
+		blind: [...]string{
+			storage.OpInc:    blindQuery(table, col, incExpr, incOK),
+			storage.OpAppend: blindQuery(table, col, appExpr, arrOK),
+			storage.OpMax:    blindQuery(table, col, maxExpr, numOK),
+			storage.OpMin:    blindQuery(table, col, minExpr, numOK),
+		},
 	}
 }
 

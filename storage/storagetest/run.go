@@ -97,6 +97,9 @@ func RunConfig(t *testing.T, cfg Config) {
 		}})
 	}
 	subtests = append(subtests, subjectSubtests(cfg)...)
+	subtests = append(subtests, subtest{"Op/Blind", func(t *testing.T) {
+		testBlindOps(t, newAppSuite(t, cfg.New), cfg.RawPut)
+	}})
 	if cfg.RawPut != nil {
 		subtests = append(subtests, invalidSubtests(cfg)...)
 	}

@@ -30,6 +30,7 @@ var subjectTests = []struct {
 	{"Subject/Names", testSubjectNamesApp},
 	{"Subject/NameLimit", testSubjectNameLimit},
 	{"Subject/NoCacheExactUnderConcurrency", testSubjectConcurrent},
+	{"Subject/WriteOnlyNoCacheSet", testSubjectBlindSet},
 }
 
 // subjectSubtests returns the Subject-level tests: a krules App on the
