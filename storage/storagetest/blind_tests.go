@@ -110,7 +110,7 @@ func testBlindOps(t *testing.T, a *appSuite, put rawPutFunc) {
 	feed := a.app.ChangeFeed()
 	k := pkey("n")
 	for i, c := range blindCases {
-		name := fmt.Sprintf("%d %v(%.40v) on %.40q", i, c.kind, c.arg, c.stored)
+		name := fmt.Sprintf("%d %v(%.40s) on %.40q", i, c.kind, fmt.Sprint(c.arg), c.stored)
 		subjN, subjB, subjA := a.subject(fmt.Sprintf("bn-%d", i)), a.subject(fmt.Sprintf("bb-%d", i)), a.subject(fmt.Sprintf("ba-%d", i))
 		a.record = false
 		planted := true
