@@ -20,6 +20,8 @@ import (
 // their own that is dropped afterwards. The -c16 rows run 16 goroutines on
 // ONE subject and property (row-lock contention). store-100 is 100 cached
 // Sets on a fresh WriteOnly handle (no load before the writes) plus Store.
+// The inc-blind rows are Inc on a WriteOnly, NoCache, Muted handle: one
+// UPDATE that returns only the new value, as the raw increment does.
 func init() {
 	register(Group{
 		Name:    "postgres",
@@ -84,7 +86,7 @@ func postgresSetup() ([]Row, func(), error) {
 		}
 	}
 	fixtures := func() error {
-		for _, s := range []string{"k-get", "k-func", "k-inc", "k-inc1", "raw-get", "raw-func", "raw-inc", "raw-inc1"} {
+		for _, s := range []string{"k-get", "k-func", "k-inc", "k-inc1", "k-inc-blind", "k-inc1-blind", "raw-get", "raw-func", "raw-inc", "raw-inc1"} {
 			if _, _, err := app.Subject(s, krules.NoCache()).Set(ctx, "n", 0, krules.Muted()); err != nil {
 				return err
 			}
@@ -134,6 +136,9 @@ func postgresSetup() ([]Row, func(), error) {
 	funcSub := app.Subject("k-func", krules.NoCache())
 	inc16Sub := app.Subject("k-inc", krules.NoCache())
 	incSub := app.Subject("k-inc1", krules.NoCache())
+	blindOpts := []krules.SubjectOption{krules.WriteOnly(), krules.NoCache(), krules.Muted()}
+	incBlindSub := app.Subject("k-inc1-blind", blindOpts...)
+	inc16BlindSub := app.Subject("k-inc-blind", blindOpts...)
 	rows := []Row{
 		{
 			Name: "postgres/set",
@@ -194,6 +199,26 @@ func postgresSetup() ([]Row, func(), error) {
 		{
 			Name:     "postgres/inc-c16",
 			Op16:     func() error { _, _, err := inc16Sub.Set(ctx, "n", krules.Inc(1)); return err },
+			Baseline: "pgx single-statement jsonb increment, 16 goroutines",
+			BaseOp16: func() error { _, err := pool.Exec(ctx, rawInc, "raw-inc", "n", 1); return err },
+		},
+		{
+			// The blind Inc a user can choose: a WriteOnly, NoCache, Muted
+			// handle reads no old value (one UPDATE ... RETURNING new).
+			Name: "postgres/inc-blind",
+			Op: func(int) error {
+				_, _, err := incBlindSub.Set(ctx, "n", krules.Inc(1))
+				return err
+			},
+			Baseline: "pgx single-statement jsonb increment",
+			BaseOp: func(int) error {
+				_, err := pool.Exec(ctx, rawInc, "raw-inc1", "n", 1)
+				return err
+			},
+		},
+		{
+			Name:     "postgres/inc-blind-c16",
+			Op16:     func() error { _, _, err := inc16BlindSub.Set(ctx, "n", krules.Inc(1)); return err },
 			Baseline: "pgx single-statement jsonb increment, 16 goroutines",
 			BaseOp16: func() error { _, err := pool.Exec(ctx, rawInc, "raw-inc", "n", 1); return err },
 		},

@@ -24,7 +24,8 @@ import (
 // Store, load-100 a fresh handle's first read; the -backend rows measure
 // these two at the storage.Backend level. set-writeonly is one Set + Store
 // on a WriteOnly, Muted handle (a blind HSET: no old value is read, unlike
-// set). The -c16 rows run 16 goroutines
+// set); set-blind one Set on a WriteOnly, NoCache, Muted handle (the same
+// HSET, without the cache). The -c16 rows run 16 goroutines
 // on ONE subject and property. Every key lives under a prefix of this run,
 // removed afterwards.
 func init() {
@@ -173,6 +174,7 @@ func redisSetup() ([]Row, func(), error) {
 	rawSetKey, rawGetKey := key("raw-set"), key("raw-get")
 	getSub := app.Subject("k-get", krules.NoCache())
 	setSub := app.Subject("k-set", krules.NoCache())
+	blindSub := app.Subject("k-set-blind", krules.WriteOnly(), krules.NoCache(), krules.Muted())
 	funcSub := app.Subject("k-func", krules.NoCache())
 	inc16Sub := app.Subject("k-inc", krules.NoCache())
 	rawIncKey := key("raw-inc")
@@ -223,6 +225,20 @@ func redisSetup() ([]Row, func(), error) {
 					return err
 				}
 				return s.Store(ctx)
+			},
+			Baseline: "go-redis HSET (json.Marshal)",
+			BaseOp: func(i int) error {
+				v, _ := json.Marshal(i)
+				return raw.HSet(ctx, rawSetKey, "pn", v).Err()
+			},
+		},
+		{
+			// The blind NoCache write a user can choose: a WriteOnly,
+			// NoCache, Muted handle's Set reads no old value (one HSET).
+			Name: "redis/set-blind",
+			Op: func(i int) error {
+				_, _, err := blindSub.Set(ctx, "n", i)
+				return err
 			},
 			Baseline: "go-redis HSET (json.Marshal)",
 			BaseOp: func(i int) error {
