@@ -40,7 +40,7 @@ func (b *Backend) SetBlind(ctx context.Context, subject string, k storage.Key, o
 	c.arg = arg
 	c.subject.s, c.name.s = subject, k.Name
 	c.args = [3]any{&c.subject, &c.name, arg}
-	err = b.pool.QueryRow(ctx, b.queries(k.Kind).blind[op.Kind], c.args[:]...).Scan(&c.blind)
+	err = b.pool.QueryRow(ctx, b.queries(k.Kind).blind[op.Kind], b.textArgs(c.args[:])...).Scan(&c.blind)
 	if err == nil {
 		return c.blind.nv, nil
 	}

@@ -129,7 +129,7 @@ func (b *Backend) keyed(ctx context.Context, op, subject string, k storage.Key, 
 			if err != nil {
 				return err
 			}
-			_, err = tx.Exec(ctx, `UPDATE `+table+` SET result = $3::jsonb WHERE subject_name = $1::text AND key = $2::text`, subject, key, res)
+			_, err = tx.Exec(ctx, `UPDATE `+table+` SET result = $3::jsonb WHERE subject_name = $1::text AND key = $2::text`, b.textArgs([]any{subject, key, res})...)
 			return err
 		})
 		if err == nil {
@@ -178,7 +178,7 @@ func (b *Backend) setKeyed(ctx context.Context, subject string, k storage.Key, m
 		if err != nil {
 			return nil, nil, err
 		}
-		if err := tx.QueryRow(ctx, sql, args...).Scan(&oldRaw, &newRaw, &written); err != nil {
+		if err := tx.QueryRow(ctx, sql, b.textArgs(args)...).Scan(&oldRaw, &newRaw, &written); err != nil {
 			return nil, nil, err
 		}
 		old, _, err := decode(oldRaw)
@@ -210,7 +210,7 @@ func (b *Backend) deleteKeyed(ctx context.Context, subject string, k storage.Key
 		if err != nil {
 			return nil, nil, err
 		}
-		if err := tx.QueryRow(ctx, sql, args...).Scan(&raw, &n); err != nil {
+		if err := tx.QueryRow(ctx, sql, b.textArgs(args)...).Scan(&raw, &n); err != nil {
 			return nil, nil, err
 		}
 		old, exists, err := decode(raw)

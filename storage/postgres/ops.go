@@ -165,7 +165,7 @@ func (b *Backend) Delete(ctx context.Context, subject string, k storage.Key) (an
 	if err != nil {
 		return nil, fmt.Errorf("postgres: delete property %q of subject %q: %w", k.Name, subject, err)
 	}
-	if err := b.pool.QueryRow(ctx, sql, args...).Scan(&raw, &n); err != nil {
+	if err := b.pool.QueryRow(ctx, sql, b.textArgs(args)...).Scan(&raw, &n); err != nil {
 		return nil, wrap(ctx, "delete", subject, k.Name, err)
 	}
 	if n != 0 {
@@ -242,11 +242,11 @@ func (b *Backend) Store(ctx context.Context, subject string, batch storage.Batch
 		if len(batch.Puts) == 0 {
 			return b.feedStore(ctx, subject, batch, b.tq.storeDeletes, []any{subject, delP, delE})
 		}
-		return b.feedStore(ctx, subject, batch, b.tq.store, []any{subject, props.bytes(), ext.bytes(), delP, delE})
+		return b.feedStore(ctx, subject, batch, b.tq.store, b.textArgs([]any{subject, props.bytes(), ext.bytes(), delP, delE}))
 	case len(batch.Puts) == 0:
 		_, err = b.pool.Exec(ctx, b.tq.storeDeletes, subject, delP, delE)
 	default:
-		_, err = b.pool.Exec(ctx, b.tq.store, subject, props.bytes(), ext.bytes(), delP, delE)
+		_, err = b.pool.Exec(ctx, b.tq.store, b.textArgs([]any{subject, props.bytes(), ext.bytes(), delP, delE})...)
 	}
 	if err != nil {
 		return wrap(ctx, "store", subject, "", err)
@@ -380,6 +380,22 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 	}
 }
 
+// textArgs returns args with every []byte (a JSON argument) turned into a
+// string when the pool sends parameters as untyped text (see textJSON):
+// there pgx sends a []byte as bytea, which the ::jsonb casts refuse. args
+// may be changed in place.
+func (b *Backend) textArgs(args []any) []any {
+	if !b.textJSON {
+		return args
+	}
+	for i, a := range args {
+		if p, ok := a.([]byte); ok {
+			args[i] = string(p)
+		}
+	}
+	return args
+}
+
 // checkOpArg makes sure the argument has the type the SQL expects.
 func checkOpArg(op *storage.Op) error {
 	switch op.Kind {
@@ -412,6 +428,7 @@ func (b *Backend) setStatement(ctx context.Context, c *stmtCall, subject string,
 		c.args = [3]any{&c.subject, &c.name, arg}
 		args = c.args[:]
 	}
+	args = b.textArgs(args)
 	r := &c.row
 	r.decodeNew = op != nil
 	if err := b.pool.QueryRow(ctx, sql, args...).Scan(r); err != nil {
@@ -599,7 +616,7 @@ func (b *Backend) setFunc(ctx context.Context, subject string, k storage.Key, m 
 		return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
 	}
 	batch = &pgx.Batch{}
-	batch.Queue(q.write, subject, k.Name, data)
+	batch.Queue(q.write, b.textArgs([]any{subject, k.Name, data})...)
 	if err := b.feedFunc(ctx, batch, subject, k, oldRaw, old, nv, data); err != nil { // change feed hook
 		return nil, nil, fmt.Errorf("postgres: set property %q of subject %q: %w", k.Name, subject, err)
 	}

@@ -167,13 +167,15 @@ func storedText(t *testing.T, pool *pgxpool.Pool, table, subject string) string 
 
 // The one-statement Set reads its row straight from the driver's buffers
 // and passes its names as pgtype.TextValuer: the same results in each query
-// exec mode of pgx that knows the parameter types. (QueryExecModeExec and
-// the simple protocol send the []byte JSON arguments of every write as
-// bytea, which PostgreSQL refuses as JSON, before and after this change.)
+// exec mode of pgx, including QueryExecModeExec and the simple protocol
+// (pgbouncer's transaction pooling), where pgx sends parameters as untyped
+// text and a []byte as bytea: the JSON arguments of every write go as
+// strings there (without, a plain Set failed with 22P02).
 func TestSetStatementExecModes(t *testing.T) {
 	ctx := context.Background()
 	for _, mode := range []pgx.QueryExecMode{
 		pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec,
+		pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol,
 	} {
 		t.Run(mode.String(), func(t *testing.T) {
 			pcfg, err := postgres.PoolConfig(testenv.PostgresURL(t))
@@ -211,6 +213,28 @@ func TestSetStatementExecModes(t *testing.T) {
 			}
 			if got, err := b.Get(ctx, subject, k); err != nil || !storage.Equal(got, map[string]any{"a": []any{"é", nil}}) {
 				t.Fatalf("Get = (%v, %v)", got, err)
+			}
+			// Every other write and read: Store, an update function, the
+			// blind operation, an idempotency key, Delete, Load.
+			if err := b.Store(ctx, subject, storage.Batch{Puts: []storage.Write{{Key: k, Value: int64(1)}, {Key: storage.Key{Kind: storage.Extended, Name: "e'"}, Value: "x"}}}); err != nil {
+				t.Fatalf("Store: %v", err)
+			}
+			fn := storage.Mutation{Func: func(old any, _ bool) (any, error) { return old.(int64) + 1, nil }}
+			if nv, old, err := b.Set(ctx, subject, k, fn); err != nil || nv != int64(2) || old != int64(1) {
+				t.Fatalf("update function = (%v, %v, %v), want (2, 1, nil)", nv, old, err)
+			}
+			if nv, err := b.SetBlind(ctx, subject, k, inc); err != nil || nv != int64(4) {
+				t.Fatalf("SetBlind Inc(2) = (%v, %v), want (4, nil)", nv, err)
+			}
+			kctx := storage.WithIdempotencyKey(ctx, "key-"+mode.String())
+			if nv, old, err := b.Set(kctx, subject, k, storage.Mutation{Value: []any{"k"}}); err != nil || !storage.Equal(nv, []any{"k"}) || old != int64(4) {
+				t.Fatalf("keyed Set = (%v, %v, %v), want ([k], 4, nil)", nv, old, err)
+			}
+			if old, err := b.Delete(ctx, subject, k); err != nil || !storage.Equal(old, []any{"k"}) {
+				t.Fatalf("Delete = (%v, %v), want [k]", old, err)
+			}
+			if snap, err := b.Load(ctx, subject); err != nil || len(snap.Props) != 0 || len(snap.Ext) != 1 || snap.Ext[0].Value != "x" {
+				t.Fatalf("Load = (%v, %v)", snap, err)
 			}
 		})
 	}

@@ -122,6 +122,11 @@ type Backend struct {
 	feed     feedState // change feed (feed.go)
 	notify   notifier  // wakes the relay after feed commits (notify.go)
 	idem     idemState
+	// textJSON: the pool's default exec mode sends parameters as text
+	// without their types (QueryExecModeExec, the simple protocol), where a
+	// []byte goes as bytea; JSON arguments are then sent as strings
+	// (textArgs).
+	textJSON bool
 }
 
 var (
@@ -134,6 +139,11 @@ var (
 // when they are missing; this is idempotent and safe when several processes
 // start at once (they serialise on a PostgreSQL advisory lock). The ctx
 // bounds that set-up only.
+//
+// Every pgx query exec mode of the pool (ConnConfig.DefaultQueryExecMode)
+// works, including QueryExecModeExec and QueryExecModeSimpleProtocol, which
+// a pool behind pgbouncer in transaction mode needs: there JSON arguments
+// are sent as text. The mode is read once, here.
 func New(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Backend, error) {
 	if pool == nil {
 		return nil, errors.New("postgres: nil pool")
@@ -143,6 +153,10 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Backend, error) 
 		return nil, err
 	}
 	b := &Backend{pool: pool, cfg: cfg}
+	switch pool.Config().ConnConfig.DefaultQueryExecMode {
+	case pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol:
+		b.textJSON = true
+	}
 	if cfg.Schema != "" {
 		b.table = pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
 	} else {
