@@ -15,7 +15,7 @@ import (
 // handle: the window of the NoCache-vs-cached race, opened on purpose.
 type gateStore struct {
 	storage.Backend
-	armed   bool          // the next direct Set/Delete blocks (set before the call, read by it)
+	armed   bool          // the next direct Set/Delete/Store blocks (set before the call, read by it)
 	entered chan struct{} // closed when the blocked call has written
 	release chan struct{} // closed by the test to let it return
 }
@@ -36,6 +36,14 @@ func (g *gateStore) Set(ctx context.Context, name string, k storage.Key, m stora
 	nv, old, err := g.Backend.Set(ctx, name, k, m)
 	g.gate()
 	return nv, old, err
+}
+
+// Store gates too: the NoCache Set of a plain value on a WriteOnly handle
+// is a blind Store.
+func (g *gateStore) Store(ctx context.Context, name string, b storage.Batch) error {
+	err := g.Backend.Store(ctx, name, b)
+	g.gate()
+	return err
 }
 
 func (g *gateStore) Delete(ctx context.Context, name string, k storage.Key) (any, error) {
