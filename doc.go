@@ -65,6 +65,14 @@
 //	}
 //	err := imp.Store(ctx) // one round trip, no load
 //
+// With NoCache too, its writes are blind: a Set of a plain value is one
+// write and a built-in Op one server-side command (Redis HINCRBY,
+// PostgreSQL UPDATE) that returns only the new value; such a Set returns
+// old value nil and always emits (see WriteOnly):
+//
+//	counter := app.Subject("page-1", krules.WriteOnly(), krules.NoCache(), krules.Muted())
+//	n, _, err := counter.Set(ctx, "views", krules.Inc(1)) // n: the new count
+//
 // Flush deletes a subject, emitting PropertyDeleted for every property and
 // then SubjectDeleted.
 //

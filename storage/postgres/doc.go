@@ -67,6 +67,10 @@
 //     range with [storage.ErrOverflow]; nothing is written. A stored list
 //     with more than 512 brackets is appended to in an update transaction
 //     (it may nest deeper than the value model allows).
+//   - [Backend.SetBlind] (the NoCache Ops of a krules WriteOnly handle)
+//     applies an operation in one plain UPDATE ... RETURNING of the new
+//     value, with the same checks and without reading the old value first;
+//     a missing row or a refused value goes on to the statement above.
 //   - Set with an update function runs it inside a READ COMMITTED
 //     transaction that creates the row if missing and then locks it, so
 //     concurrent updaters never lose an update, not even on the subject's

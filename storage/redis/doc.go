@@ -55,6 +55,7 @@
 //	Set value    one script call (HGET + HSET: the old value comes back atomically)
 //	Set Op       one script call computing Inc / Append / Max / Min on the server
 //	Set func     HGET, the function in Go, a compare-and-set script; retried on conflict
+//	SetBlind     one HINCRBY for an integer Inc (else as Set Op), no old value
 //	Delete       one script call (HGET + HDEL)
 //	Flush        one DEL
 //	ExtProps     one script call returning only the "e" fields
@@ -65,7 +66,9 @@
 // HSET, which puts a NoCache Set of a value at 1.2-1.3x the latency of a raw
 // HSET on a local server (the redis/set row of cmd/krules-bench). When the
 // old value is not needed, write through a WriteOnly, Muted handle and Store:
-// that is one bare HSET (the redis/set-writeonly and redis/store-100 rows).
+// that is one bare HSET (the redis/set-writeonly and redis/store-100 rows);
+// on a WriteOnly, NoCache handle a Set of a value is one HSET and an Inc one
+// HINCRBY (Backend.SetBlind; the redis/set-blind row).
 //
 // Every command of one subject touches only that subject's key, so the
 // backend runs unchanged on Redis Cluster (put a {hash tag} in subject names
