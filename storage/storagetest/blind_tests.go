@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/krules-go/krules"
@@ -183,6 +184,49 @@ func testBlindOps(t *testing.T, a *appSuite, put rawPutFunc) {
 			t.Errorf("%s: WriteOnly NoCache Set emitted %.300v, want one PropertyChanged with OldValue %s and NewValue %s", name, evs, short(wantOld), short(nv))
 		}
 	}
+}
+
+// testBlindConcurrent: blind increments of one property from 8 goroutines
+// (SetBlind, and the NoCache Inc of WriteOnly handles) lose none: the total
+// is exact, and every result is a value no other call returned.
+func testBlindConcurrent(t *testing.T, a *appSuite) {
+	const goroutines, each = 8, 25
+	subj := a.subject("blind-concurrent")
+	a.set(subj, pkey("n"), int64(0))
+	bo, hasBlind := a.b.(storage.BlindOps)
+	inc, _ := storage.NewOp(storage.OpInc, 1)
+	var mu sync.Mutex
+	seen := map[int64]bool{}
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h := a.app.Subject(subj, krules.WriteOnly(), krules.NoCache(), krules.Muted())
+			for i := range each {
+				var nv any
+				var err error
+				if hasBlind && (g+i)%2 == 0 {
+					nv, err = bo.SetBlind(a.ctx, subj, pkey("n"), inc)
+				} else {
+					nv, _, err = h.Set(a.ctx, "n", krules.Inc(1))
+				}
+				if err != nil {
+					t.Errorf("blind Inc: %v", err)
+					return
+				}
+				n, _ := nv.(int64)
+				mu.Lock()
+				if seen[n] {
+					t.Errorf("blind Inc returned %d twice", n)
+				}
+				seen[n] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	a.expectValue(subj, pkey("n"), int64(goroutines*each))
 }
 
 // testSubjectBlindSet: a NoCache Set of a plain value on a WriteOnly handle

@@ -31,6 +31,7 @@ var subjectTests = []struct {
 	{"Subject/NameLimit", testSubjectNameLimit},
 	{"Subject/NoCacheExactUnderConcurrency", testSubjectConcurrent},
 	{"Subject/WriteOnlyNoCacheSet", testSubjectBlindSet},
+	{"Subject/WriteOnlyNoCacheIncExact", testBlindConcurrent},
 }
 
 // subjectSubtests returns the Subject-level tests: a krules App on the
