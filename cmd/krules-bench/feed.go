@@ -259,7 +259,7 @@ type e2e struct {
 	relay   *feedProc
 	counter atomic.Int64
 	setMu   sync.Mutex
-	setLats []int64 // durations of the writers' Sets (ns) in the current run
+	setLats []int64            // durations of the writers' Sets (ns) in the current run
 	commits map[int64][2]int64 // with stages: value -> writer's clock before and after its Set
 }
 
