@@ -189,6 +189,8 @@ func feedChild(role string) error {
 		var relayStore storage.FeedStore = probe
 		if fc, ok := store.(storage.FeedCursor); ok {
 			relayStore = &cursorProbe{probe, fc}
+		} else if nr, ok := store.(newReader); ok {
+			relayStore = &newProbe{probe, nr}
 		}
 		r, err := feed.NewRelay(ctx, relayStore, tjs, feed.RelayConfig{Stream: stream})
 		if err != nil {
@@ -284,6 +286,28 @@ func (p *cursorProbe) ReadChangesAfter(ctx context.Context, after string, n int,
 		p.tap.readDone(start, recs)
 	}
 	p.note(recs, false) // a cursor reads each record once
+	return recs, err
+}
+
+// newReader is a store whose reads can leave out what they returned
+// before (postgres.Backend.ReadNewChanges: the relay's pipeline over it).
+type newReader interface {
+	ReadNewChanges(ctx context.Context, fresh bool, n int, wait time.Duration) ([]storage.PendingChange, error)
+}
+
+// newProbe is readProbe over a newReader, so that the relay keeps using it.
+type newProbe struct {
+	*readProbe
+	nr newReader
+}
+
+func (p *newProbe) ReadNewChanges(ctx context.Context, fresh bool, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	start := time.Now().UnixNano()
+	recs, err := p.nr.ReadNewChanges(ctx, fresh, n, wait)
+	if p.tap != nil {
+		p.tap.readDone(start, recs)
+	}
+	p.note(recs, false) // each record once (until a fresh read)
 	return recs, err
 }
 
