@@ -48,7 +48,8 @@ type RelayConfig struct {
 	// DefaultLeaseTTL (5 s).
 	LeaseTTL time.Duration
 	// Batch bounds the records read and published at once: over a store
-	// with a cursor (storage.FeedCursor: Redis, memory) the records read
+	// with a cursor (storage.FeedCursor: Redis, memory) or
+	// ReadNewChanges (PostgreSQL) the records read
 	// and not yet acknowledged by JetStream (and reading pauses while 4 x
 	// Batch acknowledged records wait for their removal), else the records
 	// of one batch. Default DefaultBatch.
