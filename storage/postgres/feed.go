@@ -91,9 +91,7 @@ type readFloor struct {
 	mu           sync.Mutex
 	floor        int64
 	out          map[int64]struct{} // read, not yet removed by AckChanges
-	// given: the rows ReadNewChanges returned since its last fresh read
-	// and AckChanges has not removed (kept by reset: it is the relay's).
-	given map[int64]struct{}
+	given        map[int64]struct{} // ReadNewChanges: returned since its last fresh read, not yet removed (kept by reset: the relay's)
 	pending      bool               // pendS, pendN hold a horizon to pass
 	pendS, pendN int64
 	horizonAt    time.Time // when the last horizon was taken
