@@ -205,7 +205,7 @@ func feedE2ESetup(kind string) ([]Row, func(), error) {
 		cleanups = append(cleanups, e.stop)
 		rows = append(rows,
 			Row{Name: "feed/" + kind + "-e2e", Run: e.run(0), Benchtime: 3 * time.Second},
-			Row{Name: "feed/" + kind + "-e2e-1k", Run: e.run(e2eRate), Benchtime: 3 * time.Second})
+			Row{Name: "feed/" + kind + "-e2e-1k", Run: e.run(e2eRate), Benchtime: e2eWindow()})
 	}
 	switch kind {
 	case "redis":
@@ -640,6 +640,16 @@ func e2ePostgresURL() string {
 	q.Set("pool_max_conns", strconv.Itoa(e2eWriters()))
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// e2eWindow is the measured time of the feed/*-e2e-1k rows:
+// KRULES_BENCH_FEED_1K_SECONDS, default 3 s (3,000 samples, in which one
+// hiccup of a few tens of ms moves p99; 10 s is steadier).
+func e2eWindow() time.Duration {
+	if n, err := strconv.Atoi(os.Getenv("KRULES_BENCH_FEED_1K_SECONDS")); err == nil && n > 0 {
+		return time.Duration(n) * time.Second
+	}
+	return 3 * time.Second
 }
 
 // e2eWriters is the number of writer goroutines: KRULES_BENCH_FEED_WRITERS,
