@@ -79,18 +79,23 @@
 //     subjects (storage.FeedCursor: Redis stream ids, memory) the relay
 //     is one continuous pipeline: it reads with a cursor only the records
 //     committed after the last one it read (each record is read once),
-//     while earlier ones are in flight; a new record is published at once
-//     unless its subject has one in flight, up to RelayConfig.Batch
-//     records unacknowledged; acknowledged records are removed in batches
-//     (64, or after 20 ms) while reading and publishing go on (a slow
-//     removal pauses reading at 4 x Batch records waiting for it; while
-//     anything is in flight a read blocks for 50 ms at most, so a failed
-//     publish is retried after the short pause of the doc). An error or a
-//     lost lease drops the pipeline: the next start reads the feed from the
-//     beginning, and what was published but not yet removed is published
-//     again under the same Nats-Msg-Id. Without a cursor (PostgreSQL,
-//     bbolt) the relay works in batches of the oldest records: the removal
-//     of a published batch runs while the next batch is read and
+//     while earlier ones are in flight. PostgreSQL runs the same pipeline
+//     with postgres.Backend.ReadNewChanges instead of a cursor: each read
+//     leaves out the records it returned that are not yet removed (per
+//     subject they come in commit order, which is all the pipeline
+//     needs), so a record is read when its NOTIFY arrives, not after the
+//     acknowledgements of the records read before it. A new record is
+//     published at once unless its subject has one in flight, up to
+//     RelayConfig.Batch records unacknowledged; acknowledged records are
+//     removed in batches (64, or after 20 ms) while reading and publishing
+//     go on (a slow removal pauses reading at 4 x Batch records waiting
+//     for it; while anything is in flight a read blocks for 50 ms at
+//     most, so a failed publish is retried after the short pause of the
+//     doc). An error or a lost lease drops the pipeline: the next start
+//     reads the feed from the beginning, and what was published but not
+//     yet removed is published again under the same Nats-Msg-Id. Without
+//     either (bbolt) the relay works in batches of the oldest records: the
+//     removal of a published batch runs while the next batch is read and
 //     published; a record read again while its removal runs is skipped,
 //     not republished. A batch that emptied the feed (under 32 records) is
 //     refilled while JetStream is slow to acknowledge (an ack not in after

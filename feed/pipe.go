@@ -11,8 +11,9 @@ import (
 	"github.com/krules-go/krules/storage"
 )
 
-// The relay over a storage.FeedCursor (Redis, memory): one continuous
-// pipeline instead of batches. A read returns only the records committed
+// The relay over a storage.FeedCursor (Redis, memory), or a store whose
+// reads leave out what they returned before (newReader: PostgreSQL): one
+// continuous pipeline instead of batches. A read returns only the records committed
 // after the last one read (the cursor), so a record is read once, while
 // earlier ones are still being published or removed; each subject's
 // records are published one after another (the next when JetStream

@@ -48,7 +48,8 @@ type RelayConfig struct {
 	// DefaultLeaseTTL (5 s).
 	LeaseTTL time.Duration
 	// Batch bounds the records read and published at once: over a store
-	// with a cursor (storage.FeedCursor: Redis, memory) the records read
+	// with a cursor (storage.FeedCursor: Redis, memory) or
+	// ReadNewChanges (PostgreSQL) the records read
 	// and not yet acknowledged by JetStream (and reading pauses while 4 x
 	// Batch acknowledged records wait for their removal), else the records
 	// of one batch. Default DefaultBatch.
@@ -210,6 +211,9 @@ func (r *Relay) work(ctx context.Context, until time.Time) (err error) {
 	if fc, ok := r.store.(storage.FeedCursor); ok {
 		return r.workCursor(ctx, fc, until)
 	}
+	if nr, ok := r.store.(newReader); ok {
+		return r.workCursor(ctx, newCursor{r.store, nr}, until)
+	}
 	var ack *storeAck
 	// settle waits for the running removal and reports its error.
 	settle := func() error {
@@ -289,6 +293,28 @@ func (r *Relay) work(ctx context.Context, until time.Time) (err error) {
 			return perr
 		}
 	}
+}
+
+// newReader is a FeedStore that can leave out the records it returned
+// before and that are not yet removed (postgres.Backend.ReadNewChanges):
+// the relay then runs the cursor pipeline over it (newCursor) instead of
+// batches, so a record is read as soon as it commits (its NOTIFY), while
+// earlier records are still in flight. Its records come in commit order per
+// subject, which is all the pipeline needs: it chains each subject's
+// records in read order.
+type newReader interface {
+	ReadNewChanges(ctx context.Context, fresh bool, n int, wait time.Duration) ([]storage.PendingChange, error)
+}
+
+// newCursor is a newReader seen as a storage.FeedCursor: the pipeline's
+// empty cursor (its start, or nothing in flight) is a fresh read.
+type newCursor struct {
+	storage.FeedStore
+	nr newReader
+}
+
+func (c newCursor) ReadChangesAfter(ctx context.Context, after string, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	return c.nr.ReadNewChanges(ctx, after == "", n, wait)
 }
 
 // refillAfter is how long publish waits on an acknowledgement before it

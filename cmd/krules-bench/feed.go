@@ -205,7 +205,7 @@ func feedE2ESetup(kind string) ([]Row, func(), error) {
 		cleanups = append(cleanups, e.stop)
 		rows = append(rows,
 			Row{Name: "feed/" + kind + "-e2e", Run: e.run(0), Benchtime: 3 * time.Second},
-			Row{Name: "feed/" + kind + "-e2e-1k", Run: e.run(e2eRate), Benchtime: 3 * time.Second})
+			Row{Name: "feed/" + kind + "-e2e-1k", Run: e.run(e2eRate), Benchtime: e2eWindow()})
 	}
 	switch kind {
 	case "redis":
@@ -259,7 +259,8 @@ type e2e struct {
 	relay   *feedProc
 	counter atomic.Int64
 	setMu   sync.Mutex
-	setLats []int64 // durations of the writers' Sets (ns) in the current run
+	setLats []int64            // durations of the writers' Sets (ns) in the current run
+	commits map[int64][2]int64 // with stages: value -> writer's clock before and after its Set
 }
 
 // feedProc is a child process (feedchild.go) seen from the bench.
@@ -269,6 +270,7 @@ type feedProc struct {
 	stdin io.WriteCloser
 	ready chan struct{}
 	lat   chan []int64
+	stg   chan string // "g" lines (feedstages.go)
 	exit  chan struct{}
 	count atomic.Int64 // last "s" line: handled (worker) or published (relay)
 	owned atomic.Int64
@@ -331,7 +333,7 @@ func (e *e2e) spawn(role string, i int) (*feedProc, error) {
 		return nil, err
 	}
 	p := &feedProc{role: role, cmd: cmd, stdin: stdin, ready: make(chan struct{}),
-		lat: make(chan []int64, 1), exit: make(chan struct{})}
+		lat: make(chan []int64, 1), stg: make(chan string, 1), exit: make(chan struct{})}
 	go p.read(stdout)
 	select {
 	case <-p.ready:
@@ -365,6 +367,8 @@ func (p *feedProc) read(r io.Reader) {
 				p.count.Store(c)
 				p.owned.Store(o)
 			}
+		case strings.HasPrefix(line, "g "):
+			p.stg <- line
 		case line == "l" || strings.HasPrefix(line, "l "):
 			f := strings.Fields(line)[1:]
 			l := make([]int64, 0, len(f))
@@ -390,6 +394,21 @@ func (p *feedProc) latencies() ([]int64, error) {
 		return nil, fmt.Errorf("%s child exited", p.role)
 	case <-time.After(30 * time.Second):
 		return nil, fmt.Errorf("%s child: no latencies after 30 s", p.role)
+	}
+}
+
+// stages asks a child for its per-stage records since the last call.
+func (p *feedProc) stages() (string, error) {
+	if _, err := io.WriteString(p.stdin, "stg\n"); err != nil {
+		return "", err
+	}
+	select {
+	case l := <-p.stg:
+		return l, nil
+	case <-p.exit:
+		return "", fmt.Errorf("%s child exited", p.role)
+	case <-time.After(30 * time.Second):
+		return "", fmt.Errorf("%s child: no stages after 30 s", p.role)
 	}
 }
 
@@ -449,8 +468,21 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		stages := feedStagesOn()
+		if stages {
+			for _, w := range append([]*feedProc{e.relay}, e.workers...) {
+				if _, err := w.stages(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
 		e.setMu.Lock()
 		e.setLats = e.setLats[:0]
+		if stages {
+			e.commits = map[int64][2]int64{}
+		} else {
+			e.commits = nil
+		}
 		e.setMu.Unlock()
 		w0, r0, k0, s0 := e.cpu()
 		start := e.handled()
@@ -485,6 +517,18 @@ func (e *e2e) run(rate int) func(b *testing.B) {
 		read, err := e.relay.latencies()
 		if err != nil {
 			b.Fatal(err)
+		}
+		if stages {
+			run := &stageRun{writer: e.commits, relay: map[int64][4]int64{}, worker: map[int64][3]int64{},
+				wproc: map[int64]int{}, gcWrk: make([][]int64, len(e.workers))}
+			for k, w := range append([]*feedProc{e.relay}, e.workers...) {
+				l, err := w.stages()
+				if err != nil {
+					b.Fatal(err)
+				}
+				parseStages(l, k-1, run)
+			}
+			run.report(fmt.Sprintf("feed/%s-e2e rate=%d", e.kind, rate))
 		}
 		slices.Sort(all)
 		p50 := time.Duration(all[len(all)/2])
@@ -560,8 +604,12 @@ func (e *e2e) write(n int64, rate int) error {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}
-				d := int64(time.Since(t))
+				end := time.Now()
+				d := int64(end.Sub(t))
 				e.setMu.Lock()
+				if e.commits != nil {
+					e.commits[i] = [2]int64{t.UnixNano(), end.UnixNano()}
+				}
 				e.setLats = append(e.setLats, d)
 				e.setMu.Unlock()
 			}
@@ -592,6 +640,16 @@ func e2ePostgresURL() string {
 	q.Set("pool_max_conns", strconv.Itoa(e2eWriters()))
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// e2eWindow is the measured time of the feed/*-e2e-1k rows:
+// KRULES_BENCH_FEED_1K_SECONDS, default 3 s (3,000 samples, in which one
+// hiccup of a few tens of ms moves p99; 10 s is steadier).
+func e2eWindow() time.Duration {
+	if n, err := strconv.Atoi(os.Getenv("KRULES_BENCH_FEED_1K_SECONDS")); err == nil && n > 0 {
+		return time.Duration(n) * time.Second
+	}
+	return 3 * time.Second
 }
 
 // e2eWriters is the number of writer goroutines: KRULES_BENCH_FEED_WRITERS,

@@ -122,6 +122,12 @@ func feedChild(role string) error {
 		return err
 	}
 	stream := os.Getenv(envFeedStream)
+	var tap *stageTap
+	var tjs jetstream.JetStream = js
+	if feedStagesOn() {
+		tap = newStageTap()
+		tjs = tapJS{js, tap}
+	}
 	out := &childOut{w: bufio.NewWriter(os.Stdout)}
 	cmds := make(chan string)
 	go func() { // stdin: commands; EOF ends the child
@@ -148,10 +154,17 @@ func feedChild(role string) error {
 				lats = append(lats, now-t)
 				mu.Unlock()
 			}
+			if tap != nil {
+				seq, _ := ev.Meta(knats.MetaSequence)
+				sq, _ := seq.(uint64)
+				if i, ok := extraNanos(ev.NewValue); ok {
+					tap.handled(sq, i)
+				}
+			}
 			handled.Add(1)
 			return nil
 		})
-		w, err := knats.NewWorker(ctx, js, app, knats.WorkerConfig{Stream: stream})
+		w, err := knats.NewWorker(ctx, tjs, app, knats.WorkerConfig{Stream: stream})
 		if err != nil {
 			return err
 		}
@@ -172,12 +185,14 @@ func feedChild(role string) error {
 			return err
 		}
 		defer closeStore()
-		probe := &readProbe{feedStore: store, seen: map[string]bool{}}
+		probe := &readProbe{feedStore: store, seen: map[string]bool{}, tap: tap}
 		var relayStore storage.FeedStore = probe
 		if fc, ok := store.(storage.FeedCursor); ok {
 			relayStore = &cursorProbe{probe, fc}
+		} else if nr, ok := store.(newReader); ok {
+			relayStore = &newProbe{probe, nr}
 		}
-		r, err := feed.NewRelay(ctx, relayStore, js, feed.RelayConfig{Stream: stream})
+		r, err := feed.NewRelay(ctx, relayStore, tjs, feed.RelayConfig{Stream: stream})
 		if err != nil {
 			return err
 		}
@@ -216,6 +231,13 @@ func feedChild(role string) error {
 				}
 				out.line(b.String())
 			}
+			if cmd == "stg" {
+				if tap == nil {
+					out.line("g |")
+				} else {
+					out.line(tap.take())
+				}
+			}
 		case err := <-runErr:
 			return fmt.Errorf("stopped: %v", err)
 		case <-tick.C:
@@ -234,13 +256,18 @@ func feedChild(role string) error {
 // NATS's and the workers'.
 type readProbe struct {
 	feedStore
+	tap  *stageTap // nil: no per-stage timestamps
 	mu   sync.Mutex
 	seen map[string]bool // refs read since the last take (a read can return a record again while its removal runs)
 	lats []int64
 }
 
 func (p *readProbe) ReadChanges(ctx context.Context, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	start := time.Now().UnixNano()
 	recs, err := p.feedStore.ReadChanges(ctx, n, wait)
+	if p.tap != nil {
+		p.tap.readDone(start, recs)
+	}
 	p.note(recs, true)
 	return recs, err
 }
@@ -253,8 +280,34 @@ type cursorProbe struct {
 }
 
 func (p *cursorProbe) ReadChangesAfter(ctx context.Context, after string, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	start := time.Now().UnixNano()
 	recs, err := p.fc.ReadChangesAfter(ctx, after, n, wait)
+	if p.tap != nil {
+		p.tap.readDone(start, recs)
+	}
 	p.note(recs, false) // a cursor reads each record once
+	return recs, err
+}
+
+// newReader is a store whose reads can leave out what they returned
+// before (postgres.Backend.ReadNewChanges: the relay's pipeline over it).
+type newReader interface {
+	ReadNewChanges(ctx context.Context, fresh bool, n int, wait time.Duration) ([]storage.PendingChange, error)
+}
+
+// newProbe is readProbe over a newReader, so that the relay keeps using it.
+type newProbe struct {
+	*readProbe
+	nr newReader
+}
+
+func (p *newProbe) ReadNewChanges(ctx context.Context, fresh bool, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	start := time.Now().UnixNano()
+	recs, err := p.nr.ReadNewChanges(ctx, fresh, n, wait)
+	if p.tap != nil {
+		p.tap.readDone(start, recs)
+	}
+	p.note(recs, false) // each record once (until a fresh read)
 	return recs, err
 }
 

@@ -52,6 +52,10 @@ type feedState struct {
 	owner    string      // lease owner holding the advisory lock on conn
 	notified atomic.Bool // a NOTIFY came in (also while a query ran)
 
+	// readNew, readPlainNew: read and readPlain without the rows in $3
+	// (ReadNewChanges).
+	readNew, readPlainNew string
+
 	// horizon, seqCheck: the statements of the read floor (see readFloor).
 	readPlain         string // read without the floor
 	horizon, seqCheck string
@@ -87,6 +91,7 @@ type readFloor struct {
 	mu           sync.Mutex
 	floor        int64
 	out          map[int64]struct{} // read, not yet removed by AckChanges
+	given        map[int64]struct{} // ReadNewChanges: returned since its last fresh read, not yet removed (kept by reset: the relay's)
 	pending      bool               // pendS, pendN hold a horizon to pass
 	pendS, pendN int64
 	horizonAt    time.Time // when the last horizon was taken
@@ -181,6 +186,8 @@ func (b *Backend) initFeed() error {
 	LEFT JOIN LATERAL (SELECT * FROM {F} WHERE pos >= $2::bigint ORDER BY pos LIMIT $1) AS r ON true
 	ORDER BY r.pos`)
 	f.readPlain = r.Replace(`SELECT 0::bigint, pos, id, subject_name, seq, kind, property, ext, old_value, new_value, snapshot, meta, created_at FROM {F} WHERE pos >= $2::bigint ORDER BY pos LIMIT $1`)
+	f.readNew = strings.Replace(f.read, "WHERE pos >= $2::bigint", "WHERE pos >= $2::bigint AND pos <> ALL($3::bigint[])", 1)
+	f.readPlainNew = strings.Replace(f.readPlain, "WHERE pos >= $2::bigint", "WHERE pos >= $2::bigint AND pos <> ALL($3::bigint[])", 1)
 	f.horizon = r.Replace(`SELECT COALESCE(pg_sequence_last_value(pg_get_serial_sequence('{F}', 'pos')::regclass), 0)`)
 	f.seqCheck = r.Replace(`SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, s.seqcache FROM pg_sequence AS s
 	WHERE s.seqrelid = pg_get_serial_sequence('{F}', 'pos')::regclass AND pg_sequence_last_value(s.seqrelid) IS DISTINCT FROM -1`)
@@ -612,6 +619,39 @@ func (b *Backend) writeFlushRecords(ctx context.Context, conn interface {
 // ReadChanges implements storage.FeedStore: the oldest rows by pos, waiting
 // for a NOTIFY (LISTEN on the relay's own connection) when there is none.
 func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	return b.readChanges(ctx, n, wait, false)
+}
+
+// ReadNewChanges is ReadChanges for a relay that keeps records in flight
+// while it reads on (the pipeline of package feed): it returns the oldest
+// pending records that no ReadNewChanges returned since the last fresh one
+// (records AckChanges removed are gone anyway), and waits up to wait for a
+// NOTIFY when there is none, as ReadChanges does. fresh starts over: the
+// read returns every pending record, the ones returned before included
+// (a relay that dropped its pipeline publishes them again).
+//
+// Per subject the records come in commit order across calls: a record is
+// written under its subject's row lock, so a subject's earlier record
+// committed before a later one took its pos, and a read that sees the
+// later one sees (and returns, or returned before) the earlier one. Across
+// subjects a record can come after records that committed later (pos is
+// not commit order), which the relay does not need.
+//
+// The records returned and not yet removed are remembered (one entry per
+// record, forgotten by AckChanges or the next fresh read) and left out of
+// each read in its statement (pos <> ALL($3)). Like ReadChanges, call it
+// from one goroutine at a time (the lease holder); AckChanges may run
+// meanwhile.
+func (b *Backend) ReadNewChanges(ctx context.Context, fresh bool, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	if fresh {
+		b.feed.fl.mu.Lock()
+		b.feed.fl.given = nil
+		b.feed.fl.mu.Unlock()
+	}
+	return b.readChanges(ctx, n, wait, true)
+}
+
+func (b *Backend) readChanges(ctx context.Context, n int, wait time.Duration, onlyNew bool) ([]storage.PendingChange, error) {
 	if b.closed.Load() {
 		return nil, fmt.Errorf("postgres: %w", storage.ErrClosed)
 	}
@@ -625,7 +665,7 @@ func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([
 	deadline := time.Now().Add(wait)
 	for {
 		f.notified.Store(false)
-		out, err := b.readRows(ctx, conn, max(n, 1))
+		out, err := b.readRows(ctx, conn, max(n, 1), onlyNew)
 		if err != nil || len(out) > 0 {
 			if err != nil {
 				b.dropFeedConnLocked()
@@ -660,18 +700,19 @@ func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([
 	}
 }
 
-func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int) ([]storage.PendingChange, error) {
-	out, again, err := b.readRowsOnce(ctx, conn, n)
+func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int, onlyNew bool) ([]storage.PendingChange, error) {
+	out, again, err := b.readRowsOnce(ctx, conn, n, onlyNew)
 	if again {
 		// The sequence changed under the floor: read from 0.
-		out, _, err = b.readRowsOnce(ctx, conn, n)
+		out, _, err = b.readRowsOnce(ctx, conn, n, onlyNew)
 	}
 	return out, err
 }
 
 // readRowsOnce is one read of readRows; again: the feed's sequence was
 // found changed (readFloor.seq), the floor reset and the rows dropped.
-func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int) (_ []storage.PendingChange, again bool, _ error) {
+// onlyNew: without the rows of fl.given, and the rows read are added to it.
+func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int, onlyNew bool) (_ []storage.PendingChange, again bool, _ error) {
 	f := &b.feed
 	fl := &f.fl
 	fl.mu.Lock()
@@ -684,7 +725,24 @@ func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int) (_ []
 	if fl.off {
 		read = f.readPlain
 	}
+	var skip []int64
+	if onlyNew {
+		// A row leaves given only after its removal committed, so a row
+		// missing here is either left out or invisible to the read.
+		skip = make([]int64, 0, len(fl.given))
+		for p := range fl.given {
+			skip = append(skip, p)
+		}
+		read = f.readNew
+		if fl.off {
+			read = f.readPlainNew
+		}
+	}
 	fl.mu.Unlock()
+	args := []any{n, floor}
+	if onlyNew {
+		args = append(args, skip)
+	}
 	q := pgx.Batch{}
 	if horizon {
 		// The xid N is taken after S is read; the transaction's commit
@@ -692,7 +750,7 @@ func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int) (_ []
 		q.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
 		q.Queue(`SET LOCAL synchronous_commit = off`)
 	}
-	q.Queue(read, n, floor)
+	q.Queue(read, args...)
 	if check {
 		q.Queue(f.seqID)
 	}
@@ -764,14 +822,26 @@ func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int) (_ []
 	if check && fl.sequenceChanged(seqID) {
 		return nil, true, nil
 	}
-	fl.advance(poss, len(poss) >= n, xmin, horizon, hS, hN)
+	fl.advance(poss, len(poss) >= n, xmin, horizon, hS, hN, len(skip) > 0)
+	if onlyNew && len(poss) > 0 {
+		fl.mu.Lock()
+		if fl.given == nil {
+			fl.given = make(map[int64]struct{}, len(poss))
+		}
+		for _, p := range poss {
+			fl.given[p] = struct{}{}
+		}
+		fl.mu.Unlock()
+	}
 	return out, false, nil
 }
 
 // advance records a read (see readFloor): the positions it returned (in
 // order; full: the LIMIT was reached), its snapshot's xmin and, with
-// horizon, a new horizon (S, N).
-func (fl *readFloor) advance(poss []int64, full bool, xmin int64, horizon bool, s, n int64) {
+// horizon, a new horizon (S, N); skipped: the read left out rows it had
+// returned before (ReadNewChanges), so a row missing from it may still be
+// there.
+func (fl *readFloor) advance(poss []int64, full bool, xmin int64, horizon bool, s, n int64, skipped bool) {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	if fl.off {
@@ -779,7 +849,7 @@ func (fl *readFloor) advance(poss []int64, full bool, xmin int64, horizon bool, 
 	}
 	// A row read before and not returned now, from a floor below it and
 	// within the rows this read covered, has been removed.
-	if len(fl.out) > 0 {
+	if len(fl.out) > 0 && !skipped {
 		got := make(map[int64]struct{}, len(poss))
 		for _, p := range poss {
 			got[p] = struct{}{}
@@ -823,6 +893,7 @@ func (fl *readFloor) removed(ids []int64) {
 	fl.mu.Lock()
 	for _, p := range ids {
 		delete(fl.out, p)
+		delete(fl.given, p)
 	}
 	fl.mu.Unlock()
 }

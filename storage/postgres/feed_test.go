@@ -356,3 +356,82 @@ func drainFeed(t *testing.T, b *postgres.Backend) []storage.PendingChange {
 	}
 	return recs
 }
+
+// TestFeedReadNewChanges: ReadNewChanges returns each record once while it
+// is not removed (later reads leave it out and wait for new ones), a fresh
+// read returns the ones not removed again, and the read floor never passes
+// a record left out: after reads that left records out across several
+// floor horizons, a fresh read still returns them (with the floor's removal
+// inference of ReadChanges, which takes a record a read did not return for
+// removed, the floor passed them and they were never read again).
+func TestFeedReadNewChanges(t *testing.T) {
+	ctx := context.Background()
+	b := newFeedBackend(t)
+	if ok, err := b.FeedLease(ctx, "a", time.Minute); err != nil || !ok {
+		t.Fatalf("lease: %v %v", ok, err)
+	}
+	key := storage.Key{Kind: storage.Default, Name: "v"}
+	set := func(subject string, v int64) {
+		t.Helper()
+		if _, _, err := b.Set(ctx, subject, key, storage.Mutation{Value: v}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	values := func(recs []storage.PendingChange) []int64 {
+		var out []int64
+		for _, r := range recs {
+			n, _ := r.Change.New.(int64)
+			out = append(out, n)
+		}
+		return out
+	}
+	read := func(fresh bool) []storage.PendingChange {
+		t.Helper()
+		recs, err := b.ReadNewChanges(ctx, fresh, 100, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return recs
+	}
+	for i := range 5 {
+		set("s"+string(rune('a'+i)), int64(i))
+	}
+	first := read(true)
+	if got := values(first); len(got) != 5 {
+		t.Fatalf("first read: %v, want the 5 records", got)
+	}
+	// New records only, across several floor horizons (10 ms apart).
+	for i := range 6 {
+		set("t", int64(10+i))
+		got := values(read(false))
+		if len(got) != 1 || got[0] != int64(10+i) {
+			t.Fatalf("read %d: %v, want only [%d]", i, got, 10+i)
+		}
+		time.Sleep(15 * time.Millisecond)
+	}
+	if got := read(false); len(got) != 0 {
+		t.Fatalf("read returned %v again", values(got))
+	}
+	// Remove two of the first five: a fresh read returns the rest, the
+	// 6 of "t" included.
+	if err := b.AckChanges(ctx, []string{first[0].Ref, first[1].Ref}); err != nil {
+		t.Fatal(err)
+	}
+	if got := values(read(true)); len(got) != 9 || got[0] != 2 || got[3] != 10 {
+		t.Fatalf("fresh read: %v, want [2 3 4 10 ... 15]", got)
+	}
+	// A read that finds nothing new waits for the next commit's wake.
+	done := make(chan []storage.PendingChange, 1)
+	go func() {
+		recs, err := b.ReadNewChanges(ctx, false, 100, 30*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- recs
+	}()
+	time.Sleep(50 * time.Millisecond)
+	set("u", 99)
+	if got := values(<-done); len(got) != 1 || got[0] != 99 {
+		t.Fatalf("waiting read: %v, want [99]", got)
+	}
+}
