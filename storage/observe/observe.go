@@ -193,8 +193,9 @@ type Config struct {
 	NoTracing bool
 }
 
-// Wrap returns b observed as cfg says. The result implements storage.Lister
-// when b does, Close when b has a Close method (Close() error or Close()),
+// Wrap returns b observed as cfg says. The result implements
+// storage.BlindOps (forwarded when b implements it, else done with b's Set),
+// storage.Lister when b does, Close when b has a Close method (Close() error or Close()),
 // and Unwrap, which returns b. It is safe for concurrent use when b is.
 func Wrap(b storage.Backend, cfg Config) storage.Backend {
 	o := &observed{inner: b, name: cfg.Backend}
@@ -279,8 +280,9 @@ type observedLister struct {
 }
 
 var (
-	_ storage.Backend = (*observed)(nil)
-	_ storage.Lister  = (*observedLister)(nil)
+	_ storage.Backend  = (*observed)(nil)
+	_ storage.Lister   = (*observedLister)(nil)
+	_ storage.BlindOps = (*observed)(nil)
 )
 
 // call is one observed operation.
@@ -369,6 +371,19 @@ func (o *observed) Set(ctx context.Context, subject string, k storage.Key, m sto
 	ctx, c := o.begin(ctx, iSet, subject, &k)
 	defer c.finish(&err)
 	return o.inner.Set(ctx, subject, k, m)
+}
+
+// SetBlind implements storage.BlindOps, observed as a set: the wrapped
+// backend's SetBlind when it implements storage.BlindOps, else its Set,
+// whose old value is dropped (the same result, see storage.BlindOps).
+func (o *observed) SetBlind(ctx context.Context, subject string, k storage.Key, op *storage.Op) (nv any, err error) {
+	ctx, c := o.begin(ctx, iSet, subject, &k)
+	defer c.finish(&err)
+	if bo, ok := o.inner.(storage.BlindOps); ok {
+		return bo.SetBlind(ctx, subject, k, op)
+	}
+	nv, _, err = o.inner.Set(ctx, subject, k, storage.Mutation{Op: op})
+	return nv, err
 }
 
 func (o *observed) Get(ctx context.Context, subject string, k storage.Key) (v any, err error) {

@@ -49,8 +49,9 @@ type Backend struct {
 }
 
 var (
-	_ storage.Backend = (*Backend)(nil)
-	_ storage.Lister  = (*Backend)(nil)
+	_ storage.Backend  = (*Backend)(nil)
+	_ storage.Lister   = (*Backend)(nil)
+	_ storage.BlindOps = (*Backend)(nil)
 )
 
 // New builds a router. fallback stores every subject no route matches. It is
@@ -116,6 +117,21 @@ func (b *Backend) Set(ctx context.Context, subject string, k storage.Key, m stor
 		return nil, nil, err
 	}
 	return mb.Set(ctx, subject, k, m)
+}
+
+// SetBlind implements storage.BlindOps: it runs the member's SetBlind when
+// the member implements storage.BlindOps, else the member's Set, whose old
+// value is dropped (the same result, see storage.BlindOps).
+func (b *Backend) SetBlind(ctx context.Context, subject string, k storage.Key, op *storage.Op) (any, error) {
+	mb, err := b.forWrite(ctx, subject)
+	if err != nil {
+		return nil, err
+	}
+	if bo, ok := mb.(storage.BlindOps); ok {
+		return bo.SetBlind(ctx, subject, k, op)
+	}
+	nv, _, err := mb.Set(ctx, subject, k, storage.Mutation{Op: op})
+	return nv, err
 }
 
 // Get implements storage.Backend.
