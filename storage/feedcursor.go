@@ -12,7 +12,9 @@ import (
 // committed since, instead of reading the oldest pending records again
 // while they are still being published (ReadChanges). The Redis backend
 // (stream ids) and the memory backend implement it; PostgreSQL cannot (its
-// pos order is not commit order across transactions).
+// pos order is not commit order across transactions): its relay runs the
+// same pipeline over postgres.Backend.ReadNewChanges, whose reads leave out
+// the records already returned and not yet removed.
 //
 // Like ReadChanges it is only called by the lease holder; it may be called
 // while AckChanges of earlier records runs.
