@@ -212,6 +212,7 @@ type partition struct {
 	c     jetstream.Consumer
 	hctx  context.Context // the handlers' context
 	epoch uint64          // the lease's revision when acquired: grows with every new owner
+	dbg   *partDebug      // the stall watchdog's state (EnvDebug), else nil
 
 	kvMu     sync.Mutex // serialises the lease's KV writes (renew, release)
 	rev      uint64     // revision of our last lease write
@@ -527,6 +528,9 @@ func (w *Worker) acquire(ctx context.Context, k int) *partition {
 		room: make(chan struct{}, 1), gates: make(chan struct{}, 1),
 	}
 	p.validUntil.Store(sent + int64(w.cfg.AckWait-w.leaseGuard()))
+	if w.debug {
+		p.dbg = &partDebug{start: time.Now()}
+	}
 	return p
 }
 
@@ -587,7 +591,15 @@ func (w *Worker) runPartition(hctx context.Context, p *partition, forced <-chan 
 		delete(w.active, p)
 		w.pmu.Unlock()
 	}()
+	if p.dbg != nil {
+		dogDone := make(chan struct{})
+		defer close(dogDone)
+		go w.watchdog(p, dogDone)
+	}
 	if w.waitQuiet(p) {
+		if p.dbg != nil {
+			p.dbg.quiet.Store(time.Now().UnixNano())
+		}
 		w.pull(p, fatal)
 	}
 	// Drain: lanes finish (or, on stop, give up what waits for a retry).
@@ -783,6 +795,14 @@ func (w *Worker) pull(p *partition, fatal func(error)) {
 	for {
 		w.waitRoom(p)
 		m, err := it.Next()
+		if p.dbg != nil {
+			if err != nil {
+				p.dbg.nextErr(err)
+			} else {
+				p.dbg.next.Store(time.Now().UnixNano())
+				p.dbg.nexts.Add(1)
+			}
+		}
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				if p.stopping() || p.lost.Load() {
@@ -839,7 +859,11 @@ func (w *Worker) fetchFatal(p *partition, err error, fatal func(error)) bool {
 	}
 	if errors.Is(err, jetstream.ErrNoHeartbeat) {
 		// The client re-pulls by itself; a busy server or network.
-		w.log.Debug("krules/nats: pull heartbeat missed", "consumer", p.c.CachedInfo().Name)
+		if p.dbg != nil {
+			w.log.Warn("krules/nats debug: pull heartbeat missed", "consumer", p.c.CachedInfo().Name)
+		} else {
+			w.log.Debug("krules/nats: pull heartbeat missed", "consumer", p.c.CachedInfo().Name)
+		}
 		return false
 	}
 	w.log.Warn("krules/nats: fetch failed; retrying", "consumer", p.c.CachedInfo().Name, "error", err)

@@ -167,6 +167,8 @@ type Worker struct {
 	handled, failed, redelivered, duplicates, dead, ackErrs atomic.Uint64
 	running                                                 atomic.Bool
 
+	debug bool // EnvDebug: run a stall watchdog per partition
+
 	// abandon is closed when Run returns past the shutdown deadline.
 	abandon chan struct{}
 
@@ -222,7 +224,7 @@ func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg
 	w := &Worker{
 		js: js, app: app, cfg: cfg, log: cfg.Logger, parts: n, epoch: strconv.FormatInt(created.UnixNano(), 36),
 		id: newMemberID(), t0: time.Now(), sem: make(chan struct{}, cfg.Concurrency),
-		abandon: make(chan struct{}), active: map[*partition]struct{}{},
+		abandon: make(chan struct{}), active: map[*partition]struct{}{}, debug: debugOn(),
 	}
 	for k := range n {
 		c, err := ensureConsumer(ctx, js, cfg.Stream, jetstream.ConsumerConfig{
@@ -440,6 +442,9 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		// sent to a previous owner's pull): it comes again after AckWait.
 		// Hold everything from here until it did (watchGate), so that
 		// nothing of its subject overtakes it.
+		if p.dbg != nil {
+			p.dbg.gaps.Add(1)
+		}
 		if !p.gated {
 			p.gated = true
 			select {
@@ -494,6 +499,9 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		}
 	}
 	it.e = e
+	if p.dbg != nil {
+		p.dbg.dispatch.Store(time.Now().UnixNano())
+	}
 	p.mu.Lock()
 	p.held[it.seq] = it
 	if p.gated {
@@ -536,6 +544,9 @@ func (w *Worker) openGate(p *partition) {
 	p.mu.Lock()
 	gate := p.gate
 	p.gate, p.gated = nil, false
+	if p.dbg != nil {
+		p.dbg.opened.Store(time.Now().UnixNano())
+	}
 	slices.SortFunc(gate, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
 	var start []*lane
 	for _, it := range gate {
@@ -571,6 +582,9 @@ func (w *Worker) runLane(p *partition, l *lane) {
 			l.dead = true
 			p.mu.Unlock()
 			return
+		}
+		if p.dbg != nil {
+			p.dbg.done.Store(time.Now().UnixNano())
 		}
 		p.mu.Lock()
 		delete(p.held, it.seq)
