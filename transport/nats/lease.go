@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -213,6 +214,7 @@ type partition struct {
 	hctx  context.Context // the handlers' context
 	epoch uint64          // the lease's revision when acquired: grows with every new owner
 	dbg   *partDebug      // the stall watchdog's state (EnvDebug), else nil
+	pulls atomic.Uint64   // +1 before and after every Next of the pull: odd while waiting in it
 
 	kvMu     sync.Mutex // serialises the lease's KV writes (renew, release)
 	rev      uint64     // revision of our last lease write
@@ -770,31 +772,57 @@ func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
 
 // pull consumes the partition (a continuous pull, up to fetchBatch events
 // requested ahead) while the lease is valid and the partition is not
-// stopping; then it drains what was already received into the lanes.
+// stopping; then it drains what was already received into the lanes. When
+// watchPull finds the pull request gone at the server (see there), it
+// drains the iterator and pull goes on with a new one.
 func (w *Worker) pull(p *partition, fatal func(error)) {
-	it, err := p.c.Messages(jetstream.PullMaxMessages(fetchBatch), jetstream.PullExpiry(w.pullExpiry()))
+	it, err := w.messages(p)
 	if err != nil {
 		fatal(fmt.Errorf("krules/nats: consumer %s: %w", p.c.CachedInfo().Name, err))
 		return
 	}
+	// itMu guards it (written only by this goroutine, under itMu), ended
+	// (stopping or lost: no new iterator) and restart (watchPull drained
+	// it: take a new one once it is empty).
+	var itMu sync.Mutex
+	var ended, restart bool
+	kick := func() bool {
+		itMu.Lock()
+		defer itMu.Unlock()
+		if ended || restart {
+			return false
+		}
+		restart = true
+		it.Drain()
+		return true
+	}
 	watchDone := make(chan struct{})
-	var gateWG sync.WaitGroup
-	gateWG.Add(1)
-	go func() { defer gateWG.Done(); w.watchGate(p, watchDone) }()
-	defer gateWG.Wait() // no gate opening once pull returned (the lanes drain then)
+	var watchWG sync.WaitGroup
+	watchWG.Add(2)
+	go func() { defer watchWG.Done(); w.watchGate(p, watchDone) }()
+	go func() { defer watchWG.Done(); w.watchPull(p, watchDone, kick) }()
+	defer watchWG.Wait() // no gate opening once pull returned (the lanes drain then)
 	defer close(watchDone)
 	go func() {
 		select {
 		case <-p.stop:
+			itMu.Lock()
+			ended = true
 			it.Drain()
+			itMu.Unlock()
 		case <-p.lostCh:
+			itMu.Lock()
+			ended = true
 			it.Stop() // lease gone: touch nothing more
+			itMu.Unlock()
 		case <-watchDone:
 		}
 	}()
 	for {
 		w.waitRoom(p)
+		p.pulls.Add(1) // odd: waiting in Next
 		m, err := it.Next()
+		p.pulls.Add(1)
 		if p.dbg != nil {
 			if err != nil {
 				p.dbg.nextErr(err)
@@ -808,6 +836,24 @@ func (w *Worker) pull(p *partition, fatal func(error)) {
 				if p.stopping() || p.lost.Load() {
 					return
 				}
+				if !errors.Is(err, natsgo.ErrConnectionClosed) {
+					itMu.Lock()
+					again := restart && !ended
+					var nerr error
+					if again {
+						var nit jetstream.MessagesContext
+						if nit, nerr = w.messages(p); nerr == nil {
+							it, restart = nit, false
+						}
+					}
+					itMu.Unlock()
+					if again && nerr == nil {
+						continue
+					}
+					if nerr != nil {
+						err = nerr
+					}
+				}
 				fatal(fmt.Errorf("krules/nats: consumer %s: %w", p.c.CachedInfo().Name, err))
 				return
 			}
@@ -818,6 +864,83 @@ func (w *Worker) pull(p *partition, fatal func(error)) {
 			continue
 		}
 		w.dispatch(p, m)
+	}
+}
+
+// messages starts a pull of the partition's consumer.
+func (w *Worker) messages(p *partition) (jetstream.MessagesContext, error) {
+	if hook := testHookMessages.Load(); hook != nil {
+		if it := (*hook)(p.k, p.c); it != nil {
+			return it, nil
+		}
+	}
+	return p.c.Messages(jetstream.PullMaxMessages(fetchBatch), jetstream.PullExpiry(w.pullExpiry()))
+}
+
+// testHookMessages is set by tests (export_test.go) to give a partition's
+// pull an iterator of their own (nil: the real one).
+var testHookMessages atomic.Pointer[func(partition int, c jetstream.Consumer) jetstream.MessagesContext]
+
+// stallAfter is how long a pull may wait in Next without receiving
+// anything before watchPull asks the server whether it still has a pull
+// request of the partition; pullCheckEvery is how often it looks.
+const (
+	stallAfter     = time.Second
+	pullCheckEvery = 250 * time.Millisecond
+)
+
+// watchPull repairs a pull whose request the server dropped without
+// telling. The client (nats.go's Messages) asks for fetchBatch events
+// ahead and asks again when fewer than half are outstanding, counting a
+// request as outstanding until its events came or the server's 408
+// (request timeout) said how many did not. nats-server 2.9 sometimes ends
+// an expiring request without the 408 when an event arrives at the moment
+// it expires (one in four in a probe that published at the expiry); the
+// client then waits for events the server will not send, until it misses
+// the request's heartbeats: pullExpiry (5 s by default) with the partition
+// idle. So when the pull has been waiting in Next for stallAfter without
+// receiving anything (then every time the wait doubled, up to
+// pullExpiry), watchPull asks the server; if it has events of the
+// partition to deliver and no pull request waiting, kick drains the
+// iterator (pull takes a new one). It ends when done or p.stop is closed.
+func (w *Worker) watchPull(p *partition, done <-chan struct{}, kick func() bool) {
+	t := time.NewTicker(pullCheckEvery)
+	defer t.Stop()
+	last, since, wait := p.pulls.Load(), time.Now(), stallAfter
+	for {
+		select {
+		case <-done:
+			return
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		n := p.pulls.Load()
+		if n != last || n%2 == 0 {
+			// Received something, or not waiting in Next (waitRoom).
+			last, since, wait = n, time.Now(), stallAfter
+			continue
+		}
+		if time.Since(since) < wait {
+			continue
+		}
+		ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
+		info, err := p.c.Info(ictx)
+		cancel()
+		since = time.Now()
+		if err != nil || p.pulls.Load() != n || info.NumWaiting > 0 || info.NumPending == 0 {
+			wait = min(2*wait, w.pullExpiry())
+			continue
+		}
+		if kick() {
+			lvl := slog.LevelInfo
+			if p.dbg != nil {
+				lvl = slog.LevelWarn
+			}
+			w.log.Log(context.Background(), lvl, "krules/nats: the server has no pull request of the partition but events for it; pulling again",
+				"consumer", info.Name, "pending", info.NumPending, "ack_pending", info.NumAckPending, "idle", wait)
+		}
+		wait = stallAfter
 	}
 }
 
