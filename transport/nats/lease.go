@@ -234,6 +234,7 @@ type partition struct {
 	gated bool             // events go to gate, not to lanes, until openGate
 	gate  []*item
 	dseq  uint64 // consumer (delivery) sequence of the last delivery received
+	rseq  uint64 // consumer sequence of the last delivery dispatch finished with (held, replaced or dropped)
 	lanes map[string]*lane
 	wg    sync.WaitGroup // lanes
 	room  chan struct{}  // a lane finished an event (waitRoom), capacity 1
@@ -749,7 +750,7 @@ func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
 			ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
 			info, err := p.c.Info(ictx)
 			cancel()
-			if err == nil && info.NumAckPending <= before {
+			if err == nil && (info.NumAckPending <= before || w.allInHand(p, info)) {
 				w.openGate(p)
 			} else {
 				t = time.NewTimer(50 * time.Millisecond)
@@ -769,6 +770,43 @@ func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
 		}
 	}
 }
+
+// allInHand reports whether every event the consumer counted as delivered
+// and unacknowledged (info) is held by this owner, when deliveries were on
+// their way to it at the time of info (a burst of new events during a
+// takeover: the plain count, NumAckPending against the events held before
+// asking, would not match until the burst paused). It waits (up to
+// gateSettle) until dispatch is through the last delivery the server had
+// made (info.Delivered.Consumer), then counts the held events first
+// delivered up to it: if the server's count is not above that, nothing of
+// the server's count is elsewhere. A delivery that went to another pull
+// never arrives; then it reports false (after gateSettle, or because a
+// later delivery came and the count is short).
+func (w *Worker) allInHand(p *partition, info *jetstream.ConsumerInfo) bool {
+	d := info.Delivered.Consumer
+	deadline := time.Now().Add(gateSettle)
+	for {
+		p.mu.Lock()
+		if p.rseq >= d {
+			n := 0
+			for _, it := range p.held {
+				if it.dseq <= d {
+					n++
+				}
+			}
+			p.mu.Unlock()
+			return info.NumAckPending <= n
+		}
+		p.mu.Unlock()
+		if time.Now().After(deadline) || p.stopping() {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// gateSettle bounds how long allInHand waits for the deliveries in flight.
+const gateSettle = 200 * time.Millisecond
 
 // pull consumes the partition (a continuous pull, up to fetchBatch events
 // requested ahead) while the lease is valid and the partition is not

@@ -411,6 +411,7 @@ func (w *Worker) Run(ctx context.Context) error {
 type item struct {
 	m       jetstream.Msg // the latest delivery (a redelivery replaces it)
 	seq     uint64        // stream sequence
+	dseq    uint64        // consumer (delivery) sequence of its first delivery to this owner
 	md      *jetstream.MsgMetadata
 	e       *event.Event
 	payload krules.Payload
@@ -460,6 +461,7 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		// waited behind a slow event in the client's pull buffer, where
 		// it gets no heartbeat). Running it again would run it after
 		// later events of its subject: ack it (again) and drop it.
+		p.rseq = md.Sequence.Consumer
 		p.mu.Unlock()
 		if w.valid(p) {
 			_ = m.Ack()
@@ -470,11 +472,12 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		// A redelivery of an event we hold (its AckWait lapsed): keep one
 		// copy, acked through the latest delivery.
 		it.m = m
+		p.rseq = md.Sequence.Consumer
 		p.mu.Unlock()
 		return
 	}
 	p.mu.Unlock()
-	it := &item{m: m, seq: md.Sequence.Stream, md: md}
+	it := &item{m: m, seq: md.Sequence.Stream, dseq: md.Sequence.Consumer, md: md}
 	e := new(event.Event)
 	// json.Valid, then the event's own decoder: json.Unmarshal would scan
 	// the text once more (its skip of the value it hands to UnmarshalJSON)
@@ -504,6 +507,7 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 	}
 	p.mu.Lock()
 	p.held[it.seq] = it
+	p.rseq = md.Sequence.Consumer
 	if p.gated {
 		p.gate = append(p.gate, it)
 		p.mu.Unlock()
