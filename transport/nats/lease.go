@@ -937,11 +937,13 @@ func (w *Worker) stallAfter() time.Duration { return min(time.Second, w.pullExpi
 // until it misses the request's heartbeats: pullExpiry (5 s by default)
 // with the partition idle. A probe of 20 Messages iterators fed 50
 // events/s each, 1 s expiry, saw 29 such waits of 1 s in 30 s; the bench
-// row nats/ordered-3-workers one of ~5 s in some 1 of 30 runs. So when the pull has been waiting in Next for stallAfter without
-// receiving anything (then every time the wait doubled, up to
-// pullExpiry), watchPull asks the server; if it has events of the
-// partition to deliver and no pull request waiting, kick drains the
-// iterator (pull takes a new one). It ends when done or p.stop is closed.
+// row nats/ordered-3-workers one of ~5 s in some 1 of 30 runs. So when
+// the pull has been waiting in Next for stallAfter without receiving
+// anything (then every 2*stallAfter while it stays idle: a request can
+// also be dropped before it delivered anything, after a long idle wait),
+// watchPull asks the server; if it has events of the partition to deliver
+// and no pull request waiting, kick drains the iterator (pull takes a new
+// one). It ends when done or p.stop is closed.
 func (w *Worker) watchPull(p *partition, done <-chan struct{}, kick func() bool) {
 	stallAfter := w.stallAfter()
 	t := time.NewTicker(stallAfter / 4)
@@ -969,7 +971,7 @@ func (w *Worker) watchPull(p *partition, done <-chan struct{}, kick func() bool)
 		cancel()
 		since = time.Now()
 		if err != nil || p.pulls.Load() != n || info.NumWaiting > 0 || info.NumPending == 0 {
-			wait = min(2*wait, w.pullExpiry())
+			wait = min(2*wait, 2*stallAfter)
 			continue
 		}
 		if kick() {
