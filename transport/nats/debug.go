@@ -58,8 +58,8 @@ func (w *Worker) watchdog(p *partition, done <-chan struct{}) {
 	d := p.dbg
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
-	var stalledSince time.Time
-	var lastLog time.Time
+	var stalledSince, lastLog time.Time
+	var quietAt int64 // unix ns: the consumer last had nothing pending or unacknowledged
 	for {
 		select {
 		case <-done:
@@ -67,7 +67,7 @@ func (w *Worker) watchdog(p *partition, done <-chan struct{}) {
 		case <-t.C:
 		}
 		now := time.Now()
-		last := max(d.done.Load(), d.quiet.Load(), d.start.UnixNano())
+		last := max(d.done.Load(), d.quiet.Load(), d.start.UnixNano(), quietAt)
 		idle := now.Sub(time.Unix(0, last))
 		if idle <= time.Second {
 			if !stalledSince.IsZero() {
@@ -87,6 +87,7 @@ func (w *Worker) watchdog(p *partition, done <-chan struct{}) {
 			continue
 		}
 		if info.NumPending == 0 && info.NumAckPending == 0 {
+			quietAt = now.UnixNano() // idle with nothing to do: not a stall
 			continue
 		}
 		if stalledSince.IsZero() {
