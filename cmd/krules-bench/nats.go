@@ -81,6 +81,7 @@ var (
 	natsSrvProf = flag.String("nats-server-profile", "", "nats rows: the nats-server profiling URL (nats-server --profile port, http://127.0.0.1:6060); writes a 5 s server CPU profile from each run's first publish to <-nats-cpuprofile prefix><row>.server.prof")
 	natsCalib   = flag.Bool("nats-calibrate", false, "nats rows: add the row nats/calibrate-raw-vs-raw: the raw consumer (1 reader) against itself, the spread the machine's load alone gives a ratio")
 	natsVarz    = flag.String("nats-varz", "", "nats rows: the nats-server monitoring URL (http://127.0.0.1:8222); prints the messages the server took in and sent per event")
+	natsDelay   = flag.Duration("nats-start-delay", 0, "nats ordered rows: wait this long after the workers own their partitions before the first publish (diagnostics: a delay near the pull expiry, 5 s, puts the first events at the expiry of the workers' first pull requests)")
 )
 
 // varz is the server's message counters (its /varz), zero without -nats-varz.
@@ -468,6 +469,7 @@ func (nb *natsBench) krules(b *testing.B, r *natsRun, workers int) time.Duration
 	}
 	waitSpread(b, r.procs, parts)
 	evs := benchEvents(b, r.n)
+	time.Sleep(*natsDelay)
 	r.begin(b)
 	start := time.Now()
 	b.StartTimer()

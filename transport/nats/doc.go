@@ -110,8 +110,13 @@
 // MaxAckPending, 1000, bounds it) and runs each subject's events in a
 // lane: one after the other, in stream order; different subjects run in
 // parallel (WorkerConfig.Concurrency, default 64, over all the partitions
-// the worker owns). Acks are sent without waiting for a confirmation. A
-// failed event holds its lane: it is retried there after the Backoff delay
+// the worker owns). A pull whose request the server dropped without
+// telling the client (nats-server 2.9 does at times, when an event arrives
+// as the request expires; the client would wait for it until it missed the
+// request's heartbeats, 5 s with the default AckWait) is noticed after 1 s
+// without a delivery — the server has events of the partition and no pull
+// request of it — and started again. Acks are sent without waiting for a
+// confirmation. A failed event holds its lane: it is retried there after the Backoff delay
 // and dead-lettered on its MaxDeliver-th failure, and no later event of
 // its subject starts before it finished (if the events waiting behind it
 // fill the 256, the other subjects of its partition wait as well). One ticker per worker sends the
@@ -151,6 +156,12 @@
 // AckWait differs from the existing consumers' rather than change the lease
 // of the running workers; to change it, stop the group and delete its
 // consumers, or start a new Group.
+//
+// KRULES_NATS_DEBUG=1 (EnvDebug) in a worker's environment logs (Warn)
+// every owned partition that finished nothing for more than a second
+// while its consumer has events pending or unacknowledged, with its state:
+// lease, gate, lanes, the last pull and dispatch times and the consumer's
+// counters.
 //
 // # Delivery: at least once
 //

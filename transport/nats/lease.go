@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -212,6 +213,8 @@ type partition struct {
 	c     jetstream.Consumer
 	hctx  context.Context // the handlers' context
 	epoch uint64          // the lease's revision when acquired: grows with every new owner
+	dbg   *partDebug      // the stall watchdog's state (EnvDebug), else nil
+	pulls atomic.Uint64   // +1 before and after every Next of the pull: odd while waiting in it
 
 	kvMu     sync.Mutex // serialises the lease's KV writes (renew, release)
 	rev      uint64     // revision of our last lease write
@@ -231,6 +234,7 @@ type partition struct {
 	gated bool             // events go to gate, not to lanes, until openGate
 	gate  []*item
 	dseq  uint64 // consumer (delivery) sequence of the last delivery received
+	rseq  uint64 // consumer sequence of the last delivery dispatch finished with (held, replaced or dropped)
 	lanes map[string]*lane
 	wg    sync.WaitGroup // lanes
 	room  chan struct{}  // a lane finished an event (waitRoom), capacity 1
@@ -527,6 +531,9 @@ func (w *Worker) acquire(ctx context.Context, k int) *partition {
 		room: make(chan struct{}, 1), gates: make(chan struct{}, 1),
 	}
 	p.validUntil.Store(sent + int64(w.cfg.AckWait-w.leaseGuard()))
+	if w.debug {
+		p.dbg = &partDebug{start: time.Now()}
+	}
 	return p
 }
 
@@ -587,7 +594,15 @@ func (w *Worker) runPartition(hctx context.Context, p *partition, forced <-chan 
 		delete(w.active, p)
 		w.pmu.Unlock()
 	}()
+	if p.dbg != nil {
+		dogDone := make(chan struct{})
+		defer close(dogDone)
+		go w.watchdog(p, dogDone)
+	}
 	if w.waitQuiet(p) {
+		if p.dbg != nil {
+			p.dbg.quiet.Store(time.Now().UnixNano())
+		}
 		w.pull(p, fatal)
 	}
 	// Drain: lanes finish (or, on stop, give up what waits for a retry).
@@ -735,7 +750,7 @@ func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
 			ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
 			info, err := p.c.Info(ictx)
 			cancel()
-			if err == nil && info.NumAckPending <= before {
+			if err == nil && (info.NumAckPending <= before || w.allInHand(p, info)) {
 				w.openGate(p)
 			} else {
 				t = time.NewTimer(50 * time.Millisecond)
@@ -756,37 +771,126 @@ func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
 	}
 }
 
+// allInHand reports whether every event the consumer counted as delivered
+// and unacknowledged (info) is held by this owner, when deliveries were on
+// their way to it at the time of info (a burst of new events during a
+// takeover: the plain count, NumAckPending against the events held before
+// asking, would not match until the burst paused). It waits (up to
+// gateSettle) until dispatch is through the last delivery the server had
+// made (info.Delivered.Consumer), then counts the held events first
+// delivered up to it: if the server's count is not above that, nothing of
+// the server's count is elsewhere. A delivery that went to another pull
+// never arrives; then it reports false (after gateSettle, or because a
+// later delivery came and the count is short).
+func (w *Worker) allInHand(p *partition, info *jetstream.ConsumerInfo) bool {
+	d := info.Delivered.Consumer
+	deadline := time.Now().Add(gateSettle)
+	for {
+		p.mu.Lock()
+		if p.rseq >= d {
+			n := 0
+			for _, it := range p.held {
+				if it.dseq <= d {
+					n++
+				}
+			}
+			p.mu.Unlock()
+			return info.NumAckPending <= n
+		}
+		p.mu.Unlock()
+		if time.Now().After(deadline) || p.stopping() {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// gateSettle bounds how long allInHand waits for the deliveries in flight.
+const gateSettle = 200 * time.Millisecond
+
 // pull consumes the partition (a continuous pull, up to fetchBatch events
 // requested ahead) while the lease is valid and the partition is not
-// stopping; then it drains what was already received into the lanes.
+// stopping; then it drains what was already received into the lanes. When
+// watchPull finds the pull request gone at the server (see there), it
+// drains the iterator and pull goes on with a new one.
 func (w *Worker) pull(p *partition, fatal func(error)) {
-	it, err := p.c.Messages(jetstream.PullMaxMessages(fetchBatch), jetstream.PullExpiry(w.pullExpiry()))
+	it, err := w.messages(p)
 	if err != nil {
 		fatal(fmt.Errorf("krules/nats: consumer %s: %w", p.c.CachedInfo().Name, err))
 		return
 	}
+	// itMu guards it (written only by this goroutine, under itMu), ended
+	// (stopping or lost: no new iterator) and restart (watchPull drained
+	// it: take a new one once it is empty).
+	var itMu sync.Mutex
+	var ended, restart bool
+	kick := func() bool {
+		itMu.Lock()
+		defer itMu.Unlock()
+		if ended || restart {
+			return false
+		}
+		restart = true
+		it.Drain()
+		return true
+	}
 	watchDone := make(chan struct{})
-	var gateWG sync.WaitGroup
-	gateWG.Add(1)
-	go func() { defer gateWG.Done(); w.watchGate(p, watchDone) }()
-	defer gateWG.Wait() // no gate opening once pull returned (the lanes drain then)
+	var watchWG sync.WaitGroup
+	watchWG.Add(2)
+	go func() { defer watchWG.Done(); w.watchGate(p, watchDone) }()
+	go func() { defer watchWG.Done(); w.watchPull(p, watchDone, kick) }()
+	defer watchWG.Wait() // no gate opening once pull returned (the lanes drain then)
 	defer close(watchDone)
 	go func() {
 		select {
 		case <-p.stop:
+			itMu.Lock()
+			ended = true
 			it.Drain()
+			itMu.Unlock()
 		case <-p.lostCh:
+			itMu.Lock()
+			ended = true
 			it.Stop() // lease gone: touch nothing more
+			itMu.Unlock()
 		case <-watchDone:
 		}
 	}()
 	for {
 		w.waitRoom(p)
+		p.pulls.Add(1) // odd: waiting in Next
 		m, err := it.Next()
+		p.pulls.Add(1)
+		if p.dbg != nil {
+			if err != nil {
+				p.dbg.nextErr(err)
+			} else {
+				p.dbg.next.Store(time.Now().UnixNano())
+				p.dbg.nexts.Add(1)
+			}
+		}
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				if p.stopping() || p.lost.Load() {
 					return
+				}
+				if !errors.Is(err, natsgo.ErrConnectionClosed) {
+					itMu.Lock()
+					again := restart && !ended
+					var nerr error
+					if again {
+						var nit jetstream.MessagesContext
+						if nit, nerr = w.messages(p); nerr == nil {
+							it, restart = nit, false
+						}
+					}
+					itMu.Unlock()
+					if again && nerr == nil {
+						continue
+					}
+					if nerr != nil {
+						err = nerr
+					}
 				}
 				fatal(fmt.Errorf("krules/nats: consumer %s: %w", p.c.CachedInfo().Name, err))
 				return
@@ -798,6 +902,87 @@ func (w *Worker) pull(p *partition, fatal func(error)) {
 			continue
 		}
 		w.dispatch(p, m)
+	}
+}
+
+// messages starts a pull of the partition's consumer.
+func (w *Worker) messages(p *partition) (jetstream.MessagesContext, error) {
+	if hook := testHookMessages.Load(); hook != nil {
+		if it := (*hook)(p.k, p.c); it != nil {
+			return it, nil
+		}
+	}
+	return p.c.Messages(jetstream.PullMaxMessages(fetchBatch), jetstream.PullExpiry(w.pullExpiry()))
+}
+
+// testHookMessages is set by tests (export_test.go) to give a partition's
+// pull an iterator of their own (nil: the real one).
+var testHookMessages atomic.Pointer[func(partition int, c jetstream.Consumer) jetstream.MessagesContext]
+
+// stallAfter is how long a pull may wait in Next without receiving
+// anything before watchPull asks the server whether it still has a pull
+// request of the partition: 1 s, or a quarter of the pull expiry if that
+// is shorter (well before the client would miss the request's heartbeats,
+// after twice pullExpiry/2). watchPull looks four times as often.
+func (w *Worker) stallAfter() time.Duration { return min(time.Second, w.pullExpiry()/4) }
+
+// watchPull repairs a pull whose request the server dropped without
+// telling. The client (nats.go's Messages) asks for fetchBatch events
+// ahead and asks again when fewer than half are outstanding, counting a
+// request as outstanding until its events came or the server's 408
+// (request timeout) said how many did not. nats-server 2.9.10 sometimes
+// ends an expiring request without the 408 when an event arrives as it
+// expires (its nextWaiting drops the expired request; fixed in later
+// servers); the client then waits for events the server will not send
+// until it misses the request's heartbeats: pullExpiry (5 s by default)
+// with the partition idle. A probe of 20 Messages iterators fed 50
+// events/s each, 1 s expiry, saw 29 such waits of 1 s in 30 s; the bench
+// row nats/ordered-3-workers one of ~5 s in some 1 of 30 runs. So when
+// the pull has been waiting in Next for stallAfter without receiving
+// anything (then every 2*stallAfter while it stays idle: a request can
+// also be dropped before it delivered anything, after a long idle wait),
+// watchPull asks the server; if it has events of the partition to deliver
+// and no pull request waiting, kick drains the iterator (pull takes a new
+// one). It ends when done or p.stop is closed.
+func (w *Worker) watchPull(p *partition, done <-chan struct{}, kick func() bool) {
+	stallAfter := w.stallAfter()
+	t := time.NewTicker(stallAfter / 4)
+	defer t.Stop()
+	last, since, wait := p.pulls.Load(), time.Now(), stallAfter
+	for {
+		select {
+		case <-done:
+			return
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		n := p.pulls.Load()
+		if n != last || n%2 == 0 {
+			// Received something, or not waiting in Next (waitRoom).
+			last, since, wait = n, time.Now(), stallAfter
+			continue
+		}
+		if time.Since(since) < wait {
+			continue
+		}
+		ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
+		info, err := p.c.Info(ictx)
+		cancel()
+		since = time.Now()
+		if err != nil || p.pulls.Load() != n || info.NumWaiting > 0 || info.NumPending == 0 {
+			wait = min(2*wait, 2*stallAfter)
+			continue
+		}
+		if kick() {
+			lvl := slog.LevelInfo
+			if p.dbg != nil {
+				lvl = slog.LevelWarn
+			}
+			w.log.Log(context.Background(), lvl, "krules/nats: the server has no pull request of the partition but events for it; pulling again",
+				"consumer", info.Name, "pending", info.NumPending, "ack_pending", info.NumAckPending, "idle", wait)
+		}
+		wait = stallAfter
 	}
 }
 
@@ -839,7 +1024,11 @@ func (w *Worker) fetchFatal(p *partition, err error, fatal func(error)) bool {
 	}
 	if errors.Is(err, jetstream.ErrNoHeartbeat) {
 		// The client re-pulls by itself; a busy server or network.
-		w.log.Debug("krules/nats: pull heartbeat missed", "consumer", p.c.CachedInfo().Name)
+		if p.dbg != nil {
+			w.log.Warn("krules/nats debug: pull heartbeat missed", "consumer", p.c.CachedInfo().Name)
+		} else {
+			w.log.Debug("krules/nats: pull heartbeat missed", "consumer", p.c.CachedInfo().Name)
+		}
 		return false
 	}
 	w.log.Warn("krules/nats: fetch failed; retrying", "consumer", p.c.CachedInfo().Name, "error", err)

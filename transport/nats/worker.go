@@ -167,6 +167,8 @@ type Worker struct {
 	handled, failed, redelivered, duplicates, dead, ackErrs atomic.Uint64
 	running                                                 atomic.Bool
 
+	debug bool // EnvDebug: run a stall watchdog per partition
+
 	// abandon is closed when Run returns past the shutdown deadline.
 	abandon chan struct{}
 
@@ -222,7 +224,7 @@ func NewWorker(ctx context.Context, js jetstream.JetStream, app *krules.App, cfg
 	w := &Worker{
 		js: js, app: app, cfg: cfg, log: cfg.Logger, parts: n, epoch: strconv.FormatInt(created.UnixNano(), 36),
 		id: newMemberID(), t0: time.Now(), sem: make(chan struct{}, cfg.Concurrency),
-		abandon: make(chan struct{}), active: map[*partition]struct{}{},
+		abandon: make(chan struct{}), active: map[*partition]struct{}{}, debug: debugOn(),
 	}
 	for k := range n {
 		c, err := ensureConsumer(ctx, js, cfg.Stream, jetstream.ConsumerConfig{
@@ -409,6 +411,7 @@ func (w *Worker) Run(ctx context.Context) error {
 type item struct {
 	m       jetstream.Msg // the latest delivery (a redelivery replaces it)
 	seq     uint64        // stream sequence
+	dseq    uint64        // consumer (delivery) sequence of its first delivery to this owner
 	md      *jetstream.MsgMetadata
 	e       *event.Event
 	payload krules.Payload
@@ -440,6 +443,9 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		// sent to a previous owner's pull): it comes again after AckWait.
 		// Hold everything from here until it did (watchGate), so that
 		// nothing of its subject overtakes it.
+		if p.dbg != nil {
+			p.dbg.gaps.Add(1)
+		}
 		if !p.gated {
 			p.gated = true
 			select {
@@ -455,6 +461,7 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		// waited behind a slow event in the client's pull buffer, where
 		// it gets no heartbeat). Running it again would run it after
 		// later events of its subject: ack it (again) and drop it.
+		p.rseq = md.Sequence.Consumer
 		p.mu.Unlock()
 		if w.valid(p) {
 			_ = m.Ack()
@@ -465,11 +472,12 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		// A redelivery of an event we hold (its AckWait lapsed): keep one
 		// copy, acked through the latest delivery.
 		it.m = m
+		p.rseq = md.Sequence.Consumer
 		p.mu.Unlock()
 		return
 	}
 	p.mu.Unlock()
-	it := &item{m: m, seq: md.Sequence.Stream, md: md}
+	it := &item{m: m, seq: md.Sequence.Stream, dseq: md.Sequence.Consumer, md: md}
 	e := new(event.Event)
 	// json.Valid, then the event's own decoder: json.Unmarshal would scan
 	// the text once more (its skip of the value it hands to UnmarshalJSON)
@@ -494,8 +502,12 @@ func (w *Worker) dispatch(p *partition, m jetstream.Msg) {
 		}
 	}
 	it.e = e
+	if p.dbg != nil {
+		p.dbg.dispatch.Store(time.Now().UnixNano())
+	}
 	p.mu.Lock()
 	p.held[it.seq] = it
+	p.rseq = md.Sequence.Consumer
 	if p.gated {
 		p.gate = append(p.gate, it)
 		p.mu.Unlock()
@@ -536,6 +548,9 @@ func (w *Worker) openGate(p *partition) {
 	p.mu.Lock()
 	gate := p.gate
 	p.gate, p.gated = nil, false
+	if p.dbg != nil {
+		p.dbg.opened.Store(time.Now().UnixNano())
+	}
 	slices.SortFunc(gate, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
 	var start []*lane
 	for _, it := range gate {
@@ -571,6 +586,9 @@ func (w *Worker) runLane(p *partition, l *lane) {
 			l.dead = true
 			p.mu.Unlock()
 			return
+		}
+		if p.dbg != nil {
+			p.dbg.done.Store(time.Now().UnixNano())
 		}
 		p.mu.Lock()
 		delete(p.held, it.seq)
