@@ -61,12 +61,31 @@ func TestAllInHandCountsDeliveriesInFlight(t *testing.T) {
 		t.Fatal("delivery 2 is not held: the gate must stay closed")
 	}
 
-	// The server's last delivery never reaches us: closed (after gateSettle).
+	// The server's last delivery never reaches us and is counted: closed
+	// (after gateSettle).
 	p = newPart()
 	for d := uint64(1); d <= 3; d++ {
 		hold(p, 100+d, d)
 	}
-	if w.allInHand(p, info(3, 4)) {
+	if w.allInHand(p, info(4, 4)) {
 		t.Fatal("delivery 4 did not arrive: the gate must stay closed")
+	}
+	// ... and is not counted (its event was acked elsewhere): the three
+	// unacknowledged ones are ours, nothing is missing.
+	if !w.allInHand(p, info(3, 4)) {
+		t.Fatal("delivery 4 is settled and 1-3 are held: the gate may open")
+	}
+
+	// An event whose ack was sent may already be off the server's count:
+	// it must not stand in for one that went to another pull. We hold 1,
+	// 3 and 4 (1 acked); delivery 2 went elsewhere; the server counts 3
+	// (2, 3, 4).
+	p = newPart()
+	for _, d := range []uint64{1, 3, 4} {
+		hold(p, 100+d, d)
+	}
+	p.held[101].acked = true
+	if w.allInHand(p, info(3, 4)) {
+		t.Fatal("delivery 2 is not held (1 is acked): the gate must stay closed")
 	}
 }

@@ -734,15 +734,15 @@ func (w *Worker) waitQuiet(p *partition) bool {
 
 // watchGate opens the partition's gate (openGate) as soon as the server
 // counts no more events of the partition delivered and unacknowledged than
-// this worker holds: then whatever a previous owner had left (acked late,
-// handed back, or expired and redelivered) is settled or in our hands, and
-// sorting by stream sequence restores the order. It asks the server every
-// 50 ms while the partition is gated, and sleeps (no timer) while it is
-// not, until dispatch gates it again (p.gates).
+// this worker holds (allInHand): then whatever a previous owner had left
+// (acked late, handed back, or expired and redelivered) is settled or in
+// our hands, and sorting by stream sequence restores the order. It asks the
+// server every 50 ms while the partition is gated, and sleeps (no timer)
+// while it is not, until dispatch gates it again (p.gates).
 func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
 	for {
 		p.mu.Lock()
-		gated, before := p.gated, len(p.held)
+		gated := p.gated
 		p.mu.Unlock()
 		var t *time.Timer
 		var tick <-chan time.Time
@@ -750,7 +750,7 @@ func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
 			ictx, cancel := context.WithTimeout(context.Background(), w.cfg.AckWait/3)
 			info, err := p.c.Info(ictx)
 			cancel()
-			if err == nil && (info.NumAckPending <= before || w.allInHand(p, info)) {
+			if err == nil && w.allInHand(p, info) {
 				w.openGate(p)
 			} else {
 				t = time.NewTimer(50 * time.Millisecond)
@@ -772,33 +772,37 @@ func (w *Worker) watchGate(p *partition, done <-chan struct{}) {
 }
 
 // allInHand reports whether every event the consumer counted as delivered
-// and unacknowledged (info) is held by this owner, when deliveries were on
-// their way to it at the time of info (a burst of new events during a
-// takeover: the plain count, NumAckPending against the events held before
-// asking, would not match until the burst paused). It waits (up to
-// gateSettle) until dispatch is through the last delivery the server had
-// made (info.Delivered.Consumer), then counts the held events first
-// delivered up to it: if the server's count is not above that, nothing of
-// the server's count is elsewhere. A delivery that went to another pull
-// never arrives; then it reports false (after gateSettle, or because a
-// later delivery came and the count is short).
+// and unacknowledged (info, asked at time T) is held by this owner.
+//
+// It counts the held events that were first delivered up to the server's
+// last delivery at T (info.Delivered.Consumer) and whose ack was not sent
+// (item.acked): each of them was delivered and unacknowledged at T, so the
+// server's count includes it; if the server's count is not above theirs,
+// it is exactly them and nothing of the partition is elsewhere. An event
+// whose ack was sent is left out (the server may or may not have had the
+// ack at T), and so is a delivery made after T: counting either could hide
+// one that went to another pull. Deliveries the server had made by T may
+// still be on their way to us (a burst during a takeover): allInHand waits
+// up to gateSettle for dispatch to be through the last of them before it
+// reports false. A delivery that went to another pull never arrives; then
+// the count stays short and it reports false.
 func (w *Worker) allInHand(p *partition, info *jetstream.ConsumerInfo) bool {
 	d := info.Delivered.Consumer
 	deadline := time.Now().Add(gateSettle)
 	for {
 		p.mu.Lock()
-		if p.rseq >= d {
-			n := 0
-			for _, it := range p.held {
-				if it.dseq <= d {
-					n++
-				}
+		n := 0
+		for _, it := range p.held {
+			if it.dseq <= d && !it.acked {
+				n++
 			}
-			p.mu.Unlock()
-			return info.NumAckPending <= n
 		}
+		through := p.rseq >= d
 		p.mu.Unlock()
-		if time.Now().After(deadline) || p.stopping() {
+		if info.NumAckPending <= n {
+			return true
+		}
+		if through || time.Now().After(deadline) || p.stopping() {
 			return false
 		}
 		time.Sleep(2 * time.Millisecond)

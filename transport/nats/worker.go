@@ -416,6 +416,9 @@ type item struct {
 	e       *event.Event
 	payload krules.Payload
 	bad     error // not a valid KRules CloudEvent
+	// acked: its ack (or dead-letter ack) is sent or about to be, so the
+	// server may no longer count it as pending (allInHand). Guarded by p.mu.
+	acked bool
 }
 
 // lane runs the events of one subject of a partition, in order.
@@ -738,6 +741,7 @@ func (w *Worker) ack(p *partition, it *item) error {
 	}
 	p.mu.Lock()
 	m := it.m
+	it.acked = true
 	p.mu.Unlock()
 	if err := m.Ack(); err != nil {
 		w.ackErrs.Add(1)
@@ -783,6 +787,9 @@ func (w *Worker) deadLetter(ctx context.Context, p *partition, it *item, deliver
 				cancel()
 				return errAbandon
 			}
+			p.mu.Lock()
+			it.acked = true
+			p.mu.Unlock()
 			if err := m.DoubleAck(pctx); err != nil {
 				w.ackErrs.Add(1)
 			}
