@@ -88,14 +88,22 @@ type feedState struct {
 // the role may not read the sequence, or the sequence caches values (then a
 // pos handed out later may be smaller than S).
 type readFloor struct {
-	mu           sync.Mutex
-	floor        int64
-	out          map[int64]struct{} // read, not yet removed by AckChanges
-	given        map[int64]struct{} // ReadNewChanges: returned since its last fresh read, not yet removed (kept by reset: the relay's)
-	pending      bool               // pendS, pendN hold a horizon to pass
-	pendS, pendN int64
-	horizonAt    time.Time // when the last horizon was taken
-	off          bool
+	mu    sync.Mutex
+	floor int64
+	out   map[int64]struct{} // read, not yet removed by AckChanges
+	given map[int64]struct{} // ReadNewChanges: returned since its last fresh read, not yet removed
+	// gen counts the resets of the floor's state (a new connection, a
+	// sequence found changed or gone back); givenGen is gen as of the
+	// fresh read that started given. A ReadNewChanges that is not fresh
+	// fails (errFeedRestarted) when they differ: the state given was
+	// built on is gone (the floor no longer knows the records in flight;
+	// after TRUNCATE ... RESTART IDENTITY given holds old positions that
+	// new rows reuse), so the relay must drop its pipeline and start over.
+	gen, givenGen uint64
+	pending       bool // pendS, pendN hold a horizon to pass
+	pendS, pendN  int64
+	horizonAt     time.Time // when the last horizon was taken
+	off           bool
 	// seq identifies the feed's sequence (oid, filenode, cache) as of the
 	// floor: TRUNCATE ... RESTART IDENTITY and ALTER SEQUENCE ... RESTART
 	// give it a new filenode, a table created anew a new oid. Every read
@@ -118,8 +126,20 @@ const horizonEvery = 10 * time.Millisecond
 func (fl *readFloor) reset() {
 	fl.mu.Lock()
 	fl.floor, fl.out, fl.pending, fl.seq = 0, nil, false, ""
+	fl.restartedLocked()
 	fl.mu.Unlock()
 }
+
+// restartedLocked marks the state of ReadNewChanges as gone (see gen).
+// fl.mu is held.
+func (fl *readFloor) restartedLocked() {
+	fl.gen++
+	fl.given = nil
+}
+
+// errFeedRestarted: a ReadNewChanges that is not fresh found the read
+// state reset since its fresh read (see readFloor.gen).
+var errFeedRestarted = errors.New("postgres: change feed read state was reset (new connection or sequence); read again from the start")
 
 // sequenceChanged compares the feed sequence's identity id (oid/filenode/
 // cache) with the floor's: on the first call it records it; on a change it
@@ -132,6 +152,7 @@ func (fl *readFloor) sequenceChanged(id string) bool {
 		return false
 	}
 	fl.floor, fl.out, fl.pending, fl.seq = 0, nil, false, id
+	fl.restartedLocked()
 	if !strings.HasSuffix(id, "/1") {
 		fl.off = true // a sequence with a cache (or gone): see readFloor
 	}
@@ -193,7 +214,9 @@ func (b *Backend) initFeed() error {
 	WHERE s.seqrelid = pg_get_serial_sequence('{F}', 'pos')::regclass AND pg_sequence_last_value(s.seqrelid) IS DISTINCT FROM -1`)
 	f.seqID = r.Replace(`SELECT COALESCE((SELECT s.seqrelid::oid::text || '/' || COALESCE(pg_relation_filenode(s.seqrelid)::text, '') || '/' || s.seqcache::text
 	FROM pg_sequence AS s WHERE s.seqrelid = pg_get_serial_sequence('{F}', 'pos')::regclass), '')`)
-	f.ack = r.Replace(`DELETE FROM {F} WHERE pos = ANY($1::bigint[])`)
+	// By pos and id: after TRUNCATE ... RESTART IDENTITY a new row can
+	// reuse the pos of a record in flight, whose removal must not take it.
+	f.ack = r.Replace(`DELETE FROM {F} WHERE pos = ANY($1::bigint[]) AND id = ANY($2::text[])`)
 	return nil
 }
 
@@ -619,8 +642,15 @@ func (b *Backend) writeFlushRecords(ctx context.Context, conn interface {
 // ReadChanges implements storage.FeedStore: the oldest rows by pos, waiting
 // for a NOTIFY (LISTEN on the relay's own connection) when there is none.
 func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([]storage.PendingChange, error) {
-	return b.readChanges(ctx, n, wait, false)
+	return b.readChanges(ctx, n, wait, readAll)
 }
+
+// Read modes of readChanges.
+const (
+	readAll   = iota // ReadChanges
+	readNew          // ReadNewChanges, not fresh
+	readFresh        // ReadNewChanges, fresh
+)
 
 // ReadNewChanges is ReadChanges for a relay that keeps records in flight
 // while it reads on (the pipeline of package feed): it returns the oldest
@@ -643,15 +673,14 @@ func (b *Backend) ReadChanges(ctx context.Context, n int, wait time.Duration) ([
 // from one goroutine at a time (the lease holder); AckChanges may run
 // meanwhile.
 func (b *Backend) ReadNewChanges(ctx context.Context, fresh bool, n int, wait time.Duration) ([]storage.PendingChange, error) {
+	mode := readNew
 	if fresh {
-		b.feed.fl.mu.Lock()
-		b.feed.fl.given = nil
-		b.feed.fl.mu.Unlock()
+		mode = readFresh
 	}
-	return b.readChanges(ctx, n, wait, true)
+	return b.readChanges(ctx, n, wait, mode)
 }
 
-func (b *Backend) readChanges(ctx context.Context, n int, wait time.Duration, onlyNew bool) ([]storage.PendingChange, error) {
+func (b *Backend) readChanges(ctx context.Context, n int, wait time.Duration, mode int) ([]storage.PendingChange, error) {
 	if b.closed.Load() {
 		return nil, fmt.Errorf("postgres: %w", storage.ErrClosed)
 	}
@@ -665,7 +694,13 @@ func (b *Backend) readChanges(ctx context.Context, n int, wait time.Duration, on
 	deadline := time.Now().Add(wait)
 	for {
 		f.notified.Store(false)
-		out, err := b.readRows(ctx, conn, max(n, 1), onlyNew)
+		out, err := b.readRows(ctx, conn, max(n, 1), mode)
+		if mode == readFresh {
+			mode = readNew // started over; a wait's next read goes on from it
+		}
+		if errors.Is(err, errFeedRestarted) {
+			return nil, err // the connection is fine
+		}
 		if err != nil || len(out) > 0 {
 			if err != nil {
 				b.dropFeedConnLocked()
@@ -700,22 +735,34 @@ func (b *Backend) readChanges(ctx context.Context, n int, wait time.Duration, on
 	}
 }
 
-func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int, onlyNew bool) ([]storage.PendingChange, error) {
-	out, again, err := b.readRowsOnce(ctx, conn, n, onlyNew)
+func (b *Backend) readRows(ctx context.Context, conn *pgx.Conn, n int, mode int) ([]storage.PendingChange, error) {
+	out, again, err := b.readRowsOnce(ctx, conn, n, mode)
 	if again {
-		// The sequence changed under the floor: read from 0.
-		out, _, err = b.readRowsOnce(ctx, conn, n, onlyNew)
+		// The sequence changed under the floor: read from 0 (a
+		// ReadNewChanges that is not fresh fails: errFeedRestarted).
+		out, _, err = b.readRowsOnce(ctx, conn, n, mode)
 	}
 	return out, err
 }
 
 // readRowsOnce is one read of readRows; again: the feed's sequence was
 // found changed (readFloor.seq), the floor reset and the rows dropped.
-// onlyNew: without the rows of fl.given, and the rows read are added to it.
-func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int, onlyNew bool) (_ []storage.PendingChange, again bool, _ error) {
+// readNew, readFresh: without the rows of fl.given, and the rows read are
+// added to it; readFresh empties it first, readNew fails with
+// errFeedRestarted when the state it was built on was reset (readFloor.gen).
+func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int, mode int) (_ []storage.PendingChange, again bool, _ error) {
 	f := &b.feed
 	fl := &f.fl
+	onlyNew := mode != readAll
 	fl.mu.Lock()
+	switch {
+	case mode == readFresh:
+		fl.given, fl.givenGen = nil, fl.gen
+	case mode == readNew && fl.givenGen != fl.gen:
+		fl.given = nil
+		fl.mu.Unlock()
+		return nil, false, errFeedRestarted
+	}
 	now := time.Now()
 	floor, horizon, read := fl.floor, !fl.pending && !fl.off && now.Sub(fl.horizonAt) >= horizonEvery, f.read
 	check := !fl.off // the sequence's identity, recorded from the first read after connect
@@ -793,7 +840,7 @@ func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int, onlyN
 		}
 		err := decodeFeedRow(&c, *kind, o, nv, snap, meta)
 		poss = append(poss, *pos)
-		out = append(out, storage.PendingChange{Ref: strconv.FormatInt(*pos, 10), Change: c, Err: err})
+		out = append(out, storage.PendingChange{Ref: feedRef(*pos, *id), Change: c, Err: err})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, false, fmt.Errorf("postgres: read change feed: %w", err)
@@ -825,6 +872,12 @@ func (b *Backend) readRowsOnce(ctx context.Context, conn *pgx.Conn, n int, onlyN
 	fl.advance(poss, len(poss) >= n, xmin, horizon, hS, hN, len(skip) > 0)
 	if onlyNew && len(poss) > 0 {
 		fl.mu.Lock()
+		if fl.givenGen != fl.gen {
+			// Reset meanwhile (the sequence went back, in advance): these
+			// rows are of the new sequence; the next read starts over.
+			fl.mu.Unlock()
+			return out, false, nil
+		}
 		if fl.given == nil {
 			fl.given = make(map[int64]struct{}, len(poss))
 		}
@@ -882,6 +935,7 @@ func (fl *readFloor) advance(poss []int64, full bool, xmin int64, horizon bool, 
 			// The sequence went back (TRUNCATE ... RESTART IDENTITY, a
 			// table created anew): start from the beginning again.
 			fl.floor, fl.out = 0, nil
+			fl.restartedLocked()
 			return
 		}
 		fl.pendS, fl.pendN, fl.pending = s, n, true
@@ -959,17 +1013,20 @@ func (b *Backend) AckChanges(ctx context.Context, refs []string) error {
 		return nil
 	}
 	ids := make([]int64, 0, len(refs))
+	recs := make([]string, 0, len(refs))
 	for _, r := range refs {
-		n, err := strconv.ParseInt(r, 10, 64)
-		if err != nil {
+		ps, id, ok := strings.Cut(r, "/")
+		n, err := strconv.ParseInt(ps, 10, 64)
+		if !ok || err != nil {
 			return fmt.Errorf("postgres: bad change record ref %q", r)
 		}
 		ids = append(ids, n)
+		recs = append(recs, id)
 	}
 	q := pgx.Batch{}
 	q.Queue(`BEGIN`)
 	q.Queue(`SET LOCAL synchronous_commit = off`)
-	q.Queue(b.feed.ack, ids)
+	q.Queue(b.feed.ack, ids, recs)
 	q.Queue(`COMMIT`)
 	if err := b.pool.SendBatch(ctx, &q).Close(); err != nil {
 		return fmt.Errorf("postgres: remove %d change records: %w", len(ids), err)
@@ -977,6 +1034,9 @@ func (b *Backend) AckChanges(ctx context.Context, refs []string) error {
 	b.feed.fl.removed(ids)
 	return nil
 }
+
+// feedRef is the Ref of the record at pos with id: "<pos>/<id>".
+func feedRef(pos int64, id string) string { return strconv.FormatInt(pos, 10) + "/" + id }
 
 // feedLockKey is the advisory lock of the relay lease of this feed.
 func (b *Backend) feedLockKey() int64 {
