@@ -2,6 +2,7 @@ package feed_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -223,3 +224,37 @@ func openBolt(t testing.TB) *bolt.Backend {
 func jetstreamOrdered() jetstream.OrderedConsumerConfig { return jetstream.OrderedConsumerConfig{} }
 
 func fetchWait(d time.Duration) jetstream.FetchOpt { return jetstream.FetchMaxWait(d) }
+
+// watchPublished subscribes to the stream's partition subjects and returns
+// a function that gives a copy of what was published so far, as
+// "subject/value" in publish order.
+func watchPublished(t *testing.T, js jetstream.JetStream, stream string) func() []string {
+	t.Helper()
+	var mu sync.Mutex
+	var seen []string
+	sub, err := js.Conn().Subscribe(stream+".p.*", func(m *natsgo.Msg) {
+		var ce struct {
+			Subject string         `json:"subject"`
+			Data    map[string]any `json:"data"`
+		}
+		if err := json.Unmarshal(m.Data, &ce); err != nil {
+			t.Errorf("published message: %v", err)
+			return
+		}
+		mu.Lock()
+		seen = append(seen, ce.Subject+"/"+jsonText(ce.Data["value"]))
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := js.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen...)
+	}
+}

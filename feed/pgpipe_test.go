@@ -2,13 +2,10 @@ package feed_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
-
-	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/krules-go/krules"
 	"github.com/krules-go/krules/storage"
@@ -56,28 +53,7 @@ func TestRelayPostgresPipeline(t *testing.T) {
 	stream := newStream(t, js)
 	pg := openPostgres(t, "")
 	store := &readCount{Backend: pg, reads: map[string]int{}}
-	var mu sync.Mutex
-	var seen []string // "subject/value" in publish order
-	sub, err := js.Conn().Subscribe(stream+".p.*", func(m *natsgo.Msg) {
-		var ce struct {
-			Subject string         `json:"subject"`
-			Data    map[string]any `json:"data"`
-		}
-		if err := json.Unmarshal(m.Data, &ce); err != nil {
-			t.Errorf("published message: %v", err)
-			return
-		}
-		mu.Lock()
-		seen = append(seen, ce.Subject+"/"+jsonText(ce.Data["value"]))
-		mu.Unlock()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := js.Conn().Flush(); err != nil {
-		t.Fatal(err)
-	}
+	published := watchPublished(t, js, stream)
 	ctx := context.Background()
 	writer := krules.New(krules.WithStorage(pg))
 	set := func(subject string, v int) {
@@ -94,9 +70,7 @@ func TestRelayPostgresPipeline(t *testing.T) {
 	waitSeen := func(n int, what string) []string {
 		t.Helper()
 		for end := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
-			mu.Lock()
-			s := append([]string(nil), seen...)
-			mu.Unlock()
+			s := published()
 			if len(s) >= n {
 				for _, x := range s {
 					if x == what || what == "" {
@@ -136,9 +110,7 @@ func TestRelayPostgresPipeline(t *testing.T) {
 		t.Errorf("%d records left in the store", len(pending))
 	}
 	time.Sleep(50 * time.Millisecond) // a second publish would arrive by now
-	mu.Lock()
-	defer mu.Unlock()
-	if len(seen) != first+1 {
+	if seen := published(); len(seen) != first+1 {
 		t.Errorf("published %d messages, want %d: %v", len(seen), first+1, seen)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/krules-go/krules"
@@ -95,28 +94,7 @@ func testRelayRefillsWhileAcksAreSlow(t *testing.T, cursor bool) {
 	if !cursor {
 		store = noCursor{mem}
 	}
-	var mu sync.Mutex
-	var seen []string // "subject/value" in publish order
-	sub, err := js.Conn().Subscribe(stream+".p.*", func(m *natsgo.Msg) {
-		var ce struct {
-			Subject string         `json:"subject"`
-			Data    map[string]any `json:"data"`
-		}
-		if err := json.Unmarshal(m.Data, &ce); err != nil {
-			t.Errorf("published message: %v", err)
-			return
-		}
-		mu.Lock()
-		seen = append(seen, ce.Subject+"/"+jsonText(ce.Data["value"]))
-		mu.Unlock()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := js.Conn().Flush(); err != nil {
-		t.Fatal(err)
-	}
+	published := watchPublished(t, js, stream)
 	ctx := context.Background()
 	r, open := startHeldRelay(t, store, js, stream)
 
@@ -130,9 +108,7 @@ func testRelayRefillsWhileAcksAreSlow(t *testing.T, cursor bool) {
 	waitSeen := func(what string) []string {
 		t.Helper()
 		for end := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
-			mu.Lock()
-			s := append([]string(nil), seen...)
-			mu.Unlock()
+			s := published()
 			for _, x := range s {
 				if x == what {
 					return s
@@ -168,9 +144,7 @@ func testRelayRefillsWhileAcksAreSlow(t *testing.T, cursor bool) {
 		t.Errorf("%d records left in the store", len(pending))
 	}
 	time.Sleep(50 * time.Millisecond) // a second publish would arrive by now
-	mu.Lock()
-	defer mu.Unlock()
-	if want := []string{"a/1", "b/1", "a/2"}; !equalStrings(seen, want) {
+	if seen, want := published(), []string{"a/1", "b/1", "a/2"}; !equalStrings(seen, want) {
 		t.Errorf("published %v, want %v", seen, want)
 	}
 }
