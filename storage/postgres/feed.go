@@ -47,10 +47,16 @@ type feedState struct {
 	sets                     map[string]string // set/op statement -> its feed variant
 	del, insert, read, ack   string
 
-	mu       sync.Mutex
-	conn     *pgx.Conn   // LISTEN + advisory lock; nil when none
-	owner    string      // lease owner holding the advisory lock on conn
-	notified atomic.Bool // a NOTIFY came in (also while a query ran)
+	mu    sync.Mutex
+	conn  *pgx.Conn // LISTEN + advisory lock; nil when none
+	owner string    // lease owner holding the advisory lock on conn
+	// leaseGone: the connection that held the lease was dropped or
+	// replaced (the server released the lock with it); the next read fails
+	// with errFeedLeaseLost, so that the relay asks FeedLease again rather
+	// than reading on without the lock. FeedLease and ReleaseFeedLease
+	// clear it.
+	leaseGone bool
+	notified  atomic.Bool // a NOTIFY came in (also while a query ran)
 
 	// readNew, readPlainNew: read and readPlain without the rows in $3
 	// (ReadNewChanges).
@@ -687,9 +693,18 @@ func (b *Backend) readChanges(ctx context.Context, n int, wait time.Duration, mo
 	f := &b.feed
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.leaseGone {
+		f.leaseGone = false
+		return nil, errFeedLeaseLost
+	}
 	conn, err := b.feedConnLocked(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if f.leaseGone {
+		// Reconnected just now: the lease was on the old connection.
+		f.leaseGone = false
+		return nil, errFeedLeaseLost
 	}
 	deadline := time.Now().Add(wait)
 	for {
@@ -1052,6 +1067,7 @@ func (b *Backend) feedConnLocked(ctx context.Context) (*pgx.Conn, error) {
 	if f.conn != nil && !f.conn.IsClosed() {
 		return f.conn, nil
 	}
+	f.leaseGone = f.leaseGone || f.owner != ""
 	f.conn, f.owner = nil, ""
 	cc := b.pool.Config().ConnConfig.Copy()
 	// A wait for NOTIFY ends on its deadline; no cancel request (which
@@ -1096,14 +1112,22 @@ func (b *Backend) dropFeedConnLocked() {
 		f.conn.Close(ctx)
 		cancel()
 	}
+	f.leaseGone = f.leaseGone || f.owner != ""
 	f.conn, f.owner = nil, ""
 }
+
+// errFeedLeaseLost: the relay lease went with its connection (see
+// feedState.leaseGone).
+var errFeedLeaseLost = errors.New("postgres: change feed lease lost with its connection; take the lease again")
 
 // FeedLease implements storage.FeedStore with a session advisory lock on
 // the relay's connection: it is released by the server as soon as the
 // holder's connection ends (a dead relay's lease ends within the server's
 // detection of the dead connection), and ttl is not used. Inside one
 // process the owner is remembered, so only one relay per Backend holds it.
+// When the connection holding the lock ends (a network or server error),
+// the next ReadChanges or ReadNewChanges fails instead of reading on
+// without the lock, and the relay asks FeedLease again.
 func (b *Backend) FeedLease(ctx context.Context, owner string, _ time.Duration) (bool, error) {
 	if b.closed.Load() {
 		return false, fmt.Errorf("postgres: %w", storage.ErrClosed)
@@ -1111,6 +1135,7 @@ func (b *Backend) FeedLease(ctx context.Context, owner string, _ time.Duration) 
 	f := &b.feed
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	defer func() { f.leaseGone = false }() // the caller learns the lease's state now
 	if f.owner != "" && f.owner != owner {
 		return false, nil
 	}
@@ -1142,6 +1167,7 @@ func (b *Backend) ReleaseFeedLease(_ context.Context, owner string) error {
 	f := &b.feed
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	defer func() { f.leaseGone = false }()
 	if f.owner == owner {
 		if f.conn != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)

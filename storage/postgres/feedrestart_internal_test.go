@@ -60,9 +60,10 @@ func recNames(recs []storage.PendingChange) []string {
 
 // The relay's connection is replaced while records are in flight (pgx
 // closed it on a fatal error; the next read reconnects): the read state
-// built on the old connection is gone, so the next read that is not fresh
-// fails with errFeedRestarted (the relay drops its pipeline), and the fresh
-// read returns the record in flight first. Before, the read went on, the
+// built on the old connection is gone, so the next read fails (the lease
+// went with the connection: errFeedLeaseLost; or errFeedRestarted) and the
+// relay drops its pipeline, and the fresh read returns the record in flight
+// first. Before, the read went on, the
 // floor passed the record in flight, and a later fresh read missed it.
 func TestReadNewChangesAfterReconnect(t *testing.T) {
 	ctx := context.Background()
@@ -79,9 +80,13 @@ func TestReadNewChangesAfterReconnect(t *testing.T) {
 	for i := range 6 {
 		feedSet(t, b, "a", int64(10+i))
 		_, err := b.ReadNewChanges(ctx, false, 100, 0)
-		if errors.Is(err, errFeedRestarted) {
+		if errors.Is(err, errFeedRestarted) || errors.Is(err, errFeedLeaseLost) {
 			restarted++
-			// As the relay: it drops its pipeline and reads fresh.
+			// As the relay: it drops its pipeline, takes the lease again
+			// and reads fresh.
+			if ok, err := b.FeedLease(ctx, "relay", time.Minute); err != nil || !ok {
+				t.Fatalf("FeedLease after the reconnect = %v, %v; want true", ok, err)
+			}
 			got, err := b.ReadNewChanges(ctx, true, 100, 0)
 			if err != nil || len(got) != 2 || got[0].Ref != first[0].Ref {
 				t.Fatalf("fresh read after the restart: %v, %v; want %s first", recNames(got), err, first[0].Ref)
@@ -92,7 +97,7 @@ func TestReadNewChangesAfterReconnect(t *testing.T) {
 		time.Sleep(15 * time.Millisecond) // horizons pass (horizonEvery)
 	}
 	if restarted != 1 {
-		t.Errorf("%d reads failed with errFeedRestarted, want 1 (the first after the reconnect)", restarted)
+		t.Errorf("%d reads failed with errFeedRestarted or errFeedLeaseLost, want 1 (the first after the reconnect)", restarted)
 	}
 	got, err := b.ReadNewChanges(ctx, true, 100, 0)
 	if err != nil {
@@ -135,5 +140,53 @@ func TestReadNewChangesAfterTruncateRestartIdentity(t *testing.T) {
 	all, err := b.ReadNewChanges(ctx, true, 100, 0)
 	if err != nil || len(all) != 2 {
 		t.Fatalf("after the removal of the old records: %v, %v; want c's 2 records still there", recNames(all), err)
+	}
+}
+
+// The relay's connection ends (pgx closed it on a fatal error) and, with
+// it, the advisory lock: another process takes the lease. The next read of
+// the first relay fails with errFeedLeaseLost instead of reading on
+// without the lock, and its FeedLease reports the lease as someone else's.
+func TestFeedReadFailsWhenTheLeaseWentWithItsConnection(t *testing.T) {
+	ctx := context.Background()
+	b, pool := leasedFeed(t)
+	other, err := New(ctx, pool, Config{Table: b.cfg.Table, ChangeFeed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+	feedSet(t, b, "a", 1)
+	b.feed.mu.Lock()
+	b.feed.conn.Close(ctx) // as pgx does on a fatal error
+	b.feed.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ok, err := other.FeedLease(ctx, "other", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the other relay did not get the lease after the first one's connection ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got, err := b.ReadNewChanges(ctx, true, 100, 0); !errors.Is(err, errFeedLeaseLost) {
+		t.Fatalf("read after the lease went with the connection: %v, %v; want errFeedLeaseLost", recNames(got), err)
+	}
+	if ok, err := b.FeedLease(ctx, "relay", time.Minute); err != nil || ok {
+		t.Fatalf("FeedLease = %v, %v; want false: the other relay holds it", ok, err)
+	}
+	// The other one releases: the first takes it again and reads.
+	if err := other.ReleaseFeedLease(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.FeedLease(ctx, "relay", time.Minute); err != nil || !ok {
+		t.Fatalf("FeedLease after the release = %v, %v; want true", ok, err)
+	}
+	if got, err := b.ReadNewChanges(ctx, true, 100, 0); err != nil || len(got) != 1 {
+		t.Fatalf("read with the lease again: %v, %v; want a's record", recNames(got), err)
 	}
 }
